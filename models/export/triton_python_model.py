@@ -1,0 +1,66 @@
+"""The one Python-backend model of the repository: runs <version>/model.pt with TorchScript.
+
+Copied into every <model>/1/model.py by models/export/triton_repo.py. It imports only torch,
+numpy and Triton's utils, so the same folder serves under the nvidia-pytriton wheel's server.
+All requests of a dynamic batch are concatenated into one forward call, then split again.
+"""
+
+import json
+import os
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+
+
+def _output_index(name: str) -> int:
+    return int(name.rsplit("__", 1)[1])
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.input_names = [tensor["name"] for tensor in config["input"]]
+        self.output_names = [tensor["name"] for tensor in config["output"]]
+        self.output_dtypes = {
+            tensor["name"]: pb_utils.triton_string_to_numpy(tensor["data_type"])
+            for tensor in config["output"]
+        }
+        use_gpu = torch.cuda.is_available() and os.environ.get("AMCSEARCH_TRITON_CPU_ONLY") != "1"
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+        model_path = os.path.join(args["model_repository"], args["model_version"], "model.pt")
+        self.module = torch.jit.load(model_path, map_location=self.device).eval()
+
+    def execute(self, requests):
+        try:
+            return self._execute(requests)
+        except Exception as error:  # one failed forward answers every request it carried
+            message = f"{type(error).__name__}: {error}"
+            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message)) for _ in requests]
+
+    def _execute(self, requests):
+        batches = [self._inputs(request) for request in requests]
+        sizes = [batch[0].shape[0] for batch in batches]
+        inputs = [
+            torch.from_numpy(np.concatenate([batch[i] for batch in batches])).to(self.device)
+            for i in range(len(self.input_names))
+        ]
+        with torch.inference_mode():
+            outputs = self.module(*inputs)
+        if isinstance(outputs, torch.Tensor):
+            outputs = (outputs,)
+        arrays = {
+            name: outputs[_output_index(name)].detach().cpu().numpy().astype(self.output_dtypes[name])
+            for name in self.output_names
+        }
+        responses = []
+        start = 0
+        for request, size in zip(requests, sizes):
+            wanted = request.requested_output_names() or self.output_names
+            tensors = [pb_utils.Tensor(name, arrays[name][start : start + size]) for name in wanted]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            start += size
+        return responses
+
+    def _inputs(self, request):
+        return [pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names]

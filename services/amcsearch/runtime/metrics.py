@@ -1,0 +1,65 @@
+"""Prometheus metrics of every service, declared once. Labels are bounded sets only."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (
+    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+    0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+RPC_SECONDS = Histogram(
+    "amcsearch_rpc_duration_seconds",
+    "Server-side duration of an RPC, by service, method and status code.",
+    ["service", "method", "code"],
+    buckets=LATENCY_BUCKETS,
+)
+RPC_IN_FLIGHT = Gauge(
+    "amcsearch_rpc_in_flight", "RPCs being handled now.", ["service", "method"]
+)
+STAGE_SECONDS = Histogram(
+    "amcsearch_stage_duration_seconds",
+    "Duration of one stage of a request (decode, tokenize, cache, triton, ann, ...).",
+    ["service", "stage"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_ITEMS = Histogram(
+    "amcsearch_batch_items", "Items per request.", ["service", "method"], buckets=BATCH_BUCKETS
+)
+CACHE_HITS = Counter("amcsearch_cache_hits_total", "Cache lookups that found a value.", ["service", "kind"])
+CACHE_MISSES = Counter("amcsearch_cache_misses_total", "Cache lookups that found nothing.", ["service", "kind"])
+CACHE_ERRORS = Counter(
+    "amcsearch_cache_errors_total",
+    "Cache operations that failed or were skipped by the open circuit breaker (each a miss).",
+    ["service", "operation"],
+)
+TRITON_SECONDS = Histogram(
+    "amcsearch_triton_request_duration_seconds",
+    "Duration of one Triton inference call, by model and outcome.",
+    ["service", "model", "outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+
+
+@contextmanager
+def stage(service: str, name: str) -> Iterator[None]:
+    """Time a stage of a request into amcsearch_stage_duration_seconds."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        STAGE_SECONDS.labels(service, name).observe(time.perf_counter() - start)
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1") -> int:
+    """Serve /metrics on `port` (0: a free one) in a daemon thread; returns the bound port."""
+    if port < 0:
+        return -1
+    server, _thread = start_http_server(port, addr=host)
+    return int(server.server_port)

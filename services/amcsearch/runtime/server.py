@@ -1,0 +1,118 @@
+"""grpc.aio server bootstrap shared by every service.
+
+Health checking (SERVING only while the service's dependencies answer), reflection, message
+size and concurrency limits, the metrics/error interceptor, a /metrics port, and graceful
+shutdown on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from amcsearch.runtime.interceptor import ServiceInterceptor
+from amcsearch.runtime.metrics import serve_metrics
+from amcsearch.runtime.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+ReadinessCheck = Callable[[], Awaitable[bool]]
+HEALTH_POLL_SECONDS = 2.0
+
+
+@dataclass
+class RunningServer:
+    """A started server: the ports it bound and what stops it."""
+
+    name: str
+    server: grpc.aio.Server
+    port: int
+    metrics_port: int
+    health: health.aio.HealthServicer
+    service_names: list[str]
+    grace_seconds: float
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.server.stop(self.grace_seconds)
+
+
+async def _set_serving(running: RunningServer, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ["", *running.service_names]:
+        await running.health.set(name, status)
+
+
+async def _watch_readiness(running: RunningServer, readiness: ReadinessCheck) -> None:
+    """Poll the dependencies and publish the result on the health service."""
+    last: bool | None = None
+    while True:
+        try:
+            ready = await readiness()
+        except Exception as error:  # a failing check means "not ready", never a dead loop
+            log.warning("%s readiness check failed: %s", running.name, error)
+            ready = False
+        if ready != last:
+            log.info("%s is %s", running.name, "SERVING" if ready else "NOT_SERVING")
+            await _set_serving(running, ready)
+            last = ready
+        await asyncio.sleep(HEALTH_POLL_SECONDS)
+
+
+async def start_server(
+    name: str,
+    settings: ServerSettings,
+    add_servicers: Callable[[grpc.aio.Server], list[str]],
+    readiness: ReadinessCheck | None = None,
+) -> RunningServer:
+    """Start a service. `add_servicers` registers servicers and returns their full names."""
+    server = grpc.aio.server(
+        interceptors=[ServiceInterceptor(name)],
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    service_names = add_servicers(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise OSError(f"{name} could not bind {settings.host}:{settings.port}")
+    metrics_port = serve_metrics(settings.metrics_port, settings.host)
+    await server.start()
+    running = RunningServer(name, server, port, metrics_port, health_servicer, service_names, settings.grace_seconds)
+    await _set_serving(running, readiness is None)
+    if readiness is not None:
+        running._tasks.append(asyncio.create_task(_watch_readiness(running, readiness)))
+    log.info("%s listening on %s:%d (metrics :%d)", name, settings.host, port, metrics_port)
+    return running
+
+
+async def serve_until_signalled(running: RunningServer, on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Block until SIGTERM or SIGINT, then drain in-flight RPCs within the grace period."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("%s stopping (grace %.1fs)", running.name, running.grace_seconds)
+    await _set_serving(running, False)
+    await running.stop()
+    if on_stop is not None:
+        await on_stop()

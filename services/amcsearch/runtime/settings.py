@@ -1,0 +1,133 @@
+"""Settings from the environment: one frozen dataclass per concern, read once at start.
+
+A field's variable is `<PREFIX>_<FIELD>` upper-cased, or the name in its metadata "env" (for the
+settings every service shares, such as TRITON_URL and REDIS_URL). Bad values fail at start with
+the variable's name and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A variable of the environment holds a value its setting cannot take."""
+
+
+def _convert(raw: str, kind: Any, variable: str) -> Any:
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true/false")
+        if kind in (int, float, str):
+            return kind(raw)
+    except ValueError as error:
+        raise SettingsError(f"{variable}={raw!r}: {error}") from error
+    raise SettingsError(f"{variable}: settings of type {kind} are not supported")
+
+
+def from_env(cls: type[T], prefix: str = "", environ: Mapping[str, str] | None = None, **overrides: Any) -> T:
+    """Build `cls` from the environment; nested dataclass fields are read with their own prefix."""
+    environ = os.environ if environ is None else environ
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if field.name in overrides:
+            values[field.name] = overrides[field.name]
+            continue
+        kind = hints[field.name]
+        if dataclasses.is_dataclass(kind):
+            values[field.name] = from_env(kind, field.metadata.get("prefix", prefix), environ)  # type: ignore[arg-type]
+            continue
+        variable = field.metadata.get("env") or f"{prefix}_{field.name}".upper().lstrip("_")
+        if variable in environ:
+            values[field.name] = _convert(environ[variable], kind, variable)
+    settings = cls(**values)
+    validate = getattr(settings, "validate", None)
+    if validate is not None:
+        validate()
+    return settings
+
+
+def env(name: str, **kwargs: Any) -> Any:
+    """A field read from a fixed variable name, the same for every service."""
+    default = kwargs.pop("default")
+    return dataclasses.field(default=default, metadata={"env": name, **kwargs.pop("metadata", {})})
+
+
+def nested(cls: type, prefix: str | None = None) -> Any:
+    """A nested settings group; `prefix` overrides the service's own prefix for its variables."""
+    metadata = {} if prefix is None else {"prefix": prefix}
+    return dataclasses.field(default_factory=cls, metadata=metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSettings:
+    """How a gRPC service listens. Variables: <SERVICE>_HOST, <SERVICE>_PORT, ..."""
+
+    host: str = "127.0.0.1"
+    """Bind address; internal services stay on loopback unless told otherwise."""
+    port: int = 0
+    """gRPC port; 0 picks a free one (tests)."""
+    metrics_port: int = 0
+    """Prometheus /metrics port; 0 picks a free one, -1 disables it."""
+    max_message_bytes: int = 64 * 1024 * 1024
+    """Largest request or reply; larger ones get RESOURCE_EXHAUSTED from gRPC itself."""
+    max_concurrent_rpcs: int = 256
+    """RPCs handled at once; further ones get RESOURCE_EXHAUSTED instead of queueing forever."""
+    grace_seconds: float = 5.0
+    """Graceful shutdown period on SIGTERM; keep it below the pod's termination grace period."""
+    default_deadline_seconds: float = 30.0
+    """Deadline applied to downstream calls when the caller set none."""
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"port {self.port} is not in 0..65535")
+        if self.max_concurrent_rpcs < 1:
+            raise SettingsError("max_concurrent_rpcs must be at least 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonSettings:
+    """Where Triton listens: TRITON_URL (host:port of its gRPC endpoint)."""
+
+    url: str = env("TRITON_URL", default="127.0.0.1:8001")
+    canary_timeout_seconds: float = env("TRITON_CANARY_TIMEOUT_SECONDS", default=10.0)
+    """Time a readiness canary inference may take (the first one warms the model)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheSettings:
+    """The Redis embedding cache: REDIS_URL and the CACHE_* variables."""
+
+    redis_url: str = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
+    ttl_seconds: int = env("CACHE_TTL_SECONDS", default=7 * 24 * 3600)
+    timeout_seconds: float = env("CACHE_TIMEOUT_SECONDS", default=0.05)
+    """Socket timeout of each Redis call: a slow cache costs a miss, not a slow request."""
+    breaker_failures: int = env("CACHE_BREAKER_FAILURES", default=3)
+    """Consecutive errors after which the cache is skipped for breaker_reset_seconds."""
+    breaker_reset_seconds: float = env("CACHE_BREAKER_RESET_SECONDS", default=2.0)
+    float16: bool = env("CACHE_FLOAT16", default=False)
+    """Store vectors as float16 (half the memory, ~1e-3 relative error)."""
+    enabled: bool = env("CACHE_ENABLED", default=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageLimits:
+    """Limits on incoming images: <SERVICE>_MAX_IMAGE_BYTES and <SERVICE>_MAX_IMAGE_PIXELS."""
+
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    """Decoded width x height; larger images are refused before decoding (decompression bombs)."""
+    image_size: int = 128
+    """Side of the square the models take; every image is resized to it."""

@@ -1,0 +1,128 @@
+"""Async Triton client: one batched infer call, deadlines passed on, readiness by canary.
+
+Triton's health endpoints stay green when a Python-backend stub has died, so readiness here is
+a real inference of zeros through every model the service needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import tritonclient.grpc.aio as triton_aio
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype
+
+from amcsearch.runtime.errors import AmcsearchError, DeadlineExceeded, InvalidArgument, Unavailable
+from amcsearch.runtime.metrics import TRITON_SECONDS
+from amcsearch.runtime.settings import TritonSettings
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+NUMPY_TO_TRITON = {
+    np.dtype(np.float32): "FP32",
+    np.dtype(np.float16): "FP16",
+    np.dtype(np.int64): "INT64",
+    np.dtype(np.int32): "INT32",
+    np.dtype(np.uint8): "UINT8",
+    np.dtype(np.bool_): "BOOL",
+}
+
+
+def _translate(error: InferenceServerException, model: str) -> AmcsearchError:
+    status = str(error.status() or "")
+    message = f"Triton model {model}: {error.message()}"
+    if "DEADLINE_EXCEEDED" in status or "Deadline" in (error.message() or ""):
+        return DeadlineExceeded(message)
+    if "INVALID_ARGUMENT" in status:
+        return InvalidArgument(message)
+    return Unavailable(message)
+
+
+class TritonModels:
+    """The Triton models one service uses, behind one async gRPC client."""
+
+    def __init__(self, settings: TritonSettings, service: str) -> None:
+        self.settings = settings
+        self.service = service
+        self.client = triton_aio.InferenceServerClient(
+            settings.url,
+            channel_args=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self._configs: dict[str, dict] = {}
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def infer(
+        self,
+        model: str,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str],
+        timeout_seconds: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """One inference call for a whole batch; `timeout_seconds` is the caller's remaining deadline."""
+        if timeout_seconds is not None and timeout_seconds <= 0:
+            raise DeadlineExceeded(f"no time left to call Triton model {model}")
+        triton_inputs = []
+        for name, array in inputs.items():
+            triton_input = InferInput(name, list(array.shape), NUMPY_TO_TRITON[array.dtype])
+            triton_input.set_data_from_numpy(np.ascontiguousarray(array))
+            triton_inputs.append(triton_input)
+        start = time.perf_counter()
+        outcome = "ok"
+        try:
+            result = await self.client.infer(
+                model,
+                triton_inputs,
+                outputs=[InferRequestedOutput(name) for name in outputs],
+                client_timeout=timeout_seconds,
+            )
+        except InferenceServerException as error:
+            translated = _translate(error, model)
+            outcome = type(translated).__name__
+            raise translated from error
+        finally:
+            TRITON_SECONDS.labels(self.service, model, outcome).observe(time.perf_counter() - start)
+        return {name: result.as_numpy(name) for name in outputs}
+
+    async def config(self, model: str) -> dict:
+        """The model's config as JSON (cached; cleared when a canary fails)."""
+        if model not in self._configs:
+            try:
+                response = await self.client.get_model_config(model, as_json=True, client_timeout=5.0)
+            except InferenceServerException as error:
+                raise _translate(error, model) from error
+            self._configs[model] = response["config"]
+        return self._configs[model]
+
+    async def build_id(self, model: str) -> str:
+        """The model's build_id parameter (sha256 prefix of model.pt), for cache keys."""
+        parameters = (await self.config(model)).get("parameters", {})
+        return parameters.get("build_id", {}).get("string_value", "unversioned")
+
+    async def canary(self, model: str) -> None:
+        """Run one inference of zeros (batch 1) through `model`; raises when it fails."""
+        config = await self.config(model)
+        inputs = {}
+        for tensor in config["input"]:
+            dtype = triton_to_np_dtype(tensor["data_type"].removeprefix("TYPE_"))
+            dims = [1 if int(d) < 0 else int(d) for d in tensor["dims"]]
+            inputs[tensor["name"]] = np.zeros([1, *dims], dtype=dtype)
+        await self.infer(model, inputs, [config["output"][0]["name"]], self.settings.canary_timeout_seconds)
+
+    async def ready(self, models: list[str]) -> bool:
+        """True when every model answers a canary inference."""
+        try:
+            for model in models:
+                await self.canary(model)
+        except (AmcsearchError, InferenceServerException, OSError) as error:
+            log.warning("Triton not ready for %s: %s", self.service, error)
+            self._configs.clear()
+            return False
+        return True
