@@ -1,11 +1,14 @@
-"""ImageEncoder and KeywordTagger: tensor contract, uint8 input, scriptability, determinism."""
+"""ImageEncoder, KeywordTagger and the query-by-image evaluation: tensor contract, uint8 input,
+scriptability, determinism, ranking metrics on a hand-made split."""
 
 import io
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from models.eval.image_search import evaluate_image_search, score_embeddings
 from models.nets.image_encoder import ImageEncoder, cells_from_regions, regions_from_map
 from models.nets.keyword_tagger import KeywordTagger
 
@@ -90,3 +93,32 @@ def test_keyword_tagger_gives_probabilities_and_scripts() -> None:
     probabilities = torch.jit.script(tagger)(_images(2))
     assert probabilities.shape == (2, 17)
     assert bool(((probabilities >= 0) & (probabilities <= 1)).all())
+
+
+def _tiny_split() -> SimpleNamespace:
+    ids = ["a", "b", "c", "d"]
+    query = SimpleNamespace(image_id="a", candidate_ids=["b", "c", "d"], relevance=[0.9, 0.5, 0.0])
+    return SimpleNamespace(
+        image_queries=[query],
+        index_of=ids.index,
+        pixels=np.random.default_rng(0).integers(0, 256, (4, 128, 128, 3), dtype=np.uint8),
+    )
+
+
+def test_score_embeddings_rewards_the_proxy_order() -> None:
+    split = _tiny_split()
+    good = torch.tensor([[1.0, 0.0], [0.95, 0.3], [0.5, 0.8], [-1.0, 0.1]])
+    bad = torch.tensor([[1.0, 0.0], [-1.0, 0.1], [0.5, 0.8], [0.95, 0.3]])
+    good_scores, bad_scores = score_embeddings(split, good), score_embeddings(split, bad)
+    assert good_scores["NDCG@5"] == pytest.approx(1.0)
+    assert bad_scores["NDCG@5"] < good_scores["NDCG@5"]
+    assert good_scores["Pearson"] > 0.9 > bad_scores["Pearson"]
+
+
+def test_evaluate_image_search_returns_one_row_per_model() -> None:
+    torch.manual_seed(0)
+    rows = evaluate_image_search(_tiny_split(), ImageEncoder(), ImageEncoder())
+    assert [r["model"] for r in rows] == [
+        "pixels (no learning)", "image encoder, untrained", "image encoder, trained"
+    ]
+    assert all({"NDCG@5", "NDCG@10", "NDCG@20", "Pearson"} <= set(r) for r in rows)

@@ -1,0 +1,261 @@
+"""`make models`: build the corpus, train every model, save checkpoints, export the Triton models.
+
+    python -m models.train --size {ci,demo,full} --seed 0 \
+        --repository model_repository --checkpoints build/checkpoints
+
+Writes build/checkpoints/<size>/<name>.pt (state_dicts; eval loads them), manifest.json beside
+them, and model_repository/<model>/ for text_encoder, image_encoder, keyword_tagger,
+amc_rescorer (AMC Full) and composer (the variant train_composers chose on its TRAIN-split
+validation part). Stage timings are printed as they finish and gathered in the manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from amcsearch.query_encoder.tokenize import Tokenizer
+from models.corpus import load_or_build_corpus
+from models.export.triton_repo import ModelSpec, TensorSpec, export_model
+from models.nets.image_encoder import ImageEncoder, count_parameters
+from models.nets.text_encoder import load_text_encoder
+from models.train.amc import train_amc
+from models.train.composer import train_composers
+from models.train.image_encoder import train_image_encoder, train_keyword_tagger
+
+# Per-size budgets, one dict per stage (each stage ignores keys it does not know).
+BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
+    "ci": {
+        "image_encoder": {"epochs": 4, "tagger_epochs": 15},
+        "amc": {"size": "ci"},
+        "composer": {"size": "ci"},
+    },
+    "demo": {
+        "image_encoder": {"epochs": 10, "tagger_epochs": 30},
+        "amc": {"size": "demo"},
+        "composer": {"size": "demo"},
+    },
+    "full": {
+        "image_encoder": {"epochs": 25, "tagger_epochs": 40},
+        "amc": {"size": "full"},
+        "composer": {"size": "full"},
+    },
+}
+
+SEQ, EMB, REGIONS, REGION_DIM, KEYWORDS = 32, 384, 36, 128, 32
+
+
+def model_specs(vocab_size: int) -> dict[str, ModelSpec]:
+    """The five models' tensor contract, as model_repository/README.md gives it."""
+    f32, i64, u8 = "FP32", "INT64", "UINT8"
+    image = TensorSpec("image", u8, (128, 128, 3))
+    return {
+        "text_encoder": ModelSpec(
+            "text_encoder",
+            inputs=[TensorSpec("input_ids", i64, (SEQ,)), TensorSpec("attention_mask", i64, (SEQ,))],
+            outputs=[TensorSpec("embedding__0", f32, (EMB,)), TensorSpec("tokens__1", f32, (SEQ, EMB))],
+        ),
+        "image_encoder": ModelSpec(
+            "image_encoder",
+            inputs=[image],
+            outputs=[
+                TensorSpec("embedding__0", f32, (EMB,)),
+                TensorSpec("regions__1", f32, (REGIONS, REGION_DIM)),
+            ],
+        ),
+        "keyword_tagger": ModelSpec(
+            "keyword_tagger",
+            inputs=[image],
+            outputs=[TensorSpec("probabilities__0", f32, (vocab_size,))],
+            labels={"probabilities__0": "keywords.txt"},
+        ),
+        "amc_rescorer": ModelSpec(
+            "amc_rescorer",
+            inputs=[
+                TensorSpec("query", f32, (EMB,)),
+                TensorSpec("regions", f32, (REGIONS, REGION_DIM)),
+                TensorSpec("keywords", f32, (KEYWORDS, EMB)),
+                TensorSpec("keyword_mask", f32, (KEYWORDS,)),
+            ],
+            outputs=[
+                TensorSpec("score__0", f32, (1,)),
+                TensorSpec("modality_weights__1", f32, (2,)),
+                TensorSpec("region_attention__2", f32, (REGIONS,)),
+                TensorSpec("keyword_attention__3", f32, (KEYWORDS,)),
+            ],
+            max_batch_size=256,
+        ),
+        "composer": ModelSpec(
+            "composer",
+            inputs=[
+                TensorSpec("image_embedding", f32, (EMB,)),
+                TensorSpec("regions", f32, (REGIONS, REGION_DIM)),
+                TensorSpec("text_embedding", f32, (EMB,)),
+                TensorSpec("tokens", f32, (SEQ, EMB)),
+                TensorSpec("token_mask", f32, (SEQ,)),
+            ],
+            outputs=[TensorSpec("embedding__0", f32, (EMB,))],
+        ),
+    }
+
+
+class Stages:
+    """Times each stage and prints it as it ends."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        print(f"[models] {name} ...", flush=True)
+        start = time.perf_counter()
+        result = fn()
+        self.seconds[name] = round(time.perf_counter() - start, 2)
+        print(f"[models] {name} done in {self.seconds[name]:.1f}s", flush=True)
+        return result
+
+
+def chosen_composer(composers: dict[str, nn.Module]) -> tuple[str, nn.Module]:
+    """The composer to export: train_composers' own "composer" entry (its validation pick)."""
+    if "composer" in composers:
+        chosen = composers["composer"]
+        for key, module in composers.items():
+            if key != "composer" and module is chosen:
+                return key, chosen
+        return "composer", chosen
+    for key in ("lbf", "tirg", "concat"):
+        if key in composers:
+            return key, composers[key]
+    raise ValueError(f"train_composers returned no usable composer: {sorted(composers)}")
+
+
+def save_checkpoints(modules: dict[str, nn.Module], folder: Path) -> dict[str, dict[str, Any]]:
+    folder.mkdir(parents=True, exist_ok=True)
+    info = {}
+    for name, module in modules.items():
+        path = folder / f"{name}.pt"
+        torch.save(module.state_dict(), path)
+        info[name] = {
+            "file": path.name,
+            "class": f"{type(module).__module__}.{type(module).__qualname__}",
+            "parameters": count_parameters(module),
+        }
+    return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--size", choices=sorted(BUDGETS), default="demo")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--checkpoints", type=Path, default=Path("build/checkpoints"))
+    parser.add_argument("--corpus-cache", type=Path, default=Path("build/corpus"))
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(args.seed)
+    budgets = BUDGETS[args.size]
+    stages = Stages()
+    total_start = time.perf_counter()
+    print(f"[models] size={args.size} seed={args.seed} threads={torch.get_num_threads()}", flush=True)
+
+    corpus = stages.run(
+        "corpus", lambda: load_or_build_corpus(args.size, seed=args.seed, cache_dir=args.corpus_cache)
+    )
+    text_encoder, tokenizer = stages.run(
+        "text_encoder load", lambda: (load_text_encoder(), Tokenizer.default())
+    )
+    image_encoder = stages.run(
+        "image_encoder train",
+        lambda: train_image_encoder(corpus, text_encoder, tokenizer, args.seed, budgets["image_encoder"]),
+    )
+    tagger = stages.run(
+        "keyword_tagger train",
+        lambda: train_keyword_tagger(corpus, image_encoder, args.seed, budgets["image_encoder"]),
+    )
+    amc = stages.run(
+        "amc train",
+        lambda: train_amc(corpus, text_encoder, tokenizer, image_encoder, args.seed, budgets["amc"]),
+    )
+    composers = stages.run(
+        "composer train",
+        lambda: train_composers(corpus, text_encoder, tokenizer, image_encoder, args.seed, budgets["composer"]),
+    )
+    composer_key, composer = chosen_composer(composers)
+
+    torch.manual_seed(args.seed)
+    untrained = ImageEncoder().eval()  # the seed-initialised reference of the query-by-image table
+    checkpoint_dir = args.checkpoints / args.size
+    modules: dict[str, nn.Module] = {
+        "image_encoder": image_encoder,
+        "image_encoder_untrained": untrained,
+        "keyword_tagger": tagger,
+    }
+    modules.update({f"amc_{k}" if not k.startswith("amc_") else k: m for k, m in amc.items()})
+    modules.update({f"composer_{k}": m for k, m in composers.items() if k != "composer"})
+    checkpoints = stages.run("checkpoints", lambda: save_checkpoints(modules, checkpoint_dir))
+
+    specs = model_specs(len(corpus.keyword_vocab))
+    keywords_txt = ("\n".join(corpus.keyword_vocab) + "\n").encode()
+    exported = {
+        "text_encoder": (text_encoder, None),
+        "image_encoder": (image_encoder, None),
+        "keyword_tagger": (tagger, {"keywords.txt": keywords_txt}),
+        "amc_rescorer": (amc["amc_full"], None),
+        "composer": (composer, None),
+    }
+
+    def export_all() -> dict[str, dict[str, Any]]:
+        out = {}
+        for name, (module, extra) in exported.items():
+            folder = export_model(module, specs[name], args.repository, extra_files=extra)
+            model_pt = folder / "1" / "model.pt"
+            out[name] = {
+                "folder": str(folder),
+                "model_pt_bytes": model_pt.stat().st_size,
+                "parameters": count_parameters(module),
+            }
+        return out
+
+    exports = stages.run("export", export_all)
+    total = round(time.perf_counter() - total_start, 2)
+
+    manifest = {
+        "size": args.size,
+        "seed": args.seed,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "train_images": len(corpus.train.images),
+        "test_images": len(corpus.test.images),
+        "keyword_vocab": len(corpus.keyword_vocab),
+        "budgets": budgets,
+        "stage_seconds": stages.seconds,
+        "total_seconds": total,
+        "composer_exported": composer_key,
+        "checkpoints": checkpoints,
+        "exports": exports,
+    }
+    (checkpoint_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+    print(f"\n[models] size={args.size} seed={args.seed}: done in {total:.1f}s")
+    for name, seconds in stages.seconds.items():
+        print(f"  {name:<22} {seconds:8.1f}s")
+    for name, info in exports.items():
+        print(f"  {name:<22} {info['parameters']:>10,} params  {info['model_pt_bytes'] / 1e6:6.2f} MB")
+    print(f"  composer exported: {composer_key}")
+    print(f"  checkpoints and manifest: {checkpoint_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Pieces of the `make models` driver: the tensor contract it exports, the composer pick and the
+checkpoint files."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from models.export.triton_repo import render_config
+from models.nets.image_encoder import ImageEncoder
+from models.nets.keyword_tagger import KeywordTagger
+from models.train.__main__ import BUDGETS, chosen_composer, model_specs, save_checkpoints
+
+
+def test_specs_follow_the_model_repository_contract() -> None:
+    specs = model_specs(vocab_size=57)
+    assert set(specs) == {"text_encoder", "image_encoder", "keyword_tagger", "amc_rescorer", "composer"}
+    image = specs["image_encoder"]
+    assert [(t.name, t.dtype, t.dims) for t in image.inputs] == [("image", "UINT8", (128, 128, 3))]
+    assert [t.name for t in image.outputs] == ["embedding__0", "regions__1"]
+    assert specs["keyword_tagger"].outputs[0].dims == (57,)
+    assert [t.name for t in specs["amc_rescorer"].inputs] == ["query", "regions", "keywords", "keyword_mask"]
+    assert [t.name for t in specs["amc_rescorer"].outputs] == [
+        "score__0", "modality_weights__1", "region_attention__2", "keyword_attention__3"
+    ]
+    assert [t.name for t in specs["composer"].inputs] == [
+        "image_embedding", "regions", "text_embedding", "tokens", "token_mask"
+    ]
+    config = render_config(specs["keyword_tagger"], "abc123", "python")
+    assert 'label_filename: "keywords.txt"' in config
+
+
+def test_every_size_has_a_budget_for_every_stage() -> None:
+    for size in ("ci", "demo", "full"):
+        assert set(BUDGETS[size]) == {"image_encoder", "amc", "composer"}
+
+
+def test_chosen_composer_prefers_train_composers_own_pick() -> None:
+    tirg, lbf = nn.Linear(1, 1), nn.Linear(1, 1)
+    assert chosen_composer({"tirg": tirg, "lbf": lbf, "composer": tirg}) == ("tirg", tirg)
+    assert chosen_composer({"tirg": tirg, "lbf": lbf}) == ("lbf", lbf)
+    with pytest.raises(ValueError):
+        chosen_composer({"image_only": tirg})
+
+
+def test_checkpoints_reload_into_fresh_modules(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    encoder = ImageEncoder().eval()
+    tagger = KeywordTagger(encoder, 5).eval()
+    info = save_checkpoints({"image_encoder": encoder, "keyword_tagger": tagger}, tmp_path)
+    assert info["image_encoder"]["class"] == "models.nets.image_encoder.ImageEncoder"
+    torch.manual_seed(1)
+    fresh = KeywordTagger(ImageEncoder(), 5).eval()
+    fresh.load_state_dict(torch.load(tmp_path / info["keyword_tagger"]["file"]))
+    images = torch.zeros(1, 128, 128, 3, dtype=torch.uint8)
+    torch.testing.assert_close(fresh(images), tagger(images))
