@@ -104,6 +104,8 @@ class TritonSettings:
     url: str = env("TRITON_URL", default="127.0.0.1:8001")
     canary_timeout_seconds: float = env("TRITON_CANARY_TIMEOUT_SECONDS", default=10.0)
     """Time a readiness canary inference may take (the first one warms the model)."""
+    canary_interval_seconds: float = env("TRITON_CANARY_INTERVAL_SECONDS", default=30.0)
+    """Between canaries, readiness asks Triton's model-ready endpoint only."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -55,6 +55,7 @@ class TritonModels:
             ],
         )
         self._configs: dict[str, dict] = {}
+        self._last_canary = float("-inf")
 
     async def close(self) -> None:
         await self.client.close()
@@ -106,6 +107,13 @@ class TritonModels:
         parameters = (await self.config(model)).get("parameters", {})
         return parameters.get("build_id", {}).get("string_value", "unversioned")
 
+    async def has_model(self, model: str) -> bool:
+        """Whether Triton has `model` loaded and ready (no inference)."""
+        try:
+            return bool(await self.client.is_model_ready(model, client_timeout=2.0))
+        except InferenceServerException:
+            return False
+
     async def canary(self, model: str) -> None:
         """Run one inference of zeros (batch 1) through `model`; raises when it fails."""
         config = await self.config(model)
@@ -117,12 +125,20 @@ class TritonModels:
         await self.infer(model, inputs, [config["output"][0]["name"]], self.settings.canary_timeout_seconds)
 
     async def ready(self, models: list[str]) -> bool:
-        """True when every model answers a canary inference."""
+        """True when every model answers; a canary inference at most every canary_interval."""
+        now = time.monotonic()
         try:
-            for model in models:
-                await self.canary(model)
+            if now - self._last_canary >= self.settings.canary_interval_seconds:
+                for model in models:
+                    await self.canary(model)
+                self._last_canary = now
+            else:
+                for model in models:
+                    if not await self.client.is_model_ready(model, client_timeout=2.0):
+                        raise Unavailable(f"Triton model {model} is not ready")
         except (AmcsearchError, InferenceServerException, OSError) as error:
             log.warning("Triton not ready for %s: %s", self.service, error)
             self._configs.clear()
+            self._last_canary = float("-inf")
             return False
         return True

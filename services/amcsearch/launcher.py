@@ -1,0 +1,180 @@
+"""`make up`: tritonserver, redis-server (unless REDIS_URL is set) and every service, healthy.
+
+`python -m amcsearch.launcher` starts them, waits until each answers, prints where each listens,
+and stops them all on Ctrl-C or SIGTERM. `Stack` is the same thing as a library, used by the
+integration tests and the demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from amcsearch import processes
+from amcsearch.processes import Process, free_port, wait_until
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES_ROOT = ROOT / "services"
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    module: str
+    prefix: str
+    port: int
+    metrics_port: int
+    models: tuple[str, ...]
+    """Triton models it needs: the stack only starts services whose models are in the repository."""
+
+
+SERVICES = (
+    ServiceSpec("query_encoder", "QUERY_ENCODER", 50051, 9101, ("text_encoder",)),
+    ServiceSpec("keyword_tagger", "KEYWORD_TAGGER", 50052, 9102, ("keyword_tagger",)),
+    ServiceSpec("feature_extractor", "FEATURE_EXTRACTOR", 50053, 9103, ("image_encoder",)),
+    ServiceSpec("attention_rescorer", "ATTENTION_RESCORER", 50054, 9104, ("amc_rescorer",)),
+    ServiceSpec("search", "SEARCH", 50050, 9100, ("text_encoder", "image_encoder", "amc_rescorer")),
+)
+
+
+def _implemented(spec: ServiceSpec) -> bool:
+    return (SERVICES_ROOT / "amcsearch" / spec.module / "__main__.py").exists()
+
+
+@dataclass
+class Stack:
+    """The whole system as child processes. Ports are free ones unless `fixed_ports`."""
+
+    repository: Path
+    log_dir: Path
+    fixed_ports: bool = False
+    redis_url: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    services: tuple[ServiceSpec, ...] | None = None
+    processes: dict[str, Process] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def _port(self, default: int) -> int:
+        return default if self.fixed_ports else free_port()
+
+    def models_present(self) -> set[str]:
+        return {p.parent.parent.name for p in self.repository.glob("*/configs/pyt.pbtxt")}
+
+    def selected_services(self) -> list[ServiceSpec]:
+        present = self.models_present()
+        chosen = self.services if self.services is not None else SERVICES
+        return [s for s in chosen if _implemented(s) and set(s.models) <= present]
+
+    def start(self, timeout: float = 120.0) -> None:
+        try:
+            self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> None:
+        started = time.monotonic()
+        if self.redis_url is None:
+            port = self._port(6380)
+            redis = processes.redis_process(port, self.log_dir)
+            self._launch(redis)
+            wait_until(lambda: processes.redis_ready(port), 20, "redis-server", redis)
+            self.redis_url = redis.endpoints["redis"]
+        grpc_port, http_port, metrics_port = self._port(8001), self._port(8000), self._port(8002)
+        triton = processes.triton_process(self.repository, self.log_dir, grpc_port, http_port, metrics_port)
+        self._launch(triton)
+        self.env = {"TRITON_URL": triton.endpoints["grpc"], "REDIS_URL": self.redis_url, **self.extra_env}
+        specs = self.selected_services()
+        ports = {s.module: (self._port(s.port), self._port(s.metrics_port)) for s in specs}
+        for spec in specs:
+            self.env[f"{spec.prefix}_ADDR"] = f"127.0.0.1:{ports[spec.module][0]}"
+        wait_until(lambda: processes.triton_ready(http_port), timeout, "tritonserver", triton)
+        for spec in specs:
+            port, metrics = ports[spec.module]
+            self._launch(processes.service_process(spec.module, spec.prefix, port, metrics, self.env,
+                                                   self.log_dir, SERVICES_ROOT))
+        for spec in specs:
+            process = self.processes[spec.module]
+            remaining = max(5.0, timeout - (time.monotonic() - started))
+            wait_until(lambda: processes.grpc_serving(process.endpoints["grpc"]), remaining,
+                       spec.module, process, interval=0.5)
+        log.info("stack healthy in %.1fs", time.monotonic() - started)
+
+    def _launch(self, process: Process) -> None:
+        process.start()
+        self.processes[process.name] = process
+
+    def address(self, module: str) -> str:
+        return self.processes[module].endpoints["grpc"]
+
+    def stop(self) -> None:
+        """Services first (they drain), then Triton, then Redis."""
+        order = [p for name, p in self.processes.items() if name not in ("tritonserver", "redis-server")]
+        order += [self.processes[n] for n in ("tritonserver", "redis-server") if n in self.processes]
+        for process in order:
+            process.stop()
+
+    def table(self) -> str:
+        rows = [("process", "pid", "endpoints")]
+        for name, process in self.processes.items():
+            pid = str(process.popen.pid) if process.popen else "-"
+            rows.append((name, pid, "  ".join(f"{k}={v}" for k, v in process.endpoints.items())))
+        if "redis-server" not in self.processes and self.redis_url:
+            rows.append(("redis (external)", "-", f"redis={self.redis_url}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(2)]
+        return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]}" for r in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repository", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", ROOT / "model_repository")))
+    parser.add_argument("--log-dir", type=Path, default=ROOT / "var" / "log")
+    parser.add_argument("--free-ports", action="store_true", help="pick free ports instead of the defaults")
+    parser.add_argument("--timeout", type=float, default=120.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(message)s")
+
+    if not any(args.repository.glob("*/configs/pyt.pbtxt")):
+        print(f"no models in {args.repository}: run `make models` first", file=sys.stderr)
+        return 2
+    stack = Stack(args.repository, args.log_dir, fixed_ports=not args.free_ports,
+                  redis_url=os.environ.get("REDIS_URL"))
+    stopping = threading.Event()
+
+    def request_stop(signum, _frame):
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    started = time.monotonic()
+    try:
+        stack.start(args.timeout)
+    except (TimeoutError, RuntimeError, OSError) as error:
+        print(f"stack failed to start: {error}", file=sys.stderr)
+        return 1
+    print(f"\namcsearch is up ({time.monotonic() - started:.1f}s). Logs in {args.log_dir}.\n")
+    print(stack.table())
+    print("\nCtrl-C stops everything.", flush=True)
+    try:
+        while not stopping.is_set():
+            dead = [name for name, p in stack.processes.items() if not p.alive()]
+            if dead:
+                print(f"{', '.join(dead)} exited; stopping the stack", file=sys.stderr)
+                break
+            stopping.wait(1.0)
+    finally:
+        stack.stop()
+        print("stopped.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

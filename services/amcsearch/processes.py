@@ -1,0 +1,211 @@
+"""Start and stop the real processes of the stack: tritonserver, redis-server, the services.
+
+Used by the launcher (`make up`, `make demo`) and by the integration tests, so that tests run
+exactly what users run. Every child gets PR_SET_PDEATHSIG, so none outlives the launcher even
+if the launcher itself is killed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Process:
+    """A child process with a name, its log file and the signal that stops it gracefully."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    stop_signal: int = signal.SIGTERM
+    endpoints: dict[str, str] = field(default_factory=dict)
+    popen: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = open(self.log_path, "ab")
+        self.popen = subprocess.Popen(
+            self.argv, env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, start_new_session=True,
+        )
+        log_file.close()
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if not self.alive():
+            return
+        assert self.popen is not None
+        self.popen.send_signal(self.stop_signal)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0fs: killing it", self.name, timeout)
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(5)
+
+    def kill(self) -> None:
+        """SIGKILL, for fault tests."""
+        if self.alive():
+            assert self.popen is not None
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(5)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def wait_until(check, timeout: float, what: str, process: Process | None = None, interval: float = 0.2) -> None:
+    """Poll `check()` until true; fail with the process's log tail when it dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and not process.alive():
+            raise RuntimeError(f"{what}: {process.name} exited early. Log tail:\n{process.log_tail()}")
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        time.sleep(interval)
+    tail = process.log_tail() if process is not None else ""
+    raise TimeoutError(f"{what} not ready after {timeout:.0f}s. Log tail:\n{tail}")
+
+
+# --- tritonserver from the nvidia-pytriton wheel -------------------------------------------
+
+def pytriton_server_dir() -> Path:
+    import pytriton  # the wheel ships the tritonserver binary and its backends
+
+    return Path(pytriton.__file__).resolve().parent / "tritonserver"
+
+
+def prepare_python_backend(server_dir: Path) -> None:
+    """Put the stub built for this Python next to libtriton_python.so (idempotent)."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = server_dir / "python_backend_stubs" / version / "triton_python_backend_stub"
+    target = server_dir / "backends" / "python" / "triton_python_backend_stub"
+    if not stub.exists():
+        raise FileNotFoundError(f"nvidia-pytriton has no Python backend stub for Python {version}")
+    if not target.exists() or target.stat().st_size != stub.stat().st_size:
+        shutil.copy2(stub, target)
+
+
+def triton_environment(server_dir: Path) -> dict[str, str]:
+    """PATH and LD_LIBRARY_PATH as pytriton sets them: the stub finds Python through PATH."""
+    env = dict(os.environ)
+    libs = server_dir.parent.parent / "nvidia_pytriton.libs"
+    library_path = [str(libs), sysconfig.get_config_var("LIBDIR") or ""]
+    if env.get("LD_LIBRARY_PATH"):
+        library_path.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = ":".join(p for p in library_path if p)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return env
+
+
+def triton_process(repository: Path, log_dir: Path, grpc_port: int, http_port: int, metrics_port: int,
+                   models: list[str] | None = None) -> Process:
+    server_dir = pytriton_server_dir()
+    prepare_python_backend(server_dir)
+    cache_dir = Path(tempfile.mkdtemp(prefix="amcsearch-triton-cache-"))
+    argv = [
+        str(server_dir / "bin" / "tritonserver"),
+        f"--model-repository={repository}",
+        f"--backend-directory={server_dir / 'backends'}",
+        f"--cache-directory={cache_dir}",
+        "--model-config-name=pyt",
+        f"--grpc-port={grpc_port}", f"--http-port={http_port}", f"--metrics-port={metrics_port}",
+        "--allow-metrics=true", "--log-verbose=0", "--exit-timeout-secs=10",
+    ]
+    if models:
+        argv.append("--model-control-mode=explicit")
+        argv.extend(f"--load-model={model}" for model in models)
+    return Process(
+        "tritonserver", argv, triton_environment(server_dir), log_dir / "tritonserver.log",
+        stop_signal=signal.SIGINT,
+        endpoints={"grpc": f"127.0.0.1:{grpc_port}", "http": f"127.0.0.1:{http_port}",
+                   "metrics": f"http://127.0.0.1:{metrics_port}/metrics"},
+    )
+
+
+def triton_ready(http_port: int) -> bool:
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=1) as response:
+        return response.status == 200
+
+
+# --- redis-server ----------------------------------------------------------------------------
+
+def redis_process(port: int, log_dir: Path) -> Process:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise FileNotFoundError("redis-server is not installed: run `make setup` or set REDIS_URL")
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--maxmemory", "512mb", "--maxmemory-policy", "allkeys-lru"]
+    return Process("redis-server", argv, dict(os.environ), log_dir / "redis.log",
+                   endpoints={"redis": f"redis://127.0.0.1:{port}/0"})
+
+
+def redis_ready(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(16).startswith(b"+PONG")
+
+
+# --- the amcsearch services ------------------------------------------------------------------
+
+def service_process(module: str, prefix: str, port: int, metrics_port: int, env: dict[str, str],
+                    log_dir: Path, services_root: Path) -> Process:
+    child_env = dict(os.environ)
+    child_env.update(env)
+    child_env[f"{prefix}_PORT"] = str(port)
+    child_env[f"{prefix}_METRICS_PORT"] = str(metrics_port)
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in [str(services_root), child_env.get("PYTHONPATH", "")] if p
+    )
+    return Process(module, [sys.executable, "-m", f"amcsearch.{module}"], child_env,
+                   log_dir / f"{module}.log",
+                   endpoints={"grpc": f"127.0.0.1:{port}", "metrics": f"http://127.0.0.1:{metrics_port}/metrics"})
+
+
+def grpc_serving(address: str, service: str = "") -> bool:
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+        return reply.status == health_pb2.HealthCheckResponse.SERVING

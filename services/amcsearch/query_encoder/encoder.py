@@ -1,0 +1,159 @@
+"""Encode a batch of queries: one MGET, then at most one Triton call per model for the misses.
+
+Text -> text_encoder. Image -> image_encoder (or the given features). Image + modification ->
+image_encoder + text_encoder (with token states) + composer. Identical misses of concurrent
+requests are computed once (SingleFlight).
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Executor
+
+import numpy as np
+
+from amcsearch.query_encoder.queries import Encoded, Query
+from amcsearch.query_encoder.tokenize import Tokenizer
+from amcsearch.runtime import contract as c
+from amcsearch.runtime.cache import EmbeddingCache, content_key
+from amcsearch.runtime.images import decode_images
+from amcsearch.runtime.metrics import stage
+from amcsearch.runtime.settings import ImageLimits
+from amcsearch.runtime.singleflight import SingleFlight
+from amcsearch.runtime.triton import TritonModels
+
+log = logging.getLogger(__name__)
+
+SERVICE = "query_encoder"
+
+
+def _l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class QueryEncoder:
+    def __init__(self, triton: TritonModels, cache: EmbeddingCache, tokenizer: Tokenizer,
+                 limits: ImageLimits, executor: Executor | None = None) -> None:
+        self.triton = triton
+        self.cache = cache
+        self.tokenizer = tokenizer
+        self.limits = limits
+        self.executor = executor
+        self.flight: SingleFlight[np.ndarray] = SingleFlight()
+        self.builds: dict[str, str] = {}
+
+    async def refresh_builds(self, models: list[str]) -> None:
+        """Read the build_id of each model present; cache keys include them."""
+        self.builds = {model: await self.triton.build_id(model) for model in models}
+
+    def _key(self, query: Query) -> str:
+        model = {"text": c.TEXT_ENCODER, "image": c.IMAGE_ENCODER, "composed": c.COMPOSER}[query.kind]
+        build = self.builds.get(model, "missing")
+        if query.kind == "composed":
+            build = f"{build}.{self.builds.get(c.IMAGE_ENCODER, 'missing')}.{self.builds.get(c.TEXT_ENCODER)}"
+        return content_key("query", model, build, query.cache_content())
+
+    async def encode(self, queries: list[Query], timeout: float | None) -> list[Encoded]:
+        with stage(SERVICE, "tokenize"):
+            _, _, truncated = self.tokenizer.encode([q.text or "" for q in queries])
+        keys = [self._key(q) for q in queries]
+        unique = list(dict.fromkeys(keys))
+        with stage(SERVICE, "cache_get"):
+            cached = await self.cache.get_many("query", unique)
+        found = {key: value for key, value in zip(unique, cached) if value is not None}
+        hits = set(found)
+        missing = [key for key in unique if key not in hits]
+        if missing:
+            found.update(await self._compute_missing(missing, queries, keys, timeout))
+        return [
+            Encoded(found[key], key in hits, truncated[i] and query.text is not None, query.normalized_text())
+            for i, (query, key) in enumerate(zip(queries, keys))
+        ]
+
+    async def _compute_missing(self, missing: list[str], queries: list[Query], keys: list[str],
+                               timeout: float | None) -> dict[str, np.ndarray]:
+        mine, theirs = self.flight.claim(missing)
+        try:
+            by_key = {key: query for query, key in zip(queries, keys)}
+            computed = await self._run_models([by_key[k] for k in mine], timeout) if mine else []
+            values = dict(zip(mine, computed))
+        except BaseException as error:
+            self.flight.fail(mine, error)
+            raise
+        self.flight.resolve(values)
+        with stage(SERVICE, "cache_set"):
+            await self.cache.set_many(values)
+        values.update(await SingleFlight.wait(theirs))
+        return values
+
+    async def _run_models(self, queries: list[Query], timeout: float | None) -> list[np.ndarray]:
+        """Embeddings of `queries` (distinct misses), with one call per model."""
+        results: list[np.ndarray | None] = [None] * len(queries)
+        text_rows = [i for i, q in enumerate(queries) if q.kind in ("text", "composed")]
+        image_rows = [i for i, q in enumerate(queries) if q.kind in ("image", "composed")]
+        composed = any(q.kind == "composed" for q in queries)
+
+        text_out = await self._encode_texts([queries[i].text or "" for i in text_rows], composed, timeout)
+        image_out = await self._encode_images([queries[i] for i in image_rows], composed, timeout)
+        text_at = {row: j for j, row in enumerate(text_rows)}
+        image_at = {row: j for j, row in enumerate(image_rows)}
+        for i, query in enumerate(queries):
+            if query.kind == "text":
+                results[i] = text_out[c.EMBEDDING_OUT][text_at[i]]
+            elif query.kind == "image":
+                results[i] = image_out[c.EMBEDDING_OUT][image_at[i]]
+        composed_rows = [i for i, q in enumerate(queries) if q.kind == "composed"]
+        if composed_rows:
+            embeddings = await self._compose(composed_rows, text_out, text_at, image_out, image_at, timeout)
+            for row, embedding in zip(composed_rows, embeddings):
+                results[row] = embedding
+        return [r for r in results if r is not None]
+
+    async def _encode_texts(self, texts: list[str], with_tokens: bool, timeout: float | None) -> dict:
+        if not texts:
+            return {}
+        ids, mask, _ = self.tokenizer.encode(texts)
+        outputs = [c.EMBEDDING_OUT, c.TOKENS_OUT] if with_tokens else [c.EMBEDDING_OUT]
+        with stage(SERVICE, "triton"):
+            out = await self.triton.infer(c.TEXT_ENCODER, {"input_ids": ids, "attention_mask": mask}, outputs, timeout)
+        out["mask"] = mask.astype(np.float32)
+        return out
+
+    async def _encode_images(self, queries: list[Query], with_regions: bool, timeout: float | None) -> dict:
+        """Embedding (and regions) per query: given features pass through, bytes go to Triton once."""
+        if not queries:
+            return {}
+        embeddings = np.zeros((len(queries), c.EMBEDDING_DIM), dtype=np.float32)
+        regions = np.zeros((len(queries), c.REGION_COUNT, c.REGION_DIM), dtype=np.float32)
+        to_decode = [i for i, q in enumerate(queries) if q.image is not None and q.image.data is not None]
+        for i, query in enumerate(queries):
+            if i not in to_decode:
+                assert query.image is not None
+                embeddings[i] = _l2_normalize(query.image.embedding)
+                regions[i] = query.image.regions
+        if to_decode:
+            with stage(SERVICE, "decode"):
+                pixels = await decode_images([queries[i].image.data for i in to_decode], self.limits, self.executor)
+            outputs = [c.EMBEDDING_OUT, c.REGIONS_OUT] if with_regions else [c.EMBEDDING_OUT]
+            with stage(SERVICE, "triton"):
+                out = await self.triton.infer(c.IMAGE_ENCODER, {"image": pixels}, outputs, timeout)
+            embeddings[to_decode] = out[c.EMBEDDING_OUT]
+            if with_regions:
+                regions[to_decode] = out[c.REGIONS_OUT]
+        return {c.EMBEDDING_OUT: embeddings, c.REGIONS_OUT: regions}
+
+    async def _compose(self, rows: list[int], text_out: dict, text_at: dict, image_out: dict, image_at: dict,
+                       timeout: float | None) -> np.ndarray:
+        t = [text_at[r] for r in rows]
+        v = [image_at[r] for r in rows]
+        inputs = {
+            "image_embedding": image_out[c.EMBEDDING_OUT][v],
+            "regions": image_out[c.REGIONS_OUT][v],
+            "text_embedding": text_out[c.EMBEDDING_OUT][t],
+            "tokens": text_out[c.TOKENS_OUT][t],
+            "token_mask": text_out["mask"][t],
+        }
+        with stage(SERVICE, "triton"):
+            out = await self.triton.infer(c.COMPOSER, inputs, [c.EMBEDDING_OUT], timeout)
+        return out[c.EMBEDDING_OUT]

@@ -1,0 +1,35 @@
+"""numpy <-> amcsearch.v1.Tensor, with the shape checks every service needs at its edge."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from amcsearch.runtime.errors import InvalidArgument
+from amcsearch.v1 import common_pb2
+
+_DTYPES = {
+    common_pb2.Tensor.FLOAT32: np.dtype("<f4"),
+    common_pb2.Tensor.FLOAT16: np.dtype("<f2"),
+}
+
+
+def to_tensor(array: np.ndarray, float16: bool = False) -> common_pb2.Tensor:
+    dtype = common_pb2.Tensor.FLOAT16 if float16 else common_pb2.Tensor.FLOAT32
+    data = np.ascontiguousarray(array, dtype=_DTYPES[dtype])
+    return common_pb2.Tensor(shape=list(data.shape), dtype=dtype, data=data.tobytes())
+
+
+def from_tensor(tensor: common_pb2.Tensor, expected_shape: tuple[int, ...], what: str) -> np.ndarray:
+    """float32 array of `expected_shape` (-1 = any) or InvalidArgument saying what is wrong."""
+    if tensor.dtype not in _DTYPES:
+        raise InvalidArgument(f"{what}: dtype must be FLOAT32 or FLOAT16")
+    shape = tuple(int(d) for d in tensor.shape)
+    if len(shape) != len(expected_shape) or any(e not in (-1, s) for e, s in zip(expected_shape, shape)):
+        raise InvalidArgument(f"{what}: shape {list(shape)} is not {list(expected_shape)}")
+    dtype = _DTYPES[tensor.dtype]
+    if len(tensor.data) != int(np.prod(shape)) * dtype.itemsize:
+        raise InvalidArgument(f"{what}: {len(tensor.data)} bytes do not hold a {list(shape)} {dtype.name} array")
+    array = np.frombuffer(tensor.data, dtype=dtype).reshape(shape).astype(np.float32)
+    if not np.isfinite(array).all():
+        raise InvalidArgument(f"{what}: contains NaN or infinity")
+    return array

@@ -1,0 +1,69 @@
+"""Dependencies dying under a running service: Redis costs misses only; Triton gives UNAVAILABLE."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from amcsearch import processes
+from amcsearch.v1 import query_encoder_pb2, query_encoder_pb2_grpc
+from tests.integration.conftest import metric_value, scrape, start_stack
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def fault_stack(tiny_repository, tmp_path_factory):
+    stack = start_stack(tiny_repository, tmp_path_factory.mktemp("fault-logs"))
+    yield stack
+    stack.stop()
+
+
+def encode(stack, *texts, timeout=10.0):
+    with grpc.insecure_channel(stack.address("query_encoder")) as channel:
+        stub = query_encoder_pb2_grpc.QueryEncoderStub(channel)
+        request = query_encoder_pb2.EncodeRequest(queries=[query_encoder_pb2.QueryInput(text=t) for t in texts])
+        return stub.Encode(request, timeout=timeout)
+
+
+def cache_errors(stack) -> float:
+    return metric_value(scrape(stack.processes["query_encoder"].endpoints["metrics"]), "amcsearch_cache_errors_total")
+
+
+def test_redis_killed_calls_still_succeed_and_errors_are_counted(fault_stack):
+    encode(fault_stack, "cached before the crash")
+    errors_before = cache_errors(fault_stack)
+    redis = fault_stack.processes["redis-server"]
+    redis.kill()
+    started = time.monotonic()
+    for i in range(20):
+        reply = encode(fault_stack, "cached before the crash", f"new text {i}")
+        assert len(reply.embeddings) == 2 and not reply.embeddings[0].cache_hit
+    elapsed = time.monotonic() - started
+    assert cache_errors(fault_stack) > errors_before
+    health = processes.grpc_serving(fault_stack.address("query_encoder"))
+    assert health, "a dead cache must not make the service NOT_SERVING"
+    # Redis back: the breaker half-opens and caching resumes.
+    redis.start()
+    processes.wait_until(lambda: processes.redis_ready(int(redis.endpoints["redis"].rsplit(":", 1)[1].split("/")[0])),
+                         20, "redis restart", redis)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        encode(fault_stack, "after the restart")
+        if encode(fault_stack, "after the restart").embeddings[0].cache_hit:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("cache never recovered after Redis came back")
+    print(f"40 encodes with Redis dead took {elapsed:.2f}s")
+
+
+def test_triton_killed_gives_unavailable_within_the_deadline(fault_stack):
+    fault_stack.processes["tritonserver"].kill()
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as raised:
+        encode(fault_stack, "nobody computes this", timeout=5.0)
+    assert raised.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    assert time.monotonic() - started < 5.5
