@@ -1,0 +1,73 @@
+# amcsearch: `make setup`, then `make demo` (the main job) or `make test` (the whole suite).
+SHELL := /bin/bash
+PYTHON_SYSTEM ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+export PYTHONPATH := $(CURDIR)/services:$(CURDIR)
+# Corpus/model size: the demo size locally, the tiny one in CI (same code path).
+MODEL_SIZE ?= $(if $(CI),ci,demo)
+SEED ?= 0
+MODELS := text_encoder image_encoder keyword_tagger amc_rescorer composer
+MODEL_FILES := $(foreach m,$(MODELS),model_repository/$(m)/1/model.pt)
+STAMP := $(VENV)/.installed-$(shell sha256sum requirements.lock | cut -c1-12)
+
+.PHONY: help setup proto models eval up demo test test-unit test-integration bench loadtest lint clean redis-server
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+setup: $(STAMP) redis-server proto ## venv with the pinned dependencies, generated code, redis-server
+
+$(STAMP): requirements.lock
+	@echo "== setup: virtualenv $(VENV) with requirements.lock"
+	@test -x $(PY) || $(PYTHON_SYSTEM) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24"
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	@rm -f $(VENV)/.installed-* && touch $@
+
+redis-server: ## install the redis-server OS package when it is missing
+	@if command -v redis-server >/dev/null; then echo "== setup: redis-server present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "== setup: installing redis-server (apt-get)"; apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
+	else echo "redis-server is missing: install it (e.g. sudo apt-get install redis-server) or set REDIS_URL"; fi
+
+proto: $(STAMP) ## generate services/amcsearch/v1 from protos/
+	@echo "== proto: generating services/amcsearch/v1"
+	@mkdir -p services/amcsearch/v1
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=services --grpc_python_out=services --pyi_out=services protos/amcsearch/v1/*.proto
+	@touch services/amcsearch/v1/__init__.py
+
+models: $(STAMP) ## train every model and export model_repository/ (MODEL_SIZE=ci|demo|full), if missing
+	@if [ -n "$(FORCE)" ] || ! ls $(MODEL_FILES) >/dev/null 2>&1; then \
+	  echo "== models: training at size $(MODEL_SIZE), seed $(SEED)"; \
+	  $(PY) -m models.train --size $(MODEL_SIZE) --seed $(SEED) --repository model_repository --checkpoints build/checkpoints; \
+	else echo "== models: model_repository is built (FORCE=1 to retrain)"; fi
+
+eval: models ## evaluate on the held-out split and write benchmarks/QUALITY.md
+	@echo "== eval: size $(MODEL_SIZE)"
+	$(PY) -m models.eval --size $(MODEL_SIZE) --seed $(SEED) --checkpoints build/checkpoints --out benchmarks/QUALITY.md
+
+up: setup models ## start Triton, Redis and every service; Ctrl-C stops them all
+	$(PY) -m amcsearch.launcher
+
+demo: setup models ## start the stack, index the demo corpus, run example searches
+	$(PY) -m amcsearch.demo --size $(MODEL_SIZE) --seed $(SEED)
+
+test: setup models ## unit and integration tests (real tritonserver, redis-server, services)
+	$(PY) -m pytest tests -q
+
+test-unit: setup ## unit tests only
+	$(PY) -m pytest tests/unit -q
+
+bench: setup models ## measure and write benchmarks/RESULTS.md
+	$(PY) -m benchmarks.run --out benchmarks/RESULTS.md
+
+loadtest: setup models ## bounded locust run on loopback, prints p50/p95/p99
+	$(PY) -m loadtests.run
+
+lint: setup ## ruff
+	$(VENV)/bin/ruff check services models tests
+
+clean: ## remove generated code, build outputs and logs (keeps the venv)
+	rm -rf services/amcsearch/v1/*_pb2*.py* build var model_repository/*/1 .pytest_cache
