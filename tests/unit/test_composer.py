@@ -1,0 +1,174 @@
+"""Composers: the shared contract, scriptability, masking, the Recall@K protocol, training plumbing."""
+
+import io
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.eval.composed import composed_recall, evaluate_composed
+from models.nets.composer import COMPOSERS, build_composer
+from models.train.composer import (
+    batch_classification_loss,
+    holdout_rows,
+    load_composers,
+    precompute_features,
+    selected_method,
+    train_composers,
+)
+
+B = 6
+
+
+def _inputs(seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(B, 32)
+    mask[:, :5] = 1.0
+    return (
+        F.normalize(torch.randn(B, 384, generator=g), dim=1),
+        torch.randn(B, 36, 128, generator=g),
+        F.normalize(torch.randn(B, 384, generator=g), dim=1),
+        torch.randn(B, 32, 384, generator=g),
+        mask,
+    )
+
+
+@pytest.mark.parametrize("name", list(COMPOSERS))
+def test_composer_contract_eager_equals_scripted_reloaded(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_composer(name).eval()
+    scripted = torch.jit.script(model)
+    assert "cpu" not in scripted.code.lower()  # no tensor pinned to a device
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    with torch.no_grad():
+        eager = model(*_inputs())
+        again = loaded(*_inputs())
+    assert eager.shape == (B, 384)
+    assert torch.allclose(eager.norm(dim=1), torch.ones(B), atol=1e-5)
+    assert torch.allclose(eager, again, atol=1e-5)
+
+
+def test_image_only_returns_the_reference_embedding() -> None:
+    x = _inputs()
+    assert torch.allclose(build_composer("image_only")(*x), x[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["lbf"])
+def test_padded_token_states_are_ignored(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_composer(name).eval()
+    x = list(_inputs())
+    with torch.no_grad():
+        before = model(*x)
+        x[3] = x[3].clone()
+        x[3][:, 10:] = 100.0
+        after = model(*x)
+        x[3][:, 2] = 100.0  # a real token does matter
+        changed = model(*x)
+    assert torch.allclose(before, after, atol=1e-5)
+    assert not torch.allclose(before, changed, atol=1e-3)
+
+
+def test_lbf_uses_region_positions() -> None:
+    torch.manual_seed(0)
+    model = build_composer("lbf").eval()
+    x = list(_inputs())
+    with torch.no_grad():
+        before = model(*x)
+        x[1] = x[1].flip(1)  # same regions, other places
+        after = model(*x)
+    assert not torch.allclose(before, after, atol=1e-4)
+
+
+def test_composed_recall_excludes_source_and_matches_labels() -> None:
+    gallery = torch.eye(4)
+    labels = torch.tensor([0, 1, 2, 1])
+    queries = torch.tensor([[1.0, 0.1, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    # query 0: its source is row 0 (the nearest, excluded); then row 1 (label 1): hit at 1.
+    # query 1: target label 0, nearest is row 2 (label 2), row 0 ties with the rest.
+    recall = composed_recall(queries, gallery, labels, torch.tensor([0, 3]), torch.tensor([1, 0]), ks=(1, 3))
+    assert recall[1] == 0.5 and recall[3] == 1.0
+
+
+def test_batch_loss_masks_other_targets_of_the_same_scene() -> None:
+    targets = F.normalize(torch.randn(3, 8), dim=1)
+    composed = targets[[0, 0, 2]]  # query 1 composes exactly query 0's target
+    scale = torch.tensor(10.0)
+    distinct = batch_classification_loss(composed, targets, torch.tensor([0, 1, 2]), scale)
+    same = batch_classification_loss(composed, targets[[0, 0, 2]], torch.tensor([0, 0, 2]), scale)
+    assert same < distinct
+
+
+class _StandInImageEncoder(nn.Module):
+    """Random tiny conv net with the ImageEncoder signature (uint8 NHWC -> embedding, regions)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, kernel_size=8, stride=8)
+        self.region = nn.Linear(8, 128)
+        self.embed = nn.Linear(8, 384)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fmap = self.conv(image.permute(0, 3, 1, 2).float() / 255.0)
+        regions = F.adaptive_avg_pool2d(fmap, 6).flatten(2).transpose(1, 2)
+        return F.normalize(self.embed(fmap.mean((2, 3))), dim=1), self.region(regions)
+
+
+def _fake_split(name: str, n: int, seed: int) -> SimpleNamespace:
+    rng = np.random.default_rng(seed)
+    images = [SimpleNamespace(id=f"{name}-{i}", label=i // 2) for i in range(n)]
+    mods = ["make top-left object red", "add small blue circle to middle-center", "remove bottom-right object"]
+    queries = []
+    for q in range(n):
+        src, tgt = rng.choice(n, size=2, replace=False)
+        queries.append(
+            SimpleNamespace(source_id=f"{name}-{src}", target_id=f"{name}-{tgt}", modification=mods[q % 3], target_label=int(tgt) // 2)
+        )
+    index = {r.id: i for i, r in enumerate(images)}
+    return SimpleNamespace(
+        images=images,
+        pixels=rng.integers(0, 256, size=(n, 128, 128, 3), dtype=np.uint8),
+        composed_queries=queries,
+        index_of=index.__getitem__,
+    )
+
+
+@pytest.fixture(scope="module")
+def text_parts():
+    from amcsearch.query_encoder.tokenize import Tokenizer
+    from models.nets.text_encoder import load_text_encoder
+
+    torch.set_num_threads(1)
+    return load_text_encoder(), Tokenizer.default()
+
+
+def test_holdout_targets_are_never_training_targets(text_parts) -> None:
+    torch.manual_seed(0)
+    feats = precompute_features(_fake_split("train", 60, 1), _StandInImageEncoder(), *text_parts)
+    train, held = holdout_rows(feats, 0.2, seed=0)
+    assert len(train) + len(held) == feats.n_queries and len(held) > 0
+    assert not set(feats.target_labels[held].tolist()) & set(feats.target_labels[train].tolist())
+
+
+def test_train_composers_and_evaluate_end_to_end(text_parts) -> None:
+    torch.manual_seed(0)
+    corpus = SimpleNamespace(train=_fake_split("train", 64, 1), test=_fake_split("test", 32, 2))
+    encoder, tok = text_parts
+    image_encoder = _StandInImageEncoder()
+    budget = {"composer_epochs": 1, "composer_batch_size": 16, "epochs": 99}
+    composers = train_composers(corpus, encoder, tok, image_encoder, seed=0, budget=budget)
+    assert set(composers) == set(COMPOSERS) | {"composer"}
+    name = selected_method(composers)
+    reloaded = load_composers({k: m.state_dict() for k, m in composers.items()})
+    assert selected_method(reloaded) == name
+    rows = evaluate_composed(corpus, composers, image_encoder, encoder, tok)
+    assert [r["key"] for r in rows] == ["text_only", "image_only", "concat", "tirg", "lbf"]
+    assert sum(r["exported"] for r in rows) == 1
+    for r in rows:
+        assert 0.0 <= r["R@1"] <= r["R@5"] <= r["R@10"] <= r["R@50"] <= 1.0
