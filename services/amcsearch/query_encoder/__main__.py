@@ -9,7 +9,7 @@ from amcsearch.query_encoder.tokenize import Tokenizer
 from amcsearch.runtime import contract as c
 from amcsearch.runtime.cache import EmbeddingCache
 from amcsearch.runtime.logs import setup_logging
-from amcsearch.runtime.server import serve_until_signalled, start_server
+from amcsearch.runtime.server import run_service
 from amcsearch.runtime.triton import TritonModels
 from amcsearch.v1 import query_encoder_pb2, query_encoder_pb2_grpc
 
@@ -34,13 +34,7 @@ async def main() -> None:
         query_encoder_pb2_grpc.add_QueryEncoderServicer_to_server(QueryEncoderServicer(encoder, settings), server)
         return [query_encoder_pb2.DESCRIPTOR.services_by_name["QueryEncoder"].full_name]
 
-    running = await start_server("query_encoder", settings.server, add, ready)
-
-    async def close() -> None:
-        await triton.close()
-        await cache.close()
-
-    await serve_until_signalled(running, close)
+    await run_service("query_encoder", settings.server, add, ready, [triton.close, cache.close])
 
 
 if __name__ == "__main__":

@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from amcsearch.runtime.settings import (
-    CacheSettings, ImageLimits, ServerSettings, SettingsError, TritonSettings, from_env, nested,
+    CacheSettings,
+    ImageLimits,
+    ServerSettings,
+    SettingsError,
+    TritonSettings,
+    from_env,
+    nested,
 )
 
 PREFIX = "QUERY_ENCODER"

@@ -13,6 +13,8 @@ import hashlib
 import logging
 import struct
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import redis.asyncio as redis
@@ -116,17 +118,17 @@ class EmbeddingCache:
         CACHE_ERRORS.labels(self.service, operation).inc()
         log.warning("cache %s failed (%s): treated as a miss", operation, type(error).__name__)
 
-    async def get_many(self, kind: str, keys: list[str]) -> list[np.ndarray | None]:
+    async def get_many(self, kind: str, keys: list[str], decode: Callable[[bytes], Any] = decode_array) -> list[Any]:
         """One MGET for all keys; None where missing or unreadable."""
         if not keys:
             return []
-        found: list[np.ndarray | None] = [None] * len(keys)
+        found: list[Any] = [None] * len(keys)
         if self._usable("get"):
             try:
                 blobs = await self.redis.mget(keys)
                 self.breaker.record(True)
                 for i, blob in enumerate(blobs):
-                    found[i] = decode_array(blob) if blob is not None else None
+                    found[i] = decode(blob) if blob is not None else None
             except (redis.RedisError, OSError, ValueError, KeyError) as error:
                 self._failed("get", error)
         hits = sum(value is not None for value in found)
@@ -134,18 +136,29 @@ class EmbeddingCache:
         CACHE_MISSES.labels(self.service, kind).inc(len(keys) - hits)
         return found
 
-    async def set_many(self, items: dict[str, np.ndarray]) -> None:
-        """One pipelined round trip of SET key value EX ttl."""
+    async def set_many(self, items: dict[str, Any], encode: Callable[[Any], bytes] | None = None) -> None:
+        """One pipelined round trip of SET key value EX ttl (arrays unless `encode` is given)."""
         if not items or not self._usable("set"):
             return
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for key, array in items.items():
-                    pipe.set(key, encode_array(array, self.settings.float16), ex=self.settings.ttl_seconds)
+                    blob = encode(array) if encode else encode_array(array, self.settings.float16)
+                    pipe.set(key, blob, ex=self.settings.ttl_seconds)
                 await pipe.execute()
             self.breaker.record(True)
         except (redis.RedisError, OSError) as error:
             self._failed("set", error)
+
+    async def delete_many(self, keys: list[str]) -> None:
+        """Drop keys (one DEL); failures are counted and ignored like every cache error."""
+        if not keys or not self._usable("delete"):
+            return
+        try:
+            await self.redis.delete(*keys)
+            self.breaker.record(True)
+        except (redis.RedisError, OSError) as error:
+            self._failed("delete", error)
 
     async def ping(self) -> bool:
         try:

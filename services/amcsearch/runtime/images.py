@@ -41,11 +41,15 @@ def decode_image(data: bytes, limits: ImageLimits, index: int) -> np.ndarray:
 
 
 async def decode_images(images: list[bytes], limits: ImageLimits, executor: Executor | None = None,
-                        first_index: int = 0) -> np.ndarray:
-    """Decode a batch in a thread pool; returns uint8 [B, size, size, 3]."""
+                        indices: list[int] | None = None) -> np.ndarray:
+    """Decode a batch in a thread pool; returns uint8 [B, size, size, 3].
+
+    `indices` are the items' positions in the caller's request, used in error messages.
+    """
     loop = asyncio.get_running_loop()
+    indices = list(range(len(images))) if indices is None else indices
     arrays = await asyncio.gather(*[
-        loop.run_in_executor(executor, decode_image, data, limits, first_index + i) for i, data in enumerate(images)
+        loop.run_in_executor(executor, decode_image, data, limits, index) for index, data in zip(indices, images)
     ])
     if not arrays:
         return np.zeros((0, limits.image_size, limits.image_size, 3), dtype=np.uint8)

@@ -116,3 +116,20 @@ async def serve_until_signalled(running: RunningServer, on_stop: Callable[[], Aw
     await running.stop()
     if on_stop is not None:
         await on_stop()
+
+
+async def run_service(
+    name: str,
+    settings: ServerSettings,
+    add_servicers: Callable[[grpc.aio.Server], list[str]],
+    readiness: ReadinessCheck | None,
+    closers: list[Callable[[], Awaitable[None]]],
+) -> None:
+    """A service's whole life: start, serve until signalled, drain, close its clients."""
+    running = await start_server(name, settings, add_servicers, readiness)
+
+    async def close_all() -> None:
+        for close in closers:
+            await close()
+
+    await serve_until_signalled(running, close_all)

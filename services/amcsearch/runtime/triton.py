@@ -31,7 +31,7 @@ NUMPY_TO_TRITON = {
 }
 
 
-def _translate(error: InferenceServerException, model: str) -> AmcsearchError:
+def translate_error(error: InferenceServerException, model: str) -> AmcsearchError:
     status = str(error.status() or "")
     message = f"Triton model {model}: {error.message()}"
     if "DEADLINE_EXCEEDED" in status or "Deadline" in (error.message() or ""):
@@ -66,8 +66,13 @@ class TritonModels:
         inputs: dict[str, np.ndarray],
         outputs: list[str],
         timeout_seconds: float | None = None,
+        class_counts: dict[str, int] | None = None,
     ) -> dict[str, np.ndarray]:
-        """One inference call for a whole batch; `timeout_seconds` is the caller's remaining deadline."""
+        """One inference call for a whole batch; `timeout_seconds` is the caller's remaining deadline.
+
+        `class_counts` asks Triton's classification extension for the top-k "score:index:label"
+        strings of an output instead of its raw values.
+        """
         if timeout_seconds is not None and timeout_seconds <= 0:
             raise DeadlineExceeded(f"no time left to call Triton model {model}")
         triton_inputs = []
@@ -81,11 +86,11 @@ class TritonModels:
             result = await self.client.infer(
                 model,
                 triton_inputs,
-                outputs=[InferRequestedOutput(name) for name in outputs],
+                outputs=[InferRequestedOutput(name, class_count=(class_counts or {}).get(name, 0)) for name in outputs],
                 client_timeout=timeout_seconds,
             )
         except InferenceServerException as error:
-            translated = _translate(error, model)
+            translated = translate_error(error, model)
             outcome = type(translated).__name__
             raise translated from error
         finally:
@@ -98,7 +103,7 @@ class TritonModels:
             try:
                 response = await self.client.get_model_config(model, as_json=True, client_timeout=5.0)
             except InferenceServerException as error:
-                raise _translate(error, model) from error
+                raise translate_error(error, model) from error
             self._configs[model] = response["config"]
         return self._configs[model]
 

@@ -1,0 +1,91 @@
+"""Image features for a batch: one MGET by content hash, one image_encoder call for the misses.
+
+The cached value of an image is its embedding and its region grid in one array, so a hit costs
+one key. Identical images in a batch, or in concurrent requests, are decoded and encoded once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from amcsearch.runtime import contract as c
+from amcsearch.runtime.cache import EmbeddingCache, content_key
+from amcsearch.runtime.images import decode_images
+from amcsearch.runtime.metrics import stage
+from amcsearch.runtime.settings import ImageLimits
+from amcsearch.runtime.singleflight import SingleFlight
+from amcsearch.runtime.triton import TritonModels
+
+SERVICE = "feature_extractor"
+PACKED = c.EMBEDDING_DIM + c.REGION_COUNT * c.REGION_DIM
+
+
+@dataclass
+class Features:
+    embedding: np.ndarray
+    regions: np.ndarray
+    cache_hit: bool
+    sha256: str
+
+
+def pack(embedding: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    return np.concatenate([embedding.reshape(-1), regions.reshape(-1)]).astype(np.float32)
+
+
+def unpack(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    flat = packed.reshape(-1)
+    return flat[: c.EMBEDDING_DIM], flat[c.EMBEDDING_DIM :].reshape(c.REGION_COUNT, c.REGION_DIM)
+
+
+class FeatureExtractor:
+    def __init__(self, triton: TritonModels, cache: EmbeddingCache, limits: ImageLimits,
+                 executor: Executor | None = None) -> None:
+        self.triton = triton
+        self.cache = cache
+        self.limits = limits
+        self.executor = executor
+        self.flight: SingleFlight[np.ndarray] = SingleFlight()
+        self.build = "unknown"
+
+    async def refresh_build(self) -> None:
+        self.build = await self.triton.build_id(c.IMAGE_ENCODER)
+
+    async def extract(self, images: list[bytes], timeout: float | None) -> list[Features]:
+        hashes = [hashlib.sha256(data).hexdigest() for data in images]
+        keys = [content_key("features", c.IMAGE_ENCODER, self.build, digest) for digest in hashes]
+        unique = list(dict.fromkeys(keys))
+        with stage(SERVICE, "cache_get"):
+            cached = await self.cache.get_many("features", unique)
+        found = {key: value for key, value in zip(unique, cached) if value is not None and value.size == PACKED}
+        hits = set(found)
+        missing = [key for key in unique if key not in hits]
+        if missing:
+            first_image = {key: (i, images[i]) for i, key in reversed(list(enumerate(keys)))}
+            found.update(await self._compute([first_image[k] for k in missing], missing, timeout))
+        return [Features(*unpack(found[key]), key in hits, digest) for key, digest in zip(keys, hashes)]
+
+    async def _compute(self, items: list[tuple[int, bytes]], keys: list[str], timeout: float | None) -> dict:
+        mine, theirs = self.flight.claim(keys)
+        try:
+            values: dict[str, np.ndarray] = {}
+            if mine:
+                chosen = [items[keys.index(k)] for k in mine]
+                with stage(SERVICE, "decode"):
+                    pixels = await decode_images([data for _, data in chosen], self.limits, self.executor,
+                                                  [index for index, _ in chosen])
+                with stage(SERVICE, "triton"):
+                    out = await self.triton.infer(c.IMAGE_ENCODER, {"image": pixels},
+                                                  [c.EMBEDDING_OUT, c.REGIONS_OUT], timeout)
+                values = {k: pack(e, r) for k, e, r in zip(mine, out[c.EMBEDDING_OUT], out[c.REGIONS_OUT])}
+        except BaseException as error:
+            self.flight.fail(mine, error)
+            raise
+        self.flight.resolve(values)
+        with stage(SERVICE, "cache_set"):
+            await self.cache.set_many(values)
+        values.update(await SingleFlight.wait(theirs))
+        return values

@@ -1,0 +1,51 @@
+"""Keywords of a batch of images in one Triton call.
+
+Triton's classification extension turns the probabilities into "score:index:label" top-k
+strings with the label file of the model repository (keyword_tagger/keywords.txt), so the
+vocabulary lives only beside the model that predicts it.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from amcsearch.runtime import contract as c
+from amcsearch.runtime.images import decode_images
+from amcsearch.runtime.metrics import stage
+from amcsearch.runtime.settings import ImageLimits
+from amcsearch.runtime.triton import TritonModels
+
+SERVICE = "keyword_tagger"
+
+
+@dataclass(frozen=True)
+class Tag:
+    text: str
+    confidence: float
+
+
+def parse_classes(entries: list[bytes], threshold: float) -> list[Tag]:
+    """Triton's classification strings, best first, kept when >= threshold."""
+    tags = []
+    for entry in entries:
+        score, _index, label = entry.decode("utf-8").split(":", 2)
+        if float(score) >= threshold and label:
+            tags.append(Tag(label, float(score)))
+    return tags
+
+
+class KeywordTagger:
+    def __init__(self, triton: TritonModels, limits: ImageLimits, executor: Executor | None = None) -> None:
+        self.triton = triton
+        self.limits = limits
+        self.executor = executor
+
+    async def tag(self, images: list[bytes], threshold: float, top_k: int, timeout: float | None) -> list[list[Tag]]:
+        with stage(SERVICE, "decode"):
+            pixels = await decode_images(images, self.limits, self.executor)
+        with stage(SERVICE, "triton"):
+            result = await self.triton.infer(c.KEYWORD_TAGGER, {"image": pixels}, [c.PROBABILITIES_OUT], timeout,
+                                             class_counts={c.PROBABILITIES_OUT: top_k})
+        classes = result[c.PROBABILITIES_OUT].reshape(len(images), -1)
+        return [parse_classes(list(row), threshold) for row in classes]
