@@ -1,8 +1,8 @@
 """The synthetic scene corpus ("scenes"): CSS-like 2D scenes with AMC-style noisy keywords."""
 
 from models.corpus.build import (
+    CORPUS_SIZES,
     GENERATOR_VERSION,
-    SIZES,
     build_corpus,
     cache_path,
     load_or_build_corpus,
@@ -16,7 +16,12 @@ from models.corpus.records import (
     Split,
     TextQuery,
 )
-from models.corpus.scenes import Modification, apply_modification, is_compatible
+from models.corpus.scenes import (
+    Modification,
+    apply_modification,
+    is_compatible,
+    parse_modification,
+)
 from models.corpus.vocab import (
     CELLS,
     COLORS,
@@ -30,8 +35,29 @@ from models.corpus.vocab import (
 )
 
 __all__ = [
-    "CELLS", "COLORS", "GENERATOR_VERSION", "HELD_OUT_PAIRS", "KEYWORD_VOCAB", "SHAPES", "SIZES",
-    "THEMES", "ComposedQuery", "Corpus", "ImageQuery", "ImageRecord", "Modification",
-    "SceneObject", "Split", "TextQuery", "apply_modification", "build_corpus", "cache_path",
-    "caption", "is_compatible", "load_or_build_corpus", "scene_key", "write_image_dir",
+    "CELLS",
+    "COLORS",
+    "GENERATOR_VERSION",
+    "HELD_OUT_PAIRS",
+    "KEYWORD_VOCAB",
+    "SHAPES",
+    "CORPUS_SIZES",
+    "THEMES",
+    "ComposedQuery",
+    "Corpus",
+    "ImageQuery",
+    "ImageRecord",
+    "Modification",
+    "SceneObject",
+    "Split",
+    "TextQuery",
+    "apply_modification",
+    "build_corpus",
+    "cache_path",
+    "caption",
+    "is_compatible",
+    "load_or_build_corpus",
+    "parse_modification",
+    "scene_key",
+    "write_image_dir",
 ]

@@ -21,14 +21,18 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     corpus = load_or_build_corpus(args.size, args.seed, args.cache_dir)
-    print(f"corpus {args.size} seed {args.seed}: {time.perf_counter() - start:.1f} s, "
-          f"cache {cache_path(args.size, args.seed, args.cache_dir)}")
+    print(
+        f"corpus {args.size} seed {args.seed}: {time.perf_counter() - start:.1f} s, "
+        f"cache {cache_path(args.size, args.seed, args.cache_dir)}"
+    )
     for split in (corpus.train, corpus.test):
         rel = Counter(r for q in split.text_queries for r in q.relevance)
-        print(f"  {split.name}: {len(split.images)} images, {len(set(split.labels))} labels, "
-              f"{np.mean([r.corrupted for r in split.images]):.0%} corrupted, "
-              f"{len(split.text_queries)} text / {len(split.image_queries)} image / "
-              f"{len(split.composed_queries)} composed queries; text relevance {dict(rel)}")
+        print(
+            f"  {split.name}: {len(split.images)} images, {len(set(split.labels))} labels, "
+            f"{np.mean([r.corrupted for r in split.images]):.0%} corrupted, "
+            f"{len(split.text_queries)} text / {len(split.image_queries)} image / "
+            f"{len(split.composed_queries)} composed queries; text relevance {dict(rel)}"
+        )
     if args.images:
         paths = write_image_dir(corpus.test, args.images)
         print(f"wrote {len(paths)} images to {args.images}")

@@ -41,7 +41,7 @@ class SizeConfig:
     image_queries: int  # per split
 
 
-SIZES: dict[str, SizeConfig] = {
+CORPUS_SIZES: dict[str, SizeConfig] = {
     "ci": SizeConfig(450, 150, 200, 100, 25, 25, 100),
     "demo": SizeConfig(2000, 1000, 700, 300, 250, 100, 300),
     "full": SizeConfig(8000, 4000, 2000, 1000, 1000, 250, 1000),
@@ -76,9 +76,7 @@ def _image(
     return record, pixels
 
 
-def _build_split(
-    name: str, cfg: SizeConfig, seed: int, labels: dict[str, int], forbidden: set[str]
-) -> Split:
+def _build_split(name: str, cfg: SizeConfig, seed: int, labels: dict[str, int], forbidden: set[str]) -> Split:
     hold_out = name == "train"
     n_base = cfg.train_base if hold_out else cfg.test_base
     n_composed = cfg.train_composed if hold_out else cfg.test_composed
@@ -93,9 +91,7 @@ def _build_split(
             seen.add(k)
             base.append(s)
 
-    out: list[tuple[ImageRecord, np.ndarray]] = [
-        _image(name, i, s, None, labels, seed) for i, s in enumerate(base)
-    ]
+    out: list[tuple[ImageRecord, np.ndarray]] = [_image(name, i, s, None, labels, seed) for i, s in enumerate(base)]
     composed: list[ComposedQuery] = []
     attempts = 0
     while len(composed) < n_composed and attempts < 50 * n_composed:
@@ -144,9 +140,9 @@ def _build_split(
 
 def build_corpus(size: str = "ci", seed: int = 0) -> Corpus:
     """Generate the corpus in memory (deterministic in `size` and `seed`)."""
-    if size not in SIZES:
-        raise ValueError(f"unknown corpus size {size!r}; allowed: {', '.join(SIZES)}")
-    cfg = SIZES[size]
+    if size not in CORPUS_SIZES:
+        raise ValueError(f"unknown corpus size {size!r}; allowed: {', '.join(CORPUS_SIZES)}")
+    cfg = CORPUS_SIZES[size]
     labels: dict[str, int] = {}
     test = _build_split("test", cfg, seed, labels, forbidden=set())
     test_keys = {scene_key(r.objects) for r in test.images}
@@ -224,7 +220,7 @@ def write_image_dir(split: Split, directory: str | Path, tags: str = "none") -> 
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     with (out / "metadata.jsonl").open("w") as meta:
-        for record, pixels in zip(split.images, split.pixels):
+        for record, pixels in zip(split.images, split.pixels, strict=True):
             path = out / f"{record.id}.png"
             Image.fromarray(pixels).save(path)
             paths.append(path)

@@ -85,9 +85,7 @@ def _attribute(src: ImageRecord, rng: np.random.Generator) -> tuple[str, Grader]
         attrs = {"size": o.size, "color": o.color, "shape": o.shape}
     else:
         attrs = {"size": o.size, "shape": o.shape}
-    text = _pick(rng, ("{p}", "a {p}", "images with a {p}", "picture of a {p}")).format(
-        p=_phrase(attrs)
-    )
+    text = _pick(rng, ("{p}", "a {p}", "images with a {p}", "picture of a {p}")).format(p=_phrase(attrs))
     return text, lambda r: _best_object_grade(r.objects, attrs)
 
 
@@ -103,9 +101,7 @@ def _mixed(src: ImageRecord, rng: np.random.Generator) -> tuple[str, Grader]:
     if rng.random() < 0.3:
         attrs["size"] = o.size
     theme = src.theme
-    text = _pick(rng, ("{t} picture with a {p}", "{p} in a {t} image", "{t} {p}")).format(
-        t=theme, p=_phrase(attrs)
-    )
+    text = _pick(rng, ("{t} picture with a {p}", "{p} in a {t} image", "{t} {p}")).format(t=theme, p=_phrase(attrs))
 
     def grade_mixed(r: ImageRecord) -> int:
         met = (r.theme == theme) + (_best_object_grade(r.objects, attrs) == 2)
@@ -122,7 +118,7 @@ def _candidates(
 ) -> tuple[list[str], list[int]]:
     """The source, 3-10 more fully relevant, 10-20 partial (hard negatives), the rest drawn at
     random from a pool of the split; returned in random order."""
-    pool_size = min(len(images), 600)
+    pool_size = min(len(images), 250)
     pool = [i for i in rng.choice(len(images), size=pool_size, replace=False) if i != src_index]
     grades = {int(i): grade(images[i]) for i in pool}
     by_grade = {g: [i for i in grades if grades[i] == g] for g in (2, 1, 0)}

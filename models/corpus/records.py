@@ -106,9 +106,7 @@ def split_to_json(s: Split) -> dict[str, Any]:
         "name": s.name,
         "images": [image_to_json(r) for r in s.images],
         "text_queries": [asdict(q) for q in s.text_queries],
-        "image_queries": [
-            {**asdict(q), "relevance": [round(x, 6) for x in q.relevance]} for q in s.image_queries
-        ],
+        "image_queries": [{**asdict(q), "relevance": [round(x, 6) for x in q.relevance]} for q in s.image_queries],
         "composed_queries": [asdict(q) for q in s.composed_queries],
     }
 

@@ -19,13 +19,13 @@ def _background(rng: np.random.Generator) -> Image.Image:
     top = rng.uniform(195, 250, size=3)
     bottom = np.clip(top + rng.uniform(-30, 15, size=3), 170, 255)
     t = np.linspace(0.0, 1.0, side)[:, None, None]
-    rows = (1 - t) * top + t * bottom
-    arr = np.broadcast_to(rows, (side, side, 3)).astype(np.uint8)
-    return Image.fromarray(np.ascontiguousarray(arr), "RGB")
+    column = ((1 - t) * top + t * bottom).astype(np.uint8)  # [side, 1, 3]
+    return Image.fromarray(column, "RGB").resize((side, side), Image.Resampling.NEAREST)
 
 
-def _draw_object(draw: ImageDraw.ImageDraw, shape: str, rgb: tuple[int, int, int],
-                 cx: float, cy: float, r: float) -> None:
+def _draw_object(
+    draw: ImageDraw.ImageDraw, shape: str, rgb: tuple[int, int, int], cx: float, cy: float, r: float
+) -> None:
     s = _SCALE
     cx, cy, r = cx * s, cy * s, r * s
     if shape == "circle":
@@ -41,7 +41,7 @@ def _draw_object(draw: ImageDraw.ImageDraw, shape: str, rgb: tuple[int, int, int
 
 def render_scene(objects: Scene, rng: np.random.Generator) -> np.ndarray:
     """uint8 [128, 128, 3]: objects at their cell centres (jittered a few pixels, colour jitter
-    of +-12 per channel) over a gradient background, with pixel noise everywhere."""
+    of +-12 per channel) over a gradient background, with uniform +-10 pixel noise everywhere."""
     img = _background(rng)
     draw = ImageDraw.Draw(img)
     cell = IMAGE_SIZE / 3
@@ -54,8 +54,8 @@ def render_scene(objects: Scene, rng: np.random.Generator) -> np.ndarray:
         rgb = tuple(int(v) for v in np.clip(base + rng.uniform(-12, 12, size=3), 0, 255))
         _draw_object(draw, o.shape, rgb, cx, cy, r)  # type: ignore[arg-type]
     img = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
-    arr = np.asarray(img, dtype=np.float32)
-    arr = arr + rng.normal(0.0, 6.0, size=arr.shape).astype(np.float32)
+    arr = np.asarray(img, dtype=np.int16)
+    arr = arr + rng.integers(-10, 11, size=arr.shape, dtype=np.int16)  # uniform, sd ~6
     return np.clip(arr, 0, 255).astype(np.uint8)
 
 
@@ -67,7 +67,8 @@ def corrupt(pixels: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarr
         return np.asarray(img, dtype=np.uint8).copy()
     arr = pixels.astype(np.float32)
     if kind == "noise":
-        arr = arr + rng.normal(0.0, float(rng.uniform(25, 40)), size=arr.shape).astype(np.float32)
+        sigma = float(rng.uniform(25, 40))
+        arr = arr + sigma * rng.standard_normal(size=arr.shape, dtype=np.float32)
     elif kind == "contrast":
         keep = float(rng.uniform(0.25, 0.4))
         arr = arr.mean() + keep * (arr - arr.mean())

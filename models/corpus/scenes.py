@@ -25,9 +25,7 @@ MAX_KEYWORDS = 32  # AMC rescorer's keyword slots
 
 
 def allowed_pairs(hold_out: bool) -> list[tuple[str, str]]:
-    return [
-        (c, s) for c in COLORS for s in SHAPES if not (hold_out and (c, s) in HELD_OUT_PAIRS)
-    ]
+    return [(c, s) for c in COLORS for s in SHAPES if not (hold_out and (c, s) in HELD_OUT_PAIRS)]
 
 
 def sample_scene(rng: np.random.Generator, hold_out: bool) -> Scene:
@@ -54,9 +52,7 @@ def true_keywords(objects: Scene, theme: str) -> list[str]:
     return words
 
 
-def noisy_keywords(
-    objects: Scene, theme: str, rng: np.random.Generator
-) -> list[tuple[str, float]]:
+def noisy_keywords(objects: Scene, theme: str, rng: np.random.Generator) -> list[tuple[str, float]]:
     """A simulated auto-tagger (METHODS.md): per object colour p=.85 (a fifth of those emitted
     as the confused colour), shape p=.6, size p=.3, position never; the theme p=.8, a wrong theme
     p=.1; 5-15 distractors with lower confidences. Sorted by confidence, at most 32."""
@@ -164,9 +160,7 @@ def apply_modification(objects: Scene, mod: Modification) -> Scene:
     return canonical(rest + [replace(o, shape=mod.value)])
 
 
-def sample_modification(
-    objects: Scene, rng: np.random.Generator, hold_out: bool
-) -> Modification | None:
+def sample_modification(objects: Scene, rng: np.random.Generator, hold_out: bool) -> Modification | None:
     """A random modification compatible with `objects` (None if the drawn kind cannot apply)."""
     kind = MODIFICATION_KINDS[int(rng.integers(len(MODIFICATION_KINDS)))]
     occupied = [o.cell for o in objects]
@@ -188,6 +182,31 @@ def sample_modification(
         return Modification("color", o.cell, value=choices[int(rng.integers(len(choices)))])
     choices = [s for s in SHAPES if s != o.shape]
     return Modification("shape", o.cell, value=choices[int(rng.integers(len(choices)))])
+
+
+def parse_modification(text: str) -> Modification:
+    """The inverse of Modification.text; raises ValueError on any other wording."""
+    words = text.split()
+    try:
+        if words[0] == "add" and len(words) == 6 and words[4] == "to":
+            size, color, shape, cell = words[1], words[2], words[3], CELLS.index(words[5])
+            if size in SIZES and color in COLORS and shape in SHAPES:
+                return Modification("add", cell, obj=SceneObject(shape, color, size, cell))
+        elif words[0] == "remove" and len(words) == 3 and words[2] == "object":
+            return Modification("remove", CELLS.index(words[1]))
+        elif words[0] == "make" and len(words) == 6:
+            cell = CELLS.index(words[1])
+            size, color, shape, new = words[2:]
+            if size in SIZES and color in COLORS and shape in SHAPES and new in SIZES:
+                return Modification("size", cell, obj=SceneObject(shape, color, size, cell), value=new)
+        elif words[0] == "make" and len(words) == 4 and words[2] == "object" and words[3] in COLORS:
+            return Modification("color", CELLS.index(words[1]), value=words[3])
+        elif words[0] == "make" and len(words) == 5 and words[2:4] == ["object", "a"]:
+            if words[4] in SHAPES:
+                return Modification("shape", CELLS.index(words[1]), value=words[4])
+    except (IndexError, ValueError):
+        pass
+    raise ValueError(f"not a scene modification: {text!r}")
 
 
 def respects_hold_out(objects: Scene) -> bool:

@@ -13,9 +13,15 @@ COLORS: tuple[str, ...] = ("gray", "red", "blue", "green", "brown", "purple", "c
 SHAPES: tuple[str, ...] = ("rectangle", "circle", "triangle")
 SIZES: tuple[str, ...] = ("small", "large")
 CELLS: tuple[str, ...] = (
-    "top-left", "top-center", "top-right",
-    "middle-left", "middle-center", "middle-right",
-    "bottom-left", "bottom-center", "bottom-right",
+    "top-left",
+    "top-center",
+    "top-right",
+    "middle-left",
+    "middle-center",
+    "middle-right",
+    "bottom-left",
+    "bottom-center",
+    "bottom-right",
 )
 THEMES: tuple[str, ...] = ("festive", "vintage", "sale", "wedding", "travel", "sport")
 
@@ -32,9 +38,12 @@ COLOR_RGB: dict[str, tuple[int, int, int]] = {
 
 # The simulated tagger confuses these colours with each other (symmetric pairs).
 COLOR_CONFUSIONS: dict[str, str] = {
-    "blue": "cyan", "cyan": "blue",
-    "red": "brown", "brown": "red",
-    "gray": "purple", "purple": "gray",
+    "blue": "cyan",
+    "cyan": "blue",
+    "red": "brown",
+    "brown": "red",
+    "gray": "purple",
+    "purple": "gray",
 }
 
 # Colour-shape pairs that never appear in the train split (CSS's unseen combinations).
@@ -43,11 +52,46 @@ HELD_OUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
 )
 
 DISTRACTORS: tuple[str, ...] = (
-    "photo", "image", "picture", "art", "design", "background", "abstract", "pattern",
-    "graphic", "illustration", "texture", "shape", "colorful", "bright", "simple", "modern",
-    "geometric", "minimal", "clipart", "icon", "wallpaper", "flat", "vector", "drawing",
-    "paper", "poster", "card", "print", "banner", "symbol", "object", "composition",
-    "element", "decoration", "template", "sticker", "logo", "sign", "layout", "stock",
+    "photo",
+    "image",
+    "picture",
+    "art",
+    "design",
+    "background",
+    "abstract",
+    "pattern",
+    "graphic",
+    "illustration",
+    "texture",
+    "shape",
+    "colorful",
+    "bright",
+    "simple",
+    "modern",
+    "geometric",
+    "minimal",
+    "clipart",
+    "icon",
+    "wallpaper",
+    "flat",
+    "vector",
+    "drawing",
+    "paper",
+    "poster",
+    "card",
+    "print",
+    "banner",
+    "symbol",
+    "object",
+    "composition",
+    "element",
+    "decoration",
+    "template",
+    "sticker",
+    "logo",
+    "sign",
+    "layout",
+    "stock",
 )
 
 KEYWORD_VOCAB: tuple[str, ...] = COLORS + SHAPES + SIZES + THEMES + DISTRACTORS
@@ -73,7 +117,7 @@ class SceneObject:
 Scene = tuple[SceneObject, ...]
 
 
-def canonical(objects: "list[SceneObject] | Scene") -> Scene:
+def canonical(objects: list[SceneObject] | Scene) -> Scene:
     """Scene graphs are compared as tuples sorted by cell (one object per cell)."""
     return tuple(sorted(objects, key=lambda o: o.cell))
 
