@@ -1,0 +1,59 @@
+"""python -m amcsearch.search: the public SearchService (the gateway)."""
+
+import asyncio
+
+from amcsearch.processes import grpc_serving
+from amcsearch.runtime.cache import EmbeddingCache
+from amcsearch.runtime.clients import open_channel
+from amcsearch.runtime.logs import setup_logging
+from amcsearch.runtime.server import run_service
+from amcsearch.search.index import MilvusIndex
+from amcsearch.search.pipeline import ModelServices, SearchPipeline
+from amcsearch.search.servicer import SearchServicer
+from amcsearch.search.settings import load_settings
+from amcsearch.v1 import (
+    attention_rescorer_pb2_grpc,
+    feature_extractor_pb2_grpc,
+    keyword_tagger_pb2_grpc,
+    query_encoder_pb2_grpc,
+    search_pb2,
+    search_pb2_grpc,
+)
+
+
+async def main() -> None:
+    settings = load_settings()
+    index = MilvusIndex(settings.milvus_uri, settings.collection, settings.milvus_token)
+    await index.open()
+    cache = EmbeddingCache(settings.cache, "search")
+    channels = [open_channel(a) for a in (settings.query_encoder_addr, settings.keyword_tagger_addr,
+                                          settings.feature_extractor_addr, settings.attention_rescorer_addr)]
+    services = ModelServices(
+        encoder=query_encoder_pb2_grpc.QueryEncoderStub(channels[0]),
+        tagger=keyword_tagger_pb2_grpc.KeywordTaggerStub(channels[1]),
+        extractor=feature_extractor_pb2_grpc.FeatureExtractorStub(channels[2]),
+        rescorer=attention_rescorer_pb2_grpc.AttentionRescorerStub(channels[3]),
+    )
+    pipeline = SearchPipeline(index, services, cache, settings.tagger_threshold)
+
+    async def ready() -> bool:
+        """The index answers and the query encoder serves; a missing rescorer only degrades."""
+        await index.count()
+        return await asyncio.to_thread(grpc_serving, settings.query_encoder_addr)
+
+    def add(server):
+        search_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(pipeline, settings), server)
+        return [search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name]
+
+    async def close() -> None:
+        for channel in channels:
+            await channel.close()
+        await cache.close()
+        await index.close()
+
+    await run_service("search", settings.server, add, ready, [close])
+
+
+if __name__ == "__main__":
+    setup_logging("search")
+    asyncio.run(main())

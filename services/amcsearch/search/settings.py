@@ -1,0 +1,42 @@
+"""SearchService settings: SEARCH_* plus MILVUS_*, REDIS_URL/CACHE_* and the services' addresses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amcsearch.runtime.settings import CacheSettings, ServerSettings, SettingsError, env, from_env, nested
+
+PREFIX = "SEARCH"
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    server: ServerSettings = nested(ServerSettings)
+    cache: CacheSettings = nested(CacheSettings)
+    milvus_uri: str = env("MILVUS_URI", default="var/milvus.db")
+    """A file path means milvus-lite; http://host:19530 a Milvus server or cluster."""
+    milvus_token: str = env("MILVUS_TOKEN", default="")
+    collection: str = env("MILVUS_COLLECTION", default="amcsearch_images")
+    query_encoder_addr: str = env("QUERY_ENCODER_ADDR", default="127.0.0.1:50051")
+    keyword_tagger_addr: str = env("KEYWORD_TAGGER_ADDR", default="127.0.0.1:50052")
+    feature_extractor_addr: str = env("FEATURE_EXTRACTOR_ADDR", default="127.0.0.1:50053")
+    attention_rescorer_addr: str = env("ATTENTION_RESCORER_ADDR", default="127.0.0.1:50054")
+    default_candidates: int = 100
+    """ANN candidates rescored per text search when the request leaves it 0."""
+    max_candidates: int = 500
+    max_top_k: int = 100
+    max_index_batch: int = 64
+    max_get_ids: int = 1000
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_text_chars: int = 2000
+    max_tags: int = 64
+    tagger_threshold: float = 0.5
+    """Automatic keywords below this probability are not stored."""
+
+    def validate(self) -> None:
+        if not 1 <= self.default_candidates <= self.max_candidates:
+            raise SettingsError("SEARCH_DEFAULT_CANDIDATES must be in 1..SEARCH_MAX_CANDIDATES")
+
+
+def load_settings() -> SearchSettings:
+    return from_env(SearchSettings, PREFIX)
