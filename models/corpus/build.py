@@ -91,7 +91,11 @@ def _build_split(name: str, cfg: SizeConfig, seed: int, labels: dict[str, int], 
             seen.add(k)
             base.append(s)
 
-    out: list[tuple[ImageRecord, np.ndarray]] = [_image(name, i, s, None, labels, seed) for i, s in enumerate(base)]
+    pixels = np.empty((n_base + n_composed, render.IMAGE_SIZE, render.IMAGE_SIZE, 3), dtype=np.uint8)
+    images: list[ImageRecord] = []
+    for i, s in enumerate(base):
+        rec, pixels[i] = _image(name, i, s, None, labels, seed)
+        images.append(rec)
     composed: list[ComposedQuery] = []
     attempts = 0
     while len(composed) < n_composed and attempts < 50 * n_composed:
@@ -110,9 +114,9 @@ def _build_split(name: str, cfg: SizeConfig, seed: int, labels: dict[str, int], 
                 continue
             if len(composed) >= n_composed:
                 break
-            source_record = out[src][0]
-            rec, px = _image(name, len(out), target, source_record.theme, labels, seed)
-            out.append((rec, px))
+            source_record = images[src]
+            rec, pixels[len(images)] = _image(name, len(images), target, source_record.theme, labels, seed)
+            images.append(rec)
             composed.append(
                 ComposedQuery(
                     id=f"{name}-composed-{len(composed):05d}",
@@ -124,8 +128,7 @@ def _build_split(name: str, cfg: SizeConfig, seed: int, labels: dict[str, int], 
                 )
             )
 
-    images = [r for r, _ in out]
-    pixels = np.stack([p for _, p in out]).astype(np.uint8)
+    pixels = pixels[: len(images)]
     n_text = cfg.train_text_per_family if hold_out else cfg.test_text_per_family
     q_rng = np.random.default_rng([seed, _SPLIT_CODE[name], 0, 11])
     return Split(
