@@ -41,15 +41,20 @@ def array(tensor: common_pb2.Tensor) -> np.ndarray:
     return np.frombuffer(tensor.data, dtype=dtype).reshape(tuple(tensor.shape)).astype(np.float32)
 
 
-def merge_keywords(given: list[str], auto: list[tuple[str, float]]) -> list[tuple[str, float, int]]:
-    """Given tags (confidence 1) first, then automatic ones not already given; lower-cased."""
+def normalize_keyword(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
+def merge_keywords(tags: list[str], weighted: list[tuple[str, float]],
+                   auto: list[tuple[str, float]]) -> list[tuple[str, float, int]]:
+    """Tags (confidence 1), then the caller's weighted keywords, then automatic ones; the first
+    occurrence of a text wins."""
     merged: dict[str, tuple[str, float, int]] = {}
-    for tag in given:
-        text = " ".join(tag.split()).lower()
+    for text, confidence, source in ([(t, 1.0, GIVEN) for t in tags] + [(t, c, GIVEN) for t, c in weighted]
+                                     + [(t, c, AUTO) for t, c in auto]):
+        text = normalize_keyword(text)
         if text:
-            merged.setdefault(text, (text, 1.0, GIVEN))
-    for text, confidence in auto:
-        merged.setdefault(text, (text, confidence, AUTO))
+            merged.setdefault(text, (text, float(confidence), source))
     return list(merged.values())
 
 
@@ -60,6 +65,7 @@ class IndexItem:
     title: str = ""
     tags: list[str] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
+    keywords: list[tuple[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -110,17 +116,17 @@ class SearchPipeline:
 
     # --- indexing ------------------------------------------------------------------------------
 
-    async def index_items(self, items: list[IndexItem], timeout: float | None) -> list[ItemOutcome]:
+    async def index_items(self, items: list[IndexItem], auto_tags: bool, timeout: float | None) -> list[ItemOutcome]:
         """Features and keywords for the whole batch in one call each; a bad image fails alone."""
         outcomes: dict[str, ItemOutcome] = {}
         good = list(items)
         try:
-            features, keywords = await self._analyse([i.image for i in good], timeout)
+            features, keywords = await self._analyse([i.image for i in good], auto_tags, timeout)
         except ITEM_ERRORS:
-            good, features, keywords = await self._analyse_one_by_one(good, outcomes, timeout)
+            good, features, keywords = await self._analyse_one_by_one(good, outcomes, auto_tags, timeout)
         records = [
             Record(item.id, array(f.embedding), array(f.regions), item.title,
-                   merge_keywords(item.tags, kws), item.metadata)
+                   merge_keywords(item.tags, item.keywords, kws), item.metadata)
             for item, f, kws in zip(good, features, keywords)
         ]
         if records:
@@ -131,10 +137,12 @@ class SearchPipeline:
             outcomes[record.id] = ItemOutcome(record.id, True, keywords=record.keywords)
         return [outcomes[item.id] for item in items]
 
-    async def _analyse(self, images: list[bytes], timeout: float | None):
+    async def _analyse(self, images: list[bytes], auto_tags: bool, timeout: float | None):
         with stage(SERVICE, "extract"):
             extracted = await call(self.services.extractor.Extract,
                                    feature_extractor_pb2.ExtractRequest(images=images), timeout, "FeatureExtractor")
+        if not auto_tags:
+            return [r.features for r in extracted.results], [[] for _ in images]
         with stage(SERVICE, "tag"):
             tagged = await call(self.services.tagger.Tag,
                                 keyword_tagger_pb2.TagRequest(images=images, threshold=self.tagger_threshold),
@@ -144,12 +152,12 @@ class SearchPipeline:
         return features, keywords
 
     async def _analyse_one_by_one(self, items: list[IndexItem], outcomes: dict[str, ItemOutcome],
-                                  timeout: float | None):
+                                  auto_tags: bool, timeout: float | None):
         """The rare path after a batch was refused: isolate the bad items, keep the good ones."""
         good, features, keywords = [], [], []
         for item in items:
             try:
-                f, k = await self._analyse([item.image], timeout)
+                f, k = await self._analyse([item.image], auto_tags, timeout)
             except ITEM_ERRORS as error:
                 message = str(error).replace("image 0", "image")
                 outcomes[item.id] = ItemOutcome(item.id, False, error.code.name, message)

@@ -37,9 +37,11 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         if len(item.image) > self.settings.max_image_bytes:
             return ItemOutcome(item.id, False, "RESOURCE_EXHAUSTED",
                                f"image is {len(item.image)} bytes, the limit is {self.settings.max_image_bytes} bytes")
-        if len(item.tags) > self.settings.max_tags:
+        if len(item.tags) + len(item.keywords) > self.settings.max_tags:
             return ItemOutcome(item.id, False, "RESOURCE_EXHAUSTED",
-                               f"{len(item.tags)} tags, the limit is {self.settings.max_tags}")
+                               f"{len(item.tags) + len(item.keywords)} tags and keywords, the limit is {self.settings.max_tags}")
+        if any(not 0 <= k.confidence <= 1 for k in item.keywords):
+            return ItemOutcome(item.id, False, "INVALID_ARGUMENT", "keyword confidences must be in [0, 1]")
         if len(item.title) > 1024:
             return ItemOutcome(item.id, False, "RESOURCE_EXHAUSTED", f"title is {len(item.title)} characters, the limit is 1024")
         return None
@@ -53,9 +55,11 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         require(not duplicates, f"ids must be distinct within a request; repeated: {', '.join(duplicates[:5])}")
         BATCH_ITEMS.labels("search", "Index").observe(count)
         problems = {item.id: p for item in request.items if (p := self._item_problem(item)) is not None}
-        items = [IndexItem(i.id, i.image, i.title, list(i.tags), dict(i.metadata))
+        items = [IndexItem(i.id, i.image, i.title, list(i.tags), dict(i.metadata),
+                           [(k.text, k.confidence) for k in i.keywords])
                  for i in request.items if i.id not in problems]
-        outcomes = await self.pipeline.index_items(items, context.time_remaining()) if items else []
+        auto_tags = not request.skip_auto_tags
+        outcomes = await self.pipeline.index_items(items, auto_tags, context.time_remaining()) if items else []
         by_id = {o.id: o for o in [*outcomes, *problems.values()]}
         results = [
             search_pb2.IndexItemResult(id=o.id, indexed=o.indexed, error_code=o.error_code, error=o.error,

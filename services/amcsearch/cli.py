@@ -1,0 +1,171 @@
+"""`amcsearch`: index a folder of images and search it from the terminal.
+
+    amcsearch index DIR                      (DIR/metadata.jsonl optional: id, title, tags, keywords)
+    amcsearch search "large red circle top-left" [--explain] [--html results.html]
+    amcsearch search --image FILE [--modify "make the circle blue"]
+    amcsearch search --id IMAGE_ID [--modify ...]
+    amcsearch stats | get ID... | delete ID...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+from tqdm import tqdm
+
+from amcsearch.report import write_html
+from amcsearch.v1 import common_pb2, search_pb2, search_pb2_grpc
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+
+
+def read_metadata(directory: Path) -> dict[str, dict]:
+    path = directory / "metadata.jsonl"
+    if not path.exists():
+        return {}
+    entries = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return {entry["id"]: entry for entry in entries}
+
+
+def image_items(directory: Path) -> Iterator[search_pb2.ImageItem]:
+    """One ImageItem per image file, read lazily so large folders never sit in memory."""
+    metadata = read_metadata(directory)
+    for path in sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        entry = metadata.get(path.stem, {})
+        yield search_pb2.ImageItem(
+            id=path.stem, image=path.read_bytes(), title=entry.get("title", ""), tags=entry.get("tags", []),
+            keywords=[common_pb2.Keyword(text=t, confidence=c) for t, c in entry.get("keywords", [])],
+            metadata={"path": str(path.resolve()), **entry.get("metadata", {})},
+        )
+
+
+def batches(items: Iterator[search_pb2.ImageItem], size: int) -> Iterator[list[search_pb2.ImageItem]]:
+    batch: list[search_pb2.ImageItem] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def index_directory(stub, directory: Path, batch_size: int = 32, skip_auto_tags: bool = False,
+                    progress: bool = True) -> tuple[int, list[search_pb2.IndexItemResult]]:
+    """Index every image of `directory`; returns (indexed count, failed results)."""
+    total = sum(1 for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    indexed, failed = 0, []
+    with tqdm(total=total, unit="img", disable=not progress, desc="indexing") as bar:
+        for batch in batches(image_items(directory), batch_size):
+            reply = stub.Index(search_pb2.IndexRequest(items=batch, skip_auto_tags=skip_auto_tags), timeout=300)
+            indexed += reply.indexed_count
+            failed.extend(r for r in reply.results if not r.indexed)
+            bar.update(len(batch))
+    return indexed, failed
+
+
+def search_request(args: argparse.Namespace) -> search_pb2.SearchRequest:
+    request = search_pb2.SearchRequest(top_k=args.top_k, candidates=args.candidates, explain=args.explain,
+                                       keyword_filter=args.keyword or [])
+    if args.image or args.id:
+        image = (search_pb2.ImageQuery(data=Path(args.image).read_bytes()) if args.image
+                 else search_pb2.ImageQuery(id=args.id))
+        if args.modify:
+            request.composed.CopyFrom(search_pb2.ComposedQuery(image=image, modification=args.modify))
+        else:
+            request.image.CopyFrom(image)
+    elif args.text:
+        request.text = args.text
+    else:
+        raise SystemExit("give a text, --image FILE or --id ID")
+    return request
+
+
+def results_table(reply: search_pb2.SearchResponse) -> str:
+    lines = [f"{'#':>2}  {'id':<24} {'score':>7} {'visual':>7} {'keyword':>8}  title"]
+    for rank, r in enumerate(reply.results, 1):
+        weights = (f"{r.evidence.visual_weight:>7.2f} {r.evidence.keyword_weight:>8.2f}"
+                   if r.HasField("evidence") else f"{'-':>7} {'-':>8}")
+        lines.append(f"{rank:>2}  {r.id:<24} {r.score:>7.3f} {weights}  {r.title[:60]}")
+        if r.HasField("evidence") and (r.evidence.keywords or r.evidence.regions):
+            keywords = ", ".join(f"{k.keyword} {k.weight:.2f}" for k in r.evidence.keywords[:4])
+            regions = ", ".join(f"({g.row},{g.column}) {g.weight:.2f}" for g in r.evidence.regions[:3])
+            lines.append(f"{'':>4}keywords: {keywords}   regions(row,col): {regions}")
+    lines.append(f"stages: {' -> '.join(reply.stages)}")
+    lines.extend(f"DEGRADED {d.stage}: {d.reason}" for d in reply.degradations)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="amcsearch", description="Index and search images with amcsearch.")
+    parser.add_argument("--addr", default=os.environ.get("SEARCH_ADDR", "127.0.0.1:50050"),
+                        help="SearchService address (default $SEARCH_ADDR or 127.0.0.1:50050)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    index = commands.add_parser("index", help="index every image of a folder")
+    index.add_argument("directory", type=Path)
+    index.add_argument("--batch-size", type=int, default=32)
+    index.add_argument("--skip-auto-tags", action="store_true")
+    search = commands.add_parser("search", help="search by text, image, or image + modification")
+    search.add_argument("text", nargs="?")
+    search.add_argument("--image", help="query image file")
+    search.add_argument("--id", help="query by an indexed image id")
+    search.add_argument("--modify", help="modification text for a composed query")
+    search.add_argument("--top-k", type=int, default=10)
+    search.add_argument("--candidates", type=int, default=0)
+    search.add_argument("--keyword", action="append", help="keep results having this keyword (repeatable)")
+    search.add_argument("--explain", action="store_true")
+    search.add_argument("--html", type=Path, help="write a results page with thumbnails and weight bars")
+    commands.add_parser("stats", help="index size and model builds")
+    for name in ("get", "delete"):
+        sub = commands.add_parser(name, help=f"{name} images by id")
+        sub.add_argument("ids", nargs="+")
+    args = parser.parse_args(argv)
+
+    with grpc.insecure_channel(args.addr, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        stub = search_pb2_grpc.SearchServiceStub(channel)
+        try:
+            return run(args, stub)
+        except grpc.RpcError as error:
+            print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 1
+
+
+def run(args: argparse.Namespace, stub) -> int:
+    if args.command == "index":
+        indexed, failed = index_directory(stub, args.directory, args.batch_size, args.skip_auto_tags)
+        print(f"indexed {indexed} images, {len(failed)} failed")
+        for result in failed:
+            print(f"  {result.id}: {result.error_code} {result.error}")
+        return 0 if not failed else 3
+    if args.command == "search":
+        request = search_request(args)
+        reply = stub.Search(request, timeout=60)
+        print(results_table(reply))
+        if args.html:
+            write_html(args.html, request, reply)
+            print(f"wrote {args.html}")
+        return 0
+    if args.command == "stats":
+        print(stub.Stats(search_pb2.StatsRequest(), timeout=30))
+        return 0
+    if args.command == "get":
+        reply = stub.Get(search_pb2.GetRequest(ids=args.ids), timeout=30)
+        for image in reply.images:
+            keywords = ", ".join(f"{k.text}:{k.confidence:.2f}" for k in image.keywords)
+            print(f"{image.id}  {image.title}  [{keywords}]")
+        for missing in reply.missing_ids:
+            print(f"{missing}  (not in the index)")
+        return 0
+    reply = stub.Delete(search_pb2.DeleteRequest(ids=args.ids), timeout=30)
+    print(f"deleted {reply.deleted_count}; not found: {', '.join(reply.missing_ids) or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
