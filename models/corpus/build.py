@@ -211,6 +211,10 @@ def load_or_build_corpus(size: str, seed: int = 0, cache_dir: str | Path = "buil
     log.info("building the %s corpus (seed %d) into %s", size, seed, directory)
     corpus = build_corpus(size, seed)
     save_corpus(corpus, directory)
+    for stale in directory.parent.glob(f"{size}-{seed}-v*"):
+        if stale != directory and stale.is_dir() and (stale / "records.json").exists():
+            log.info("removing the stale corpus cache %s", stale)
+            shutil.rmtree(stale, ignore_errors=True)
     return corpus
 
 

@@ -59,7 +59,11 @@ def test_same_seed_gives_identical_pixels_and_records(tiny: str) -> None:
 
 
 def test_cache_round_trip_equals_a_fresh_build(tiny: str, tmp_path) -> None:
+    stale = tmp_path / f"{tiny}-1-v0-0123456789"  # an older generator's cache
+    stale.mkdir()
+    (stale / "records.json").write_text("{}")
     first = load_or_build_corpus(tiny, seed=1, cache_dir=tmp_path)
+    assert not stale.exists()
     (cached,) = list(tmp_path.iterdir())
     assert cached.name.startswith(f"{tiny}-1-v{build_module.GENERATOR_VERSION}-")
     assert {p.name for p in cached.iterdir()} == {"pixels.npz", "records.json"}
