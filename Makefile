@@ -11,12 +11,12 @@ MODELS := text_encoder image_encoder keyword_tagger amc_rescorer composer
 MODEL_FILES := $(foreach m,$(MODELS),model_repository/$(m)/1/model.pt)
 STAMP := $(VENV)/.installed-$(shell sha256sum requirements.lock | cut -c1-12)
 
-.PHONY: help setup proto models eval up demo test test-unit test-integration bench loadtest lint clean redis-server
+.PHONY: help setup chromium proto models eval up demo test test-unit test-integration bench loadtest lint clean redis-server
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-setup: $(STAMP) redis-server proto ## venv with the pinned dependencies, generated code, redis-server
+setup: $(STAMP) redis-server chromium proto ## venv with the pinned dependencies, generated code, redis-server, chromium
 
 $(STAMP): requirements.lock
 	@echo "== setup: virtualenv $(VENV) with requirements.lock"
@@ -31,6 +31,12 @@ redis-server: ## install the redis-server OS package when it is missing
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "== setup: installing redis-server (apt-get)"; apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
 	else echo "redis-server is missing: install it (e.g. sudo apt-get install redis-server) or set REDIS_URL"; fi
+
+chromium: ## install headless Chromium (the HTML report test opens the page in it) when missing
+	@if command -v chromium >/dev/null; then echo "== setup: chromium present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "== setup: installing chromium (apt-get)"; apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	else echo "chromium is missing: install it (e.g. sudo apt-get install chromium) for the HTML report test"; fi
 
 proto: $(STAMP) ## generate services/amcsearch/v1 from protos/
 	@echo "== proto: generating services/amcsearch/v1"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import re
 import urllib.request
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from amcsearch.launcher import SERVICES, Stack
 from tests.integration.tiny_models import write_tiny_repository
@@ -64,3 +68,59 @@ def channel_to():
     yield open_channel
     for channel in channels:
         channel.close()
+
+
+MODELS = ("text_encoder", "image_encoder", "keyword_tagger", "amc_rescorer", "composer")
+
+
+@pytest.fixture(scope="session")
+def model_repository() -> Path:
+    from amcsearch.launcher import ROOT
+
+    repository = ROOT / "model_repository"
+    missing = [m for m in MODELS if not (repository / m / "1" / "model.pt").exists()]
+    if missing:
+        pytest.fail(f"models missing from {repository}: {missing}; run `make models` (make test does)")
+    return repository
+
+
+@pytest.fixture(scope="session")
+def real_stack(model_repository, tmp_path_factory):
+    """Every service on the trained models, with its own Redis and milvus-lite file."""
+    work = tmp_path_factory.mktemp("real-stack")
+    stack = Stack(model_repository, work / "logs", extra_env={
+        "TRITON_CANARY_INTERVAL_SECONDS": "3600",
+        "MILVUS_URI": str(work / "milvus.db"),
+        "FEATURE_EXTRACTOR_MAX_IMAGE_BYTES": "2000000",
+        "FEATURE_EXTRACTOR_MAX_IMAGE_PIXELS": "4000000",
+    })
+    stack.start(timeout=300)
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="session")
+def ci_corpus():
+    from models.corpus import load_or_build_corpus
+
+    return load_or_build_corpus("ci", 0)
+
+
+@pytest.fixture(scope="session")
+def local(model_repository):
+    """The exported TorchScript files, run in this process: the reference for served outputs."""
+    modules = {m: torch.jit.load(str(model_repository / m / "1" / "model.pt")).eval() for m in MODELS}
+    vocab = (model_repository / "keyword_tagger" / "keywords.txt").read_text().splitlines()
+    return modules, vocab
+
+
+def run(module, *arrays):
+    with torch.inference_mode():
+        out = module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
+    return [o.numpy() for o in out] if isinstance(out, tuple) else [out.numpy()]
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,182 @@
+"""The four model services on the real trained models: outputs equal the in-process TorchScript
+pipeline, one Triton call per batch, caching, and every limit answered with its status."""
+
+from __future__ import annotations
+
+import io
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from amcsearch.query_encoder.tokenize import Tokenizer
+from amcsearch.runtime.tensors import to_tensor
+from amcsearch.v1 import (
+    attention_rescorer_pb2,
+    attention_rescorer_pb2_grpc,
+    common_pb2,
+    feature_extractor_pb2,
+    feature_extractor_pb2_grpc,
+    keyword_tagger_pb2,
+    keyword_tagger_pb2_grpc,
+    query_encoder_pb2,
+    query_encoder_pb2_grpc,
+)
+from tests.integration.conftest import metric_value, png, run, scrape
+
+pytestmark = pytest.mark.integration
+TOLERANCE = dict(rtol=1e-4, atol=1e-5)  # float32 through the same TorchScript file; batching may reorder sums
+
+
+def array(tensor: common_pb2.Tensor) -> np.ndarray:
+    return np.frombuffer(tensor.data, dtype="<f4").reshape(tuple(tensor.shape))
+
+
+@pytest.fixture(scope="module")
+def stubs(real_stack):
+    channels = {m: grpc.insecure_channel(real_stack.address(m)) for m in
+                ("query_encoder", "feature_extractor", "keyword_tagger", "attention_rescorer")}
+    yield {
+        "encoder": query_encoder_pb2_grpc.QueryEncoderStub(channels["query_encoder"]),
+        "extractor": feature_extractor_pb2_grpc.FeatureExtractorStub(channels["feature_extractor"]),
+        "tagger": keyword_tagger_pb2_grpc.KeywordTaggerStub(channels["keyword_tagger"]),
+        "rescorer": attention_rescorer_pb2_grpc.AttentionRescorerStub(channels["attention_rescorer"]),
+    }
+    for channel in channels.values():
+        channel.close()
+
+
+def triton_counts(stack, model: str) -> tuple[float, float]:
+    text = scrape(stack.processes["tritonserver"].endpoints["metrics"])
+    return (metric_value(text, "nv_inference_request_success", model=model),
+            metric_value(text, "nv_inference_count", model=model))
+
+
+def test_text_encode_equals_in_process(stubs, local):
+    texts = ["large red circle top-left", "festive images", "a small  Blue square"]
+    reply = stubs["encoder"].Encode(query_encoder_pb2.EncodeRequest(
+        queries=[query_encoder_pb2.QueryInput(text=t) for t in texts]), timeout=30)
+    ids, mask, _ = Tokenizer.default().encode(texts)
+    expected = run(local[0]["text_encoder"], ids, mask)[0]
+    np.testing.assert_allclose(np.stack([array(e.embedding) for e in reply.embeddings]), expected, **TOLERANCE)
+
+
+def test_extract_equals_in_process_and_is_one_triton_call(real_stack, stubs, local, ci_corpus):
+    pixels = ci_corpus.test.pixels[:4]
+    requests_before, items_before = triton_counts(real_stack, "image_encoder")
+    reply = stubs["extractor"].Extract(feature_extractor_pb2.ExtractRequest(images=[png(p) for p in pixels]), timeout=30)
+    requests_after, items_after = triton_counts(real_stack, "image_encoder")
+    embedding, regions = run(local[0]["image_encoder"], pixels)
+    np.testing.assert_allclose(np.stack([array(r.features.embedding) for r in reply.results]), embedding, **TOLERANCE)
+    np.testing.assert_allclose(np.stack([array(r.features.regions) for r in reply.results]), regions, **TOLERANCE)
+    assert (requests_after - requests_before, items_after - items_before) == (1, 4)
+    again = stubs["extractor"].Extract(feature_extractor_pb2.ExtractRequest(images=[png(p) for p in pixels]), timeout=30)
+    assert all(r.cache_hit for r in again.results)
+    assert triton_counts(real_stack, "image_encoder") == (requests_after, items_after)
+
+
+def test_tag_equals_in_process(stubs, local, ci_corpus):
+    pixels = ci_corpus.test.pixels[:3]
+    reply = stubs["tagger"].Tag(keyword_tagger_pb2.TagRequest(images=[png(p) for p in pixels], threshold=0.3, top_k=8),
+                                timeout=30)
+    probabilities = run(local[0]["keyword_tagger"], pixels)[0]
+    vocab = local[1]
+    for row, result in zip(probabilities, reply.results):
+        order = np.argsort(-row, kind="stable")[:8]
+        expected = [(vocab[i], float(row[i])) for i in order if row[i] >= 0.3]
+        assert [k.text for k in result.keywords] == [t for t, _ in expected]
+        np.testing.assert_allclose([k.confidence for k in result.keywords], [p for _, p in expected], rtol=1e-5)
+
+
+def test_composed_encode_equals_in_process(stubs, local, ci_corpus):
+    pixels = ci_corpus.test.pixels[5]
+    modification = "make the circle blue"
+    reply = stubs["encoder"].Encode(query_encoder_pb2.EncodeRequest(queries=[query_encoder_pb2.QueryInput(
+        composed=query_encoder_pb2.ComposedQueryInput(image=common_pb2.ImageInput(data=png(pixels)),
+                                                      modification=modification))]), timeout=30)
+    modules = local[0]
+    embedding, regions = run(modules["image_encoder"], pixels[None])
+    ids, mask, _ = Tokenizer.default().encode([modification])
+    text_embedding, tokens = run(modules["text_encoder"], ids, mask)
+    expected = run(modules["composer"], embedding, regions, text_embedding, tokens, mask.astype(np.float32))[0]
+    np.testing.assert_allclose(array(reply.embeddings[0].embedding), expected[0], **TOLERANCE)
+
+
+def test_rescore_inline_equals_in_process(stubs, local, ci_corpus):
+    modules = local[0]
+    pixels = ci_corpus.test.pixels[:3]
+    records = ci_corpus.test.images[:3]
+    _, regions = run(modules["image_encoder"], pixels)
+    tokenizer = Tokenizer.default()
+    ids, mask, _ = tokenizer.encode(["large red circle top-left"])
+    query = run(modules["text_encoder"], ids, mask)[0][0]
+    candidates = []
+    keyword_arrays, masks = [], []
+    for record, region in zip(records, regions):
+        slots = sorted(record.noisy_keywords, key=lambda kw: (-kw[1], kw[0]))[:32]
+        candidates.append(attention_rescorer_pb2.Candidate(inline=attention_rescorer_pb2.InlineCandidate(
+            id=record.id, regions=to_tensor(region),
+            keywords=[common_pb2.Keyword(text=t, confidence=c) for t, c in slots])))
+        k_ids, k_mask, _ = tokenizer.encode([t for t, _ in slots])
+        vectors = np.zeros((32, 384), dtype=np.float32)
+        vectors[: len(slots)] = run(modules["text_encoder"], k_ids, k_mask)[0]
+        keyword_arrays.append(vectors)
+        masks.append(np.array([c for _, c in slots] + [0.0] * (32 - len(slots)), dtype=np.float32))
+    reply = stubs["rescorer"].Rescore(attention_rescorer_pb2.RescoreRequest(
+        query=to_tensor(query), candidates=candidates, explain=True), timeout=30)
+    score, weights, region_attention, _ = run(modules["amc_rescorer"], np.repeat(query[None], 3, 0), regions,
+                                              np.stack(keyword_arrays), np.stack(masks))
+    np.testing.assert_allclose([r.evidence.score for r in reply.results], score.reshape(-1), **TOLERANCE)
+    np.testing.assert_allclose([r.evidence.visual_weight for r in reply.results], weights[:, 0], **TOLERANCE)
+    top_region = [r.evidence.regions[0].index for r in reply.results]
+    assert top_region == [int(np.argmax(a)) for a in region_attention]
+    assert all(len(r.evidence.keywords) == 5 for r in reply.results)
+
+
+def bomb() -> bytes:
+    """A PNG of 3000 x 3000 pixels that compresses to a few KB."""
+    buffer = io.BytesIO()
+    Image.new("L", (3000, 3000)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("call", "code", "fragment"), [
+    (lambda s: s["extractor"].Extract(feature_extractor_pb2.ExtractRequest(images=[])),
+     grpc.StatusCode.INVALID_ARGUMENT, "images is empty"),
+    (lambda s: s["extractor"].Extract(feature_extractor_pb2.ExtractRequest(images=[png(np.zeros((8, 8, 3), np.uint8)), b"junk"])),
+     grpc.StatusCode.INVALID_ARGUMENT, "image 1"),
+    (lambda s: s["extractor"].Extract(feature_extractor_pb2.ExtractRequest(images=[b"x"] * 65)),
+     grpc.StatusCode.RESOURCE_EXHAUSTED, "limit is 64"),
+    (lambda s: s["extractor"].Extract(feature_extractor_pb2.ExtractRequest(images=[b"\x89PNG" + b"\0" * 2_000_001])),
+     grpc.StatusCode.RESOURCE_EXHAUSTED, "limit is 2000000 bytes"),
+    (lambda s: s["extractor"].Extract(feature_extractor_pb2.ExtractRequest(images=[bomb()])),
+     grpc.StatusCode.RESOURCE_EXHAUSTED, "pixels, the limit is 4000000"),
+    (lambda s: s["tagger"].Tag(keyword_tagger_pb2.TagRequest(images=[b"x"], threshold=2.0)),
+     grpc.StatusCode.INVALID_ARGUMENT, "threshold"),
+    (lambda s: s["tagger"].Tag(keyword_tagger_pb2.TagRequest(images=[b"GIF89a"])),
+     grpc.StatusCode.INVALID_ARGUMENT, "image 0"),
+    (lambda s: s["rescorer"].Rescore(attention_rescorer_pb2.RescoreRequest(query=to_tensor(np.zeros(384)))),
+     grpc.StatusCode.INVALID_ARGUMENT, "candidates is empty"),
+    (lambda s: s["rescorer"].Rescore(attention_rescorer_pb2.RescoreRequest(
+        query=to_tensor(np.zeros(10)), candidates=[attention_rescorer_pb2.Candidate(id="a")])),
+     grpc.StatusCode.INVALID_ARGUMENT, "query: shape [10] is not [384]"),
+    (lambda s: s["rescorer"].Rescore(attention_rescorer_pb2.RescoreRequest(
+        query=to_tensor(np.ones(384)), candidates=[attention_rescorer_pb2.Candidate(id="never-indexed")])),
+     grpc.StatusCode.NOT_FOUND, "never-indexed"),
+    (lambda s: s["rescorer"].Rescore(attention_rescorer_pb2.RescoreRequest(
+        query=to_tensor(np.ones(384)), candidates=[attention_rescorer_pb2.Candidate(id="a")] * 501)),
+     grpc.StatusCode.RESOURCE_EXHAUSTED, "limit is 500"),
+    (lambda s: s["encoder"].Encode(query_encoder_pb2.EncodeRequest(queries=[query_encoder_pb2.QueryInput(
+        image=common_pb2.ImageInput(data=b"not an image"))])),
+     grpc.StatusCode.INVALID_ARGUMENT, "cannot be decoded"),
+])
+def test_limits_and_bad_inputs_get_their_status_and_services_stay_healthy(real_stack, stubs, call, code, fragment):
+    with pytest.raises(grpc.RpcError) as raised:
+        call(stubs)
+    assert raised.value.code() == code, raised.value.details()
+    assert fragment in raised.value.details()
+    from amcsearch.processes import grpc_serving
+
+    for module in ("query_encoder", "feature_extractor", "keyword_tagger", "attention_rescorer"):
+        assert grpc_serving(real_stack.address(module))

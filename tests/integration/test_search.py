@@ -1,0 +1,242 @@
+"""SearchService end to end on the real stack: served quality equals offline quality, nothing
+indexed is lost across a restart, deletes are final, bad requests get clear statuses."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import grpc
+import numpy as np
+import pytest
+
+from amcsearch.cli import index_directory
+from amcsearch.processes import grpc_serving, wait_until
+from amcsearch.query_encoder.tokenize import Tokenizer
+from amcsearch.v1 import search_pb2, search_pb2_grpc
+from models.eval.metrics import ndcg_at_k
+from tests.integration.conftest import png, run
+
+pytestmark = pytest.mark.integration
+MAX_TEXT_QUERIES = 60
+MAX_COMPOSED_QUERIES = 80
+
+
+@pytest.fixture(scope="module")
+def search(real_stack):
+    with grpc.insecure_channel(real_stack.address("search")) as channel:
+        yield search_pb2_grpc.SearchServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def indexed(search, ci_corpus, tmp_path_factory):
+    """The ci test split indexed through the CLI's path, with the simulated tagger's keywords."""
+    directory = tmp_path_factory.mktemp("images")
+    with (directory / "metadata.jsonl").open("w") as metadata:
+        for record, pixels in zip(ci_corpus.test.images, ci_corpus.test.pixels):
+            (directory / f"{record.id}.png").write_bytes(png(pixels))
+            metadata.write(json.dumps({"id": record.id, "title": record.caption,
+                                       "keywords": record.noisy_keywords}) + "\n")
+    count, failed = index_directory(search, directory, batch_size=32, skip_auto_tags=True, progress=False)
+    assert count == len(ci_corpus.test.images) and not failed
+    return directory
+
+
+def offline_text_ndcg(local, split, queries) -> float:
+    """AMC Full over each query's candidates, in process, from the exported TorchScript files."""
+    modules = local[0]
+    tokenizer = Tokenizer.default()
+    _, regions = run(modules["image_encoder"], split.pixels)
+    vocab_vectors = {}
+    scores = []
+    for query in queries:
+        ids, mask, _ = tokenizer.encode([query.text])
+        q = run(modules["text_encoder"], ids, mask)[0][0]
+        rows = [split.index_of(i) for i in query.candidate_ids]
+        keywords = np.zeros((len(rows), 32, 384), dtype=np.float32)
+        masks = np.zeros((len(rows), 32), dtype=np.float32)
+        for r, row in enumerate(rows):
+            slots = sorted(split.images[row].noisy_keywords, key=lambda kw: (-kw[1], kw[0]))[:32]
+            missing = [t for t, _ in slots if t not in vocab_vectors]
+            if missing:
+                k_ids, k_mask, _ = tokenizer.encode(missing)
+                vocab_vectors.update(zip(missing, run(modules["text_encoder"], k_ids, k_mask)[0]))
+            for j, (text, confidence) in enumerate(slots):
+                keywords[r, j] = vocab_vectors[text]
+                masks[r, j] = confidence
+        score = run(modules["amc_rescorer"], np.repeat(q[None], len(rows), 0), regions[rows], keywords, masks)[0]
+        order = np.argsort(-score.reshape(-1), kind="stable")
+        scores.append(ndcg_at_k(np.array(query.relevance)[order], 10))
+    return float(np.mean(scores))
+
+
+def test_served_text_ndcg_equals_offline(search, indexed, ci_corpus, local):
+    queries = ci_corpus.test.text_queries[:MAX_TEXT_QUERIES]
+    served = []
+    for query in queries:
+        reply = search.Search(search_pb2.SearchRequest(text=query.text, within_ids=query.candidate_ids,
+                                                       candidates=len(query.candidate_ids),
+                                                       top_k=len(query.candidate_ids)), timeout=60)
+        assert reply.stages == ["encode", "ann", "rescore"] and not reply.degradations
+        relevance = dict(zip(query.candidate_ids, query.relevance))
+        served.append(ndcg_at_k([relevance[r.id] for r in reply.results], 10))
+    offline = offline_text_ndcg(local, ci_corpus.test, queries)
+    print(f"text NDCG@10 served {np.mean(served):.4f} offline {offline:.4f} over {len(queries)} queries")
+    assert abs(np.mean(served) - offline) <= 0.01
+
+
+def test_served_composed_recall_equals_offline(search, indexed, ci_corpus, local):
+    split = ci_corpus.test
+    queries = split.composed_queries[:MAX_COMPOSED_QUERIES]
+    labels = {r.id: r.label for r in split.images}
+    served_hits = []
+    for query in queries:
+        reply = search.Search(search_pb2.SearchRequest(composed=search_pb2.ComposedQuery(
+            image=search_pb2.ImageQuery(id=query.source_id), modification=query.modification), top_k=10), timeout=60)
+        assert query.source_id not in [r.id for r in reply.results]
+        served_hits.append(any(labels[r.id] == query.target_label for r in reply.results))
+    modules = local[0]
+    embeddings, regions = run(modules["image_encoder"], split.pixels)
+    tokenizer = Tokenizer.default()
+    offline_hits = []
+    for query in queries:
+        row = split.index_of(query.source_id)
+        ids, mask, _ = tokenizer.encode([query.modification])
+        text_embedding, tokens = run(modules["text_encoder"], ids, mask)
+        composed = run(modules["composer"], embeddings[row : row + 1], regions[row : row + 1], text_embedding, tokens,
+                       mask.astype(np.float32))[0][0]
+        similarity = embeddings @ composed / np.linalg.norm(composed)
+        similarity[row] = -np.inf
+        top = np.argsort(-similarity, kind="stable")[:10]
+        offline_hits.append(any(split.images[i].label == query.target_label for i in top))
+    print(f"composed R@10 served {np.mean(served_hits):.4f} offline {np.mean(offline_hits):.4f}")
+    assert abs(np.mean(served_hits) - np.mean(offline_hits)) <= 0.01 + 1.0 / len(queries)
+
+
+def test_explain_returns_weights_regions_and_keywords(search, indexed):
+    reply = search.Search(search_pb2.SearchRequest(text="festive images", top_k=3, explain=True), timeout=60)
+    assert len(reply.results) == 3
+    for result in reply.results:
+        evidence = result.evidence
+        assert evidence.visual_weight + evidence.keyword_weight == pytest.approx(1.0, abs=1e-4)
+        assert len(evidence.regions) == 5 and len(evidence.keywords) > 0
+        assert evidence.regions[0].weight >= evidence.regions[-1].weight
+    scores = [r.score for r in reply.results]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_image_search_by_id_excludes_itself_and_keyword_filter_holds(search, indexed, ci_corpus):
+    source = ci_corpus.test.images[0]
+    reply = search.Search(search_pb2.SearchRequest(image=search_pb2.ImageQuery(id=source.id), top_k=5), timeout=60)
+    assert len(reply.results) == 5 and source.id not in [r.id for r in reply.results]
+    keyword = source.noisy_keywords[0][0]
+    filtered = search.Search(search_pb2.SearchRequest(text="anything", top_k=10, keyword_filter=[keyword]), timeout=60)
+    got = search.Get(search_pb2.GetRequest(ids=[r.id for r in filtered.results]), timeout=30)
+    assert got.images and all(keyword in [k.text for k in image.keywords] for image in got.images)
+
+
+def test_delete_then_search_never_returns_the_id(search, indexed, ci_corpus):
+    victim = search.Search(search_pb2.SearchRequest(text="large red circle", top_k=1), timeout=60).results[0].id
+    reply = search.Delete(search_pb2.DeleteRequest(ids=[victim, "never-there"]), timeout=30)
+    assert reply.deleted_count == 1 and list(reply.missing_ids) == ["never-there"]
+    for text in ("large red circle", "red", "circle"):
+        results = search.Search(search_pb2.SearchRequest(text=text, top_k=50), timeout=60).results
+        assert victim not in [r.id for r in results]
+    assert list(search.Get(search_pb2.GetRequest(ids=[victim]), timeout=30).missing_ids) == [victim]
+    with pytest.raises(grpc.RpcError) as raised:
+        search.Search(search_pb2.SearchRequest(image=search_pb2.ImageQuery(id=victim)), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_index_reports_bad_items_and_keeps_the_good_ones(search, ci_corpus):
+    good = png(ci_corpus.test.pixels[0])
+    reply = search.Index(search_pb2.IndexRequest(items=[
+        search_pb2.ImageItem(id="good-one", image=good, tags=["Festive "]),
+        search_pb2.ImageItem(id="corrupt-one", image=b"\x89PNG\r\n\x1a\nbroken"),
+        search_pb2.ImageItem(id="bad id!", image=good),
+    ]), timeout=60)
+    outcome = {r.id: r for r in reply.results}
+    assert outcome["good-one"].indexed and "festive" in [k.text for k in outcome["good-one"].keywords]
+    assert not outcome["corrupt-one"].indexed and outcome["corrupt-one"].error_code == "INVALID_ARGUMENT"
+    assert not outcome["bad id!"].indexed and "id must be" in outcome["bad id!"].error
+    assert (reply.indexed_count, reply.failed_count) == (1, 2)
+    assert search.Get(search_pb2.GetRequest(ids=["good-one"]), timeout=30).images[0].title == ""
+
+
+@pytest.mark.parametrize(("request_", "code", "fragment"), [
+    (search_pb2.SearchRequest(), grpc.StatusCode.INVALID_ARGUMENT, "set one of"),
+    (search_pb2.SearchRequest(text="  "), grpc.StatusCode.INVALID_ARGUMENT, "text is empty"),
+    (search_pb2.SearchRequest(text="x", top_k=1000), grpc.StatusCode.RESOURCE_EXHAUSTED, "limit is 100"),
+    (search_pb2.SearchRequest(text="x", top_k=-1), grpc.StatusCode.INVALID_ARGUMENT, "negative"),
+    (search_pb2.SearchRequest(text="x", candidates=100000), grpc.StatusCode.RESOURCE_EXHAUSTED, "limit is 500"),
+    (search_pb2.SearchRequest(image=search_pb2.ImageQuery(id="nope")), grpc.StatusCode.NOT_FOUND, "nope"),
+    (search_pb2.SearchRequest(image=search_pb2.ImageQuery(data=b"junk")), grpc.StatusCode.INVALID_ARGUMENT, "decoded"),
+    (search_pb2.SearchRequest(composed=search_pb2.ComposedQuery(image=search_pb2.ImageQuery(id="x"))),
+     grpc.StatusCode.INVALID_ARGUMENT, "modification is empty"),
+])
+def test_bad_searches_get_clear_statuses(search, real_stack, request_, code, fragment):
+    with pytest.raises(grpc.RpcError) as raised:
+        search.Search(request_, timeout=30)
+    assert raised.value.code() == code and fragment in raised.value.details(), raised.value.details()
+    assert grpc_serving(real_stack.address("search"))
+
+
+def test_bad_index_requests(search):
+    for request_, code in [
+        (search_pb2.IndexRequest(), grpc.StatusCode.INVALID_ARGUMENT),
+        (search_pb2.IndexRequest(items=[search_pb2.ImageItem(id="a", image=b"x")] * 2), grpc.StatusCode.INVALID_ARGUMENT),
+        (search_pb2.IndexRequest(items=[search_pb2.ImageItem(id=f"i{n}", image=b"x") for n in range(65)]),
+         grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ]:
+        with pytest.raises(grpc.RpcError) as raised:
+            search.Index(request_, timeout=30)
+        assert raised.value.code() == code
+
+
+def test_rescorer_down_degrades_to_ann_order(search, indexed, real_stack):
+    rescorer = real_stack.processes["attention_rescorer"]
+    rescorer.stop()
+    try:
+        reply = search.Search(search_pb2.SearchRequest(text="small blue square", top_k=5), timeout=30)
+        assert reply.stages == ["encode", "ann"]
+        assert reply.degradations[0].stage == "rescore"
+        assert [r.score for r in reply.results] == sorted([r.ann_score for r in reply.results], reverse=True)
+    finally:
+        rescorer.start()
+        wait_until(lambda: grpc_serving(rescorer.endpoints["grpc"]), 60, "rescorer restart", rescorer)
+
+
+def test_restart_of_search_keeps_everything_indexed(search, indexed, real_stack, ci_corpus):
+    request = search_pb2.SearchRequest(text="vintage picture with a green triangle", top_k=10)
+    before = search.Search(request, timeout=60)
+    count = search.Stats(search_pb2.StatsRequest(), timeout=30).image_count
+    process = real_stack.processes["search"]
+    process.stop()
+    process.start()
+    wait_until(lambda: grpc_serving(process.endpoints["grpc"]), 60, "search restart", process)
+    after = search.Search(request, timeout=60)
+    assert [r.id for r in after.results] == [r.id for r in before.results]
+    np.testing.assert_allclose([r.score for r in after.results], [r.score for r in before.results], rtol=1e-5)
+    assert search.Stats(search_pb2.StatsRequest(), timeout=30).image_count == count
+
+
+def test_html_results_page_renders_its_images_in_chromium(search, indexed, tmp_path):
+    from amcsearch.report import write_html
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is not installed: `make setup` installs it (Debian package chromium)"
+    request = search_pb2.SearchRequest(text="large red circle top-left", top_k=4, explain=True)
+    reply = search.Search(request, timeout=60)
+    page = tmp_path / "results.html"
+    write_html(page, request, reply)
+    probe = page.read_text().replace("</body>", (
+        "<script>window.addEventListener('load', () => { const imgs = [...document.images];"
+        " document.title = 'rendered=' + imgs.filter(i => i.complete && i.naturalWidth > 0).length"
+        " + '/' + imgs.length; });</script></body>"))
+    page.write_text(probe)
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=60).stdout
+    assert "<title>rendered=4/4</title>" in dom
