@@ -45,6 +45,8 @@ TRITON_SECONDS = Histogram(
     ["service", "model", "outcome"],
     buckets=LATENCY_BUCKETS,
 )
+INDEX_IMAGES = Gauge("amcsearch_index_images", "Images in the index of record (set by Stats, Index and Delete).",
+                     ["collection"])
 
 
 @contextmanager
