@@ -40,6 +40,7 @@ class ComposerBudget:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     val_fraction: float = 0.1
+    synthetic: int = 0  # extra training queries rendered from TRAIN scenes (0: the corpus's only)
 
 
 def as_composer_budget(budget: "ComposerBudget | dict[str, Any] | Any | None") -> ComposerBudget:
@@ -73,6 +74,8 @@ class ComposedFeatures:
     target: torch.Tensor  # [Q] image row of each query's target
     text: torch.Tensor  # [Q] row in text_emb of each query's modification
     target_labels: torch.Tensor  # [Q]
+    n_gallery: int  # image rows [0, n_gallery) are the split's images, the retrieval gallery
+    n_original: int  # query rows [0, n_original) are the split's own composed queries
 
     @property
     def n_queries(self) -> int:
@@ -96,10 +99,79 @@ def image_features(image_encoder: nn.Module, pixels: np.ndarray, batch_size: int
     return torch.cat(embs), torch.cat(regs)
 
 
-def precompute_features(split: Any, image_encoder: nn.Module, text_encoder: nn.Module, tokenizer: Any) -> ComposedFeatures:
+@dataclass
+class SyntheticQueries:
+    """Extra training queries: modifications of TRAIN scenes with freshly rendered targets."""
+
+    source_rows: list[int]
+    modifications: list[str]
+    pixels: np.ndarray  # uint8 [n, 128, 128, 3], the rendered targets
+    labels: list[int]  # scene labels, shared with the split's own images where scenes are equal
+
+
+def synthesize_queries(corpus: Any, n: int, seed: int) -> SyntheticQueries:
+    """n composed queries drawn like the corpus's own (CSS preconditions, the train hold-out of
+    colour-shape pairs, no target equal to a TEST scene graph, the same corruption rate)."""
+    from models.corpus import render, scenes
+    from models.corpus.build import CORRUPTION_RATE
+    from models.corpus.vocab import scene_key
+
+    split = corpus.train
+    labels = {scene_key(r.objects): r.label for r in split.images}
+    forbidden = {scene_key(r.objects) for r in corpus.test.images}
+    next_label = max(r.label for r in split.images) + 1
+    rng = np.random.default_rng([seed, 31])
+    out = SyntheticQueries([], [], np.empty((n, 128, 128, 3), dtype=np.uint8), [])
+    for _ in range(50 * n):
+        if len(out.labels) >= n:
+            break
+        src = int(rng.integers(len(split.images)))
+        mod = scenes.sample_modification(split.images[src].objects, rng, True)
+        if mod is None:
+            continue
+        target = scenes.apply_modification(split.images[src].objects, mod)
+        key = scene_key(target)
+        if key in forbidden or not scenes.respects_hold_out(target):
+            continue
+        pixels = render.render_scene(target, rng)
+        if rng.random() < CORRUPTION_RATE:
+            pixels = render.corrupt(pixels, render.CORRUPTIONS[int(rng.integers(len(render.CORRUPTIONS)))], rng)
+        if key not in labels:
+            labels[key], next_label = next_label, next_label + 1
+        out.pixels[len(out.labels)] = pixels
+        out.source_rows.append(src)
+        out.modifications.append(mod.text)
+        out.labels.append(labels[key])
+    out.pixels = out.pixels[: len(out.labels)]
+    return out
+
+
+def precompute_features(
+    split: Any,
+    image_encoder: nn.Module,
+    text_encoder: nn.Module,
+    tokenizer: Any,
+    extra: SyntheticQueries | None = None,
+) -> ComposedFeatures:
+    """Features of the split's composed queries, then of `extra` ones (their targets are appended
+    after the split's images, outside the retrieval gallery)."""
     image_emb, regions = image_features(image_encoder, split.pixels)
+    labels = [r.label for r in split.images]
     queries = split.composed_queries
-    unique = sorted({q.modification for q in queries})
+    sources = [split.index_of(q.source_id) for q in queries]
+    targets = [split.index_of(q.target_id) for q in queries]
+    mods = [q.modification for q in queries]
+    target_labels = [q.target_label for q in queries]
+    n_gallery = len(labels)
+    if extra is not None and extra.labels:
+        extra_emb, extra_regions = image_features(image_encoder, extra.pixels)
+        image_emb, regions = torch.cat([image_emb, extra_emb]), torch.cat([regions, extra_regions])
+        sources += extra.source_rows
+        targets += list(range(n_gallery, n_gallery + len(extra.labels)))
+        mods += extra.modifications
+        labels += extra.labels
+        target_labels += extra.labels
+    unique = sorted(set(mods))
     text_emb, tokens = encode_texts(text_encoder, unique, tokenizer=tokenizer)
     _, mask, _ = tokenizer.encode(unique) if unique else (None, np.zeros((0, 32), np.int64), None)
     position = {t: i for i, t in enumerate(unique)}
@@ -107,31 +179,35 @@ def precompute_features(split: Any, image_encoder: nn.Module, text_encoder: nn.M
     return ComposedFeatures(
         image_emb=F.normalize(image_emb, dim=1),
         regions=regions,
-        labels=torch.as_tensor(np.array([r.label for r in split.images], dtype=np.int64)),
+        labels=torch.tensor(labels, dtype=torch.long),
         text_emb=text_emb,
         tokens=tokens,
         token_mask=torch.from_numpy(mask).float(),
-        source=torch.tensor([split.index_of(q.source_id) for q in queries], dtype=torch.long),
-        target=torch.tensor([split.index_of(q.target_id) for q in queries], dtype=torch.long),
-        text=torch.tensor([position[q.modification] for q in queries], dtype=torch.long),
-        target_labels=torch.tensor([q.target_label for q in queries], dtype=torch.long),
+        source=torch.tensor(sources, dtype=torch.long),
+        target=torch.tensor(targets, dtype=torch.long),
+        text=torch.tensor([position[m] for m in mods], dtype=torch.long),
+        target_labels=torch.tensor(target_labels, dtype=torch.long),
+        n_gallery=n_gallery,
+        n_original=len(queries),
     )
 
 
 def holdout_rows(feats: ComposedFeatures, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train rows, held-out rows): a query is held out when its target's scene label is among a
-    random `fraction` of the labels, so no held-out target is ever a training target."""
-    labels = np.unique(feats.labels.numpy())
+    """(train rows, held-out rows): the split's own queries whose target scene label is among a
+    random `fraction` of the gallery's labels are held out; no query with such a target (own or
+    synthetic) is trained on."""
+    labels = np.unique(feats.labels[: feats.n_gallery].numpy())
     rng = np.random.default_rng(seed)
     held = rng.choice(labels, size=max(1, int(round(fraction * len(labels)))), replace=False)
     is_held = np.isin(feats.target_labels.numpy(), held)
     rows = np.arange(feats.n_queries)
-    return torch.from_numpy(rows[~is_held]), torch.from_numpy(rows[is_held])
+    return torch.from_numpy(rows[~is_held]), torch.from_numpy(rows[is_held & (rows < feats.n_original)])
 
 
 def heldout_r1(composer: nn.Module, feats: ComposedFeatures, rows: torch.Tensor) -> float:
     vectors = compose_all(composer, feats, rows)
-    recall = composed_recall(vectors, feats.image_emb, feats.labels, feats.source[rows], feats.target_labels[rows], ks=(1,))
+    g = feats.n_gallery
+    recall = composed_recall(vectors, feats.image_emb[:g], feats.labels[:g], feats.source[rows], feats.target_labels[rows], ks=(1,))
     return recall[1]
 
 
@@ -192,7 +268,8 @@ def train_composers(
     method with the best held-out (TRAIN) R@1, the one to export. `selected_method` names it."""
     cfg = as_composer_budget(budget)
     started = time.perf_counter()
-    feats = precompute_features(corpus.train, image_encoder, text_encoder, tokenizer)
+    extra = synthesize_queries(corpus, cfg.synthetic, seed) if cfg.synthetic > 0 else None
+    feats = precompute_features(corpus.train, image_encoder, text_encoder, tokenizer, extra)
     train, held = holdout_rows(feats, cfg.val_fraction, seed)
     log.info("composer features in %.1fs: %d train / %d held-out queries", time.perf_counter() - started, len(train), len(held))
     result: dict[str, nn.Module] = {}

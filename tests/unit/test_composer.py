@@ -17,6 +17,7 @@ from models.train.composer import (
     load_composers,
     precompute_features,
     selected_method,
+    synthesize_queries,
     train_composers,
 )
 
@@ -172,3 +173,26 @@ def test_train_composers_and_evaluate_end_to_end(text_parts) -> None:
     assert sum(r["exported"] for r in rows) == 1
     for r in rows:
         assert 0.0 <= r["R@1"] <= r["R@5"] <= r["R@10"] <= r["R@50"] <= 1.0
+
+
+def test_synthetic_queries_follow_the_corpus_rules() -> None:
+    from models.corpus import scenes
+    from models.corpus.vocab import scene_key
+
+    rng = np.random.default_rng(0)
+
+    def split(n: int, offset: int) -> SimpleNamespace:
+        images = [SimpleNamespace(objects=scenes.sample_scene(rng, True), label=offset + i) for i in range(n)]
+        return SimpleNamespace(images=images)
+
+    corpus = SimpleNamespace(train=split(30, 0), test=split(30, 100))
+    extra = synthesize_queries(corpus, 40, seed=0)
+    assert extra.pixels.shape == (40, 128, 128, 3) and extra.pixels.dtype == np.uint8
+    test_keys = {scene_key(r.objects) for r in corpus.test.images}
+    train_labels = {scene_key(r.objects): r.label for r in corpus.train.images}
+    for src, text, label in zip(extra.source_rows, extra.modifications, extra.labels):
+        target = scenes.apply_modification(corpus.train.images[src].objects, scenes.parse_modification(text))
+        assert scene_key(target) not in test_keys and scenes.respects_hold_out(target)
+        assert train_labels.get(scene_key(target), label) == label
+        if scene_key(target) not in train_labels:
+            assert label > max(train_labels.values())  # a fresh label never reuses an existing one
