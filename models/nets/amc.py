@@ -1,0 +1,283 @@
+"""AMC rescorer (Chen et al., CVPR 2017) and the ablations of its text-search table.
+
+Every module here shares one forward signature, the `amc_rescorer` Triton contract:
+
+    forward(query [B,384], regions [B,36,128], keywords [B,32,384], keyword_mask [B,32])
+      -> (score [B,1], modality_weights [B,2] (visual, keyword),
+          region_attention [B,36], keyword_attention [B,32])
+
+AMCRescorer follows /work/shared/METHODS.md ("AMC rescorer"): VAN (query-generated k x k
+kernel convolved over the region grid, softmax over positions), LAN (query-keyword dot
+attention over the keyword vectors), MTN (one joint softmax of the two cosines gives the
+modality weights), score = cos(q^m, x^q). Choices where the spec is silent:
+- LAN adds log(confidence) to the attention logits: the tagger's confidence is a prior, so a
+  0.9 keyword needs less query evidence than a 0.1 one; slots with mask 0 are padding and get
+  exactly zero attention.
+- MTN multiplies the two cosines by a learnable temperature (initialised to 5) before the
+  joint softmax; with the raw cosines in [-1, 1] the weights could never leave [0.12, 0.88].
+- v^q and k^q are L2-normalised before fusion, so w_v and w_k weigh directions of equal length
+  and report how much each modality counted, not which vector happened to be longer.
+- The 1x1 convolution V -> V' is a Linear applied to every region (the same map, faster on CPU).
+The per-sample convolution is computed as one batched matmul (kernel x features, per offset)
+followed by a shift-and-sum over the k*k offsets: identical to conv2d(V', s_q, padding=k//2)
+per sample, scriptable, and free of the memory cost of unfold.
+
+forward() is three stages, also public so that training can run each at its own granularity
+(the query side once per query, the keyword projection once per vocabulary word):
+    score(encode_query(query), regions, project_keywords(keywords), keyword_mask)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+QUERY_DIM = 384
+REGION_DIM = 128
+KEYWORD_DIM = 384
+GRID = 6
+NUM_KEYWORDS = 32
+JOINT_DIM = 64
+KERNEL = 3
+MODES = ("full", "img", "key")
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x, p=2.0, dim=-1, eps=1e-6)
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (_normalize(a) * _normalize(b)).sum(dim=-1)
+
+
+class VisualAttention(nn.Module):
+    """VAN: v^q = sum_ij softmax(conv(V', s_q))_ij V'_ij with s_q = ReLU(W_qs q + b)."""
+
+    def __init__(self, query_dim: int, region_dim: int, dim: int, kernel: int, grid: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.kernel = kernel
+        self.grid = grid
+        self.project = nn.Linear(region_dim, dim)  # the 1x1 convolution V -> V'
+        self.query_kernel = nn.Linear(query_dim, dim * kernel * kernel)
+
+    def kernels(self, query: torch.Tensor) -> torch.Tensor:
+        """s_q flattened [B, d*k*k] in (channel, row, column) order."""
+        return F.relu(self.query_kernel(query))
+
+    def forward(self, kernels: torch.Tensor, regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = regions.shape[0]
+        g = self.grid
+        k = self.kernel
+        features = self.project(regions)  # V' [B, g*g, d]
+        kernel = kernels.view(batch, self.dim, k * k)
+        # responses[b, o, p] = sum_c kernel[b, c, o] * V'[b, p, c] for each kernel offset o
+        responses = torch.bmm(features, kernel).transpose(1, 2).reshape(batch, k * k, g, g)
+        pad = k // 2
+        responses = F.pad(responses, [pad, pad, pad, pad])
+        logits = torch.zeros(batch, g, g, dtype=regions.dtype, device=regions.device)
+        for dy in range(k):
+            for dx in range(k):
+                logits = logits + responses[:, dy * k + dx, dy : dy + g, dx : dx + g]
+        attention = torch.softmax(logits.reshape(batch, g * g), dim=1)
+        attended = torch.bmm(attention.unsqueeze(1), features).squeeze(1)
+        return attended, attention
+
+
+class KeywordAttention(nn.Module):
+    """LAN: k^q = sum_i softmax_i(u^T e_i + log c_i) e_i, e_i = W_kl k_i, u = W_ql q."""
+
+    def __init__(self, query_dim: int, keyword_dim: int, dim: int) -> None:
+        super().__init__()
+        self.project_keywords = nn.Linear(keyword_dim, dim)
+        self.project_query = nn.Linear(query_dim, dim)
+
+    def forward(
+        self, guide: torch.Tensor, embedded: torch.Tensor, keyword_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """guide u [B, d]; embedded e [B, K, d] (already projected); mask [B, K]."""
+        logits = torch.bmm(embedded, guide.unsqueeze(2)).squeeze(2)
+        valid = keyword_mask > 0
+        logits = logits + torch.log(keyword_mask.clamp(min=1e-6))
+        logits = logits.masked_fill(~valid, -1e4)
+        attention = torch.softmax(logits, dim=1) * valid.to(logits.dtype)
+        attention = attention / attention.sum(dim=1, keepdim=True).clamp(min=1e-6)
+        attended = torch.bmm(attention.unsqueeze(1), embedded).squeeze(1)
+        return attended, attention
+
+
+class AMCRescorer(nn.Module):
+    """AMC Full (mode "full") and its attention ablations ImgATT ("img") and KeyATT ("key")."""
+
+    def __init__(
+        self,
+        mode: str = "full",
+        dim: int = JOINT_DIM,
+        kernel: int = KERNEL,
+        query_dim: int = QUERY_DIM,
+        region_dim: int = REGION_DIM,
+        keyword_dim: int = KEYWORD_DIM,
+        grid: int = GRID,
+        temperature: float = 5.0,
+    ) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode is {mode!r}, allowed: {', '.join(MODES)}")
+        self.mode = mode
+        self.dim = dim
+        self.grid = grid
+        self.kernel_size = dim * kernel * kernel
+        self.van = VisualAttention(query_dim, region_dim, dim, kernel, grid)
+        self.lan = KeywordAttention(query_dim, keyword_dim, dim)
+        self.query_match = nn.Linear(query_dim, dim)  # q^m = ReLU(W_qm q + b)
+        self.query_gate = nn.Linear(query_dim, dim)  # q' = ReLU(W'_qm q + b')
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        regions: torch.Tensor,
+        keywords: torch.Tensor,
+        keyword_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.score(self.encode_query(query), regions, self.project_keywords(keywords), keyword_mask)
+
+    def encode_query(self, query: torch.Tensor) -> torch.Tensor:
+        """Every query-side projection, concatenated: [s_q (d*k*k), u, q^m, q'] -> [B, d*(k*k+3)]."""
+        return torch.cat(
+            [
+                self.van.kernels(query),
+                self.lan.project_query(query),
+                F.relu(self.query_match(query)),
+                F.relu(self.query_gate(query)),
+            ],
+            dim=1,
+        )
+
+    def project_keywords(self, keywords: torch.Tensor) -> torch.Tensor:
+        """e_i = W_kl k_i. Linear, so training may project the vocabulary once and gather."""
+        if self.mode == "img":
+            return keywords
+        return self.lan.project_keywords(keywords)
+
+    def score(
+        self,
+        encoded_query: torch.Tensor,
+        regions: torch.Tensor,
+        keywords: torch.Tensor,
+        keyword_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """forward() from encode_query(query) and project_keywords(keywords)."""
+        batch = encoded_query.shape[0]
+        d = self.dim
+        start = self.kernel_size
+        kernels = encoded_query[:, :start]
+        guide = encoded_query[:, start : start + d]
+        q_match = encoded_query[:, start + d : start + 2 * d]
+        q_gate = encoded_query[:, start + 2 * d : start + 3 * d]
+        dtype, device = encoded_query.dtype, encoded_query.device
+        ones = torch.ones(batch, 1, dtype=dtype, device=device)
+        zeros = torch.zeros(batch, 1, dtype=dtype, device=device)
+        if self.mode == "img":
+            visual, region_attention = self.van(kernels, regions)
+            score = _cosine(q_match, visual).unsqueeze(1)
+            keyword_attention = torch.zeros_like(keyword_mask)
+            return score, torch.cat([ones, zeros], dim=1), region_attention, keyword_attention
+        if self.mode == "key":
+            textual, keyword_attention = self.lan(guide, keywords, keyword_mask)
+            score = _cosine(q_match, textual).unsqueeze(1)
+            region_attention = torch.zeros(batch, self.grid * self.grid, dtype=dtype, device=device)
+            return score, torch.cat([zeros, ones], dim=1), region_attention, keyword_attention
+        visual, region_attention = self.van(kernels, regions)
+        textual, keyword_attention = self.lan(guide, keywords, keyword_mask)
+        visual = _normalize(visual)
+        textual = _normalize(textual)
+        agreement = torch.stack([_cosine(q_gate, visual), _cosine(q_gate, textual)], dim=1)
+        weights = torch.softmax(agreement * self.log_temperature.exp(), dim=1)
+        fused = weights[:, 0:1] * visual + weights[:, 1:2] * textual
+        score = _cosine(q_match, fused).unsqueeze(1)
+        return score, weights, region_attention, keyword_attention
+
+
+class DSSMRescorer(nn.Module):
+    """DSSM baselines: a query tower against a pooled image tower, no attention.
+
+    modality "img" pools the region grid by its mean (DSSM-Img); "key" takes the mean of the
+    valid keyword vectors (DSSM-Key). The reported attentions are the uniform pooling weights.
+    """
+
+    def __init__(
+        self,
+        modality: str = "img",
+        dim: int = JOINT_DIM,
+        hidden: int = 256,
+        query_dim: int = QUERY_DIM,
+        region_dim: int = REGION_DIM,
+        keyword_dim: int = KEYWORD_DIM,
+    ) -> None:
+        super().__init__()
+        if modality not in ("img", "key"):
+            raise ValueError(f"modality is {modality!r}, allowed: img, key")
+        self.modality = modality
+        input_dim = region_dim if modality == "img" else keyword_dim
+        self.query_tower = nn.Sequential(nn.Linear(query_dim, hidden), nn.Tanh(), nn.Linear(hidden, dim))
+        self.item_tower = nn.Sequential(nn.Linear(input_dim, hidden), nn.Tanh(), nn.Linear(hidden, dim))
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        regions: torch.Tensor,
+        keywords: torch.Tensor,
+        keyword_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.score(self.encode_query(query), regions, self.project_keywords(keywords), keyword_mask)
+
+    def encode_query(self, query: torch.Tensor) -> torch.Tensor:
+        return self.query_tower(query)
+
+    def project_keywords(self, keywords: torch.Tensor) -> torch.Tensor:
+        """The identity: DSSM pools the raw keyword vectors (kept for AMCRescorer's interface)."""
+        return keywords
+
+    def score(
+        self,
+        encoded_query: torch.Tensor,
+        regions: torch.Tensor,
+        keywords: torch.Tensor,
+        keyword_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch = encoded_query.shape[0]
+        num_regions = regions.shape[1]
+        dtype, device = encoded_query.dtype, encoded_query.device
+        ones = torch.ones(batch, 1, dtype=dtype, device=device)
+        zeros = torch.zeros(batch, 1, dtype=dtype, device=device)
+        if self.modality == "img":
+            region_attention = torch.full((batch, num_regions), 1.0 / num_regions, dtype=dtype, device=device)
+            keyword_attention = torch.zeros_like(keyword_mask)
+            pooled = regions.mean(dim=1)
+            weights = torch.cat([ones, zeros], dim=1)
+        else:
+            valid = (keyword_mask > 0).to(dtype)
+            keyword_attention = valid / valid.sum(dim=1, keepdim=True).clamp(min=1.0)
+            region_attention = torch.zeros(batch, num_regions, dtype=dtype, device=device)
+            pooled = torch.bmm(keyword_attention.unsqueeze(1), keywords).squeeze(1)
+            weights = torch.cat([zeros, ones], dim=1)
+        score = _cosine(encoded_query, self.item_tower(pooled)).unsqueeze(1)
+        return score, weights, region_attention, keyword_attention
+
+
+TEXT_SEARCH_MODELS = ("amc_full", "img_att", "key_att", "dssm_img", "dssm_key")
+
+
+def build_text_search_models() -> dict[str, nn.Module]:
+    """The five rescorers with the default constructors that training and evaluation share."""
+    return {
+        "amc_full": AMCRescorer("full"),
+        "img_att": AMCRescorer("img"),
+        "key_att": AMCRescorer("key"),
+        "dssm_img": DSSMRescorer("img"),
+        "dssm_key": DSSMRescorer("key"),
+    }

@@ -1,0 +1,174 @@
+"""AMC rescorer nets: the Triton contract, the attention semantics and the ranking loss."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.nets.amc import (
+    AMCRescorer,
+    DSSMRescorer,
+    TEXT_SEARCH_MODELS,
+    VisualAttention,
+    build_text_search_models,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: threading only adds overhead (and contention on shared CI machines)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _inputs(batch: int = 5, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    query = F.normalize(torch.randn(batch, 384, generator=gen), dim=1)
+    regions = torch.randn(batch, 36, 128, generator=gen)
+    keywords = F.normalize(torch.randn(batch, 32, 384, generator=gen), dim=2)
+    mask = torch.rand(batch, 32, generator=gen)
+    mask[:, 20:] = 0.0
+    return query, regions, keywords, mask
+
+
+@pytest.mark.parametrize("name", TEXT_SEARCH_MODELS)
+def test_every_model_meets_the_triton_contract_and_scripts(name: str) -> None:
+    torch.manual_seed(0)
+    module = build_text_search_models()[name].eval()
+    inputs = _inputs()
+    score, weights, regions_att, keywords_att = module(*inputs)
+    assert score.shape == (5, 1) and weights.shape == (5, 2)
+    assert regions_att.shape == (5, 36) and keywords_att.shape == (5, 32)
+    assert torch.all(score.abs() <= 1.0 + 1e-5)
+    assert torch.allclose(weights.sum(dim=1), torch.ones(5))
+    scripted = torch.jit.script(module)
+    for eager, script in zip(module(*inputs), scripted(*inputs)):
+        assert torch.allclose(eager, script, atol=1e-6)
+
+
+def test_van_equals_a_per_sample_same_padded_convolution() -> None:
+    torch.manual_seed(0)
+    van = VisualAttention(query_dim=384, region_dim=128, dim=16, kernel=3, grid=6)
+    query, regions, _, _ = _inputs(batch=3)
+    _, attention = van(van.kernels(query), regions)
+    features = van.project(regions).transpose(1, 2).reshape(3, 16, 6, 6)
+    kernels = F.relu(van.query_kernel(query)).view(3, 1, 16, 3, 3)
+    for b in range(3):
+        logits = F.conv2d(features[b : b + 1], kernels[b], padding=1).flatten()
+        assert torch.allclose(attention[b], torch.softmax(logits, dim=0), atol=1e-6)
+
+
+def test_amc_attentions_are_distributions_and_padding_gets_none() -> None:
+    torch.manual_seed(0)
+    module = AMCRescorer("full").eval()
+    query, regions, keywords, mask = _inputs()
+    _, _, region_att, keyword_att = module(query, regions, keywords, mask)
+    assert torch.allclose(region_att.sum(dim=1), torch.ones(5), atol=1e-5)
+    assert torch.allclose(keyword_att.sum(dim=1), torch.ones(5), atol=1e-5)
+    assert torch.all(keyword_att[:, 20:] == 0)
+
+
+def test_padded_keyword_slots_do_not_change_the_score() -> None:
+    torch.manual_seed(0)
+    module = AMCRescorer("full").eval()
+    query, regions, keywords, mask = _inputs()
+    other = keywords.clone()
+    other[:, 20:] = torch.randn(5, 12, 384)
+    assert torch.allclose(module(query, regions, keywords, mask)[0], module(query, regions, other, mask)[0])
+
+
+def test_ablations_ignore_the_other_modality() -> None:
+    torch.manual_seed(0)
+    query, regions, keywords, mask = _inputs()
+    img, key = AMCRescorer("img").eval(), AMCRescorer("key").eval()
+    assert torch.allclose(img(query, regions, keywords, mask)[0], img(query, regions, keywords * 0 + 1, mask)[0])
+    assert torch.allclose(key(query, regions, keywords, mask)[0], key(query, regions * 3 + 1, keywords, mask)[0])
+    assert torch.all(img(query, regions, keywords, mask)[1][:, 0] == 1)
+    assert torch.all(key(query, regions, keywords, mask)[1][:, 1] == 1)
+
+
+def test_dssm_key_is_the_masked_mean_of_keywords() -> None:
+    torch.manual_seed(0)
+    module = DSSMRescorer("key").eval()
+    query, regions, keywords, mask = _inputs()
+    att = module(query, regions, keywords, mask)[3]
+    assert torch.allclose(att[:, :20], torch.full((5, 20), 1 / 20))
+    assert torch.all(att[:, 20:] == 0)
+
+
+def test_unknown_mode_is_rejected() -> None:
+    with pytest.raises(ValueError, match="allowed"):
+        AMCRescorer("both")
+
+
+def test_ranking_loss_training_separates_a_toy_positive_from_negatives() -> None:
+    """The keyword that equals the query makes an image relevant: AMC must learn to rank it first."""
+    from models.train.amc import ranking_loss
+
+    torch.manual_seed(0)
+    module = AMCRescorer("full")
+    optimizer = torch.optim.Adam(module.parameters(), lr=3e-3)
+    query, regions, keywords, mask = _inputs(batch=40, seed=1)
+    keywords = keywords.view(8, 5, 32, 384).clone()
+    query = query[:8]
+    relevance = torch.zeros(8, 5)
+    relevance[:, 0] = 2
+    relevance[:, 1] = 1
+    keywords[:, 0, 3] = query
+    keywords[:, 1, 3] = F.normalize(query + 0.8 * keywords[:, 1, 4], dim=1)
+
+    def scores() -> torch.Tensor:
+        q = query.unsqueeze(1).expand(8, 5, 384).reshape(40, 384)
+        return module(q, regions, keywords.view(40, 32, 384), mask)[0].view(8, 5)
+
+    gen = torch.Generator().manual_seed(0)
+    before = ranking_loss(scores(), relevance, torch.ones(8, 5, dtype=torch.bool), 0.5, 4, gen).item()
+    for _ in range(60):
+        loss = ranking_loss(scores(), relevance, torch.ones(8, 5, dtype=torch.bool), 0.5, 4, gen)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        final = scores()
+    assert ranking_loss(final, relevance, torch.ones(8, 5, dtype=torch.bool), 0.5, 4, gen).item() < 0.3 * before
+    assert torch.all(final.argmax(dim=1) == 0)
+
+
+def test_ranking_loss_counts_only_lower_graded_negatives() -> None:
+    from models.train.amc import ranking_loss
+
+    scores = torch.tensor([[0.9, 0.5, 0.6, 0.0]])
+    relevance = torch.tensor([[2.0, 1.0, 0.0, 0.0]])
+    valid = torch.tensor([[True, True, True, False]])
+    gen = torch.Generator().manual_seed(0)
+    # pairs: (0,1) 0.2-0.4 -> 0, (0,2) 0.2-0.3 -> 0, (1,2) 0.2+0.1 = 0.3; two positives
+    loss = ranking_loss(scores, relevance, valid, margin=0.2, negatives=4, generator=gen)
+    assert loss.item() == pytest.approx(0.3 / 2)
+
+
+@pytest.mark.parametrize("name", TEXT_SEARCH_MODELS)
+def test_training_path_equals_forward(name: str) -> None:
+    """batch_scores (query side per query, vocabulary projected once) is forward() reordered."""
+    from models.train.amc import ImageFeatures, QueryFeatures, batch_scores
+
+    torch.manual_seed(0)
+    module = build_text_search_models()[name].eval()
+    vocab = F.normalize(torch.randn(10, 384), dim=1)
+    index = torch.randint(0, 10, (6, 32))
+    mask = torch.rand(6, 32)
+    mask[:, 25:] = 0
+    images = ImageFeatures(torch.randn(6, 384), torch.randn(6, 36, 128), index, mask, vocab)
+    queries = QueryFeatures(
+        embedding=F.normalize(torch.randn(2, 384), dim=1),
+        candidates=torch.tensor([[0, 1, 2], [3, 4, 5]]),
+        relevance=torch.zeros(2, 3),
+        valid=torch.ones(2, 3, dtype=torch.bool),
+        families=["layout", "theme"],
+    )
+    with torch.no_grad():
+        fast = batch_scores(module, images, queries, torch.arange(2))
+        rows = queries.candidates.reshape(-1)
+        query = queries.embedding.repeat_interleave(3, dim=0)
+        slow = module(query, images.regions[rows], vocab[index[rows]], mask[rows])[0].view(2, 3)
+    assert torch.allclose(fast, slow, atol=1e-5)
