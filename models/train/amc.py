@@ -175,9 +175,12 @@ def concat(a: QueryFeatures, b: QueryFeatures) -> QueryFeatures:
     )
 
 
-def batch_scores(module: nn.Module, images: ImageFeatures, queries: QueryFeatures, rows: torch.Tensor) -> torch.Tensor:
-    """Scores [R, C] of the candidates of query rows, through forward's own three stages: the
-    query side once per query, the keyword projection once per vocabulary word (it is linear)."""
+def batch_outputs(
+    module: nn.Module, images: ImageFeatures, queries: QueryFeatures, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """forward()'s four outputs for every candidate of the query rows, shaped [R, C, ...], through
+    forward's own three stages: the query side once per query, the keyword projection once per
+    vocabulary word (it is linear) and gathered per keyword slot."""
     candidates = queries.candidates[rows]
     n_rows, width = candidates.shape
     flat = candidates.reshape(-1)
@@ -185,8 +188,13 @@ def batch_scores(module: nn.Module, images: ImageFeatures, queries: QueryFeature
     query = encoded.unsqueeze(1).expand(n_rows, width, -1).reshape(n_rows * width, -1)
     projected = module.project_keywords(images.vocab_embedding)  # [V, d]
     keywords = projected[images.keyword_index[flat]]
-    score = module.score(query, images.regions[flat], keywords, images.keyword_mask[flat])[0]
-    return score.view(n_rows, width)
+    outputs = module.score(query, images.regions[flat], keywords, images.keyword_mask[flat])
+    return tuple(x.reshape(n_rows, width, -1) for x in outputs)  # type: ignore[return-value]
+
+
+def batch_scores(module: nn.Module, images: ImageFeatures, queries: QueryFeatures, rows: torch.Tensor) -> torch.Tensor:
+    """Scores [R, C] of the candidates of the query rows (see batch_outputs)."""
+    return batch_outputs(module, images, queries, rows)[0].squeeze(2)
 
 
 @torch.no_grad()

@@ -172,3 +172,39 @@ def test_training_path_equals_forward(name: str) -> None:
         query = queries.embedding.repeat_interleave(3, dim=0)
         slow = module(query, images.regions[rows], vocab[index[rows]], mask[rows])[0].view(2, 3)
     assert torch.allclose(fast, slow, atol=1e-5)
+
+
+def _query_features(relevance: torch.Tensor):
+    from models.train.amc import QueryFeatures
+
+    n, c = relevance.shape
+    return QueryFeatures(
+        embedding=torch.zeros(n, 384),
+        candidates=torch.arange(c).repeat(n, 1),
+        relevance=relevance,
+        valid=torch.ones(n, c, dtype=torch.bool),
+        families=["layout"] * n,
+    )
+
+
+def test_ranking_metrics_reward_the_ideal_order_only() -> None:
+    from models.eval.text_search import ranking_metrics
+
+    relevance = torch.tensor([[0.0, 2.0, 1.0, 0.0, 0.0, 0.0]])
+    queries = _query_features(relevance)
+    ideal = ranking_metrics(relevance.clone(), queries)
+    reverse = ranking_metrics(-relevance, queries)
+    assert ideal["NDCG@5"] == pytest.approx(1.0) and ideal["MRR"] == 1.0 and ideal["AUC"] == 1.0
+    assert reverse["NDCG@5"] < 0.5 and reverse["AUC"] == 0.0
+
+
+def test_late_fusion_weight_follows_the_informative_model() -> None:
+    from models.eval.text_search import tune_fusion_weight
+
+    gen = torch.Generator().manual_seed(0)
+    relevance = torch.randint(0, 3, (30, 20), generator=gen).float()
+    queries = _query_features(relevance)
+    informative = relevance + 0.1 * torch.rand(30, 20, generator=gen)
+    noise = 20 * torch.rand(30, 20, generator=gen)  # large: only a weight near 1 ignores it
+    assert tune_fusion_weight(informative, noise, queries) >= 0.8
+    assert tune_fusion_weight(noise, informative, queries) <= 0.2
