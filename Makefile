@@ -11,12 +11,12 @@ MODELS := text_encoder image_encoder keyword_tagger amc_rescorer composer
 MODEL_FILES := $(foreach m,$(MODELS),model_repository/$(m)/1/model.pt)
 STAMP := $(VENV)/.installed-$(shell sha256sum requirements.lock | cut -c1-12)
 
-.PHONY: help setup chromium proto models eval up demo test test-unit test-integration bench loadtest lint clean redis-server
+.PHONY: help setup chromium proto models eval up demo test test-unit test-integration bench loadtest lint clean redis-server prometheus
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-setup: $(STAMP) redis-server chromium proto ## venv with the pinned dependencies, generated code, redis-server, chromium
+setup: $(STAMP) redis-server chromium prometheus proto ## venv with the pinned dependencies, generated code, redis-server, chromium, prometheus
 
 $(STAMP): requirements.lock
 	@echo "== setup: virtualenv $(VENV) with requirements.lock"
@@ -37,6 +37,12 @@ chromium: ## install headless Chromium (the HTML report test opens the page in i
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "== setup: installing chromium (apt-get)"; apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
 	else echo "chromium is missing: install it (e.g. sudo apt-get install chromium) for the HTML report test"; fi
+
+prometheus: ## install the prometheus OS package (server and promtool) when missing
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then echo "== setup: prometheus present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "== setup: installing prometheus (apt-get)"; apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; \
+	else echo "prometheus is missing: install it (e.g. sudo apt-get install prometheus) for the observability tests"; fi
 
 proto: $(STAMP) ## generate services/amcsearch/v1 from protos/
 	@echo "== proto: generating services/amcsearch/v1"

@@ -1,0 +1,79 @@
+"""deploy/prometheus: the config and rules are valid for Prometheus's own checker, and the rules
+compute what they claim (promtool's rule unit tests in deploy/prometheus/rules/tests.yml).
+
+promtool ships with the Debian `prometheus` package that `make setup` installs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMETHEUS = ROOT / "deploy" / "prometheus"
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool missing: `make setup` installs prometheus")
+
+SERVICE_METRICS_PORTS = {"search": 9100, "query_encoder": 9101, "keyword_tagger": 9102,
+                         "feature_extractor": 9103, "attention_rescorer": 9104}
+
+
+def promtool(*args: str, cwd: Path = PROMETHEUS) -> subprocess.CompletedProcess:
+    assert PROMTOOL is not None
+    return subprocess.run([PROMTOOL, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+@needs_promtool
+def test_config_and_rule_files_pass_promtool_check_config():
+    result = promtool("check", "config", "prometheus.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 rule files found" in result.stdout + result.stderr
+
+
+@needs_promtool
+def test_rules_pass_promtool_check_rules():
+    result = promtool("check", "rules", "rules/recording.yml", "rules/alerts.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
+def test_rule_unit_tests_pass():
+    """Quantiles, error ratio (server codes only), batch size, queue/compute time and every alert."""
+    result = promtool("test", "rules", "tests.yml", cwd=PROMETHEUS / "rules")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_service_and_triton_is_scraped_on_the_launcher_ports():
+    from amcsearch.launcher import SERVICES
+
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    targets = {t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    for spec in SERVICES:
+        assert f"127.0.0.1:{spec.metrics_port}" in targets, f"{spec.module} metrics port is not scraped"
+    assert "127.0.0.1:8002" in targets, "Triton's metrics port is not scraped"
+    assert {s.module: s.metrics_port for s in SERVICES} == SERVICE_METRICS_PORTS
+
+
+def _rules() -> list[dict]:
+    rules = []
+    for name in ("recording.yml", "alerts.yml"):
+        for group in yaml.safe_load((PROMETHEUS / "rules" / name).read_text())["groups"]:
+            rules.extend(group["rules"])
+    return rules
+
+
+def test_recording_rules_cover_the_quantiles_per_rpc_and_per_stage():
+    recorded = {r["record"] for r in _rules() if "record" in r}
+    for q in ("p50", "p95", "p99"):
+        assert f"service_method:amcsearch_rpc_duration_seconds:{q}_1m" in recorded
+        assert f"service_stage:amcsearch_stage_duration_seconds:{q}_1m" in recorded
+
+
+def test_alerts_cover_latency_errors_triton_and_cache():
+    alerts = {r["alert"] for r in _rules() if "alert" in r}
+    assert {"AmcsearchSearchLatencyOverSLO", "AmcsearchErrorRatioHigh", "TritonNotReady",
+            "AmcsearchCacheErrorRate"} <= alerts
