@@ -28,8 +28,9 @@ def promtool(*args: str, cwd: Path = PROMETHEUS) -> subprocess.CompletedProcess:
 
 
 @needs_promtool
-def test_config_and_rule_files_pass_promtool_check_config():
-    result = promtool("check", "config", "prometheus.yml")
+@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus.local.yml"])
+def test_config_and_rule_files_pass_promtool_check_config(config):
+    result = promtool("check", "config", config)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 rule files found" in result.stdout + result.stderr
 
@@ -47,15 +48,29 @@ def test_rule_unit_tests_pass():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_every_service_and_triton_is_scraped_on_the_launcher_ports():
+def _targets(config: str) -> set[str]:
+    loaded = yaml.safe_load((PROMETHEUS / config).read_text())
+    return {t for job in loaded["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+
+
+def test_local_config_scrapes_every_service_and_triton_on_the_launcher_ports():
     from amcsearch.launcher import SERVICES
 
-    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
-    targets = {t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    targets = _targets("prometheus.local.yml")
     for spec in SERVICES:
         assert f"127.0.0.1:{spec.metrics_port}" in targets, f"{spec.module} metrics port is not scraped"
     assert "127.0.0.1:8002" in targets, "Triton's metrics port is not scraped"
     assert {s.module: s.metrics_port for s in SERVICES} == SERVICE_METRICS_PORTS
+
+
+def test_compose_config_scrapes_every_compose_service():
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    targets = _targets("prometheus.yml")
+    for module, port in SERVICE_METRICS_PORTS.items():
+        host = module.replace("_", "-")
+        assert host in compose["services"], f"compose has no service {host}"
+        assert f"{host}:{port}" in targets
+    assert "triton" in compose["services"] and "triton:8002" in targets
 
 
 def _rules() -> list[dict]:
