@@ -219,6 +219,43 @@ def test_entrypoint_knows_every_service_and_its_ports() -> None:
         assert f'"{spec.module}": ("{spec.prefix}", {spec.port})' in healthcheck
 
 
+def test_entrypoint_starts_the_named_service_on_all_interfaces(tmp_path: Path) -> None:
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\necho "args=$*"\nenv | grep -E "^(QUERY_ENCODER_|AMCSEARCH_SERVICE)" | sort\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "QUERY_ENCODER_METRICS_PORT": "9999"}
+    entrypoint = str(DEPLOY / "docker/entrypoint.sh")
+    out = subprocess.run(["sh", entrypoint, "query-encoder", "--flag"], env=env, capture_output=True,
+                         text=True, check=True, timeout=30).stdout.split()
+    assert out == ["args=-m", "amcsearch.query_encoder", "--flag", "AMCSEARCH_SERVICE=query_encoder",
+                   "QUERY_ENCODER_HOST=0.0.0.0", "QUERY_ENCODER_METRICS_PORT=9999", "QUERY_ENCODER_PORT=50051"]
+    other = subprocess.run(["sh", entrypoint, "echo", "a command"], env=env, capture_output=True,
+                           text=True, check=True, timeout=30).stdout
+    assert other == "a command\n"
+
+
+def test_container_healthcheck_follows_the_grpc_health_service() -> None:
+    from concurrent import futures
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        check = [sys.executable, str(DEPLOY / "docker/healthcheck.py"), f"127.0.0.1:{port}"]
+        servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        assert subprocess.run(check, capture_output=True, timeout=30).returncode == 1
+        servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        assert subprocess.run(check, capture_output=True, timeout=30).returncode == 0
+    finally:
+        server.stop(None)
+    assert subprocess.run(check, capture_output=True, timeout=30).returncode == 1
+
+
 def skipped_packages() -> list[str]:
     dockerfile = (DEPLOY / "docker/Dockerfile").read_text()
     value = re.search(r'ARG SKIP_PACKAGES="([^"]+)"', dockerfile).group(1)
@@ -263,6 +300,9 @@ sys.meta_path.insert(0, Block())
 for m in {[s.module for s in SERVICES]!r}:
     importlib.import_module(f'amcsearch.{{m}}.__main__')
 import amcsearch.cli
+import PIL.Image, redis.asyncio, tokenizers, grpc_reflection.v1alpha.reflection
+from amcsearch.query_encoder.tokenize import Tokenizer
+Tokenizer.default()
 """
     env = {**os.environ, "PYTHONPATH": str(ROOT / "services")}
     result = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=120)
