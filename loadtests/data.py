@@ -82,7 +82,7 @@ def build(seeded: int = 60, to_index: int = 24, seed: int = 0) -> LoadData:
     split = load_or_build_corpus("ci", seed).train
     if seeded + to_index > len(split.images):
         raise ValueError(f"the ci train split has {len(split.images)} images, asked for {seeded + to_index}")
-    records = list(zip(split.images, split.pixels))
+    records = list(zip(split.images, split.pixels, strict=True))
     texts = list(dict.fromkeys(q.text for q in split.text_queries))
     modifications = list(dict.fromkeys(q.modification for q in split.composed_queries))
     return LoadData(

@@ -15,9 +15,9 @@ import itertools
 import os
 import random
 
+from amcsearch.v1 import search_pb2, search_pb2_grpc
 from locust import between, task
 
-from amcsearch.v1 import search_pb2, search_pb2_grpc
 from loadtests.data import LoadData, Zipf, data_path
 from loadtests.grpc_user import GrpcUser
 

@@ -44,16 +44,18 @@ class Row:
     rps: float
 
 
+def _number(value: str) -> float:
+    return float(value) if value not in ("", "N/A") else float("nan")
+
+
 def read_stats(prefix: Path) -> list[Row]:
     """Locust's <prefix>_stats.csv, one row per request name plus 'Aggregated' (times in ms)."""
     rows = []
     with open(f"{prefix}_stats.csv", newline="") as handle:
         for record in csv.DictReader(handle):
-            def number(key: str) -> float:
-                value = record.get(key, "")
-                return float(value) if value not in ("", "N/A") else float("nan")
+            p50, p95, p99, rps = (_number(record.get(key, "")) for key in ("50%", "95%", "99%", "Requests/s"))
             rows.append(Row(record["Name"], int(record["Request Count"]), int(record["Failure Count"]),
-                            number("50%"), number("95%"), number("99%"), number("Requests/s")))
+                            p50, p95, p99, rps))
     return rows
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 
 import grpc
-
 from amcsearch.v1 import search_pb2, search_pb2_grpc
+
 from loadtests import data as loaddata
 from loadtests.grpc_user import reply_problem
 from loadtests.run import main, read_stats

@@ -17,9 +17,9 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
-
 from amcsearch.processes import Process, free_port, wait_until
 from amcsearch.v1 import common_pb2, search_pb2, search_pb2_grpc
+
 from loadtests.data import png
 from tests.integration.conftest import scrape
 from tests.unit.test_dashboard import dashboard, metric_selectors, queries
@@ -96,7 +96,7 @@ def searched(real_stack, ci_corpus):
         stub = search_pb2_grpc.SearchServiceStub(channel)
         items = [search_pb2.ImageItem(id=i, image=png(p), keywords=[common_pb2.Keyword(text=k, confidence=c)
                                                                     for k, c in r.noisy_keywords])
-                 for i, r, p in zip(ids, split.images[-IMAGES:], split.pixels[-IMAGES:])]
+                 for i, r, p in zip(ids, split.images[-IMAGES:], split.pixels[-IMAGES:], strict=True)]
         assert stub.Index(search_pb2.IndexRequest(items=items), timeout=120).indexed_count == IMAGES
 
         def search_round() -> None:

@@ -188,7 +188,7 @@ def test_dashboard_reads_back_through_grafanas_dashboard_model_without_losing_a_
             return [p for k, v in original.items()
                     for p in ([f"{path}/{k}"] if k not in read else dropped(v, read[k], f"{path}/{k}"))]
         if isinstance(original, list):
-            return [p for i, (a, b) in enumerate(zip(original, read)) for p in dropped(a, b, f"{path}[{i}]")]
+            return [p for i, (a, b) in enumerate(zip(original, read, strict=False)) for p in dropped(a, b, f"{path}[{i}]")]
         return []
 
     lost = dropped(board, back)
