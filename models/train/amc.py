@@ -44,7 +44,7 @@ class AMCBudget:
 
 
 BUDGETS: dict[str, AMCBudget] = {
-    "ci": AMCBudget(epochs=6, extra_queries_per_family=100),
+    "ci": AMCBudget(epochs=4, extra_queries_per_family=50),
     "demo": AMCBudget(epochs=8, extra_queries_per_family=0),
     "full": AMCBudget(epochs=10, extra_queries_per_family=0),
 }
@@ -267,7 +267,7 @@ def fit(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(rows)
+            total += loss.item() * len(rows)
         value = mean_ndcg(score_all(module, images, held), held)
         log.info("epoch %d loss %.4f held-out NDCG@5 %.4f", epoch + 1, total / max(len(train), 1), value)
         if value > best:
