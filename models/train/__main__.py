@@ -32,22 +32,24 @@ from models.train.amc import train_amc
 from models.train.composer import train_composers
 from models.train.image_encoder import train_image_encoder, train_keyword_tagger
 
-# Per-size budgets, one dict per stage (each stage ignores keys it does not know).
+# Per-size budgets, one dict per stage, read by each stage's own as_*_budget: the AMC stage takes
+# {"size": ...} to pick its own per-size defaults; the composer stage takes field overrides
+# (empty = its defaults); the image stage takes ImageBudget fields.
 BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
     "ci": {
-        "image_encoder": {"epochs": 4, "tagger_epochs": 15},
+        "image_encoder": {"epochs": 6, "tagger_epochs": 15},
         "amc": {"size": "ci"},
-        "composer": {"size": "ci"},
+        "composer": {"epochs": 8},
     },
     "demo": {
-        "image_encoder": {"epochs": 10, "tagger_epochs": 30},
+        "image_encoder": {"epochs": 8, "tagger_epochs": 30},
         "amc": {"size": "demo"},
-        "composer": {"size": "demo"},
+        "composer": {},
     },
     "full": {
         "image_encoder": {"epochs": 25, "tagger_epochs": 40},
         "amc": {"size": "full"},
-        "composer": {"size": "full"},
+        "composer": {},
     },
 }
 
@@ -151,6 +153,17 @@ def save_checkpoints(modules: dict[str, nn.Module], folder: Path) -> dict[str, d
     return info
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else platform's best guess."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=sorted(BUDGETS), default="demo")
@@ -233,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         "size": args.size,
         "seed": args.seed,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "machine": f"{platform.machine()}, {cpu_model()}, {os.cpu_count()} cores",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "train_images": len(corpus.train.images),
