@@ -127,6 +127,8 @@ class AMCRescorer(nn.Module):
         if mode not in MODES:
             raise ValueError(f"mode is {mode!r}, allowed: {', '.join(MODES)}")
         self.mode = mode
+        self.uses_regions = mode != "key"
+        self.uses_keywords = mode != "img"
         self.dim = dim
         self.grid = grid
         self.kernel_size = dim * kernel * kernel
@@ -222,6 +224,8 @@ class DSSMRescorer(nn.Module):
         if modality not in ("img", "key"):
             raise ValueError(f"modality is {modality!r}, allowed: img, key")
         self.modality = modality
+        self.uses_regions = modality == "img"
+        self.uses_keywords = modality == "key"
         input_dim = region_dim if modality == "img" else keyword_dim
         self.query_tower = nn.Sequential(nn.Linear(query_dim, hidden), nn.Tanh(), nn.Linear(hidden, dim))
         self.item_tower = nn.Sequential(nn.Linear(input_dim, hidden), nn.Tanh(), nn.Linear(hidden, dim))

@@ -186,9 +186,16 @@ def batch_outputs(
     flat = candidates.reshape(-1)
     encoded = module.encode_query(queries.embedding[rows])
     query = encoded.unsqueeze(1).expand(n_rows, width, -1).reshape(n_rows * width, -1)
-    projected = module.project_keywords(images.vocab_embedding)  # [V, d]
-    keywords = projected[images.keyword_index[flat]]
-    outputs = module.score(query, images.regions[flat], keywords, images.keyword_mask[flat])
+    # a modality the module ignores gets an empty placeholder instead of a costly gather
+    if module.uses_keywords:
+        keywords = module.project_keywords(images.vocab_embedding)[images.keyword_index[flat]]
+    else:
+        keywords = images.vocab_embedding.new_zeros(flat.shape[0], images.keyword_index.shape[1], 0)
+    if module.uses_regions:
+        regions = images.regions[flat]
+    else:
+        regions = images.regions.new_zeros(flat.shape[0], images.regions.shape[1], 0)
+    outputs = module.score(query, regions, keywords, images.keyword_mask[flat])
     return tuple(x.reshape(n_rows, width, -1) for x in outputs)  # type: ignore[return-value]
 
 
