@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from amcsearch.query_encoder.tokenize import Tokenizer
 from torch import nn
 
-from amcsearch.query_encoder.tokenize import Tokenizer
 from models.corpus import load_or_build_corpus
 from models.eval import composed, image_search, text_search
 from models.nets.amc import build_text_search_models

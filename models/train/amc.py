@@ -149,32 +149,6 @@ def validation_split(n_queries: int, seed: int, fraction: float = VAL_FRACTION) 
     return sorted(int(i) for i in order[n_held:]), sorted(int(i) for i in order[:n_held])
 
 
-def select(queries: QueryFeatures, rows: list[int]) -> QueryFeatures:
-    index = torch.tensor(rows, dtype=torch.long)
-    return QueryFeatures(
-        embedding=queries.embedding[index],
-        candidates=queries.candidates[index],
-        relevance=queries.relevance[index],
-        valid=queries.valid[index],
-        families=[queries.families[i] for i in rows],
-    )
-
-
-def concat(a: QueryFeatures, b: QueryFeatures) -> QueryFeatures:
-    width = max(a.candidates.shape[1], b.candidates.shape[1])
-
-    def pad(x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.pad(x, [0, width - x.shape[1]])
-
-    return QueryFeatures(
-        embedding=torch.cat([a.embedding, b.embedding]),
-        candidates=torch.cat([pad(a.candidates), pad(b.candidates)]),
-        relevance=torch.cat([pad(a.relevance), pad(b.relevance)]),
-        valid=torch.cat([pad(a.valid), pad(b.valid)]),
-        families=a.families + b.families,
-    )
-
-
 def batch_outputs(
     module: nn.Module, images: ImageFeatures, queries: QueryFeatures, rows: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

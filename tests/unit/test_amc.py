@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from models.nets.amc import (
+    TEXT_SEARCH_MODELS,
     AMCRescorer,
     DSSMRescorer,
-    TEXT_SEARCH_MODELS,
     VisualAttention,
     build_text_search_models,
 )
@@ -43,7 +43,7 @@ def test_every_model_meets_the_triton_contract_and_scripts(name: str) -> None:
     assert torch.all(score.abs() <= 1.0 + 1e-5)
     assert torch.allclose(weights.sum(dim=1), torch.ones(5))
     scripted = torch.jit.script(module)
-    for eager, script in zip(module(*inputs), scripted(*inputs)):
+    for eager, script in zip(module(*inputs), scripted(*inputs), strict=True):
         assert torch.allclose(eager, script, atol=1e-6)
 
 
