@@ -164,7 +164,7 @@ class LocallyBounded(nn.Module):
     the reference's global embedding is added back with a learned weight (initialised 1).
     """
 
-    def __init__(self, d: int = 256, heads: int = 4, global_skip: bool = True) -> None:
+    def __init__(self, d: int = 128, heads: int = 4, global_skip: bool = True) -> None:
         super().__init__()
         self.d = d
         self.region_in = nn.Linear(REGION_DIM, d)

@@ -38,9 +38,10 @@ class ComposerBudget:
     epochs: int = 20
     batch_size: int = 128
     lr: float = 1e-3
+    scale_lr: float = 0.05  # the softmax scale s needs larger steps than the weights to move
     weight_decay: float = 1e-4
     val_fraction: float = 0.1
-    synthetic: int = 0  # extra training queries rendered from TRAIN scenes (0: the corpus's only)
+    synthetic: int = 3000  # extra training queries rendered from TRAIN scenes (0: the corpus's only)
 
 
 def as_composer_budget(budget: "ComposerBudget | dict[str, Any] | Any | None") -> ComposerBudget:
@@ -228,10 +229,15 @@ def fit_composer(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     scale = nn.Parameter(torch.tensor(4.0))
-    params = list(composer.parameters()) + [scale]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = [
+        {"params": list(composer.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        {"params": [scale], "lr": cfg.scale_lr, "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups)
     steps = max(1, cfg.epochs * (len(train) // cfg.batch_size))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[cfg.lr, cfg.scale_lr], total_steps=steps, pct_start=0.1
+    )
     best, best_r1, step = copy.deepcopy(composer), heldout_r1(composer, feats, held), 0
     for epoch in range(cfg.epochs):
         composer.train()
@@ -249,7 +255,7 @@ def fit_composer(
             step += 1
             total += float(loss.detach())
         r1 = heldout_r1(composer, feats, held)
-        log.info("epoch %d loss %.3f held-out R@1 %.3f (scale %.2f)", epoch, total / max(1, len(order) // cfg.batch_size), r1, float(scale))
+        log.info("epoch %d loss %.3f held-out R@1 %.3f (scale %.2f)", epoch, total / max(1, len(order) // cfg.batch_size), r1, float(scale.detach()))
         if r1 > best_r1:
             best, best_r1 = copy.deepcopy(composer), r1
     best.eval()
