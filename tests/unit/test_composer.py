@@ -162,7 +162,7 @@ def test_train_composers_and_evaluate_end_to_end(text_parts) -> None:
     corpus = SimpleNamespace(train=_fake_split("train", 64, 1), test=_fake_split("test", 32, 2))
     encoder, tok = text_parts
     image_encoder = _StandInImageEncoder()
-    budget = {"composer_epochs": 1, "composer_batch_size": 16, "composer_synthetic": 0, "epochs": 99}
+    budget = {"composer_epochs": 1, "composer_batch_size": 16, "composer_synthetic_factor": 0, "epochs": 99}
     composers = train_composers(corpus, encoder, tok, image_encoder, seed=0, budget=budget)
     assert set(composers) == set(COMPOSERS) | {"composer"}
     name = selected_method(composers)
