@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     count = write_corpus_dir(args.size, args.seed, images)
     print(f"demo corpus: {count} test-split images in {images}")
     stack = Stack(ROOT / "model_repository", var / "log", redis_url=os.environ.get("REDIS_URL"),
-                  extra_env={"MILVUS_URI": str(var / f"demo-{args.size}.db")})
+                  extra_env={"INDEX_URI": str(var / f"demo-{args.size}.db")})
     try:
         stack.start(timeout=180)
         print(f"stack healthy in {time.monotonic() - started:.0f}s:\n{stack.table()}\n")

@@ -90,7 +90,7 @@ def real_stack(model_repository, tmp_path_factory):
     work = tmp_path_factory.mktemp("real-stack")
     stack = Stack(model_repository, work / "logs", extra_env={
         "TRITON_CANARY_INTERVAL_SECONDS": "3600",
-        "MILVUS_URI": str(work / "milvus.db"),
+        "INDEX_URI": str(work / "milvus.db"),
         "FEATURE_EXTRACTOR_MAX_IMAGE_BYTES": "2000000",
         "FEATURE_EXTRACTOR_MAX_IMAGE_PIXELS": "4000000",
     })

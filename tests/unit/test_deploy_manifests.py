@@ -74,7 +74,7 @@ def test_settings_reading_matches_the_runtime() -> None:
     """The naming rule above is the runtime's: from_env picks up each listed variable."""
     from amcsearch.runtime.settings import ServerSettings, from_env
 
-    assert {"SEARCH_PORT", "TRITON_URL", "REDIS_URL", "MILVUS_URI", "QUERY_ENCODER_ADDR"} <= known_variables()
+    assert {"SEARCH_PORT", "TRITON_URL", "REDIS_URL", "INDEX_URI", "QUERY_ENCODER_ADDR"} <= known_variables()
     assert from_env(ServerSettings, "SEARCH", {"SEARCH_PORT": "50050"}).port == 50050
 
 
@@ -137,7 +137,7 @@ def test_compose_runs_every_service_from_one_image() -> None:
         assert service["healthcheck"]["test"][-1] == f"127.0.0.1:{spec.port}"
         assert env["TRITON_URL"] == "triton:8001"
         assert env["REDIS_URL"].startswith("redis://redis:6379")
-        assert env["MILVUS_URI"] == "http://milvus:19530"
+        assert env["INDEX_URI"] == "http://milvus:19530"
         for other in SERVICES:
             assert env[f"{other.prefix}_ADDR"] == f"{service_name(other)}:{other.port}"
     assert len(images) == 1

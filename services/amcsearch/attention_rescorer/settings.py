@@ -19,7 +19,7 @@ class AttentionRescorerSettings:
     """The gateway, whose Get reads the index of record for feature-cache misses."""
     query_encoder_addr: str = env("QUERY_ENCODER_ADDR", default="127.0.0.1:50051")
     """QueryEncoder, which embeds (and caches) keyword strings."""
-    collection: str = env("MILVUS_COLLECTION", default="amcsearch_images")
+    collection: str = env("INDEX_COLLECTION", default="amcsearch_images")
     max_candidates: int = 500
     """Candidates per Rescore request."""
 

@@ -13,10 +13,11 @@ PREFIX = "SEARCH"
 class SearchSettings:
     server: ServerSettings = nested(ServerSettings)
     cache: CacheSettings = nested(CacheSettings)
-    milvus_uri: str = env("MILVUS_URI", default="var/milvus.db")
-    """A file path means milvus-lite; http://host:19530 a Milvus server or cluster."""
-    milvus_token: str = env("MILVUS_TOKEN", default="")
-    collection: str = env("MILVUS_COLLECTION", default="amcsearch_images")
+    milvus_uri: str = env("INDEX_URI", default="var/milvus.db")
+    """A file path means milvus-lite; http://host:19530 a Milvus server or cluster. (Not named
+    MILVUS_URI: pymilvus reads that variable itself at import and rejects file paths.)"""
+    milvus_token: str = env("INDEX_TOKEN", default="")
+    collection: str = env("INDEX_COLLECTION", default="amcsearch_images")
     query_encoder_addr: str = env("QUERY_ENCODER_ADDR", default="127.0.0.1:50051")
     keyword_tagger_addr: str = env("KEYWORD_TAGGER_ADDR", default="127.0.0.1:50052")
     feature_extractor_addr: str = env("FEATURE_EXTRACTOR_ADDR", default="127.0.0.1:50053")
