@@ -24,7 +24,6 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from amcsearch.launcher import Stack
 from amcsearch.runtime.indexed import IndexedFeatures
 from amcsearch.search.index import MilvusIndex, Record
 from amcsearch.v1 import common_pb2, query_encoder_pb2, query_encoder_pb2_grpc, search_pb2, search_pb2_grpc
@@ -33,6 +32,7 @@ from benchmarks import triton_bench
 from benchmarks.inprocess import InProcessSearch
 from benchmarks.measure import closed_loop, histogram_delta, scrape
 from loadtests.data import png
+from loadtests.stack import start_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = (1, 4, 16)
@@ -105,10 +105,8 @@ async def measure(args) -> dict:
     work = args.work
     shutil.rmtree(work, ignore_errors=True)
     corpus = load_or_build_corpus("ci", 0)
-    stack = Stack(args.repository, work / "logs", extra_env={"MILVUS_URI": str(work / "milvus.db"),
-                                                              "TRITON_CANARY_INTERVAL_SECONDS": "3600"})
     log.info("starting the stack")
-    stack.start(timeout=300)
+    stack = start_stack(args.repository, work / "stack", {"TRITON_CANARY_INTERVAL_SECONDS": "3600"})
     figures: dict = {"levels": {}}
     try:
         channel = grpc.aio.insecure_channel(stack.address("search"))

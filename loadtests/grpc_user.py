@@ -20,26 +20,12 @@ from grpc_interceptor.client import ClientCallDetails
 from locust import User
 from locust.exception import LocustError
 
+from loadtests.replies import IncompleteReply, reply_problem
+
 grpc_gevent.init_gevent()
 
 NAME_KEY = "x-locust-name"
 """Metadata key a call may set to name itself in the statistics; stripped before sending."""
-
-
-class IncompleteReply(Exception):
-    """The RPC answered OK but not with the whole result."""
-
-
-def reply_problem(reply: Any) -> str | None:
-    """Why an OK reply is still a failure for a caller, or None."""
-    degradations = getattr(reply, "degradations", None)
-    if degradations:
-        return "; ".join(f"{d.stage}: {d.reason}" for d in degradations)
-    failed = getattr(reply, "failed_count", 0)
-    if failed:
-        errors = [f"{r.id}: {r.error_code} {r.error}" for r in reply.results if not r.indexed]
-        return f"{failed} items not indexed ({'; '.join(errors[:3])})"
-    return None
 
 
 class LocustInterceptor(ClientInterceptor):

@@ -25,6 +25,7 @@ from pathlib import Path
 import grpc
 
 from loadtests import data as loaddata
+from loadtests.steps import StepPlan
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
@@ -156,8 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.target and not args.target.startswith(("127.", "localhost:", "[::1]:")):
         parser.error(f"--target {args.target}: load goes to loopback addresses only")
     if args.shape == "step":
-        from loadtests.shapes import StepLoadShape
-        duration = StepLoadShape.steps * StepLoadShape.step_seconds
+        duration = StepPlan.from_env().duration
     else:
         duration = seconds(args.run_time)
 
@@ -170,13 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     target = args.target
     try:
         if target is None:
-            from amcsearch.launcher import Stack
+            from loadtests.stack import start_stack
 
             work = args.out / "stack"
             shutil.rmtree(work, ignore_errors=True)
-            stack = Stack(args.repository, work / "logs", extra_env={"MILVUS_URI": str(work / "milvus.db")})
             log.info("starting the stack from %s", args.repository)
-            stack.start(timeout=300)
+            stack = start_stack(args.repository, work)
             target = stack.address("search")
             metrics_url = stack.processes["query_encoder"].endpoints["metrics"]
         load = loaddata.build(args.seeded, args.to_index)

@@ -12,8 +12,9 @@ import grpc
 from amcsearch.v1 import search_pb2, search_pb2_grpc
 
 from loadtests import data as loaddata
-from loadtests.grpc_user import reply_problem
+from loadtests.replies import reply_problem
 from loadtests.run import main, read_stats
+from loadtests.steps import StepPlan
 
 PROFILES = {"Search text", "Search composed", "Index"}
 IMAGE_PROFILES = {"Search image id", "Search image bytes"}
@@ -26,6 +27,12 @@ def test_degraded_or_partial_replies_count_as_failures():
     partial = search_pb2.IndexResponse(failed_count=1, results=[
         search_pb2.IndexItemResult(id="a", indexed=False, error_code="INVALID_ARGUMENT", error="not an image")])
     assert "INVALID_ARGUMENT not an image" in reply_problem(partial)
+
+
+def test_step_plan_adds_users_per_step_and_ends():
+    plan = StepPlan(step_users=3, step_seconds=10, steps=2, spawn_rate=1)
+    assert [plan.users_at(t) for t in (0, 9.9, 10, 19.9, 20)] == [3, 3, 6, 6, None]
+    assert plan.duration == 20
 
 
 def test_query_distribution_repeats_popular_queries():

@@ -12,11 +12,11 @@ import shutil
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import grpc
 import pytest
 import yaml
+from amcsearch.launcher import ROOT
 from amcsearch.processes import Process, free_port, wait_until
 from amcsearch.v1 import common_pb2, search_pb2, search_pb2_grpc
 
@@ -24,11 +24,17 @@ from loadtests.data import png
 from tests.integration.conftest import scrape
 from tests.unit.test_dashboard import dashboard, metric_selectors, queries
 
-RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "rules"
+RULES = ROOT / "deploy" / "prometheus" / "rules"
 P99_RAW = ('histogram_quantile(0.99, sum by (le) (rate(amcsearch_rpc_duration_seconds_bucket'
            '{service="search", method="Search"}[1m])))')
 P99_RECORDED = 'service_method:amcsearch_rpc_duration_seconds:p99_1m{service="search", method="Search"}'
 IMAGES = 6
+
+
+def rule_files() -> list[str]:
+    files = [RULES / "recording.yml", RULES / "alerts.yml"]
+    assert all(f.exists() for f in files), files
+    return [str(f) for f in files]
 
 
 def prometheus_config(stack) -> dict:
@@ -40,7 +46,7 @@ def prometheus_config(stack) -> dict:
             target = urllib.parse.urlparse(url).netloc
             jobs.append({"job_name": job, "static_configs": [{"targets": [target]}]})
     return {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(RULES / "recording.yml"), str(RULES / "alerts.yml")],
+            "rule_files": rule_files(),
             "scrape_configs": jobs}
 
 
@@ -118,6 +124,16 @@ def test_every_target_is_scraped(prometheus, searched, real_stack):
             return
         time.sleep(1)
     raise AssertionError(f"targets not all up: {up}")
+
+
+def test_the_deploy_rules_are_loaded(prometheus):
+    with urllib.request.urlopen(f"{prometheus}/api/v1/rules", timeout=5) as response:
+        groups = json.loads(response.read())["data"]["groups"]
+    recorded = {r["name"] for g in groups for r in g["rules"] if r["type"] == "recording"}
+    alerts = {r["name"] for g in groups for r in g["rules"] if r["type"] == "alerting"}
+    assert "service_method:amcsearch_rpc_duration_seconds:p99_1m" in recorded
+    assert "AmcsearchSearchLatencyOverSLO" in alerts
+    assert all(g["rules"] and all(r["health"] != "err" for r in g["rules"]) for g in groups)
 
 
 def test_search_p99_is_a_finite_number_from_the_raw_histogram_and_the_recording_rule(prometheus, searched):
