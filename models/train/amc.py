@@ -41,6 +41,7 @@ class AMCBudget:
     margin: float = 0.3
     negatives: int = 4
     extra_queries_per_family: int = 0
+    warm_start: bool = True  # AMC Full starts from the trained ImgATT VAN and KeyATT LAN
 
 
 BUDGETS: dict[str, AMCBudget] = {
@@ -291,7 +292,12 @@ def train_amc(
     torch.manual_seed(seed)
     models = build_text_search_models()
     result: dict[str, nn.Module] = {}
-    for offset, (name, module) in enumerate(models.items()):
+    order = ("img_att", "key_att", "amc_full", "dssm_img", "dssm_key")
+    for offset, name in enumerate(order):
+        module = models[name]
+        if name == "amc_full" and cfg.warm_start:
+            module.van.load_state_dict(result["img_att"].van.state_dict())
+            module.lan.load_state_dict(result["key_att"].lan.state_dict())
         result[name], value = fit(module, images, train, held, cfg, seed + offset)
         log.info("amc %s: held-out NDCG@5 %.4f (%.0fs so far)", name, value, time.perf_counter() - started)
-    return result
+    return {name: result[name] for name in models}
