@@ -9,6 +9,10 @@ is augmented with extra queries drawn from the train images by the corpus's own 
 Everything frozen is computed once: query embeddings (text encoder), region grids and global
 embeddings (image encoder), keyword embeddings (text encoder over the vocabulary; an image's
 keyword slots index it, mask = tagger confidence of its top 32 noisy keywords).
+
+Order: ImgATT and KeyATT first; AMC Full then starts from their trained VAN and LAN (its MTN and
+query projections start fresh), which reached a better held-out NDCG@5 than a cold start; then
+the two DSSM baselines. Each model keeps its best held-out epoch.
 """
 
 from __future__ import annotations
