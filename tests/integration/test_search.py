@@ -205,11 +205,15 @@ def test_rescorer_down_degrades_to_ann_order(search, indexed, real_stack):
     finally:
         rescorer.start()
         wait_until(lambda: grpc_serving(rescorer.endpoints["grpc"]), 60, "rescorer restart", rescorer)
+    # The gateway notices by itself: full rescoring is back within seconds, no restart needed.
+    wait_until(lambda: not search.Search(search_pb2.SearchRequest(text="small blue square", top_k=5),
+                                         timeout=30).degradations, 15, "rescoring to resume", interval=0.5)
 
 
 def test_restart_of_search_keeps_everything_indexed(search, indexed, real_stack, ci_corpus):
     request = search_pb2.SearchRequest(text="vintage picture with a green triangle", top_k=10)
     before = search.Search(request, timeout=60)
+    assert not before.degradations
     count = search.Stats(search_pb2.StatsRequest(), timeout=30).image_count
     process = real_stack.processes["search"]
     process.stop()

@@ -105,8 +105,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             image, exclude = await self._image_input(request.image, "image")
             query = query_encoder_pb2.QueryInput(image=image)
         elif kind == "composed":
-            image, exclude = await self._image_input(request.composed.image, "composed.image")
             modification = self._text(request.composed.modification, "composed.modification")
+            image, exclude = await self._image_input(request.composed.image, "composed.image")
             query = query_encoder_pb2.QueryInput(
                 composed=query_encoder_pb2.ComposedQueryInput(image=image, modification=modification))
         else:
