@@ -208,3 +208,76 @@ def test_late_fusion_weight_follows_the_informative_model() -> None:
     noise = 20 * torch.rand(30, 20, generator=gen)  # large: only a weight near 1 ignores it
     assert tune_fusion_weight(informative, noise, queries) >= 0.8
     assert tune_fusion_weight(noise, informative, queries) <= 0.2
+
+
+class _HashTextEncoder(torch.nn.Module):
+    """Stand-in for MiniLM: a fixed random embedding per token id, mean-pooled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = torch.nn.Embedding(40000, 384)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        tokens = self.table(input_ids) * attention_mask.unsqueeze(-1)
+        pooled = tokens.sum(1) / attention_mask.sum(1, keepdim=True).clamp(min=1)
+        return F.normalize(pooled, dim=1), tokens
+
+
+class _PixelImageEncoder(torch.nn.Module):
+    def forward(self, image: torch.Tensor):
+        x = image.float().permute(0, 3, 1, 2) / 255.0
+        regions = F.adaptive_avg_pool2d(x, 6).flatten(2).transpose(1, 2).repeat(1, 1, 43)[:, :, :128]
+        return F.normalize(torch.cat([x.mean((2, 3))] * 128, dim=1), dim=1), regions
+
+
+def _tiny_corpus():
+    import numpy as np
+
+    from models.corpus import KEYWORD_VOCAB, Corpus, ImageRecord, SceneObject, Split, TextQuery
+
+    rng = np.random.default_rng(0)
+    colors, themes = ("red", "blue", "green"), ("festive", "sale")
+
+    def split(name: str) -> Split:
+        images = []
+        for i in range(12):
+            obj = SceneObject("circle", colors[i % 3], "large", i % 9)
+            theme = themes[i % 2]
+            keywords = [(colors[i % 3], 0.9), ("circle", 0.7), (theme, 0.8), ("photo", 0.2)]
+            images.append(ImageRecord(f"{name}-{i:05d}", (obj,), theme, f"a large {obj.color} circle",
+                                      [obj.color, "circle", "large", theme], keywords, i, False))
+        ids = [r.id for r in images]
+        queries = [
+            TextQuery(f"{name}-q{j}", text, family, ids, [int(rule(r)) * 2 for r in images])
+            for j, (text, family, rule) in enumerate([
+                ("red circle top-left", "layout", lambda r: r.objects[0].color == "red" and r.objects[0].cell == 0),
+                ("blue circle", "attribute", lambda r: r.objects[0].color == "blue"),
+                ("festive images", "theme", lambda r: r.theme == "festive"),
+                ("sale picture with a green circle", "mixed", lambda r: r.theme == "sale"),
+            ] * 3)
+        ]
+        pixels = rng.integers(0, 255, size=(12, 128, 128, 3), dtype=np.uint8)
+        return Split(name, images, pixels, text_queries=queries)
+
+    return Corpus("ci", 0, split("train"), split("test"), list(KEYWORD_VOCAB))
+
+
+def test_text_search_evaluation_reports_every_method_family_and_diagnostic() -> None:
+    from amcsearch.query_encoder.tokenize import Tokenizer
+
+    from models.eval.text_search import METHODS, evaluate_text_search, format_tables
+
+    torch.manual_seed(0)
+    models = {k: m.eval() for k, m in build_text_search_models().items()}
+    corpus = _tiny_corpus()
+    text_encoder = _HashTextEncoder().eval()
+    result = evaluate_text_search(corpus, models, _PixelImageEncoder(), text_encoder, Tokenizer.default())
+    assert [r["method"] for r in result["ranking"]] == [key for key, _ in METHODS]
+    assert all(0.0 <= r["NDCG@5"] <= 1.0 and r["queries"] == 12 for r in result["ranking"])
+    keyword = next(r for r in result["ranking"] if r["method"] == "keyword")
+    assert keyword["NDCG@5"] > 0.5  # BM25 finds the colour and theme words among the keywords
+    assert [r["family"] for r in result["weights"]] == ["layout", "attribute", "theme", "mixed"]
+    assert 0.0 <= result["late_fusion_weight"] <= 1.0
+    assert len(result["diagnostics"]) == 3 and "| AMC Full |" in format_tables(result)
+    again = evaluate_text_search(corpus, models, _PixelImageEncoder(), text_encoder, Tokenizer.default())
+    assert again["ranking"] == result["ranking"]
