@@ -64,8 +64,10 @@ def load_amc_models(folder: Path) -> dict[str, nn.Module]:
 
 
 def load_composer_models(folder: Path, manifest: dict[str, Any]) -> dict[str, nn.Module]:
-    states = {p.stem[len("composer_") :]: torch.load(p, map_location="cpu", weights_only=True)
-              for p in sorted(folder.glob("composer_*.pt"))}
+    states = {
+        p.stem[len("composer_") :]: torch.load(p, map_location="cpu", weights_only=True)
+        for p in sorted(folder.glob("composer_*.pt"))
+    }
     composers = load_composers(states)
     exported = manifest.get("composer_exported")
     if exported in composers:
@@ -129,9 +131,13 @@ def main(argv: list[str] | None = None) -> None:
     ]
     if manifest:
         stages = ", ".join(f"{k} {v:.0f} s" for k, v in manifest.get("stage_seconds", {}).items())
-        header.append(f"- training (`make models`, {manifest.get('threads', '?')} threads): {manifest.get('total_seconds', 0):.0f} s in all; {stages}")
-        sizes = ", ".join(f"{k} {v['parameters']:,} parameters ({v['model_pt_bytes'] / 1e6:.2f} MB)"
-                          for k, v in manifest.get("exports", {}).items())
+        header.append(
+            f"- training (`make models`, {manifest.get('threads', '?')} threads): {manifest.get('total_seconds', 0):.0f} s in all; {stages}"
+        )
+        sizes = ", ".join(
+            f"{k} {v['parameters']:,} parameters ({v['model_pt_bytes'] / 1e6:.2f} MB)"
+            for k, v in manifest.get("exports", {}).items()
+        )
         if sizes:
             header.append(f"- exported models: {sizes}")
     text_note = (
@@ -139,16 +145,24 @@ def main(argv: list[str] | None = None) -> None:
         "1 partial, 0 none), P@5, MAP, MRR and AUC with relevance > 0 as positive. Then AMC Full's mean "
         "modality weights per query family and its attention diagnostics."
     )
-    document = "\n".join(header) + "\n\n" + "\n".join(
-        [
-            _section("Text search (AMC)", text_note, text_search.format_tables(text)),
-            _section("Query by image (Gordo & Larlus)",
-                     "NDCG@k against the caption tf-idf proxy and Pearson correlation of cosine vs proxy.",
-                     image_search.format_table(images)),
-            _section("Composed queries (TIRG protocol)",
-                     "Recall@K over the whole test gallery, the reference image excluded; a hit is any image of the target's scene.",
-                     composed.format_table(composed_rows)),
-        ]
+    document = (
+        "\n".join(header)
+        + "\n\n"
+        + "\n".join(
+            [
+                _section("Text search (AMC)", text_note, text_search.format_tables(text)),
+                _section(
+                    "Query by image (Gordo & Larlus)",
+                    "NDCG@k against the caption tf-idf proxy and Pearson correlation of cosine vs proxy.",
+                    image_search.format_table(images),
+                ),
+                _section(
+                    "Composed queries (TIRG protocol)",
+                    "Recall@K over the whole test gallery, the reference image excluded; a hit is any image of the target's scene.",
+                    composed.format_table(composed_rows),
+                ),
+            ]
+        )
     )
     print(document)
     args.out.parent.mkdir(parents=True, exist_ok=True)

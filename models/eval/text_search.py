@@ -114,7 +114,9 @@ def amc_diagnostics(
             record = split.images[image_row]
             if query.relevance[j] <= 0:
                 continue
-            slots = [w for w, c in sorted(record.noisy_keywords, key=lambda kv: (-kv[1], kv[0]))][: keyword_att.shape[1]]
+            slots = [w for w, c in sorted(record.noisy_keywords, key=lambda kv: (-kv[1], kv[0]))][
+                : keyword_att.shape[1]
+            ]
             conf = images.keyword_mask[image_row, : len(slots)]
             prior = conf / conf.sum().clamp(min=1e-9)
             is_true = torch.tensor([s in record.true_keywords for s in slots], dtype=torch.bool)
@@ -136,21 +138,35 @@ def amc_diagnostics(
             continue
         w = torch.cat(weights[family])
         weight_rows.append(
-            {"family": family, "visual": round(float(w[:, 0].mean()), 4), "keyword": round(float(w[:, 1].mean()), 4),
-             "queries": len(weights[family])}
+            {
+                "family": family,
+                "visual": round(float(w[:, 0].mean()), 4),
+                "keyword": round(float(w[:, 1].mean()), 4),
+                "queries": len(weights[family]),
+            }
         )
     diag = [
-        {"diagnostic": "LAN mass on the image's true keywords (relevant candidates)",
-         "model": round(float(np.mean(true_mass)), 4) if true_mass else float("nan"),
-         "prior": round(float(np.mean(prior_true)), 4) if prior_true else float("nan"),
-         "prior_name": "confidence share", "pairs": len(true_mass)},
-        {"diagnostic": "LAN mass on keywords that are query words (relevant candidates)",
-         "model": round(float(np.mean(query_mass)), 4) if query_mass else float("nan"),
-         "prior": round(float(np.mean(prior_query)), 4) if prior_query else float("nan"),
-         "prior_name": "confidence share", "pairs": len(query_mass)},
-        {"diagnostic": "VAN mass inside the queried cell (layout queries, relevance 2)",
-         "model": round(float(np.mean(cell_mass)), 4) if cell_mass else float("nan"),
-         "prior": round(4 / 36, 4), "prior_name": "uniform (4 of 36 regions)", "pairs": len(cell_mass)},
+        {
+            "diagnostic": "LAN mass on the image's true keywords (relevant candidates)",
+            "model": round(float(np.mean(true_mass)), 4) if true_mass else float("nan"),
+            "prior": round(float(np.mean(prior_true)), 4) if prior_true else float("nan"),
+            "prior_name": "confidence share",
+            "pairs": len(true_mass),
+        },
+        {
+            "diagnostic": "LAN mass on keywords that are query words (relevant candidates)",
+            "model": round(float(np.mean(query_mass)), 4) if query_mass else float("nan"),
+            "prior": round(float(np.mean(prior_query)), 4) if prior_query else float("nan"),
+            "prior_name": "confidence share",
+            "pairs": len(query_mass),
+        },
+        {
+            "diagnostic": "VAN mass inside the queried cell (layout queries, relevance 2)",
+            "model": round(float(np.mean(cell_mass)), 4) if cell_mass else float("nan"),
+            "prior": round(4 / 36, 4),
+            "prior_name": "uniform (4 of 36 regions)",
+            "pairs": len(cell_mass),
+        },
     ]
     return weight_rows, diag
 
@@ -214,13 +230,21 @@ def format_tables(result: dict[str, Any]) -> str:
     w = result["late_fusion_weight"]
     if w == w:
         lines.append("")
-        lines.append(f"Late fusion: {w:.2f} x ImgATT + {1 - w:.2f} x KeyATT, the weight tuned on held-out TRAIN queries.")
+        lines.append(
+            f"Late fusion: {w:.2f} x ImgATT + {1 - w:.2f} x KeyATT, the weight tuned on held-out TRAIN queries."
+        )
     if result["weights"]:
-        lines += ["", "| query family | mean visual weight w_v | mean keyword weight w_k | queries |", "| --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "| query family | mean visual weight w_v | mean keyword weight w_k | queries |",
+            "| --- | --- | --- | --- |",
+        ]
         for r in result["weights"]:
             lines.append(f"| {r['family']} | {r['visual']:.4f} | {r['keyword']:.4f} | {r['queries']} |")
     if result["diagnostics"]:
         lines += ["", "| AMC Full attention diagnostic | model | reference | pairs |", "| --- | --- | --- | --- |"]
         for r in result["diagnostics"]:
-            lines.append(f"| {r['diagnostic']} | {r['model']:.4f} | {r['prior']:.4f} ({r['prior_name']}) | {r['pairs']} |")
+            lines.append(
+                f"| {r['diagnostic']} | {r['model']:.4f} | {r['prior']:.4f} ({r['prior_name']}) | {r['pairs']} |"
+            )
     return "\n".join(lines)

@@ -108,7 +108,11 @@ def keyword_slots(images: Any, vocab: list[str]) -> tuple[torch.Tensor, torch.Te
 
 @torch.no_grad()
 def image_features(
-    split: Any, image_encoder: nn.Module, text_encoder: nn.Module, tokenizer: Any, vocab: list[str],
+    split: Any,
+    image_encoder: nn.Module,
+    text_encoder: nn.Module,
+    tokenizer: Any,
+    vocab: list[str],
     batch_size: int = 256,
 ) -> ImageFeatures:
     image_encoder.eval()
@@ -291,7 +295,9 @@ def train_amc(
     held = query_features(corpus.train, held_queries, text_encoder, tokenizer)
     log.info(
         "amc features in %.1fs: %d train / %d held-out queries",
-        time.perf_counter() - started, len(train), len(held),
+        time.perf_counter() - started,
+        len(train),
+        len(held),
     )
     torch.manual_seed(seed)
     models = build_text_search_models()

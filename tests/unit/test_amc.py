@@ -244,17 +244,30 @@ def _tiny_corpus():
             obj = SceneObject("circle", colors[i % 3], "large", i % 9)
             theme = themes[i % 2]
             keywords = [(colors[i % 3], 0.9), ("circle", 0.7), (theme, 0.8), ("photo", 0.2)]
-            images.append(ImageRecord(f"{name}-{i:05d}", (obj,), theme, f"a large {obj.color} circle",
-                                      [obj.color, "circle", "large", theme], keywords, i, False))
+            images.append(
+                ImageRecord(
+                    f"{name}-{i:05d}",
+                    (obj,),
+                    theme,
+                    f"a large {obj.color} circle",
+                    [obj.color, "circle", "large", theme],
+                    keywords,
+                    i,
+                    False,
+                )
+            )
         ids = [r.id for r in images]
         queries = [
             TextQuery(f"{name}-q{j}", text, family, ids, [int(rule(r)) * 2 for r in images])
-            for j, (text, family, rule) in enumerate([
-                ("red circle top-left", "layout", lambda r: r.objects[0].color == "red" and r.objects[0].cell == 0),
-                ("blue circle", "attribute", lambda r: r.objects[0].color == "blue"),
-                ("festive images", "theme", lambda r: r.theme == "festive"),
-                ("sale picture with a green circle", "mixed", lambda r: r.theme == "sale"),
-            ] * 3)
+            for j, (text, family, rule) in enumerate(
+                [
+                    ("red circle top-left", "layout", lambda r: r.objects[0].color == "red" and r.objects[0].cell == 0),
+                    ("blue circle", "attribute", lambda r: r.objects[0].color == "blue"),
+                    ("festive images", "theme", lambda r: r.theme == "festive"),
+                    ("sale picture with a green circle", "mixed", lambda r: r.theme == "sale"),
+                ]
+                * 3
+            )
         ]
         pixels = rng.integers(0, 255, size=(12, 128, 128, 3), dtype=np.uint8)
         return Split(name, images, pixels, text_queries=queries)
