@@ -122,3 +122,36 @@ def test_evaluate_image_search_returns_one_row_per_model() -> None:
         "pixels (no learning)", "image encoder, untrained", "image encoder, trained"
     ]
     assert all({"NDCG@5", "NDCG@10", "NDCG@20", "Pearson"} <= set(r) for r in rows)
+
+
+def test_caption_neighbours_exclude_self_and_rank_by_tfidf() -> None:
+    from models.train.image_encoder import caption_neighbours, caption_tfidf
+
+    captions = [
+        "a large red circle at top-left",
+        "a large red circle at top-left",
+        "a small red circle at top-left",
+        "a small blue triangle at bottom-right",
+    ]
+    neighbours = caption_neighbours(caption_tfidf(captions), k=2)
+    assert neighbours.shape == (4, 2)
+    assert neighbours[0, 0] == 1 and neighbours[1, 0] == 0
+    assert all(row not in neighbours[row] for row in range(4))
+
+
+def test_losses_prefer_embeddings_that_follow_their_targets() -> None:
+    from models.train.image_encoder import info_nce, tfidf_triplet
+
+    text = torch.nn.functional.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    same = torch.eye(6, dtype=torch.bool)
+    scale = torch.tensor(10.0)
+    assert info_nce(text, text, same, scale) < info_nce(text.roll(1, 0), text, same, scale)
+    # anchors 0..1, positives 2..3; the proxy says rows 4, 5 are far from both anchors
+    tfidf = torch.eye(6)
+    tfidf[2], tfidf[3] = tfidf[0], tfidf[1]
+    good = torch.nn.functional.normalize(tfidf + 0.01, dim=1)
+    assert tfidf_triplet(good, tfidf, anchors=2, margin=0.1) == 0
+    bad = good.clone()
+    bad[4] = good[0]
+    assert tfidf_triplet(bad, tfidf, anchors=2, margin=0.1) > 0
+
