@@ -13,8 +13,6 @@ Everything is plain torch and scriptable (`torch.jit.script`); no tensor is crea
 device, so a model file scripted on a CPU runs on a GPU.
 """
 
-from typing import Tuple
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,7 +22,6 @@ REGION_GRID = 6
 REGION_DIM = 128
 EMBED_DIM = 384
 CELL_GRID = 3
-
 
 
 def _conv_bn(c_in: int, c_out: int, stride: int, kernel: int = 3, dilation: int = 1) -> nn.Sequential:
@@ -86,7 +83,7 @@ class ImageEncoder(nn.Module):
             nn.Linear(hidden, EMBED_DIM),
         )
 
-    def encode(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def encode(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (embedding, regions, cells [B,9,128]); cells feed the training-only heads."""
         fmap = self.trunk(image)
         regions = regions_from_map(fmap)
@@ -95,7 +92,7 @@ class ImageEncoder(nn.Module):
         z = self.head(torch.cat([cells.flatten(1), pooled], dim=1))
         return F.normalize(z, dim=1), regions, cells
 
-    def forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embedding, regions, _ = self.encode(image)
         return embedding, regions
 

@@ -17,13 +17,14 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+from amcsearch.query_encoder.tokenize import Tokenizer
 from torch import nn
 
-from amcsearch.query_encoder.tokenize import Tokenizer
 from models.corpus import load_or_build_corpus
 from models.export.triton_repo import ModelSpec, TensorSpec, export_model
 from models.nets.image_encoder import ImageEncoder, count_parameters
@@ -181,12 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     total_start = time.perf_counter()
     print(f"[models] size={args.size} seed={args.seed} threads={torch.get_num_threads()}", flush=True)
 
-    corpus = stages.run(
-        "corpus", lambda: load_or_build_corpus(args.size, seed=args.seed, cache_dir=args.corpus_cache)
-    )
-    text_encoder, tokenizer = stages.run(
-        "text_encoder load", lambda: (load_text_encoder(), Tokenizer.default())
-    )
+    corpus = stages.run("corpus", lambda: load_or_build_corpus(args.size, seed=args.seed, cache_dir=args.corpus_cache))
+    text_encoder, tokenizer = stages.run("text_encoder load", lambda: (load_text_encoder(), Tokenizer.default()))
     image_encoder = stages.run(
         "image_encoder train",
         lambda: train_image_encoder(corpus, text_encoder, tokenizer, args.seed, budgets["image_encoder"]),

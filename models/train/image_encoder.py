@@ -53,7 +53,7 @@ class ImageBudget:
     tagger_lr: float = 2e-3
 
 
-def as_budget(budget: "ImageBudget | dict[str, Any] | None") -> ImageBudget:
+def as_budget(budget: ImageBudget | dict[str, Any] | None) -> ImageBudget:
     if budget is None:
         return ImageBudget()
     if isinstance(budget, ImageBudget):
@@ -113,20 +113,14 @@ class CellHead(nn.Module):
         ) / len(logits)
 
 
-def info_nce(
-    image: torch.Tensor, text: torch.Tensor, same: torch.Tensor, scale: torch.Tensor
-) -> torch.Tensor:
+def info_nce(image: torch.Tensor, text: torch.Tensor, same: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE; `same` [B,B] bool marks pairs with identical captions (all positives)."""
     logits = scale * image @ text.t()
     targets = same.float() / same.float().sum(dim=1, keepdim=True)
-    return 0.5 * (
-        F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets.t())
-    )
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets.t()))
 
 
-def tfidf_triplet(
-    embedding: torch.Tensor, tfidf: torch.Tensor, anchors: int, margin: float
-) -> torch.Tensor:
+def tfidf_triplet(embedding: torch.Tensor, tfidf: torch.Tensor, anchors: int, margin: float) -> torch.Tensor:
     """Rows [0, anchors) are anchors, rows [anchors, 2 anchors) their tf-idf neighbours.
 
     Negatives: any batch row whose proxy similarity to the anchor is below the positive's by
@@ -158,7 +152,7 @@ def train_image_encoder(
     text_encoder: nn.Module,
     tokenizer: Any,
     seed: int,
-    budget: "ImageBudget | dict[str, Any] | None" = None,
+    budget: ImageBudget | dict[str, Any] | None = None,
 ) -> ImageEncoder:
     """Train an ImageEncoder on corpus.train; returns it in eval mode."""
     cfg = as_budget(budget)
@@ -207,10 +201,7 @@ def train_image_encoder(
             loss_tri = tfidf_triplet(emb, tfidf[rows], len(anchors), cfg.triplet_margin)
             loss_cell = cell_head.loss(cell_feats, cells[rows])
             loss = (
-                loss_nce
-                + cfg.align_weight * loss_align
-                + cfg.triplet_weight * loss_tri
-                + cfg.cell_weight * loss_cell
+                loss_nce + cfg.align_weight * loss_align + cfg.triplet_weight * loss_tri + cfg.cell_weight * loss_cell
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -220,7 +211,10 @@ def train_image_encoder(
         mean = sums / steps_per_epoch
         log.info(
             "image encoder epoch %d/%d: loss %.3f (nce %.3f align %.3f triplet %.3f cell %.3f) %.0fs",
-            epoch + 1, cfg.epochs, *mean, time.perf_counter() - started,
+            epoch + 1,
+            cfg.epochs,
+            *mean,
+            time.perf_counter() - started,
         )
     return encoder.eval()
 
@@ -258,7 +252,7 @@ def train_keyword_tagger(
     corpus: Any,
     image_encoder: ImageEncoder,
     seed: int,
-    budget: "ImageBudget | dict[str, Any] | None" = None,
+    budget: ImageBudget | dict[str, Any] | None = None,
 ) -> KeywordTagger:
     """A KeywordTagger over corpus.keyword_vocab around a frozen copy of image_encoder."""
     cfg = as_budget(budget)

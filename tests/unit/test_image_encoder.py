@@ -46,7 +46,7 @@ def test_scripted_encoder_matches_eager_and_survives_save_load() -> None:
     torch.jit.save(scripted, buffer)
     buffer.seek(0)
     loaded = torch.jit.load(buffer)
-    for got, want in zip(loaded(images), encoder(images)):
+    for got, want in zip(loaded(images), encoder(images), strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -118,9 +118,7 @@ def test_score_embeddings_rewards_the_proxy_order() -> None:
 def test_evaluate_image_search_returns_one_row_per_model() -> None:
     torch.manual_seed(0)
     rows = evaluate_image_search(_tiny_split(), ImageEncoder(), ImageEncoder())
-    assert [r["model"] for r in rows] == [
-        "pixels (no learning)", "image encoder, untrained", "image encoder, trained"
-    ]
+    assert [r["model"] for r in rows] == ["pixels (no learning)", "image encoder, untrained", "image encoder, trained"]
     assert all({"NDCG@5", "NDCG@10", "NDCG@20", "Pearson"} <= set(r) for r in rows)
 
 
@@ -154,4 +152,3 @@ def test_losses_prefer_embeddings_that_follow_their_targets() -> None:
     bad = good.clone()
     bad[4] = good[0]
     assert tfidf_triplet(bad, tfidf, anchors=2, margin=0.1) > 0
-

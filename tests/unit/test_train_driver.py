@@ -22,10 +22,17 @@ def test_specs_follow_the_model_repository_contract() -> None:
     assert specs["keyword_tagger"].outputs[0].dims == (57,)
     assert [t.name for t in specs["amc_rescorer"].inputs] == ["query", "regions", "keywords", "keyword_mask"]
     assert [t.name for t in specs["amc_rescorer"].outputs] == [
-        "score__0", "modality_weights__1", "region_attention__2", "keyword_attention__3"
+        "score__0",
+        "modality_weights__1",
+        "region_attention__2",
+        "keyword_attention__3",
     ]
     assert [t.name for t in specs["composer"].inputs] == [
-        "image_embedding", "regions", "text_embedding", "tokens", "token_mask"
+        "image_embedding",
+        "regions",
+        "text_embedding",
+        "tokens",
+        "token_mask",
     ]
     config = render_config(specs["keyword_tagger"], "abc123", "python")
     assert 'label_filename: "keywords.txt"' in config
