@@ -36,6 +36,8 @@ from loadtests.stack import start_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = (1, 4, 16)
+COUNT_FACTOR = {1: 1, 4: 2, 16: 4}
+"""Requests per level: --requests times this (bounded run time at every concurrency)."""
 log = logging.getLogger("bench")
 
 
@@ -107,7 +109,7 @@ async def measure(args) -> dict:
     corpus = load_or_build_corpus("ci", 0)
     log.info("starting the stack")
     stack = start_stack(args.repository, work / "stack", {"TRITON_CANARY_INTERVAL_SECONDS": "3600"})
-    figures: dict = {"levels": {}}
+    figures: dict = {"levels": {}, "load": os.getloadavg()}
     try:
         channel = grpc.aio.insecure_channel(stack.address("search"))
         search = search_pb2_grpc.SearchServiceStub(channel)
@@ -125,7 +127,7 @@ async def measure(args) -> dict:
         for warm in texts_for(corpus, 16, "warm"):
             await served(warm)
         for level in LEVELS:
-            texts = texts_for(corpus, args.requests * level, f"e2e{level}-")
+            texts = texts_for(corpus, args.requests * COUNT_FACTOR[level], f"e2e{level}-")
             before = scrape(search_metrics)
             run = await closed_loop(lambda n, texts=texts: served(texts[n]), len(texts), level)
             after = scrape(search_metrics)
@@ -147,7 +149,7 @@ async def measure(args) -> dict:
             for warm in texts_for(corpus, 16, "warm"):
                 await pipeline.search(warm)
             for level in LEVELS:
-                texts = texts_for(corpus, args.requests * level, f"inproc{level}-")
+                texts = texts_for(corpus, args.requests * COUNT_FACTOR[level], f"inproc{level}-")
                 run = await closed_loop(lambda n, texts=texts: pipeline.search(texts[n]), len(texts), level)
                 figures["levels"][level]["inprocess"] = run
                 log.info("in-process c=%d: %.1f QPS p50 %s", level, run.qps, fmt(run.p(50)))
@@ -162,7 +164,7 @@ async def measure(args) -> dict:
             await encoder.Encode(query_encoder_pb2.EncodeRequest(queries=[query_encoder_pb2.QueryInput(text=text)]),
                                  timeout=30)
 
-        misses = texts_for(corpus, args.requests * 2, "cache-")
+        misses = texts_for(corpus, 2 * args.requests, "cache-")
         miss_run = await closed_loop(lambda n: encode(misses[n]), len(misses), 1)
         hit_run = await closed_loop(lambda n: encode(misses[n]), len(misses), 1)
         figures["cache"] = (hit_run, miss_run)
@@ -188,7 +190,9 @@ async def measure(args) -> dict:
 def report(figures: dict, command: str) -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = ["# Serving benchmarks", "",
-             f"- date: {now}", f"- machine: {machine()}", f"- command: `{command}` (commit {commit()})",
+             f"- date: {now}", f"- machine: {machine()}",
+             "- load average (1, 5, 15 min) when the run started: " + ", ".join(f"{x:.1f}" for x in figures["load"])
+             + " (other work on the machine shares its cores and skews every figure)", f"- command: `{command}` (commit {commit()})",
              f"- index: {figures['indexed']} images (ci corpus, both splits), milvus-lite; Search(text), top_k 10, "
              "100 candidates rescored; every query text distinct (query-cache misses)", "",
              "## End-to-end Search vs the same pipeline in-process", "",
@@ -219,12 +223,17 @@ def report(figures: dict, command: str) -> str:
               f"| QueryEncoder.Encode p50, cache hit / Triton miss | {fmt(hit.p(50))} / {fmt(miss.p(50))} = "
               f"{hit.p(50) / miss.p(50):.2f} | <= 0.1 |",
               f"| text_encoder QPS at concurrency 16 (1 query per request), dynamic batching / none | "
-              f"{batched[0].qps:.0f} / {unbatched[0].qps:.0f} = {batched[0].qps / unbatched[0].qps:.2f} "
-              f"(mean batch {batched[1]:.1f} vs {unbatched[1]:.1f}) | >= 3 |",
+              f"{batched.run.qps:.0f} / {unbatched.run.qps:.0f} = {batched.run.qps / unbatched.run.qps:.2f} | >= 3 |",
               f"| bytes per image on the wire to Triton (image_encoder request, uint8 NHWC) | "
               f"{wire['request']:.0f} (PNG from the caller {wire['png']:.0f}; float32 would be {wire['float32']:.0f}; "
               f"reply {wire['reply']:.0f}) | |",
-              "", "## GPU", "", "Not measured in this run: no GPU on this machine.", ""]
+              "", "Triton's counters over the two text_encoder runs (concurrency 16, one query per request):", "",
+              "| server | QPS | p50 | mean batch executed | queue per request | compute per execution |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for name, load in (("dynamic batching", batched), ("no dynamic batching", unbatched)):
+        lines.append(f"| {name} | {load.run.qps:.0f} | {fmt(load.run.p(50))} | {load.mean_batch:.1f} | "
+                     f"{load.queue_ms:.1f} ms | {load.compute_ms_per_execution:.1f} ms |")
+    lines += ["", "## GPU", "", "Not measured in this run: no GPU on this machine.", ""]
     return "\n".join(lines)
 
 
@@ -234,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", type=Path,
                         default=Path(os.environ.get("MODEL_REPOSITORY", ROOT / "model_repository")))
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench")
-    parser.add_argument("--requests", type=int, default=24, help="requests per unit of concurrency")
+    parser.add_argument("--requests", type=int, default=24, help="requests at concurrency 1 (x2 at 4, x4 at 16)")
     parser.add_argument("--triton-requests", type=int, default=320)
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(message)s")

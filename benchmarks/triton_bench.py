@@ -6,6 +6,7 @@ import io
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +46,20 @@ def repository_without_batching(repository: Path, models: list[str], target: Pat
     return target
 
 
-async def text_encoder_load(url: str, metrics_url: str, concurrency: int, count: int) -> tuple[Run, float]:
-    """One-query requests to text_encoder from `concurrency` async callers: the Run and the mean
-    batch Triton executed (nv_inference_count / nv_inference_exec_count over the run)."""
+@dataclass
+class TritonLoad:
+    run: Run
+    mean_batch: float
+    """nv_inference_count / nv_inference_exec_count over the run."""
+    queue_ms: float
+    """Mean time a request waited in Triton's queue."""
+    compute_ms_per_execution: float
+    """Mean compute time of one model execution (one batch)."""
+
+
+async def text_encoder_load(url: str, metrics_url: str, concurrency: int, count: int) -> TritonLoad:
+    """One-query requests to text_encoder from `concurrency` async callers, with Triton's own
+    counters over the run."""
     client = triton_aio.InferenceServerClient(url)
     tokenizer = Tokenizer.default()
     requests = []
@@ -75,7 +87,13 @@ async def text_encoder_load(url: str, metrics_url: str, concurrency: int, count:
     def delta(name: str) -> float:
         return total(after, name, model=c.TEXT_ENCODER) - total(before, name, model=c.TEXT_ENCODER)
 
-    return run, delta("nv_inference_count") / max(delta("nv_inference_exec_count"), 1.0)
+    executions = max(delta("nv_inference_exec_count"), 1.0)
+    requests = max(delta("nv_inference_request_success"), 1.0)
+    return TritonLoad(run, delta("nv_inference_count") / executions,
+                      delta("nv_inference_queue_duration_us") / requests / 1000,
+                      # every request of a batch is charged the whole execution's compute time, so
+                      # the mean over requests is the mean execution time
+                      delta("nv_inference_compute_infer_duration_us") / requests / 1000)
 
 
 def start_triton(repository: Path, log_dir: Path, models: list[str]) -> processes.Process:
