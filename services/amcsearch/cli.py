@@ -56,6 +56,12 @@ def batches(items: Iterator[search_pb2.ImageItem], size: int) -> Iterator[list[s
         yield batch
 
 
+def auth_metadata() -> list[tuple[str, str]]:
+    """The write token from $SEARCH_AUTH_TOKEN (the server's own setting name), if any."""
+    token = os.environ.get("SEARCH_AUTH_TOKEN", "")
+    return [("authorization", f"Bearer {token}")] if token else []
+
+
 def index_directory(stub, directory: Path, batch_size: int = 32, skip_auto_tags: bool = False,
                     progress: bool = True) -> tuple[int, list[search_pb2.IndexItemResult]]:
     """Index every image of `directory`; returns (indexed count, failed results)."""
@@ -63,7 +69,8 @@ def index_directory(stub, directory: Path, batch_size: int = 32, skip_auto_tags:
     indexed, failed = 0, []
     with tqdm(total=total, unit="img", disable=not progress, desc="indexing") as bar:
         for batch in batches(image_items(directory), batch_size):
-            reply = stub.Index(search_pb2.IndexRequest(items=batch, skip_auto_tags=skip_auto_tags), timeout=300)
+            reply = stub.Index(search_pb2.IndexRequest(items=batch, skip_auto_tags=skip_auto_tags), timeout=300,
+                               metadata=auth_metadata())
             indexed += reply.indexed_count
             failed.extend(r for r in reply.results if not r.indexed)
             bar.update(len(batch))
@@ -162,7 +169,7 @@ def run(args: argparse.Namespace, stub) -> int:
         for missing in reply.missing_ids:
             print(f"{missing}  (not in the index)")
         return 0
-    reply = stub.Delete(search_pb2.DeleteRequest(ids=args.ids), timeout=30)
+    reply = stub.Delete(search_pb2.DeleteRequest(ids=args.ids), timeout=30, metadata=auth_metadata())
     print(f"deleted {reply.deleted_count}; not found: {', '.join(reply.missing_ids) or 'none'}")
     return 0
 

@@ -244,3 +244,33 @@ def test_html_results_page_renders_its_images_in_chromium(search, indexed, tmp_p
                           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
                          capture_output=True, text=True, timeout=60).stdout
     assert "<title>rendered=4/4</title>" in dom
+
+
+def test_write_rpcs_need_the_bearer_token_when_one_is_set(real_stack, ci_corpus, tmp_path):
+    """A second gateway with SEARCH_AUTH_TOKEN, on the same model services and its own index."""
+    from amcsearch.launcher import SERVICES_ROOT
+    from amcsearch.processes import free_port, service_process
+
+    env = {**real_stack.env, "SEARCH_AUTH_TOKEN": "s3cret-token", "INDEX_URI": str(tmp_path / "auth.db")}
+    process = service_process("search", "SEARCH", free_port(), free_port(), env, tmp_path, SERVICES_ROOT)
+    process.start()
+    try:
+        wait_until(lambda: grpc_serving(process.endpoints["grpc"]), 90, "search with auth", process)
+        with grpc.insecure_channel(process.endpoints["grpc"]) as channel:
+            stub = search_pb2_grpc.SearchServiceStub(channel)
+            item = search_pb2.IndexRequest(items=[search_pb2.ImageItem(id="a1", image=png(ci_corpus.test.pixels[0]))])
+            for metadata, code in [((), grpc.StatusCode.UNAUTHENTICATED),
+                                   ((("authorization", "Basic abc"),), grpc.StatusCode.UNAUTHENTICATED),
+                                   ((("authorization", "Bearer wrong"),), grpc.StatusCode.PERMISSION_DENIED)]:
+                for call, request in ((stub.Index, item), (stub.Delete, search_pb2.DeleteRequest(ids=["a1"]))):
+                    with pytest.raises(grpc.RpcError) as raised:
+                        call(request, timeout=30, metadata=metadata)
+                    assert raised.value.code() == code
+                    assert "s3cret-token" not in raised.value.details()
+            good = (("authorization", "Bearer s3cret-token"),)
+            assert stub.Index(item, timeout=60, metadata=good).indexed_count == 1
+            assert stub.Search(search_pb2.SearchRequest(text="circle", top_k=1), timeout=30).results[0].id == "a1"
+            assert stub.Delete(search_pb2.DeleteRequest(ids=["a1"]), timeout=30, metadata=good).deleted_count == 1
+        assert "s3cret-token" not in process.log_path.read_text()
+    finally:
+        process.stop()

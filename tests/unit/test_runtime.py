@@ -132,3 +132,18 @@ def test_tensors_round_trip_and_reject_wrong_shapes():
         from_tensor(broken, (3, 4), "x")
     with pytest.raises(InvalidArgument, match="NaN"):
         from_tensor(to_tensor(np.array([np.nan], dtype=np.float32)), (1,), "x")
+
+
+def test_bearer_check():
+    from amcsearch.runtime.auth import check_bearer
+    from amcsearch.runtime.errors import PermissionDenied, Unauthenticated
+
+    check_bearer([], "", "Index")  # auth off
+    check_bearer([("authorization", "Bearer abc")], "abc", "Index")
+    check_bearer([("Authorization", b"bearer abc")], "abc", "Index")
+    with pytest.raises(Unauthenticated):
+        check_bearer([], "abc", "Index")
+    with pytest.raises(Unauthenticated):
+        check_bearer([("authorization", "abc")], "abc", "Index")
+    with pytest.raises(PermissionDenied):
+        check_bearer([("authorization", "Bearer abd")], "abc", "Index")

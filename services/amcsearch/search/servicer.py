@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from amcsearch.runtime.auth import check_bearer
 from amcsearch.runtime.errors import InvalidArgument, limit, require
 from amcsearch.runtime.metrics import BATCH_ITEMS, INDEX_IMAGES
 from amcsearch.runtime.tensors import to_tensor
@@ -47,6 +48,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         return None
 
     async def Index(self, request: search_pb2.IndexRequest, context: grpc.aio.ServicerContext):
+        check_bearer(context.invocation_metadata(), self.settings.auth_token, "Index")
         count = len(request.items)
         require(count > 0, f"items is empty: send 1 to {self.settings.max_index_batch} items")
         limit(count, self.settings.max_index_batch, "number of items")
@@ -146,6 +148,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         return search_pb2.GetResponse(images=images, missing_ids=[i for i in ids if i not in records])
 
     async def Delete(self, request: search_pb2.DeleteRequest, context: grpc.aio.ServicerContext):
+        check_bearer(context.invocation_metadata(), self.settings.auth_token, "Delete")
         ids = self._ids(request.ids)
         deleted = set(await self.pipeline.delete(ids))
         await self._publish_size()

@@ -31,6 +31,8 @@ class SearchSettings:
     max_image_bytes: int = 20 * 1024 * 1024
     max_text_chars: int = 2000
     max_tags: int = 64
+    auth_token: str = ""
+    """SEARCH_AUTH_TOKEN: when set, Index and Delete need 'authorization: Bearer <token>'."""
     tagger_threshold: float = 0.5
     """Automatic keywords below this probability are not stored."""
 
