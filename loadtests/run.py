@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     if before and after:
         hits, misses = after[0] - before[0], after[1] - before[1]
         if hits + misses:
-            print(f"\nquery cache hit ratio during the run: {hits / (hits + misses):.2f} ({hits:.0f} hits, {misses:.0f} misses)")
+            print(f"\nQueryEncoder cache hit ratio during the run (queries and the rescorer's keyword vectors): "
+                  f"{hits / (hits + misses):.2f} ({hits:.0f} hits, {misses:.0f} misses)")
     if failures:
         print("\nfailures:")
         for name, error, count in failures:
