@@ -25,7 +25,7 @@ from amcsearch.v1 import search_pb2, search_pb2_grpc
 TEXT_EXAMPLES = ("large red circle top-left", "festive images", "vintage picture with a green triangle")
 
 
-def write_corpus_dir(size: str, seed: int, directory: Path) -> int:
+def write_corpus_dir(size: str, seed: int, directory: Path):
     """The test split as PNG files plus metadata.jsonl with the simulated tagger's keywords.
 
     The scenes' themes are never drawn: only these external keywords carry them (as Clickture's
@@ -44,15 +44,17 @@ def write_corpus_dir(size: str, seed: int, directory: Path) -> int:
                 Image.fromarray(pixels).save(path)
             entry = {"id": record.id, "title": record.caption, "keywords": record.noisy_keywords}
             metadata.write(json.dumps(entry) + "\n")
-    return len(split.images)
+    return split
 
 
-def run_examples(stub, out_dir: Path) -> None:
-    first_id = stub.Search(search_pb2.SearchRequest(text="circle", top_k=1), timeout=60).results[0].id
+def run_examples(stub, out_dir: Path, composed_query) -> None:
+    """Three text searches, one by image, one composed (a modification from the benchmark)."""
+    first_id = composed_query.source_id
+    modification = composed_query.modification
     requests = [search_pb2.SearchRequest(text=t, top_k=5, explain=True) for t in TEXT_EXAMPLES]
     requests.append(search_pb2.SearchRequest(image=search_pb2.ImageQuery(id=first_id), top_k=5))
     requests.append(search_pb2.SearchRequest(
-        composed=search_pb2.ComposedQuery(image=search_pb2.ImageQuery(id=first_id), modification="make the circle blue"),
+        composed=search_pb2.ComposedQuery(image=search_pb2.ImageQuery(id=first_id), modification=modification),
         top_k=5))
     for number, request in enumerate(requests, 1):
         started = time.perf_counter()
@@ -60,7 +62,7 @@ def run_examples(stub, out_dir: Path) -> None:
         took = (time.perf_counter() - started) * 1000
         kind = request.WhichOneof("query")
         label = {"text": request.text, "image": f"like image {first_id}",
-                 "composed": f"image {first_id} + 'make the circle blue'"}[kind]
+                 "composed": f"image {first_id} + '{modification}' (target: {composed_query.target_id})"}[kind]
         print(f"\n== {kind} search: {label}  ({took:.0f} ms)")
         print(results_table(reply))
         write_html(out_dir / f"search-{number}.html", request, reply)
@@ -76,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     var = ROOT / "var"
     images = var / f"demo-images-{args.size}-{args.seed}"
     started = time.monotonic()
-    count = write_corpus_dir(args.size, args.seed, images)
-    print(f"demo corpus: {count} test-split images in {images}")
+    split = write_corpus_dir(args.size, args.seed, images)
+    print(f"demo corpus: {len(split.images)} test-split images in {images}")
     stack = Stack(ROOT / "model_repository", var / "log", redis_url=os.environ.get("REDIS_URL"),
                   extra_env={"INDEX_URI": str(var / f"demo-{args.size}.db")})
     try:
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             began = time.monotonic()
             indexed, failed = index_directory(stub, images, batch_size=32)
             print(f"indexed {indexed} images ({len(failed)} failed) in {time.monotonic() - began:.0f}s")
-            run_examples(stub, var)
+            run_examples(stub, var, split.composed_queries[0])
             print(f"\nResult pages: {var}/search-*.html. Logs: {var / 'log'}. Metrics: "
                   + ", ".join(p.endpoints['metrics'] for n, p in stack.processes.items() if 'metrics' in p.endpoints))
             print(f"Try it yourself: `make up`, then `.venv/bin/amcsearch index {images}` and "
