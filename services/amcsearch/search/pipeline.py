@@ -14,7 +14,7 @@ import numpy as np
 
 from amcsearch.runtime.cache import EmbeddingCache
 from amcsearch.runtime.clients import call
-from amcsearch.runtime.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from amcsearch.runtime.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from amcsearch.runtime.indexed import IndexedFeatures, encode_indexed, indexed_key
 from amcsearch.runtime.metrics import stage
 from amcsearch.runtime.tensors import to_tensor
@@ -30,6 +30,8 @@ from amcsearch.v1 import (
 log = logging.getLogger(__name__)
 SERVICE = "search"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+KEYWORD_WARM_BATCH = 256
+"""QueryEncoder's default batch limit."""
 ITEM_ERRORS = (InvalidArgument, ResourceExhausted)
 """Errors that belong to one item of a batch (its image), not to the request."""
 GIVEN = common_pb2.Keyword.GIVEN
@@ -133,6 +135,7 @@ class SearchPipeline:
             with stage(SERVICE, "index_write"):
                 await self.index.upsert(records)
             await self._warm_cache(records)
+            await self._warm_keyword_vectors(records, timeout)
         for record in records:
             outcomes[record.id] = ItemOutcome(record.id, True, keywords=record.keywords)
         return [outcomes[item.id] for item in items]
@@ -173,6 +176,19 @@ class SearchPipeline:
              for r in records},
             encode=encode_indexed,
         )
+
+    async def _warm_keyword_vectors(self, records: list[Record], timeout: float | None) -> None:
+        """Embed the batch's keywords now (one Encode call; QueryEncoder caches them), so the first
+        searches that rescore these images do not pay for it. Best effort: indexing succeeded."""
+        texts = sorted({k[0] for r in records for k in r.keywords})
+        queries = [query_encoder_pb2.QueryInput(text=t) for t in texts]
+        try:
+            with stage(SERVICE, "warm_keywords"):
+                for start in range(0, len(queries), KEYWORD_WARM_BATCH):
+                    await call(self.services.encoder.Encode, query_encoder_pb2.EncodeRequest(
+                        queries=queries[start : start + KEYWORD_WARM_BATCH]), timeout, "QueryEncoder")
+        except (Unavailable, DeadlineExceeded, InvalidArgument, ResourceExhausted) as error:
+            log.warning("keyword vectors not warmed: %s", error)
 
     async def delete(self, ids: list[str]) -> list[str]:
         deleted = await self.index.delete(ids)
