@@ -60,10 +60,17 @@ def test_redis_killed_calls_still_succeed_and_errors_are_counted(fault_stack):
     print(f"40 encodes with Redis dead took {elapsed:.2f}s")
 
 
-def test_triton_killed_gives_unavailable_within_the_deadline(fault_stack):
-    fault_stack.processes["tritonserver"].kill()
+def test_triton_killed_gives_unavailable_within_the_deadline_then_service_resumes(fault_stack):
+    triton = fault_stack.processes["tritonserver"]
+    triton.kill()
     started = time.monotonic()
     with pytest.raises(grpc.RpcError) as raised:
         encode(fault_stack, "nobody computes this", timeout=5.0)
     assert raised.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     assert time.monotonic() - started < 5.5
+    # Triton back on the same ports: the service resumes by itself, no restart.
+    triton.start()
+    http_port = int(triton.endpoints["http"].rsplit(":", 1)[1])
+    processes.wait_until(lambda: processes.triton_ready(http_port), 60, "tritonserver restart", triton)
+    processes.wait_until(lambda: len(encode(fault_stack, "computed again").embeddings) == 1, 30,
+                         "query_encoder to resume", interval=0.5)

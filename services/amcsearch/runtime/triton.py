@@ -52,6 +52,9 @@ class TritonModels:
             channel_args=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),  # resume within ~1 s once Triton is back
             ],
         )
         self._configs: dict[str, dict] = {}
