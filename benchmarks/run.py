@@ -31,6 +31,7 @@ from amcsearch.v1 import common_pb2, query_encoder_pb2, query_encoder_pb2_grpc, 
 from benchmarks import triton_bench
 from benchmarks.inprocess import InProcessSearch
 from benchmarks.measure import closed_loop, histogram_delta, scrape
+from loadtests.auth import write_metadata
 from loadtests.data import png
 from loadtests.stack import start_stack
 
@@ -65,7 +66,8 @@ async def index_corpus(stub, corpus) -> list[str]:
             items = [search_pb2.ImageItem(id=f"bench-{r.id}", image=png(p), title=r.caption, keywords=[
                 common_pb2.Keyword(text=k, confidence=float(w)) for k, w in r.noisy_keywords])
                 for r, p in records[start:start + 32]]
-            reply = await stub.Index(search_pb2.IndexRequest(items=items, skip_auto_tags=True), timeout=300)
+            reply = await stub.Index(search_pb2.IndexRequest(items=items, skip_auto_tags=True), timeout=300,
+                                     metadata=write_metadata())
             if reply.failed_count:
                 raise RuntimeError(f"indexing failed: {[r.error for r in reply.results if not r.indexed][:3]}")
             ids.extend(item.id for item in items)

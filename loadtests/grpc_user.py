@@ -82,11 +82,12 @@ class GrpcUser(User):
         channel = grpc.intercept_channel(self._channel, LocustInterceptor(environment))
         self.stub = self.stub_class(channel)
 
-    def call(self, rpc: str, request: Any, name: str | None = None) -> Any:
+    def call(self, rpc: str, request: Any, name: str | None = None,
+             metadata: list[tuple[str, str]] | None = None) -> Any:
         """Call `rpc` on the stub; failures are recorded by the interceptor, not raised."""
-        metadata = [(NAME_KEY, name)] if name else None
+        metadata = [*(metadata or []), *([(NAME_KEY, name)] if name else [])]
         try:
-            return getattr(self.stub, rpc)(request, timeout=self.timeout_seconds, metadata=metadata)
+            return getattr(self.stub, rpc)(request, timeout=self.timeout_seconds, metadata=metadata or None)
         except grpc.RpcError:
             return None
 

@@ -18,6 +18,7 @@ import random
 from amcsearch.v1 import search_pb2, search_pb2_grpc
 from locust import between, task
 
+from loadtests.auth import write_metadata
 from loadtests.data import LoadData, Zipf, data_path
 from loadtests.grpc_user import GrpcUser
 
@@ -86,4 +87,4 @@ class IndexUser(GrpcUser):
     @task
     def index(self) -> None:
         items = [search_pb2.ImageItem(id=i, image=p, title="load test") for i, p in next(self.batches)]
-        self.call("Index", search_pb2.IndexRequest(items=items), "Index")
+        self.call("Index", search_pb2.IndexRequest(items=items), "Index", write_metadata())

@@ -25,6 +25,7 @@ from pathlib import Path
 import grpc
 
 from loadtests import data as loaddata
+from loadtests.auth import write_metadata
 from loadtests.steps import StepPlan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +87,7 @@ def seed_index(target: str, load: loaddata.LoadData) -> None:
             reply = stub.Index(search_pb2.IndexRequest(skip_auto_tags=True, items=[
                 search_pb2.ImageItem(id=s.id, image=s.png, title=s.title,
                                      keywords=[common_pb2.Keyword(text=t, confidence=c) for t, c in s.keywords])
-                for s in batch]), timeout=120)
+                for s in batch]), timeout=120, metadata=write_metadata())
             if reply.failed_count:
                 raise RuntimeError(f"seeding failed: {[r.error for r in reply.results if not r.indexed][:3]}")
 
@@ -98,7 +99,8 @@ def remove_load_images(target: str, ids: list[str]) -> int:
     with grpc.insecure_channel(target) as channel:
         stub = search_pb2_grpc.SearchServiceStub(channel)
         for start in range(0, len(ids), 50):
-            removed += stub.Delete(search_pb2.DeleteRequest(ids=ids[start:start + 50]), timeout=60).deleted_count
+            removed += stub.Delete(search_pb2.DeleteRequest(ids=ids[start:start + 50]), timeout=60,
+                                   metadata=write_metadata()).deleted_count
     return removed
 
 

@@ -20,6 +20,7 @@ from amcsearch.launcher import ROOT
 from amcsearch.processes import Process, free_port, wait_until
 from amcsearch.v1 import common_pb2, search_pb2, search_pb2_grpc
 
+from loadtests.auth import write_metadata
 from loadtests.data import png
 from tests.integration.conftest import scrape
 from tests.unit.test_dashboard import dashboard, metric_selectors, queries
@@ -103,7 +104,8 @@ def searched(real_stack, ci_corpus):
         items = [search_pb2.ImageItem(id=i, image=png(p), keywords=[common_pb2.Keyword(text=k, confidence=c)
                                                                     for k, c in r.noisy_keywords])
                  for i, r, p in zip(ids, split.images[-IMAGES:], split.pixels[-IMAGES:], strict=True)]
-        assert stub.Index(search_pb2.IndexRequest(items=items), timeout=120).indexed_count == IMAGES
+        reply = stub.Index(search_pb2.IndexRequest(items=items), timeout=120, metadata=write_metadata())
+        assert reply.indexed_count == IMAGES
 
         def search_round() -> None:
             for query_ in split.text_queries[:4]:
@@ -112,7 +114,7 @@ def searched(real_stack, ci_corpus):
 
         search_round()
         yield search_round
-        stub.Delete(search_pb2.DeleteRequest(ids=ids), timeout=60)
+        stub.Delete(search_pb2.DeleteRequest(ids=ids), timeout=60, metadata=write_metadata())
 
 
 def test_every_target_is_scraped(prometheus, searched, real_stack):
