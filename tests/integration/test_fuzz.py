@@ -1,0 +1,135 @@
+"""Hypothesis-generated requests for every RPC against the real servers: only documented status
+codes come back (never INTERNAL or UNKNOWN, never a stack trace) and every server stays healthy."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from amcsearch.processes import grpc_serving
+from amcsearch.v1 import (
+    attention_rescorer_pb2,
+    attention_rescorer_pb2_grpc,
+    common_pb2,
+    feature_extractor_pb2,
+    feature_extractor_pb2_grpc,
+    keyword_tagger_pb2,
+    keyword_tagger_pb2_grpc,
+    query_encoder_pb2,
+    query_encoder_pb2_grpc,
+    search_pb2,
+    search_pb2_grpc,
+)
+
+pytestmark = pytest.mark.integration
+DOCUMENTED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
+              grpc.StatusCode.NOT_FOUND}
+FUZZ = settings(max_examples=25, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+texts = st.one_of(st.text(max_size=40), st.text(min_size=1500, max_size=2500), st.just(""), st.just(" \t\n"))
+blobs = st.one_of(st.binary(max_size=64), st.just(b""), st.just(b"\x89PNG\r\n\x1a\n" + b"\0" * 64))
+numbers = st.integers(min_value=-(2**31), max_value=2**31 - 1)
+floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
+ids = st.one_of(st.text(max_size=20), st.from_regex(r"[a-z0-9]{1,10}", fullmatch=True), st.just("x" * 200))
+
+
+@st.composite
+def tensors(draw) -> common_pb2.Tensor:
+    shape = draw(st.lists(st.integers(-3, 400), max_size=3))
+    values = draw(st.lists(floats, max_size=16))
+    data = draw(st.one_of(st.just(np.array(values, dtype="<f4").tobytes()), st.binary(max_size=64)))
+    return common_pb2.Tensor(shape=shape, dtype=draw(st.integers(0, 3)), data=data)
+
+
+image_inputs = st.one_of(st.builds(common_pb2.ImageInput, data=blobs),
+                         st.builds(lambda e, r: common_pb2.ImageInput(features=common_pb2.ImageFeatures(
+                             embedding=e, regions=r)), tensors(), tensors()),
+                         st.just(common_pb2.ImageInput()))
+query_inputs = st.one_of(st.builds(query_encoder_pb2.QueryInput, text=texts),
+                         st.builds(query_encoder_pb2.QueryInput, image=image_inputs),
+                         st.builds(lambda i, m: query_encoder_pb2.QueryInput(
+                             composed=query_encoder_pb2.ComposedQueryInput(image=i, modification=m)), image_inputs, texts))
+keywords = st.builds(common_pb2.Keyword, text=texts, confidence=floats)
+candidates = st.one_of(st.builds(attention_rescorer_pb2.Candidate, id=ids),
+                       st.builds(lambda i, r, k: attention_rescorer_pb2.Candidate(
+                           inline=attention_rescorer_pb2.InlineCandidate(id=i, regions=r, keywords=k)),
+                           ids, tensors(), st.lists(keywords, max_size=3)))
+image_queries = st.one_of(st.builds(search_pb2.ImageQuery, data=blobs), st.builds(search_pb2.ImageQuery, id=ids))
+search_requests = st.one_of(
+    st.builds(search_pb2.SearchRequest, text=texts, top_k=numbers, candidates=numbers,
+              keyword_filter=st.lists(texts, max_size=3), explain=st.booleans(), within_ids=st.lists(ids, max_size=3)),
+    st.builds(search_pb2.SearchRequest, image=image_queries, top_k=numbers),
+    st.builds(lambda q, m, k: search_pb2.SearchRequest(composed=search_pb2.ComposedQuery(image=q, modification=m), top_k=k),
+              image_queries, texts, numbers),
+    st.just(search_pb2.SearchRequest()),
+)
+index_requests = st.builds(search_pb2.IndexRequest, items=st.lists(st.builds(
+    search_pb2.ImageItem, id=ids, image=blobs, title=texts, tags=st.lists(texts, max_size=3),
+    keywords=st.lists(keywords, max_size=3)), max_size=4), skip_auto_tags=st.booleans())
+
+
+@pytest.fixture(scope="module")
+def stubs(real_stack):
+    channels = [grpc.insecure_channel(real_stack.address(m)) for m in
+                ("query_encoder", "keyword_tagger", "feature_extractor", "attention_rescorer", "search")]
+    yield {
+        "encode": query_encoder_pb2_grpc.QueryEncoderStub(channels[0]).Encode,
+        "tag": keyword_tagger_pb2_grpc.KeywordTaggerStub(channels[1]).Tag,
+        "extract": feature_extractor_pb2_grpc.FeatureExtractorStub(channels[2]).Extract,
+        "rescore": attention_rescorer_pb2_grpc.AttentionRescorerStub(channels[3]).Rescore,
+        "search": search_pb2_grpc.SearchServiceStub(channels[4]),
+    }
+    for channel in channels:
+        channel.close()
+
+
+def answered_as_documented(call, request) -> None:
+    try:
+        call(request, timeout=30)
+    except grpc.RpcError as error:
+        assert error.code() in DOCUMENTED, f"{error.code()}: {error.details()}"
+        assert "Traceback" not in (error.details() or "")
+
+
+@FUZZ
+@given(st.lists(query_inputs, max_size=5))
+def test_fuzz_encode(stubs, queries):
+    answered_as_documented(stubs["encode"], query_encoder_pb2.EncodeRequest(queries=queries))
+
+
+@FUZZ
+@given(st.lists(blobs, max_size=4), floats, numbers)
+def test_fuzz_tag_and_extract(stubs, images, threshold, top_k):
+    answered_as_documented(stubs["tag"], keyword_tagger_pb2.TagRequest(images=images, threshold=threshold, top_k=top_k))
+    answered_as_documented(stubs["extract"], feature_extractor_pb2.ExtractRequest(images=images))
+
+
+@FUZZ
+@given(tensors(), st.lists(candidates, max_size=4), st.booleans(), numbers)
+def test_fuzz_rescore(stubs, query, cands, explain, top):
+    answered_as_documented(stubs["rescore"], attention_rescorer_pb2.RescoreRequest(
+        query=query, candidates=cands, explain=explain, explain_top=top))
+
+
+@FUZZ
+@given(search_requests)
+def test_fuzz_search(stubs, request_):
+    answered_as_documented(stubs["search"].Search, request_)
+
+
+@FUZZ
+@given(index_requests, st.lists(ids, max_size=3), st.booleans())
+def test_fuzz_index_get_delete(stubs, index_request, some_ids, features):
+    answered_as_documented(stubs["search"].Index, index_request)
+    answered_as_documented(stubs["search"].Get, search_pb2.GetRequest(ids=some_ids, include_features=features))
+    answered_as_documented(stubs["search"].Delete, search_pb2.DeleteRequest(ids=[i for i in some_ids if i.startswith("zz")]))
+    answered_as_documented(stubs["search"].Stats, search_pb2.StatsRequest())
+
+
+def test_every_server_is_still_healthy_after_fuzzing(real_stack, stubs):
+    for module in ("query_encoder", "keyword_tagger", "feature_extractor", "attention_rescorer", "search"):
+        assert grpc_serving(real_stack.address(module)), module
