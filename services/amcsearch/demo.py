@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -80,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     split = write_corpus_dir(args.size, args.seed, images)
     print(f"demo corpus: {len(split.images)} test-split images in {images}")
+    index_path = var / f"demo-{args.size}.db"
+    shutil.rmtree(index_path, ignore_errors=True)  # each demo indexes afresh
     stack = Stack(ROOT / "model_repository", var / "log", redis_url=os.environ.get("REDIS_URL"),
-                  extra_env={"INDEX_URI": str(var / f"demo-{args.size}.db")})
+                  extra_env={"INDEX_URI": str(index_path)})
     try:
         stack.start(timeout=180)
         print(f"stack healthy in {time.monotonic() - started:.0f}s:\n{stack.table()}\n")
