@@ -16,7 +16,7 @@ from amcsearch.processes import grpc_serving, wait_until
 from amcsearch.query_encoder.tokenize import Tokenizer
 from amcsearch.v1 import search_pb2, search_pb2_grpc
 from models.eval.metrics import ndcg_at_k
-from tests.integration.conftest import png, run
+from tests.integration.conftest import metric_value, png, run, scrape
 
 pytestmark = pytest.mark.integration
 MAX_TEXT_QUERIES = 60
@@ -201,6 +201,8 @@ def test_rescorer_down_degrades_to_ann_order(search, indexed, real_stack):
         reply = search.Search(search_pb2.SearchRequest(text="small blue square", top_k=5), timeout=30)
         assert reply.stages == ["encode", "ann"]
         assert reply.degradations[0].stage == "rescore"
+        metrics = scrape(real_stack.processes["search"].endpoints["metrics"])
+        assert metric_value(metrics, "amcsearch_search_degradations_total", stage="rescore") >= 1
         assert [r.score for r in reply.results] == sorted([r.ann_score for r in reply.results], reverse=True)
     finally:
         rescorer.start()

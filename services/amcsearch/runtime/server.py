@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from amcsearch.runtime.interceptor import ServiceInterceptor
-from amcsearch.runtime.metrics import serve_metrics
+from amcsearch.runtime.metrics import READY, serve_metrics
 from amcsearch.runtime.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class RunningServer:
 
 
 async def _set_serving(running: RunningServer, serving: bool) -> None:
+    READY.labels(running.name).set(1 if serving else 0)
     status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ["", *running.service_names]:
         await running.health.set(name, status)

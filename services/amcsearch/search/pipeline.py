@@ -16,7 +16,7 @@ from amcsearch.runtime.cache import EmbeddingCache
 from amcsearch.runtime.clients import call
 from amcsearch.runtime.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from amcsearch.runtime.indexed import IndexedFeatures, encode_indexed, indexed_key
-from amcsearch.runtime.metrics import stage
+from amcsearch.runtime.metrics import DEGRADATIONS, stage
 from amcsearch.runtime.tensors import to_tensor
 from amcsearch.search.index import MilvusIndex, Record
 from amcsearch.v1 import (
@@ -231,6 +231,7 @@ class SearchPipeline:
             except (Unavailable, NotFound) as error:
                 log.warning("rescoring skipped: %s", error)
                 degradations.append(("rescore", f"AttentionRescorer failed ({error}): ANN order returned"))
+                DEGRADATIONS.labels("rescore").inc()
         return SearchOutcome(results[:top_k], stages, degradations)
 
     async def _rescore(self, vector: np.ndarray, results: list[Result], explain: bool,
