@@ -1,0 +1,97 @@
+"""Per-RPC latency of the four model services, cache hit vs miss: `python -m benchmarks.rpc_latency`.
+
+Starts the stack on free ports (the model_repository as built), calls each RPC N times with
+fresh inputs (misses) and N times with repeated inputs (hits), and prints a markdown table of
+p50 / p90 in milliseconds. Bounded: N calls per row, loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from amcsearch.launcher import ROOT, Stack
+from amcsearch.runtime.tensors import to_tensor
+from amcsearch.v1 import (
+    attention_rescorer_pb2,
+    attention_rescorer_pb2_grpc,
+    common_pb2,
+    feature_extractor_pb2,
+    feature_extractor_pb2_grpc,
+    keyword_tagger_pb2,
+    keyword_tagger_pb2_grpc,
+    query_encoder_pb2,
+    query_encoder_pb2_grpc,
+)
+from tests.integration.conftest import png
+
+
+def timed(call, requests) -> list[float]:
+    times = []
+    for request in requests:
+        started = time.perf_counter()
+        call(request, timeout=60)
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def row(name: str, times: list[float]) -> str:
+    return f"| {name} | {np.percentile(times, 50):.1f} | {np.percentile(times, 90):.1f} | {len(times)} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=30)
+    args = parser.parse_args()
+    from models.corpus import load_or_build_corpus
+
+    split = load_or_build_corpus("ci", 0).test
+    images = [png(p) for p in split.pixels[: 2 * args.calls]]
+    work = Path(tempfile.mkdtemp(prefix="amcsearch-rpc-latency-"))
+    stack = Stack(ROOT / "model_repository", work / "logs", extra_env={"INDEX_URI": str(work / "index.db")})
+    stack.start(timeout=300)
+    try:
+        channel = lambda m: grpc.insecure_channel(stack.address(m))  # noqa: E731
+        encoder = query_encoder_pb2_grpc.QueryEncoderStub(channel("query_encoder")).Encode
+        extractor = feature_extractor_pb2_grpc.FeatureExtractorStub(channel("feature_extractor")).Extract
+        tagger = keyword_tagger_pb2_grpc.KeywordTaggerStub(channel("keyword_tagger")).Tag
+        rescorer = attention_rescorer_pb2_grpc.AttentionRescorerStub(channel("attention_rescorer")).Rescore
+
+        def text(i: int) -> query_encoder_pb2.EncodeRequest:
+            return query_encoder_pb2.EncodeRequest(queries=[query_encoder_pb2.QueryInput(text=f"red circle number {i}")])
+
+        def extract(batch: list[bytes]) -> feature_extractor_pb2.ExtractRequest:
+            return feature_extractor_pb2.ExtractRequest(images=batch)
+
+        rows = ["| RPC | p50 ms | p90 ms | calls |", "| --- | --- | --- | --- |"]
+        rows.append(row("Encode 1 text, miss", timed(encoder, [text(i) for i in range(args.calls)])))
+        rows.append(row("Encode 1 text, hit", timed(encoder, [text(i) for i in range(args.calls)])))
+        rows.append(row("Extract 1 image, miss", timed(extractor, [extract([img]) for img in images[: args.calls]])))
+        rows.append(row("Extract 1 image, hit", timed(extractor, [extract([img]) for img in images[: args.calls]])))
+        batches = [images[i : i + 8] for i in range(args.calls, 2 * args.calls, 8)]
+        rows.append(row("Extract 8 images, miss", timed(extractor, [extract(b) for b in batches])))
+        rows.append(row("Tag 1 image", timed(tagger, [keyword_tagger_pb2.TagRequest(images=[img]) for img in images[: args.calls]])))
+        features = extractor(extract(images[:50]), timeout=60).results
+        inline = [attention_rescorer_pb2.Candidate(inline=attention_rescorer_pb2.InlineCandidate(
+            id=record.id, regions=f.features.regions,
+            keywords=[common_pb2.Keyword(text=t, confidence=c) for t, c in record.noisy_keywords]))
+            for record, f in zip(split.images[:50], features)]
+        query = encoder(text(0), timeout=60).embeddings[0].embedding
+        rescore = attention_rescorer_pb2.RescoreRequest(query=query, candidates=inline)
+        rows.append(row("Rescore 50 inline candidates (keyword vectors cached after the first)",
+                        timed(rescorer, [rescore] * args.calls)))
+        rescore_explain = attention_rescorer_pb2.RescoreRequest(query=to_tensor(np.frombuffer(query.data, "<f4")),
+                                                                candidates=inline, explain=True)
+        rows.append(row("Rescore 50 inline candidates, explain", timed(rescorer, [rescore_explain] * args.calls)))
+        print("\n".join(rows))
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()
