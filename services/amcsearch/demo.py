@@ -32,9 +32,9 @@ def write_corpus_dir(size: str, seed: int, directory: Path):
     The scenes' themes are never drawn: only these external keywords carry them (as Clickture's
     auto-tags do), which is what AMC's keyword modality is for.
     """
-    from models.corpus import load_or_build_corpus  # only the demo needs the corpus generator
-
     from PIL import Image
+
+    from models.corpus import load_or_build_corpus  # only the demo needs the corpus generator
 
     split = load_or_build_corpus(size, seed).test
     directory.mkdir(parents=True, exist_ok=True)

@@ -32,8 +32,8 @@ async def main() -> None:
     settings = load_settings()
     triton = TritonModels(settings.triton, "attention_rescorer")
     cache = EmbeddingCache(settings.cache, "attention_rescorer")
-    search_channel = open_channel(settings.search_addr)
-    encoder_channel = open_channel(settings.query_encoder_addr)
+    search_channel = open_channel(settings.search_addr, settings.client_tls)
+    encoder_channel = open_channel(settings.query_encoder_addr, settings.client_tls)
     search = search_pb2_grpc.SearchServiceStub(search_channel)
     encoder = query_encoder_pb2_grpc.QueryEncoderStub(encoder_channel)
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amcsearch.runtime.settings import CacheSettings, ServerSettings, TritonSettings, env, from_env, nested
+from amcsearch.runtime.settings import (
+    CacheSettings,
+    ClientTLSSettings,
+    ServerSettings,
+    TritonSettings,
+    env,
+    from_env,
+    nested,
+)
 
 PREFIX = "ATTENTION_RESCORER"
 
@@ -15,6 +23,7 @@ class AttentionRescorerSettings:
     server: ServerSettings = nested(ServerSettings)
     triton: TritonSettings = nested(TritonSettings)
     cache: CacheSettings = nested(CacheSettings)
+    client_tls: ClientTLSSettings = nested(ClientTLSSettings)
     search_addr: str = env("SEARCH_ADDR", default="127.0.0.1:50050")
     """The gateway, whose Get reads the index of record for feature-cache misses."""
     query_encoder_addr: str = env("QUERY_ENCODER_ADDR", default="127.0.0.1:50051")

@@ -8,21 +8,40 @@ from typing import Any, TypeVar
 import grpc
 
 from amcsearch.runtime.errors import DeadlineExceeded, from_rpc_error
+from amcsearch.runtime.settings import ClientTLSSettings
 
 R = TypeVar("R")
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
-def open_channel(address: str) -> grpc.aio.Channel:
-    """A channel that reconnects within ~1 s once a restarted peer is back (gRPC's default
-    backoff grows to 120 s, which would keep a recovered service degraded for minutes)."""
-    return grpc.aio.insecure_channel(address, options=[
+def channel_credentials(tls: ClientTLSSettings) -> grpc.ChannelCredentials | None:
+    if not tls.ca_file:
+        return None
+
+    def read(path: str) -> bytes | None:
+        if not path:
+            return None
+        with open(path, "rb") as file:
+            return file.read()
+
+    return grpc.ssl_channel_credentials(read(tls.ca_file), read(tls.key_file), read(tls.cert_file))
+
+
+def open_channel(address: str, tls: ClientTLSSettings | None = None) -> grpc.aio.Channel:
+    """A channel (TLS when `tls` names a CA) that reconnects within ~1 s once a restarted peer
+    is back (gRPC's default backoff grows to 120 s, which would keep a recovered service
+    degraded for minutes)."""
+    options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 1000),
-    ])
+    ]
+    credentials = channel_credentials(tls) if tls is not None else None
+    if credentials is not None:
+        return grpc.aio.secure_channel(address, credentials, options=options)
+    return grpc.aio.insecure_channel(address, options=options)
 
 
 async def call(method: Callable[..., Awaitable[R]], request: Any, timeout: float | None, what: str) -> R:

@@ -69,6 +69,22 @@ async def _watch_readiness(running: RunningServer, readiness: ReadinessCheck) ->
         await asyncio.sleep(HEALTH_POLL_SECONDS)
 
 
+def _read(path: str) -> bytes:
+    with open(path, "rb") as file:
+        return file.read()
+
+
+def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    """TLS when a certificate is configured; mTLS when a client CA is configured too."""
+    if not settings.tls_cert_file:
+        return None
+    client_ca = _read(settings.tls_client_ca_file) if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(_read(settings.tls_key_file), _read(settings.tls_cert_file))],
+        root_certificates=client_ca, require_client_auth=client_ca is not None,
+    )
+
+
 async def start_server(
     name: str,
     settings: ServerSettings,
@@ -92,7 +108,9 @@ async def start_server(
         [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
     )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    credentials = server_credentials(settings)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"{name} could not bind {settings.host}:{settings.port}")
     metrics_port = serve_metrics(settings.metrics_port, settings.host)

@@ -89,8 +89,17 @@ class ServerSettings:
     """Graceful shutdown period on SIGTERM; keep it below the pod's termination grace period."""
     default_deadline_seconds: float = 30.0
     """Deadline applied to downstream calls when the caller set none."""
+    tls_cert_file: str = ""
+    """PEM certificate chain: when set (with tls_key_file), the port serves TLS only."""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    """PEM CA bundle: when set, clients must present a certificate it signed (mTLS)."""
 
     def validate(self) -> None:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise SettingsError("TLS needs both <SERVICE>_TLS_CERT_FILE and <SERVICE>_TLS_KEY_FILE")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise SettingsError("<SERVICE>_TLS_CLIENT_CA_FILE (mTLS) needs the server's TLS certificate too")
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"port {self.port} is not in 0..65535")
         if self.max_concurrent_rpcs < 1:
@@ -133,3 +142,14 @@ class ImageLimits:
     """Decoded width x height; larger images are refused before decoding (decompression bombs)."""
     image_size: int = 128
     """Side of the square the models take; every image is resized to it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientTLSSettings:
+    """How a service calls the other services: plaintext unless TLS_CA_FILE is set."""
+
+    ca_file: str = env("TLS_CA_FILE", default="")
+    """PEM CA bundle that signed the services' certificates."""
+    cert_file: str = env("TLS_CLIENT_CERT_FILE", default="")
+    """This service's client certificate, for servers that require mTLS."""
+    key_file: str = env("TLS_CLIENT_KEY_FILE", default="")

@@ -2,7 +2,8 @@
 
 import asyncio
 
-from amcsearch.processes import grpc_serving
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from amcsearch.runtime.cache import EmbeddingCache
 from amcsearch.runtime.clients import open_channel
 from amcsearch.runtime.logs import setup_logging
@@ -26,7 +27,7 @@ async def main() -> None:
     index = MilvusIndex(settings.milvus_uri, settings.collection, settings.milvus_token)
     await index.open()
     cache = EmbeddingCache(settings.cache, "search")
-    channels = [open_channel(a) for a in (settings.query_encoder_addr, settings.keyword_tagger_addr,
+    channels = [open_channel(a, settings.client_tls) for a in (settings.query_encoder_addr, settings.keyword_tagger_addr,
                                           settings.feature_extractor_addr, settings.attention_rescorer_addr)]
     services = ModelServices(
         encoder=query_encoder_pb2_grpc.QueryEncoderStub(channels[0]),
@@ -34,12 +35,14 @@ async def main() -> None:
         extractor=feature_extractor_pb2_grpc.FeatureExtractorStub(channels[2]),
         rescorer=attention_rescorer_pb2_grpc.AttentionRescorerStub(channels[3]),
     )
+    encoder_health = health_pb2_grpc.HealthStub(channels[0])
     pipeline = SearchPipeline(index, services, cache, settings.tagger_threshold)
 
     async def ready() -> bool:
         """The index answers and the query encoder serves; a missing rescorer only degrades."""
         await index.count()
-        return await asyncio.to_thread(grpc_serving, settings.query_encoder_addr)
+        reply = await encoder_health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
 
     def add(server):
         search_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(pipeline, settings), server)

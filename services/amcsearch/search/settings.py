@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amcsearch.runtime.settings import CacheSettings, ServerSettings, SettingsError, env, from_env, nested
+from amcsearch.runtime.settings import (
+    CacheSettings,
+    ClientTLSSettings,
+    ServerSettings,
+    SettingsError,
+    env,
+    from_env,
+    nested,
+)
 
 PREFIX = "SEARCH"
 
@@ -13,6 +21,7 @@ PREFIX = "SEARCH"
 class SearchSettings:
     server: ServerSettings = nested(ServerSettings)
     cache: CacheSettings = nested(CacheSettings)
+    client_tls: ClientTLSSettings = nested(ClientTLSSettings)
     milvus_uri: str = env("INDEX_URI", default="var/milvus.db")
     """A file path means milvus-lite; http://host:19530 a Milvus server or cluster. (Not named
     MILVUS_URI: pymilvus reads that variable itself at import and rejects file paths.)"""
