@@ -13,6 +13,7 @@ from amcsearch.runtime.clients import call, open_channel
 from amcsearch.runtime.indexed import IndexedFeatures
 from amcsearch.runtime.logs import setup_logging
 from amcsearch.runtime.server import run_service
+from amcsearch.runtime.tensors import to_array
 from amcsearch.runtime.triton import TritonModels
 from amcsearch.v1 import (
     attention_rescorer_pb2,
@@ -22,10 +23,6 @@ from amcsearch.v1 import (
     search_pb2,
     search_pb2_grpc,
 )
-
-
-def _array(tensor) -> np.ndarray:
-    return np.frombuffer(tensor.data, dtype="<f4").reshape(tuple(tensor.shape))
 
 
 async def main() -> None:
@@ -41,7 +38,7 @@ async def main() -> None:
         reply = await call(search.Get, search_pb2.GetRequest(ids=ids, include_features=True), timeout,
                            "SearchService.Get")
         return {
-            image.id: IndexedFeatures(image.id, _array(image.features.regions),
+            image.id: IndexedFeatures(image.id, to_array(image.features.regions),
                                       [(k.text, k.confidence) for k in image.keywords])
             for image in reply.images
         }
@@ -49,7 +46,7 @@ async def main() -> None:
     async def embed_keywords(texts: list[str], timeout: float | None) -> dict[str, np.ndarray]:
         request = query_encoder_pb2.EncodeRequest(queries=[query_encoder_pb2.QueryInput(text=t) for t in texts])
         reply = await call(encoder.Encode, request, timeout, "QueryEncoder.Encode")
-        return {text: _array(e.embedding) for text, e in zip(texts, reply.embeddings)}
+        return {text: to_array(e.embedding) for text, e in zip(texts, reply.embeddings)}
 
     rescorer = AttentionRescorer(triton, cache, settings.collection, read_index, embed_keywords)
 

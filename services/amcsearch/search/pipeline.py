@@ -17,7 +17,7 @@ from amcsearch.runtime.clients import call
 from amcsearch.runtime.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from amcsearch.runtime.indexed import IndexedFeatures, encode_indexed, indexed_key
 from amcsearch.runtime.metrics import DEGRADATIONS, stage
-from amcsearch.runtime.tensors import to_tensor
+from amcsearch.runtime.tensors import to_array, to_tensor
 from amcsearch.search.index import MilvusIndex, Record
 from amcsearch.v1 import (
     attention_rescorer_pb2,
@@ -36,11 +36,6 @@ ITEM_ERRORS = (InvalidArgument, ResourceExhausted)
 """Errors that belong to one item of a batch (its image), not to the request."""
 GIVEN = common_pb2.Keyword.GIVEN
 AUTO = common_pb2.Keyword.AUTO
-
-
-def array(tensor: common_pb2.Tensor) -> np.ndarray:
-    dtype = "<f2" if tensor.dtype == common_pb2.Tensor.FLOAT16 else "<f4"
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(tuple(tensor.shape)).astype(np.float32)
 
 
 def normalize_keyword(text: str) -> str:
@@ -127,7 +122,7 @@ class SearchPipeline:
         except ITEM_ERRORS:
             good, features, keywords = await self._analyse_one_by_one(good, outcomes, auto_tags, timeout)
         records = [
-            Record(item.id, array(f.embedding), array(f.regions), item.title,
+            Record(item.id, to_array(f.embedding), to_array(f.regions), item.title,
                    merge_keywords(item.tags, item.keywords, kws), item.metadata)
             for item, f, kws in zip(good, features, keywords)
         ]
@@ -202,7 +197,7 @@ class SearchPipeline:
             reply = await call(self.services.encoder.Encode, query_encoder_pb2.EncodeRequest(queries=[query]),
                                timeout, "QueryEncoder")
         self.model_builds.update(reply.model_builds)
-        return array(reply.embeddings[0].embedding)
+        return to_array(reply.embeddings[0].embedding)
 
     async def indexed_image(self, image_id: str) -> common_pb2.ImageInput:
         records = await self.index.get([image_id], with_features=True)
