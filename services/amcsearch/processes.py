@@ -1,13 +1,12 @@
 """Start and stop the real processes of the stack: tritonserver, redis-server, the services.
 
 Used by the launcher (`make up`, `make demo`) and by the integration tests, so that tests run
-exactly what users run. Every child gets PR_SET_PDEATHSIG, so none outlives the launcher even
-if the launcher itself is killed.
+exactly what users run. Every child gets a parent-death signal (setpriv --pdeathsig), so none
+outlives the launcher even if the launcher itself is killed.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
@@ -27,14 +26,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
+def _die_with_parent(argv: list[str]) -> list[str]:
+    """Prefix `argv` with util-linux's setpriv so the child gets SIGTERM if we die.
 
-
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+    Not a preexec_fn: running Python code between fork and exec can deadlock in a process with
+    threads (gRPC has several), which hung a test here.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
 
 
 def free_port() -> int:
@@ -59,8 +58,8 @@ class Process:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log_file = open(self.log_path, "ab")
         self.popen = subprocess.Popen(
-            self.argv, env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, start_new_session=True,
+            _die_with_parent(self.argv), env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
         )
         log_file.close()
 
