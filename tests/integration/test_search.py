@@ -277,3 +277,10 @@ def test_write_rpcs_need_the_bearer_token_when_one_is_set(real_stack, ci_corpus,
     finally:
         process.stop()
 
+
+
+def test_index_size_gauge_follows_the_index(search, indexed, real_stack):
+    count = search.Stats(search_pb2.StatsRequest(), timeout=30).image_count
+    metrics = real_stack.processes["search"].endpoints["metrics"]
+    wait_until(lambda: metric_value(scrape(metrics), "amcsearch_index_images") == count, 10,
+               "amcsearch_index_images to equal Stats.image_count", interval=0.5)

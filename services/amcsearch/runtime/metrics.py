@@ -48,7 +48,7 @@ TRITON_SECONDS = Histogram(
 READY = Gauge("amcsearch_ready", "1 while the service's dependencies answer (its health is SERVING).", ["service"])
 DEGRADATIONS = Counter("amcsearch_search_degradations_total",
                        "Searches answered OK with a stage skipped (e.g. rescoring), by stage.", ["stage"])
-INDEX_IMAGES = Gauge("amcsearch_index_images", "Images in the index of record (set by Stats, Index and Delete).",
+INDEX_IMAGES = Gauge("amcsearch_index_images", "Images in the index of record (refreshed by the gateway's readiness poll every 2 s and by Stats).",
                      ["collection"])
 
 

@@ -24,6 +24,7 @@ from pymilvus.exceptions import MilvusException
 
 from amcsearch.runtime import contract as c
 from amcsearch.runtime.errors import Unavailable
+from amcsearch.runtime.metrics import INDEX_IMAGES
 
 log = logging.getLogger(__name__)
 
@@ -189,4 +190,6 @@ class MilvusIndex:
     async def count(self) -> int:
         assert self.client is not None
         rows = await self._run(self.client.query, self.collection, filter="", output_fields=["count(*)"])
-        return int(rows[0]["count(*)"])
+        count = int(rows[0]["count(*)"])
+        INDEX_IMAGES.labels(self.collection).set(count)  # refreshed by every readiness poll and Stats
+        return count

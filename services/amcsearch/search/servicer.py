@@ -6,7 +6,7 @@ import grpc
 
 from amcsearch.runtime.auth import check_bearer
 from amcsearch.runtime.errors import InvalidArgument, limit, require
-from amcsearch.runtime.metrics import BATCH_ITEMS, INDEX_IMAGES
+from amcsearch.runtime.metrics import BATCH_ITEMS
 from amcsearch.runtime.tensors import to_tensor
 from amcsearch.search.index import INDEX_VERSION
 from amcsearch.search.pipeline import ID_PATTERN, IndexItem, ItemOutcome, SearchPipeline
@@ -69,7 +69,6 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             for o in (by_id[i] for i in ids)
         ]
         indexed = sum(r.indexed for r in results)
-        await self._publish_size()
         return search_pb2.IndexResponse(results=results, indexed_count=indexed, failed_count=count - indexed)
 
     def _text(self, text: str, what: str) -> str:
@@ -151,16 +150,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         check_bearer(context.invocation_metadata(), self.settings.auth_token, "Delete")
         ids = self._ids(request.ids)
         deleted = set(await self.pipeline.delete(ids))
-        await self._publish_size()
         return search_pb2.DeleteResponse(deleted_count=len(deleted), missing_ids=[i for i in ids if i not in deleted])
-
-    async def _publish_size(self) -> int:
-        count = await self.pipeline.index.count()
-        INDEX_IMAGES.labels(self.pipeline.index.collection).set(count)
-        return count
 
     async def Stats(self, request: search_pb2.StatsRequest, context: grpc.aio.ServicerContext):
         index = self.pipeline.index
-        return search_pb2.StatsResponse(image_count=await self._publish_size(), collection=index.collection,
+        return search_pb2.StatsResponse(image_count=await index.count(), collection=index.collection,
                                         index_backend=index.backend, model_builds=self.pipeline.model_builds,
                                         index_version=INDEX_VERSION)
