@@ -38,7 +38,7 @@ def _best_object_grade(objects: Sequence[SceneObject], attrs: dict[str, str]) ->
     return 2 if best == 0 else 1 if best == 1 else 0
 
 
-def _layout(src: ImageRecord, rng: np.random.Generator) -> tuple[str, Grader]:
+def _layout(src: ImageRecord, rng: np.random.Generator) -> tuple[str, dict]:
     o = src.objects[int(rng.integers(len(src.objects)))]
     if rng.random() < 0.25:  # count query: "two red objects", "three circles"
         key = "color" if rng.random() < 0.5 else "shape"
@@ -50,33 +50,17 @@ def _layout(src: ImageRecord, rng: np.random.Generator) -> tuple[str, Grader]:
             noun = value if n == 1 else PLURALS[value]
         text = _pick(rng, ("{n} {noun}", "exactly {n} {noun}", "image with {n} {noun}"))
         text = text.format(n=NUMBER_WORDS[n], noun=noun)
-
-        def grade_count(r: ImageRecord) -> int:
-            c = sum(getattr(x, key) == value for x in r.objects)
-            return 2 if c == n else 1 if c > 0 else 0
-
-        return text, grade_count
+        return text, {"kind": "count", "key": key, "value": value, "n": n}
     attrs = {"color": o.color, "shape": o.shape}
     if rng.random() < 0.7:
         attrs["size"] = o.size
     cell = CELLS[o.cell]
     text = _pick(rng, ("{p} {c}", "{p} at the {c}", "{p} in the {c} cell", "{c} {p}"))
     text = text.format(p=_phrase(attrs), c=cell)
-
-    def grade_layout(r: ImageRecord) -> int:
-        at = [x for x in r.objects if x.cell == o.cell]
-        if at and _mismatches(at[0], attrs) == 0:
-            return 2
-        if any(_mismatches(x, attrs) == 0 for x in r.objects):
-            return 1  # right object, wrong place
-        if at and _mismatches(at[0], attrs) == 1:
-            return 1  # right place, one attribute off
-        return 0
-
-    return text, grade_layout
+    return text, {"kind": "layout", "attrs": attrs, "cell": o.cell}
 
 
-def _attribute(src: ImageRecord, rng: np.random.Generator) -> tuple[str, Grader]:
+def _attribute(src: ImageRecord, rng: np.random.Generator) -> tuple[str, dict]:
     o = src.objects[int(rng.integers(len(src.objects)))]
     u = rng.random()
     if u < 0.6:
@@ -86,41 +70,62 @@ def _attribute(src: ImageRecord, rng: np.random.Generator) -> tuple[str, Grader]
     else:
         attrs = {"size": o.size, "shape": o.shape}
     text = _pick(rng, ("{p}", "a {p}", "images with a {p}", "picture of a {p}")).format(p=_phrase(attrs))
-    return text, lambda r: _best_object_grade(r.objects, attrs)
+    return text, {"kind": "attribute", "attrs": attrs}
 
 
-def _theme(src: ImageRecord, rng: np.random.Generator) -> tuple[str, Grader]:
+def _theme(src: ImageRecord, rng: np.random.Generator) -> tuple[str, dict]:
     theme = src.theme
     text = _pick(rng, ("{t} images", "{t} pictures", "a {t} photo", "{t}")).format(t=theme)
-    return text, lambda r: 2 if r.theme == theme else 0
+    return text, {"kind": "theme", "theme": theme}
 
 
-def _mixed(src: ImageRecord, rng: np.random.Generator) -> tuple[str, Grader]:
+def _mixed(src: ImageRecord, rng: np.random.Generator) -> tuple[str, dict]:
     o = src.objects[int(rng.integers(len(src.objects)))]
     attrs = {"color": o.color, "shape": o.shape}
     if rng.random() < 0.3:
         attrs["size"] = o.size
     theme = src.theme
     text = _pick(rng, ("{t} picture with a {p}", "{p} in a {t} image", "{t} {p}")).format(t=theme, p=_phrase(attrs))
+    return text, {"kind": "mixed", "attrs": attrs, "theme": theme}
 
-    def grade_mixed(r: ImageRecord) -> int:
-        met = (r.theme == theme) + (_best_object_grade(r.objects, attrs) == 2)
-        return int(met)  # 2 both constraints, 1 one of them, 0 none
 
-    return text, grade_mixed
+def grade(spec: dict, r: ImageRecord) -> int:
+    """The graded relevance (2 every constraint met, 1 some, 0 none) of any image to the query
+    whose constraints `spec` holds: the same rule for its 50 candidates and the whole index."""
+    kind = spec["kind"]
+    if kind == "count":
+        c = sum(getattr(x, spec["key"]) == spec["value"] for x in r.objects)
+        return 2 if c == spec["n"] else 1 if c > 0 else 0
+    if kind == "layout":
+        attrs = spec["attrs"]
+        at = [x for x in r.objects if x.cell == spec["cell"]]
+        if at and _mismatches(at[0], attrs) == 0:
+            return 2
+        if any(_mismatches(x, attrs) == 0 for x in r.objects):
+            return 1  # right object, wrong place
+        if at and _mismatches(at[0], attrs) == 1:
+            return 1  # right place, one attribute off
+        return 0
+    if kind == "attribute":
+        return _best_object_grade(r.objects, spec["attrs"])
+    if kind == "theme":
+        return 2 if r.theme == spec["theme"] else 0
+    if kind == "mixed":
+        return int((r.theme == spec["theme"]) + (_best_object_grade(r.objects, spec["attrs"]) == 2))
+    raise ValueError(f"unknown query kind {kind!r}")
 
 
 _MAKERS = {"layout": _layout, "attribute": _attribute, "theme": _theme, "mixed": _mixed}
 
 
 def _candidates(
-    src_index: int, grade: Grader, images: Sequence[ImageRecord], rng: np.random.Generator
+    src_index: int, grader: Grader, images: Sequence[ImageRecord], rng: np.random.Generator
 ) -> tuple[list[str], list[int]]:
     """The source, 3-10 more fully relevant, 10-20 partial (hard negatives), the rest drawn at
     random from a pool of the split; returned in random order."""
     pool_size = min(len(images), 250)
     pool = [i for i in rng.choice(len(images), size=pool_size, replace=False) if i != src_index]
-    grades = {int(i): grade(images[i]) for i in pool}
+    grades = {int(i): grader(images[i]) for i in pool}
     by_grade = {g: [i for i in grades if grades[i] == g] for g in (2, 1, 0)}
     chosen = [src_index]
     chosen += by_grade[2][: int(rng.integers(3, 11))]
@@ -130,7 +135,7 @@ def _candidates(
     chosen += rest[: N_CANDIDATES - len(chosen)]
     order = rng.permutation(len(chosen))
     ids = [images[chosen[j]].id for j in order]
-    rel = [grade(images[chosen[j]]) for j in order]
+    rel = [grader(images[chosen[j]]) for j in order]
     return ids, rel
 
 
@@ -142,9 +147,9 @@ def make_text_queries(
     for family in FAMILIES:
         for _ in range(n_per_family):
             src = int(rng.integers(len(images)))
-            text, grade = _MAKERS[family](images[src], rng)
-            ids, rel = _candidates(src, grade, images, rng)
-            out.append(TextQuery(f"{prefix}-text-{len(out):05d}", text, family, ids, rel))
+            text, spec = _MAKERS[family](images[src], rng)
+            ids, rel = _candidates(src, lambda r, spec=spec: grade(spec, r), images, rng)
+            out.append(TextQuery(f"{prefix}-text-{len(out):05d}", text, family, ids, rel, spec))
     return out
 
 

@@ -30,6 +30,8 @@ class TextQuery:
     family: str  # "layout", "attribute", "theme" or "mixed"
     candidate_ids: list[str]
     relevance: list[int]  # 2 all constraints met, 1 partial, 0 none
+    spec: dict[str, Any] = field(default_factory=dict)
+    """The query's constraints: queries.grade(spec, image) grades any image (whole-index protocol)."""
 
 
 @dataclass(frozen=True)

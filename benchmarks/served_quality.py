@@ -1,0 +1,110 @@
+"""Served quality over the whole index: each text query of a split ranked by Search over every
+indexed image, graded with the corpus's own rule (models.corpus.queries.grade).
+
+    python -m benchmarks.served_quality --size ci --split test
+
+Used by the scale benchmark (NDCG@10 at each size) and runnable on its own against a fresh stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import grpc
+import numpy as np
+from amcsearch.v1 import common_pb2, search_pb2, search_pb2_grpc
+
+from loadtests.auth import write_metadata
+from loadtests.data import png
+from loadtests.stack import start_stack
+from models.corpus.queries import grade
+from models.eval.metrics import dcg_at_k
+
+ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("served_quality")
+
+
+def image_items(split, prefix: str = "") -> list[search_pb2.ImageItem]:
+    """The split's images as the benchmarks index them: the corpus's noisy keywords as weighted
+    keywords (no auto tags), the caption as the title."""
+    return [search_pb2.ImageItem(
+        id=f"{prefix}{r.id}", image=png(p), title=r.caption,
+        keywords=[common_pb2.Keyword(text=k, confidence=float(w)) for k, w in r.noisy_keywords])
+        for r, p in zip(split.images, split.pixels, strict=True)]
+
+
+async def index_split(stub, split, prefix: str = "", batch: int = 32) -> None:
+    items = image_items(split, prefix)
+    for start in range(0, len(items), batch):
+        reply = await stub.Index(search_pb2.IndexRequest(items=items[start:start + batch], skip_auto_tags=True),
+                                 timeout=300, metadata=write_metadata())
+        if reply.failed_count:
+            raise RuntimeError(f"indexing failed: {[r.error for r in reply.results if not r.indexed][:3]}")
+
+
+async def whole_index_ndcg(stub, split, k: int = 10, prefix: str = "", concurrency: int = 4,
+                           candidates: int = 0) -> dict[str, float]:
+    """Mean NDCG@k per query family and over all, each query ranked over the whole index."""
+    by_id = {f"{prefix}{r.id}": r for r in split.images}
+    scores: dict[str, list[float]] = {}
+    queue = list(split.text_queries)
+
+    async def worker() -> None:
+        while queue:
+            query = queue.pop()
+            reply = await stub.Search(search_pb2.SearchRequest(text=query.text, top_k=k, candidates=candidates),
+                                      timeout=60)
+            if reply.degradations:
+                raise RuntimeError(f"degraded search: {reply.degradations}")
+            ranked = [grade(query.spec, by_id[r.id]) for r in reply.results if r.id in by_id]
+            ideal = sorted((grade(query.spec, r) for r in split.images), reverse=True)[:k]
+            score = whole_index_score(ranked, ideal, k)
+            scores.setdefault(query.family, []).append(score)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    out = {family: float(np.mean(values)) for family, values in sorted(scores.items())}
+    out["all"] = float(np.mean([v for values in scores.values() for v in values]))
+    return out
+
+
+def whole_index_score(ranked: list[int], ideal: list[int], k: int) -> float:
+    """NDCG@k against the ideal ranking of the whole index (not just the returned list)."""
+    best = dcg_at_k(ideal, k)
+    return dcg_at_k(ranked, k) / best if best > 0 else 0.0
+
+
+async def main_async(args) -> None:
+    from models.corpus import load_or_build_corpus
+
+    corpus = load_or_build_corpus(args.size, args.seed)
+    split = corpus.test if args.split == "test" else corpus.train
+    stack = start_stack(args.repository, args.work, {"TRITON_CANARY_INTERVAL_SECONDS": "3600"})
+    try:
+        async with grpc.aio.insecure_channel(stack.address("search")) as channel:
+            stub = search_pb2_grpc.SearchServiceStub(channel)
+            await index_split(stub, split)
+            result = await whole_index_ndcg(stub, split, args.k)
+            print(f"load average {os.getloadavg()}; {len(split.images)} images, {len(split.text_queries)} queries")
+            print(" ".join(f"{family} {value:.4f}" for family, value in result.items()))
+    finally:
+        stack.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="ci")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", default="test", choices=["test", "train"])
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
+    parser.add_argument("--work", type=Path, default=ROOT / "build" / "served_quality")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
