@@ -14,8 +14,8 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-
 from amcsearch.launcher import ROOT, Stack
+from amcsearch.runtime.quantize import quantize_regions
 from amcsearch.runtime.tensors import to_tensor
 from amcsearch.v1 import (
     attention_rescorer_pb2,
@@ -28,7 +28,8 @@ from amcsearch.v1 import (
     query_encoder_pb2,
     query_encoder_pb2_grpc,
 )
-from tests.integration.conftest import png
+
+from loadtests.data import png
 
 
 def timed(call, requests) -> list[float]:
@@ -53,7 +54,7 @@ def main() -> None:
     split = load_or_build_corpus("ci", 0).test
     images = [png(p) for p in split.pixels[: 2 * args.calls]]
     work = Path(tempfile.mkdtemp(prefix="amcsearch-rpc-latency-"))
-    stack = Stack(ROOT / "model_repository", work / "logs", extra_env={"INDEX_URI": str(work / "index.db")})
+    stack = Stack(ROOT / "model_repository", work / "logs", extra_env={"INDEX_URI": str(work / "index.sqlite")})
     stack.start(timeout=300)
     try:
         channel = lambda m: grpc.insecure_channel(stack.address(m))  # noqa: E731
@@ -77,17 +78,18 @@ def main() -> None:
         rows.append(row("Extract 8 images, miss", timed(extractor, [extract(b) for b in batches])))
         rows.append(row("Tag 1 image", timed(tagger, [keyword_tagger_pb2.TagRequest(images=[img]) for img in images[: args.calls]])))
         features = extractor(extract(images[:50]), timeout=60).results
-        inline = [attention_rescorer_pb2.Candidate(inline=attention_rescorer_pb2.InlineCandidate(
-            id=record.id, regions=f.features.regions,
-            keywords=[common_pb2.Keyword(text=t, confidence=c) for t, c in record.noisy_keywords]))
-            for record, f in zip(split.images[:50], features)]
-        query = encoder(text(0), timeout=60).embeddings[0].embedding
-        rescore = attention_rescorer_pb2.RescoreRequest(query=query, candidates=inline)
-        rows.append(row("Rescore 50 inline candidates (keyword vectors cached after the first)",
-                        timed(rescorer, [rescore] * args.calls)))
-        rescore_explain = attention_rescorer_pb2.RescoreRequest(query=to_tensor(np.frombuffer(query.data, "<f4")),
-                                                                candidates=inline, explain=True)
-        rows.append(row("Rescore 50 inline candidates, explain", timed(rescorer, [rescore_explain] * args.calls)))
+        inline = []
+        for record, f in zip(split.images[:50], features):
+            regions, scales = quantize_regions(np.frombuffer(f.features.regions.data, "<f4").reshape(36, 128))
+            inline.append(attention_rescorer_pb2.Candidate(
+                id=record.id, regions=to_tensor(regions), region_scales=to_tensor(scales),
+                keywords=[common_pb2.Keyword(text=t, confidence=c) for t, c in record.noisy_keywords]))
+        query = np.frombuffer(encoder(text(0), timeout=60).embeddings[0].embedding.data, "<f4")
+        rescore = attention_rescorer_pb2.RescoreRequest(queries=to_tensor(query[None]), candidates=inline)
+        rows.append(row("Rescore 50 candidates (int8 regions)", timed(rescorer, [rescore] * args.calls)))
+        rescore_explain = attention_rescorer_pb2.RescoreRequest(queries=to_tensor(query[None]), candidates=inline,
+                                                                explain=True)
+        rows.append(row("Rescore 50 candidates, explain", timed(rescorer, [rescore_explain] * args.calls)))
         print("\n".join(rows))
     finally:
         stack.stop()

@@ -1,11 +1,18 @@
-"""`make bench`: measure the serving figures in one run and write benchmarks/RESULTS.md.
+"""`make bench [SCALE=1k,10k,100k]`: the serving figures against the compute floor, per index size.
 
-Starts the real stack (tritonserver, redis-server, every service) on free loopback ports,
-indexes the ci corpus (both splits), then measures: end-to-end Search QPS and latency at
-concurrency 1, 4, 16 against the same pipeline in one process (benchmarks/inprocess.py);
-QueryEncoder cache hit vs Triton miss; Triton with and without dynamic batching at concurrency
-16 (a second tritonserver on a copy of text_encoder without dynamic_batching); bytes per image
-on the wire to Triton; and the share of Search time spent in ANN (the service's stage histogram).
+For each size: render (once, kept in build/scale) a scale corpus of N images, index it through
+the real Index RPC into a stack started on free loopback ports (the built index is kept in
+build/bench and reused by the next run when the corpus and the model builds are the same), then
+measure, in one run:
+- the compute floor (benchmarks/floor.py) on the same cores: text_encoder batch 1, amc_rescorer
+  over the candidates, exact top-N over the index's vectors;
+- Search(text) p50 / p99 and QPS at concurrency 1, 4, 16, every query text distinct (cache misses),
+  100 candidates rescored, top_k 10; served / floor;
+- where the time goes (every service's stage histograms, Triton's own compute per model);
+- bytes sent to Triton per Search; Index images/s against the image models' in-process rate;
+- bytes per image in the index and in Redis, RSS of every process, served NDCG@10 over the
+  whole index (benchmarks/served_quality.py).
+Writes benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import json
 import logging
 import os
 import platform
@@ -20,26 +28,41 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import numpy as np
-from amcsearch.runtime.indexed import IndexedFeatures
-from amcsearch.search.index import MilvusIndex, Record
-from amcsearch.v1 import common_pb2, query_encoder_pb2, query_encoder_pb2_grpc, search_pb2, search_pb2_grpc
+import torch
+from amcsearch.attention_rescorer.rescorer import Candidate
+from amcsearch.runtime.quantize import quantize_regions
+from amcsearch.v1 import common_pb2, search_pb2, search_pb2_grpc
 
-from benchmarks import triton_bench
-from benchmarks.inprocess import InProcessSearch
-from benchmarks.measure import closed_loop, histogram_delta, scrape
+from benchmarks.floor import ComputeFloor, Floor
+from benchmarks.measure import Run, closed_loop, histogram_delta, scrape, total
+from benchmarks.served_quality import whole_index_ndcg
 from loadtests.auth import write_metadata
-from loadtests.data import png
 from loadtests.stack import start_stack
+from models.export.triton_repo import keyword_vocabulary
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = (1, 4, 16)
 COUNT_FACTOR = {1: 1, 4: 2, 16: 4}
 """Requests per level: --requests times this (bounded run time at every concurrency)."""
+INDEX_BATCH = 32
+INDEX_CONCURRENCY = 2
+CANDIDATES = 100
+STAGES = {
+    "search": ("encode", "ann", "vector_search", "feature_read", "rescore"),
+    "query_encoder": ("tokenize", "cache_get", "triton_text_encoder", "cache_set"),
+    "attention_rescorer": ("build_inputs", "triton"),
+}
 log = logging.getLogger("bench")
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().lower()
+    return int(float(text[:-1]) * 1000) if text.endswith("k") else int(text)
 
 
 def machine() -> str:
@@ -58,183 +81,310 @@ def commit() -> str:
         return "unknown"
 
 
-async def index_corpus(stub, corpus) -> list[str]:
-    ids = []
-    for split in (corpus.train, corpus.test):
-        records = list(zip(split.images, split.pixels, strict=True))
-        for start in range(0, len(records), 32):
-            items = [search_pb2.ImageItem(id=f"bench-{r.id}", image=png(p), title=r.caption, keywords=[
-                common_pb2.Keyword(text=k, confidence=float(w)) for k, w in r.noisy_keywords])
-                for r, p in records[start:start + 32]]
-            reply = await stub.Index(search_pb2.IndexRequest(items=items, skip_auto_tags=True), timeout=300,
-                                     metadata=write_metadata())
-            if reply.failed_count:
-                raise RuntimeError(f"indexing failed: {[r.error for r in reply.results if not r.indexed][:3]}")
-            ids.extend(item.id for item in items)
-    return ids
-
-
-async def copy_index(stub, ids: list[str], uri: str) -> tuple[MilvusIndex, dict[str, IndexedFeatures]]:
-    """The served index's records (features included) in a milvus-lite file of our own."""
-    index = MilvusIndex(uri, "bench_inprocess")
-    await index.open()
-    features = {}
-    for start in range(0, len(ids), 200):
-        reply = await stub.Get(search_pb2.GetRequest(ids=ids[start:start + 200], include_features=True), timeout=120)
-        records = []
-        for image in reply.images:
-            def array(t):
-                return np.frombuffer(t.data, dtype="<f4").reshape(tuple(t.shape)).astype(np.float32)
-            keywords = [(k.text, k.confidence, k.source) for k in image.keywords]
-            records.append(Record(image.id, array(image.features.embedding), array(image.features.regions),
-                                  image.title, keywords, dict(image.metadata)))
-            features[image.id] = IndexedFeatures(image.id, records[-1].regions, [(k[0], k[1]) for k in keywords])
-        await index.upsert(records)
-    return index, features
-
-
-def texts_for(corpus, count: int, tag: str) -> list[str]:
-    """Distinct query texts (every one a cache miss): corpus queries with a numbered suffix."""
-    base = [q.text for q in corpus.train.text_queries + corpus.test.text_queries]
-    return [f"{base[i % len(base)]} {tag}{i}" for i in range(count)]
-
-
 def fmt(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
-async def measure(args) -> dict:
-    from models.corpus import load_or_build_corpus
+def rss_of_tree(pid: int) -> int:
+    """Resident bytes of a process and its descendants (tritonserver's Python stubs)."""
+    total_kb, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total_kb += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except (OSError, StopIteration):
+            continue
+        pending.extend(int(c) for c in children)
+    return total_kb * 1024
 
-    work = args.work
-    shutil.rmtree(work, ignore_errors=True)
-    corpus = load_or_build_corpus("ci", 0)
-    log.info("starting the stack")
-    stack = start_stack(args.repository, work / "stack", {"TRITON_CANARY_INTERVAL_SECONDS": "3600"})
-    figures: dict = {"levels": {}, "load": os.getloadavg()}
+
+def redis_used_bytes(url: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(url)
     try:
-        channel = grpc.aio.insecure_channel(stack.address("search"))
-        search = search_pb2_grpc.SearchServiceStub(channel)
-        started = time.monotonic()
-        ids = await index_corpus(search, corpus)
-        figures["indexed"] = len(ids)
-        log.info("indexed %d images in %.0fs", len(ids), time.monotonic() - started)
-        search_metrics = stack.processes["search"].endpoints["metrics"]
+        return int(client.info("memory")["used_memory"])
+    finally:
+        client.close()
 
-        async def served(text: str) -> None:
-            reply = await search.Search(search_pb2.SearchRequest(text=text, top_k=10), timeout=60)
-            if reply.degradations:
-                raise RuntimeError(f"degraded search: {reply.degradations}")
 
-        for warm in texts_for(corpus, 16, "warm"):
-            await served(warm)
-        for level in LEVELS:
-            texts = texts_for(corpus, args.requests * COUNT_FACTOR[level], f"e2e{level}-")
-            before = scrape(search_metrics)
-            run = await closed_loop(lambda n, texts=texts: served(texts[n]), len(texts), level)
-            after = scrape(search_metrics)
-            stages = {s: histogram_delta(before, after, "amcsearch_stage_duration_seconds", service="search", stage=s)
-                      for s in ("encode", "ann", "rescore")}
-            rpc = histogram_delta(before, after, "amcsearch_rpc_duration_seconds", service="search", method="Search")
-            figures["levels"][level] = {"served": run, "stages": stages, "rpc": rpc}
-            log.info("served c=%d: %.1f QPS p50 %s", level, run.qps, fmt(run.p(50)))
+@dataclass
+class SizeFigures:
+    size: int
+    index_seconds: float = 0.0
+    index_reused: bool = False
+    levels: dict[int, Run] = field(default_factory=dict)
+    floor: Floor | None = None
+    stages: dict[tuple[str, str], object] = field(default_factory=dict)
+    triton_compute: dict[str, float] = field(default_factory=dict)
+    triton_bytes_per_search: float = 0.0
+    index_bytes: int = 0
+    redis_bytes: int = 0
+    rss: dict[str, int] = field(default_factory=dict)
+    ndcg: dict[str, float] = field(default_factory=dict)
+    ann_mode: str = ""
+    model_index_rate: float = 0.0
+    search_rpc_p50: float = 0.0
 
-        inprocess_index, features = await copy_index(search, ids, str(work / "inprocess.db"))
-        pipeline = InProcessSearch(args.repository, inprocess_index, features)
-        try:
-            agree = []
-            for text in texts_for(corpus, 5, "check"):
-                mine = [i for i, _ in await pipeline.search(text)]
-                reply = await search.Search(search_pb2.SearchRequest(text=text, top_k=10), timeout=60)
-                agree.append(len(set(mine) & {r.id for r in reply.results}) / 10)
-            figures["agreement"] = sum(agree) / len(agree)
-            for warm in texts_for(corpus, 16, "warm"):
-                await pipeline.search(warm)
+
+def query_texts(corpus, count: int, tag: str) -> list[str]:
+    """Distinct texts (every one a query-cache miss): the corpus's queries with a numbered suffix."""
+    base = [q.text for q in corpus.text_queries]
+    return [f"{base[i % len(base)]} {tag}{i}" for i in range(count)]
+
+
+async def index_corpus(stub, corpus) -> float:
+    """Index every image through Index (batches of INDEX_BATCH, INDEX_CONCURRENCY in flight)."""
+    batches = list(range(0, len(corpus.images), INDEX_BATCH))
+    started = time.perf_counter()
+
+    async def one(start: int) -> None:
+        stop = min(start + INDEX_BATCH, len(corpus.images))
+        items = [search_pb2.ImageItem(id=r.id, image=png, title=r.caption, keywords=[
+            common_pb2.Keyword(text=k, confidence=float(w)) for k, w in r.noisy_keywords])
+            for r, png in zip(corpus.images[start:stop], corpus.pngs(start, stop), strict=True)]
+        reply = await stub.Index(search_pb2.IndexRequest(items=items, skip_auto_tags=True), timeout=600,
+                                 metadata=write_metadata())
+        if reply.failed_count:
+            raise RuntimeError(f"indexing failed: {[r.error for r in reply.results if not r.indexed][:3]}")
+
+    queue = list(batches)
+
+    async def worker() -> None:
+        while queue:
+            await one(queue.pop(0))
+            done = len(batches) - len(queue)
+            if done % 100 == 0:
+                log.info("indexed %d / %d images", done * INDEX_BATCH, len(corpus.images))
+
+    await asyncio.gather(*(worker() for _ in range(INDEX_CONCURRENCY)))
+    return time.perf_counter() - started
+
+
+def model_index_rate(repository: Path, corpus) -> float:
+    """Images/s of image_encoder + keyword_tagger in-process at the Index batch, on decoded pixels."""
+    import io
+
+    from PIL import Image
+
+    torch.set_num_threads(2)
+    encoder = torch.jit.load(str(repository / "image_encoder" / "1" / "model.pt")).eval()
+    tagger = torch.jit.load(str(repository / "keyword_tagger" / "1" / "model.pt")).eval()
+    pixels = torch.from_numpy(np.stack([np.asarray(Image.open(io.BytesIO(p)).convert("RGB"))
+                                        for p in corpus.pngs(0, INDEX_BATCH)]))
+    with torch.inference_mode():
+        encoder(pixels), tagger(pixels)
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            encoder(pixels)
+            tagger(pixels)
+            times.append(time.perf_counter() - start)
+    return INDEX_BATCH / float(np.median(times))
+
+
+async def floor_inputs(stub, texts: list[str]):
+    """The index's vectors and the features of one real Search's candidates, read through Get."""
+    stats = await stub.Stats(search_pb2.StatsRequest(), timeout=30)
+    reply = await stub.Search(search_pb2.SearchRequest(text=texts[0], top_k=CANDIDATES, candidates=CANDIDATES),
+                              timeout=60)
+    ids = [r.id for r in reply.results]
+    got = await stub.Get(search_pb2.GetRequest(ids=ids, include_features=True), timeout=60)
+    candidates = []
+    for image in got.images:
+        regions = np.frombuffer(image.features.regions.data, "<f4").reshape(36, 128)
+        quantized, scales = quantize_regions(regions)
+        candidates.append(Candidate(image.id, quantized, scales, [(k.text, k.confidence) for k in image.keywords]))
+    return stats.image_count, candidates
+
+
+async def index_vectors(stub, ids: list[str]) -> np.ndarray:
+    vectors = []
+    for start in range(0, len(ids), 1000):
+        got = await stub.Get(search_pb2.GetRequest(ids=ids[start:start + 1000], include_features=True), timeout=120)
+        vectors.extend(np.frombuffer(i.features.embedding.data, "<f4") for i in got.images)
+    return np.stack(vectors)
+
+
+def stage_deltas(stack, before: dict[str, str], after: dict[str, str]) -> dict:
+    out = {}
+    for service, names in STAGES.items():
+        for name in names:
+            out[(service, name)] = histogram_delta(before[service], after[service], "amcsearch_stage_duration_seconds",
+                                                   service=service, stage=name)
+    out[("search", "Search RPC")] = histogram_delta(before["search"], after["search"], "amcsearch_rpc_duration_seconds",
+                                                    service="search", method="Search")
+    return out
+
+
+def triton_compute(before: str, after: str) -> dict[str, float]:
+    """Mean compute time per request, per model, from Triton's own counters."""
+    out = {}
+    for model in ("text_encoder", "amc_rescorer"):
+        requests = total(after, "nv_inference_request_success", model=model) - total(before, "nv_inference_request_success", model=model)
+        if requests > 0:
+            micros = (total(after, "nv_inference_compute_infer_duration_us", model=model)
+                      - total(before, "nv_inference_compute_infer_duration_us", model=model))
+            queue = (total(after, "nv_inference_queue_duration_us", model=model)
+                     - total(before, "nv_inference_queue_duration_us", model=model))
+            out[model] = micros / requests / 1e6
+            out[f"{model} queue"] = queue / requests / 1e6
+    return out
+
+
+def scrape_all(stack) -> dict[str, str]:
+    texts = {name: scrape(stack.processes[name].endpoints["metrics"]) for name in STAGES}
+    texts["tritonserver"] = scrape(stack.processes["tritonserver"].endpoints["metrics"])
+    return texts
+
+
+def triton_bytes(texts: dict[str, str]) -> float:
+    return sum(total(texts[s], "amcsearch_triton_request_bytes_sum", service=s)
+               for s in ("query_encoder", "attention_rescorer"))
+
+
+async def measure_size(args, size: int) -> SizeFigures:
+    from models.corpus.scale import load_or_build_scale_corpus
+
+    corpus = load_or_build_scale_corpus(size, 0, args.scale_cache)
+    work = (args.work / f"scale-{size}").resolve()
+    marker = work / "indexed.json"
+    builds = {m: (args.repository / m / "config.pbtxt").read_text() for m in ("image_encoder", "text_encoder")}
+    identity = {"corpus": corpus.directory.name, "builds": builds}
+    reuse = marker.exists() and json.loads(marker.read_text()).get("identity") == identity
+    if not reuse:
+        shutil.rmtree(work, ignore_errors=True)
+    figures = SizeFigures(size)
+    stack = start_stack(args.repository, work / "stack", {"TRITON_CANARY_INTERVAL_SECONDS": "3600",
+                                                            "INDEX_URI": str(work / "index.sqlite")})
+    try:
+        async with grpc.aio.insecure_channel(stack.address("search")) as channel:
+            stub = search_pb2_grpc.SearchServiceStub(channel)
+            if reuse:
+                figures.index_seconds = json.loads(marker.read_text())["seconds"]
+                figures.index_reused = True
+            else:
+                figures.index_seconds = await index_corpus(stub, corpus)
+                marker.write_text(json.dumps({"identity": identity, "seconds": figures.index_seconds}))
+            figures.model_index_rate = model_index_rate(args.repository, corpus)
+            for _ in range(600):
+                figures.ann_mode = (await stub.Stats(search_pb2.StatsRequest(), timeout=30)).ann_mode
+                if "building" not in figures.ann_mode:
+                    break
+                await asyncio.sleep(1)
+
+            async def served(text: str) -> None:
+                reply = await stub.Search(search_pb2.SearchRequest(text=text, top_k=10, candidates=CANDIDATES), timeout=60)
+                if reply.degradations:
+                    raise RuntimeError(f"degraded search: {reply.degradations}")
+
+            for text in query_texts(corpus, 16, "warm"):
+                await served(text)
             for level in LEVELS:
-                texts = texts_for(corpus, args.requests * COUNT_FACTOR[level], f"inproc{level}-")
-                run = await closed_loop(lambda n, texts=texts: pipeline.search(texts[n]), len(texts), level)
-                figures["levels"][level]["inprocess"] = run
-                log.info("in-process c=%d: %.1f QPS p50 %s", level, run.qps, fmt(run.p(50)))
-        finally:
-            pipeline.close()
-            await inprocess_index.close()
+                texts = query_texts(corpus, args.requests * COUNT_FACTOR[level], f"c{level}-")
+                before = scrape_all(stack)
+                figures.levels[level] = await closed_loop(lambda n, texts=texts: served(texts[n]), len(texts), level)
+                after = scrape_all(stack)
+                if level == 1:
+                    figures.stages = stage_deltas(stack, before, after)
+                    figures.triton_compute = triton_compute(before["tritonserver"], after["tritonserver"])
+                    figures.triton_bytes_per_search = (triton_bytes(after) - triton_bytes(before)) / len(texts)
+                log.info("size %d c=%d: %.1f QPS p50 %s", size, level, figures.levels[level].qps,
+                         fmt(figures.levels[level].p(50)))
 
-        encoder_channel = grpc.aio.insecure_channel(stack.address("query_encoder"))
-        encoder = query_encoder_pb2_grpc.QueryEncoderStub(encoder_channel)
-
-        async def encode(text: str) -> None:
-            await encoder.Encode(query_encoder_pb2.EncodeRequest(queries=[query_encoder_pb2.QueryInput(text=text)]),
-                                 timeout=30)
-
-        misses = texts_for(corpus, 2 * args.requests, "cache-")
-        miss_run = await closed_loop(lambda n: encode(misses[n]), len(misses), 1)
-        hit_run = await closed_loop(lambda n: encode(misses[n]), len(misses), 1)
-        figures["cache"] = (hit_run, miss_run)
-        await encoder_channel.close()
-        await channel.close()
-
-        triton_metrics = stack.processes["tritonserver"].endpoints["metrics"]
-        batched = await triton_bench.text_encoder_load(stack.env["TRITON_URL"], triton_metrics, 16, args.triton_requests)
-        plain_repo = triton_bench.repository_without_batching(args.repository, ["text_encoder"], work / "nobatch")
-        plain = triton_bench.start_triton(plain_repo, work / "logs-nobatch", ["text_encoder"])
-        try:
-            unbatched = await triton_bench.text_encoder_load(plain.endpoints["grpc"], plain.endpoints["metrics"], 16,
-                                                             args.triton_requests)
-        finally:
-            plain.stop()
-        figures["batching"] = (batched, unbatched)
-        figures["wire"] = triton_bench.wire_bytes_per_image([png(p) for p in corpus.test.pixels[:32]])
+            figures.ndcg = await whole_index_ndcg(stub, corpus, 10)
+            count, candidates = await floor_inputs(stub, query_texts(corpus, 1, "floor"))
+            vectors = await index_vectors(stub, [r.id for r in corpus.images])
+            floor = ComputeFloor(args.repository, keyword_vocabulary(args.repository))
+            figures.floor = floor.measure(query_texts(corpus, 64, "floor"), vectors, candidates)
+            figures.index_bytes = sum(p.stat().st_size for p in work.glob("index.sqlite*") if p.is_file())
+            figures.redis_bytes = redis_used_bytes(stack.redis_url)
+            figures.rss = {name: rss_of_tree(p.popen.pid) for name, p in stack.processes.items() if p.popen}
     finally:
         stack.stop()
     return figures
 
 
-def report(figures: dict, command: str) -> str:
+def report(all_figures: list[SizeFigures], command: str, load: tuple[float, float, float],
+           load_end: tuple[float, float, float]) -> str:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    loads = ", ".join(f"{x:.2f}" for x in load)
     lines = ["# Serving benchmarks", "",
-             f"- date: {now}", f"- machine: {machine()}",
-             "- load average (1, 5, 15 min) when the run started: " + ", ".join(f"{x:.1f}" for x in figures["load"])
-             + " (other work on the machine shares its cores and skews every figure)", f"- command: `{command}` (commit {commit()})",
-             f"- index: {figures['indexed']} images (ci corpus, both splits), milvus-lite; Search(text), top_k 10, "
-             "100 candidates rescored; every query text distinct (query-cache misses)", "",
-             "## End-to-end Search vs the same pipeline in-process", "",
-             "In-process (benchmarks/inprocess.py): the same TorchScript files, tokenizer, MilvusIndex calls and "
-             "rescorer input builder in one Python process; no gRPC between services, no Triton, no Redis. "
-             f"Top-10 agreement between the two: {figures['agreement']:.2f}.", "",
-             "| concurrency | served QPS | served p50 | served p99 | in-process QPS | in-process p50 | in-process p99 | QPS ratio (goal >= 0.8) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for level, f in figures["levels"].items():
-        s, i = f["served"], f["inprocess"]
-        lines.append(f"| {level} | {s.qps:.1f} | {fmt(s.p(50))} | {fmt(s.p(99))} | {i.qps:.1f} | {fmt(i.p(50))} | "
-                     f"{fmt(i.p(99))} | {s.qps / i.qps:.2f} |")
-    one = figures["levels"][LEVELS[0]]
-    rpc = one["rpc"]
-    lines += ["", "## Where a Search spends its time (SearchService stage histogram, concurrency 1)", "",
-              "| stage | p50 (histogram) | mean | share of Search mean |", "| --- | --- | --- | --- |"]
-    for name, stage in one["stages"].items():
-        lines.append(f"| {name} | {fmt(stage.quantile(0.5))} | {fmt(stage.mean)} | {stage.sum / rpc.sum:.0%} |")
-    lines.append(f"| Search RPC | {fmt(rpc.quantile(0.5))} | {fmt(rpc.mean)} | 100% |")
-    ann = one["stages"]["ann"]
-    lines += ["", f"ANN time as a share of Search p50: {ann.quantile(0.5) / rpc.quantile(0.5):.0%} "
-              f"(p50 of the ann stage over p50 of Search, both interpolated in the same buckets).", ""]
-    hit, miss = figures["cache"]
-    batched, unbatched = figures["batching"]
-    wire = figures["wire"]
-    lines += ["## Ratios", "",
-              "| figure | measured | goal |", "| --- | --- | --- |",
-              f"| QueryEncoder.Encode p50, cache hit / Triton miss | {fmt(hit.p(50))} / {fmt(miss.p(50))} = "
-              f"{hit.p(50) / miss.p(50):.2f} | <= 0.1 |",
-              f"| text_encoder QPS at concurrency 16 (1 query per request), dynamic batching / none | "
-              f"{batched.run.qps:.0f} / {unbatched.run.qps:.0f} = {batched.run.qps / unbatched.run.qps:.2f} | >= 3 |",
-              f"| bytes per image on the wire to Triton (image_encoder request, uint8 NHWC) | "
-              f"{wire['request']:.0f} (PNG from the caller {wire['png']:.0f}; float32 would be {wire['float32']:.0f}; "
-              f"reply {wire['reply']:.0f}) | |",
-              "", "Triton's counters over the two text_encoder runs (concurrency 16, one query per request):", "",
-              "| server | QPS | p50 | mean batch executed | queue per request | compute per execution |",
-              "| --- | --- | --- | --- | --- | --- |"]
-    for name, load in (("dynamic batching", batched), ("no dynamic batching", unbatched)):
-        lines.append(f"| {name} | {load.run.qps:.0f} | {fmt(load.run.p(50))} | {load.mean_batch:.1f} | "
-                     f"{load.queue_ms:.1f} ms | {load.compute_ms_per_execution:.1f} ms |")
+             f"- date: {now}; command: `{command}` (commit {commit()})",
+             f"- machine: {machine()}",
+             f"- load average (1, 5, 15 min) at the start: {loads}; at the end: "
+             + ", ".join(f"{x:.2f}" for x in load_end) + " (other work on the machine shares its cores)",
+             "- index engine: embedded (SQLite + usearch HNSW, exact below 20,000 images); Search(text), top_k 10, "
+             f"{CANDIDATES} candidates rescored; every query text distinct (query-cache misses); scale corpora "
+             "rendered by models/corpus/scale.py, indexed through the Index RPC "
+             f"(batches of {INDEX_BATCH}, {INDEX_CONCURRENCY} in flight, caller's keywords, no auto tags)", ""]
+    lines += ["## Compute floor (the model files in-process, same cores, same run)", "",
+              "| size | " + " | ".join(name for name, _ in all_figures[0].floor.rows()) + " | floor QPS (best batch) |",
+              "| --- " * (len(all_figures[0].floor.rows()) + 2) + "|"]
+    for f in all_figures:
+        lines.append(f"| {f.size:,} | " + " | ".join(fmt(v) for _, v in f.floor.rows())
+                     + f" | {f.floor.best_qps:.1f} (batch {f.floor.best_qps_batch}) |")
+    lines += ["", "## Served Search against the floor", "",
+              "| size | ANN | p50 c=1 | p99 c=1 | p50 / floor | QPS c=1 | QPS c=4 | QPS c=16 | QPS c=16 / floor QPS |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for f in all_figures:
+        one, sixteen = f.levels[1], f.levels[16]
+        lines.append(f"| {f.size:,} | {f.ann_mode} | {fmt(one.p(50))} | {fmt(one.p(99))} | "
+                     f"{one.p(50) / f.floor.search:.2f} | {one.qps:.1f} | {f.levels[4].qps:.1f} | {sixteen.qps:.1f} | "
+                     f"{sixteen.qps / f.floor.best_qps:.2f} |")
+    lines += ["", "## Scale curve", "",
+              "| size | Search p50 | Search p99 | QPS c=1 | QPS c=16 | Index images/s | image models in-process images/s "
+              "| index bytes/image | Redis bytes/image | served NDCG@10 (whole index) |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for f in all_figures:
+        rate = f.size / f.index_seconds
+        reused = " (earlier run)" if f.index_reused else ""
+        lines.append(f"| {f.size:,} | {fmt(f.levels[1].p(50))} | {fmt(f.levels[1].p(99))} | {f.levels[1].qps:.1f} | "
+                     f"{f.levels[16].qps:.1f} | {rate:.1f}{reused} | {f.model_index_rate:.1f} | "
+                     f"{f.index_bytes / f.size:,.0f} | {f.redis_bytes / f.size:,.0f} | {f.ndcg['all']:.4f} |")
+    lines += ["", "Resident memory of every process after the run (tritonserver includes its Python model stubs):", "",
+              "| size | " + " | ".join(all_figures[0].rss) + " |", "| --- " * (len(all_figures[0].rss) + 1) + "|"]
+    for f in all_figures:
+        lines.append(f"| {f.size:,} | " + " | ".join(f"{v / 2**20:.0f} MiB" for v in f.rss.values()) + " |")
+    lines += ["", "Served NDCG@10 per query family:", "", "| size | " + " | ".join(all_figures[0].ndcg) + " |",
+              "| --- " * (len(all_figures[0].ndcg) + 1) + "|"]
+    for f in all_figures:
+        lines.append(f"| {f.size:,} | " + " | ".join(f"{v:.4f}" for v in f.ndcg.values()) + " |")
+    for f in all_figures:
+        rpc = f.stages[("search", "Search RPC")]
+        lines += ["", f"## Where a Search spends its time at {f.size:,} images (concurrency 1)", "",
+                  "Stage histograms of every service (p50 interpolated in the buckets, mean exact); the gateway's "
+                  "`ann` contains `vector_search` and `feature_read`; `encode` and `rescore` are the calls to "
+                  "QueryEncoder and AttentionRescorer, whose own stages follow.", "",
+                  "| service | stage | p50 | mean | share of Search mean |", "| --- | --- | --- | --- | --- |"]
+        for (service, name), h in f.stages.items():
+            if h.count:
+                lines.append(f"| {service} | {name} | {fmt(h.quantile(0.5))} | {fmt(h.mean)} | {h.sum / rpc.sum:.0%} |")
+        for model, seconds in f.triton_compute.items():
+            lines.append(f"| tritonserver | {model} {'wait' if 'queue' in model else 'compute'} per request | | "
+                         f"{fmt(seconds)} | |")
+        lines.append(f"| | bytes sent to Triton per Search | {f.triton_bytes_per_search:,.0f} | | |")
+    lines += ["", "## Targets", "", "| target | figure | met |", "| --- | --- | --- |"]
+    by_size = {f.size: f for f in all_figures}
+    if 10_000 in by_size:
+        f = by_size[10_000]
+        ratio = f.levels[1].p(50) / f.floor.search
+        lines.append(f"| Search p50 at 10k <= 2x floor (c=1) | {ratio:.2f}x ({fmt(f.levels[1].p(50))} / "
+                     f"{fmt(f.floor.search)}) | {'yes' if ratio <= 2 else 'no'} |")
+    for f in all_figures:
+        ratio = f.levels[16].qps / f.floor.best_qps
+        lines.append(f"| QPS c=16 >= 0.7x floor QPS at {f.size:,} | {ratio:.2f} | {'yes' if ratio >= 0.7 else 'no'} |")
+    if 1_000 in by_size and 100_000 in by_size:
+        ratio = by_size[100_000].levels[1].p(50) / by_size[1_000].levels[1].p(50)
+        lines.append(f"| p50 at 100k <= 1.3x p50 at 1k | {ratio:.2f} | {'yes' if ratio <= 1.3 else 'no'} |")
+    for f in all_figures:
+        ratio = (f.size / f.index_seconds) / f.model_index_rate
+        lines.append(f"| Index throughput >= 0.7x in-process image models at {f.size:,} | {ratio:.2f} | "
+                     f"{'yes' if ratio >= 0.7 else 'no'} |")
+        lines.append(f"| bytes to Triton per Search <= 1 MB at {f.size:,} | {f.triton_bytes_per_search:,.0f} | "
+                     f"{'yes' if f.triton_bytes_per_search <= 1_000_000 else 'no'} |")
     lines += ["", "## GPU", "", "Not measured in this run: no GPU on this machine.", ""]
     return "\n".join(lines)
 
@@ -245,15 +395,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", type=Path,
                         default=Path(os.environ.get("MODEL_REPOSITORY", ROOT / "model_repository")))
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench")
-    parser.add_argument("--requests", type=int, default=24, help="requests at concurrency 1 (x2 at 4, x4 at 16)")
-    parser.add_argument("--triton-requests", type=int, default=320)
+    parser.add_argument("--scale-cache", type=Path, default=ROOT / "build" / "scale")
+    parser.add_argument("--scale", default=os.environ.get("SCALE", "1k,10k"), help="index sizes, e.g. 1k,10k,100k")
+    parser.add_argument("--requests", type=int, default=40, help="requests at concurrency 1 (x2 at 4, x4 at 16)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(message)s")
     if not (args.repository / "text_encoder" / "1" / "model.pt").exists():
         print(f"no models in {args.repository}: run `make models` first", file=sys.stderr)
         return 2
-    figures = asyncio.run(measure(args))
-    text = report(figures, "make bench" if os.environ.get("MAKELEVEL") else " ".join(["python -m benchmarks.run", *(argv or sys.argv[1:])]))
+    load = os.getloadavg()
+    figures = [asyncio.run(measure_size(args, parse_size(s))) for s in args.scale.split(",")]
+    command = "make bench" if os.environ.get("MAKELEVEL") else "python -m benchmarks.run"
+    text = report(figures, f"{command} SCALE={args.scale}", load, os.getloadavg())
     args.out.write_text(text)
     print(text)
     return 0

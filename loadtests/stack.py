@@ -9,10 +9,10 @@ from amcsearch.launcher import Stack
 
 def start_stack(repository: Path, work: Path, extra_env: dict[str, str] | None = None) -> Stack:
     """Triton, Redis and every service on free loopback ports; logs and SearchService's
-    milvus-lite file under `work`, apart from `make up`'s var/."""
+    embedded index file under `work`, apart from `make up`'s var/."""
     work = work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     stack = Stack(repository.resolve(), work / "logs",
-                  extra_env={"INDEX_URI": str(work / "milvus.db"), **(extra_env or {})})
+                  extra_env={"INDEX_URI": str(work / "index.sqlite"), **(extra_env or {})})
     stack.start(timeout=300)
     return stack

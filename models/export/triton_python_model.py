@@ -2,7 +2,8 @@
 
 Copied into every <model>/1/model.py by models/export/triton_repo.py. It imports only torch,
 numpy and Triton's utils, so the same folder serves under the nvidia-pytriton wheel's server.
-All requests of a dynamic batch are concatenated into one forward call, then split again.
+All requests of a dynamic batch are concatenated into one forward call, then split again; a
+model without a batch dimension (max_batch_size 0) runs each request as it is.
 """
 
 import json
@@ -21,6 +22,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         self.input_names = [tensor["name"] for tensor in config["input"]]
+        self.batched = int(config.get("max_batch_size", 0)) > 0
         self.output_names = [tensor["name"] for tensor in config["output"]]
         self.output_dtypes = {
             tensor["name"]: pb_utils.triton_string_to_numpy(tensor["data_type"])
@@ -39,27 +41,34 @@ class TritonPythonModel:
             return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message)) for _ in requests]
 
     def _execute(self, requests):
+        if not self.batched:
+            return [self._split([request], [None], self._run(self._inputs(request)))[0] for request in requests]
         batches = [self._inputs(request) for request in requests]
         sizes = [batch[0].shape[0] for batch in batches]
-        inputs = [
-            torch.from_numpy(np.concatenate([batch[i] for batch in batches])).to(self.device)
-            for i in range(len(self.input_names))
-        ]
+        inputs = [np.concatenate([batch[i] for batch in batches]) for i in range(len(self.input_names))]
+        return self._split(requests, sizes, self._run(inputs))
+
+    def _run(self, inputs):
+        tensors = [torch.from_numpy(np.ascontiguousarray(array)).to(self.device) for array in inputs]
         with torch.inference_mode():
-            outputs = self.module(*inputs)
+            outputs = self.module(*tensors)
         if isinstance(outputs, torch.Tensor):
             outputs = (outputs,)
-        arrays = {
+        return {
             name: outputs[_output_index(name)].detach().cpu().numpy().astype(self.output_dtypes[name])
             for name in self.output_names
         }
+
+    def _split(self, requests, sizes, arrays):
+        """One response per request: its rows of each output (all rows when size is None)."""
         responses = []
         start = 0
         for request, size in zip(requests, sizes):
             wanted = request.requested_output_names() or self.output_names
-            tensors = [pb_utils.Tensor(name, arrays[name][start : start + size]) for name in wanted]
+            rows = slice(None) if size is None else slice(start, start + size)
+            tensors = [pb_utils.Tensor(name, arrays[name][rows]) for name in wanted]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-            start += size
+            start += size or 0
         return responses
 
     def _inputs(self, request):

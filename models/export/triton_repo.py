@@ -10,80 +10,47 @@ from __future__ import annotations
 import hashlib
 import io
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from amcsearch.runtime.contract import DTYPES, ModelSpec, TensorSpec
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+__all__ = ["ModelSpec", "TensorSpec", "export_model", "render_config"]
 
 PYTHON_MODEL_SOURCE = Path(__file__).with_name("triton_python_model.py")
-DTYPES = ("FP32", "FP16", "INT64", "INT32", "UINT8", "BOOL")
+_DATA_TYPE = {dtype: model_config_pb2.DataType.Value(f"TYPE_{dtype}") for dtype in DTYPES}
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """One input or output; dims exclude the batch dimension."""
-
-    name: str
-    dtype: str
-    dims: tuple[int, ...]
-
-    def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"tensor {self.name}: dtype {self.dtype} is not one of {DTYPES}")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    max_batch_size: int = 64
-    preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_delay_us: int = 2000
-    cpu_instances: int = 1
-    labels: dict[str, str] = field(default_factory=dict)
-    """Output name -> label file name (Triton's label_filename), e.g. keywords.txt."""
-
-    def __post_init__(self) -> None:
-        for index, tensor in enumerate(self.outputs):
-            if not tensor.name.endswith(f"__{index}"):
-                raise ValueError(f"output {tensor.name} must be named <name>__{index} (libtorch rule)")
-
-
-def _tensor_block(kind: str, tensors: list[TensorSpec], labels: dict[str, str]) -> str:
-    entries = []
-    for tensor in tensors:
-        dims = ", ".join(str(d) for d in tensor.dims)
-        label = f'\n    label_filename: "{labels[tensor.name]}"' if tensor.name in labels else ""
-        entries.append(
-            f'  {{\n    name: "{tensor.name}"\n    data_type: TYPE_{tensor.dtype}\n    dims: [ {dims} ]{label}\n  }}'
-        )
-    return f"{kind} [\n" + ",\n".join(entries) + "\n]\n"
-
-
-def render_config(spec: ModelSpec, build_id: str, backend: str) -> str:
-    """Config text for backend "libtorch" (config.pbtxt) or "python" (configs/pyt.pbtxt)."""
-    header = f'name: "{spec.name}"\n'
+def model_config(spec: ModelSpec, build_id: str, backend: str,
+                 parameters: dict[str, str] | None = None) -> model_config_pb2.ModelConfig:
+    """Triton's ModelConfig for backend "libtorch" (config.pbtxt) or "python" (configs/pyt.pbtxt)."""
+    config = model_config_pb2.ModelConfig(name=spec.name, max_batch_size=spec.max_batch_size)
     if backend == "libtorch":
-        header += 'platform: "pytorch_libtorch"\n'
-        instances = "instance_group [ { count: 1 } ]\n"  # KIND_AUTO: the GPU when there is one
+        config.platform = "pytorch_libtorch"
+        config.instance_group.add(count=1)  # KIND_AUTO: the GPU when there is one
     elif backend == "python":
-        header += 'backend: "python"\n'
-        instances = f"instance_group [ {{ kind: KIND_CPU count: {spec.cpu_instances} }} ]\n"
+        config.backend = "python"
+        config.instance_group.add(kind=model_config_pb2.ModelInstanceGroup.KIND_CPU, count=spec.cpu_instances)
     else:
         raise ValueError(f"backend {backend!r} is not 'libtorch' or 'python'")
-    preferred = ""
-    if spec.preferred_batch_sizes:
-        preferred = f"  preferred_batch_size: [ {', '.join(map(str, spec.preferred_batch_sizes))} ]\n"
-    return (
-        header
-        + f"max_batch_size: {spec.max_batch_size}\n"
-        + _tensor_block("input", spec.inputs, {})
-        + _tensor_block("output", spec.outputs, spec.labels)
-        + f"dynamic_batching {{\n{preferred}  max_queue_delay_microseconds: {spec.max_queue_delay_us}\n}}\n"
-        + instances
-        + f'parameters {{ key: "build_id" value: {{ string_value: "{build_id}" }} }}\n'
-    )
+    for tensor in spec.inputs:
+        config.input.add(name=tensor.name, data_type=_DATA_TYPE[tensor.dtype], dims=tensor.dims)
+    for tensor in spec.outputs:
+        config.output.add(name=tensor.name, data_type=_DATA_TYPE[tensor.dtype], dims=tensor.dims,
+                          label_filename=spec.labels.get(tensor.name, ""))
+    if spec.batched:
+        config.dynamic_batching.max_queue_delay_microseconds = spec.max_queue_delay_us
+        config.dynamic_batching.preferred_batch_size.extend(spec.preferred_batch_sizes)
+    for key, value in {"build_id": build_id, **(parameters or {})}.items():
+        config.parameters[key].string_value = value
+    return config
+
+
+def render_config(spec: ModelSpec, build_id: str, backend: str, parameters: dict[str, str] | None = None) -> str:
+    """The config.pbtxt text of model_config()."""
+    return text_format.MessageToString(model_config(spec, build_id, backend, parameters))
 
 
 def export_model(
@@ -91,6 +58,7 @@ def export_model(
     spec: ModelSpec,
     repository: Path,
     extra_files: dict[str, bytes] | None = None,
+    parameters: dict[str, str] | None = None,
 ) -> Path:
     """Script `module` and write its folder under `repository`; returns the model folder."""
     scripted = torch.jit.script(module.eval())
@@ -107,8 +75,16 @@ def export_model(
     version.mkdir(parents=True)
     (version / "model.pt").write_bytes(model_bytes)
     shutil.copyfile(PYTHON_MODEL_SOURCE, version / "model.py")
-    (folder / "config.pbtxt").write_text(render_config(spec, build_id, "libtorch"))
-    (folder / "configs" / "pyt.pbtxt").write_text(render_config(spec, build_id, "python"))
+    (folder / "config.pbtxt").write_text(render_config(spec, build_id, "libtorch", parameters))
+    (folder / "configs" / "pyt.pbtxt").write_text(render_config(spec, build_id, "python", parameters))
     for name, content in (extra_files or {}).items():
         (folder / name).write_bytes(content)
     return folder
+
+
+def keyword_vocabulary(repository: Path) -> dict[str, int]:
+    """The amc_rescorer's built-in keyword texts -> rows, read from its exported config."""
+    config = text_format.Parse((Path(repository) / "amc_rescorer" / "configs" / "pyt.pbtxt").read_text(),
+                               model_config_pb2.ModelConfig())
+    words = config.parameters["keyword_vocabulary"].string_value.split("\n")
+    return {word: i for i, word in enumerate(words) if word}

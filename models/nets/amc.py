@@ -1,12 +1,13 @@
 """AMC rescorer (Chen et al., CVPR 2017) and the ablations of its text-search table.
 
-Every module here shares one forward signature, the `amc_rescorer` Triton contract:
+Every module here shares one forward signature (ServedRescorer, at the end, puts it behind the
+`amc_rescorer` Triton contract, which ships int8 regions and keyword ids instead):
 
     forward(query [B,384], regions [B,36,128], keywords [B,32,384], keyword_mask [B,32])
       -> (score [B,1], modality_weights [B,2] (visual, keyword),
           region_attention [B,36], keyword_attention [B,32])
 
-AMCRescorer follows /work/shared/METHODS.md ("AMC rescorer"): VAN (query-generated k x k
+AMCRescorer follows docs/METHODS.md ("AMC rescorer"): VAN (query-generated k x k
 kernel convolved over the region grid, softmax over positions), LAN (query-keyword dot
 attention over the keyword vectors), MTN (one joint softmax of the two cosines gives the
 modality weights), score = cos(q^m, x^q). Choices where the spec is silent:
@@ -285,3 +286,44 @@ def build_text_search_models() -> dict[str, nn.Module]:
         "dssm_img": DSSMRescorer("img"),
         "dssm_key": DSSMRescorer("key"),
     }
+
+
+class ServedRescorer(nn.Module):
+    """The `amc_rescorer` Triton model: a rescorer behind the wire-lean serving contract.
+
+        forward(query [Q,384], query_index [N] int32, regions [N,36,128] int8, region_scales [N,36],
+                keyword_table [U,384] fp16, keyword_index [N,32] int32, keyword_mask [N,32])
+
+    - The query is sent once and broadcast here: query_index gives each candidate its query's
+      row, so one request can also score the candidates of several queries (BatchSearch).
+    - Regions arrive as int8 with one scale per region (runtime/quantize.py) and are
+      dequantized here.
+    - Keyword vectors of the tagger's vocabulary live inside this file (`vocabulary`, embedded
+      with the text_encoder at export); an index below V selects one of them, an index V + i row
+      i of keyword_table (the request's keywords outside the vocabulary). The keyword projection
+      runs once per distinct vector, then is gathered per slot.
+    """
+
+    def __init__(self, rescorer: nn.Module, vocabulary: torch.Tensor) -> None:
+        super().__init__()
+        self.rescorer = rescorer
+        self.register_buffer("vocabulary", vocabulary.float().clone())
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        query_index: torch.Tensor,
+        regions: torch.Tensor,
+        region_scales: torch.Tensor,
+        keyword_table: torch.Tensor,
+        keyword_index: torch.Tensor,
+        keyword_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        dtype = self.vocabulary.dtype
+        encoded = self.rescorer.encode_query(query.to(dtype)).index_select(0, query_index.long())
+        grid = regions.to(dtype) * region_scales.to(dtype).unsqueeze(-1)
+        table = torch.cat([self.vocabulary, keyword_table.to(dtype)], dim=0)
+        projected = self.rescorer.project_keywords(table)
+        slots = keyword_index.shape[1]
+        keywords = projected.index_select(0, keyword_index.reshape(-1).long()).view(-1, slots, projected.shape[1])
+        return self.rescorer.score(encoded, grid, keywords, keyword_mask.to(dtype))

@@ -184,7 +184,7 @@ def load_text_encoder(weights: str | Path | None = None) -> TextEncoder:
 
 
 def _tokenize_trimmed(
-    tokenizer: "Tokenizer", texts: list[str], device: torch.device
+    tokenizer: Tokenizer, texts: list[str], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     ids, mask, _ = tokenizer.encode(texts)
     keep = max(int(mask.sum(1).max()), 1)  # trailing padding changes nothing for masked pooling
@@ -197,10 +197,10 @@ def _tokenize_trimmed(
 @torch.no_grad()
 def embed_texts(
     encoder: nn.Module,
-    texts: "list[str] | Tokenizer",
-    more: "list[str] | int | None" = None,
+    texts: list[str] | Tokenizer,
+    more: list[str] | int | None = None,
     batch_size: int = 256,
-    tokenizer: "Tokenizer | None" = None,
+    tokenizer: Tokenizer | None = None,
 ) -> torch.Tensor:
     """L2-normalised embeddings [N, 384] (float32, CPU) of texts, for training and evaluation.
 
@@ -225,7 +225,7 @@ def encode_texts(
     encoder: nn.Module,
     texts: list[str],
     batch_size: int = 256,
-    tokenizer: "Tokenizer | None" = None,
+    tokenizer: Tokenizer | None = None,
     with_tokens: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Embeddings [N, 384] and, with with_tokens, token states [N, 32, 384] and nothing trimmed.
@@ -251,7 +251,9 @@ def encode_texts(
         emb, states = encoder(ids_t, mask_t)
         embs.append(emb.float().cpu())
         if with_tokens:
-            toks.append((states * mask_t.unsqueeze(-1).to(states.dtype)).float().cpu())
+            states = (states * mask_t.unsqueeze(-1).to(states.dtype)).float().cpu()
+            # the tokenizer pads to the chunk's longest text; training keeps one length, seq_len
+            toks.append(F.pad(states, [0, 0, 0, tok.seq_len - states.shape[1]]))
     if not unique:
         return torch.zeros(0, HIDDEN), (torch.zeros(0, tok.seq_len, HIDDEN) if with_tokens else None)
     index = torch.tensor([position[t] for t in texts], dtype=torch.long)

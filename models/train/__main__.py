@@ -23,12 +23,14 @@ from typing import Any
 
 import torch
 from amcsearch.query_encoder.tokenize import Tokenizer
+from amcsearch.runtime.contract import model_specs
 from torch import nn
 
 from models.corpus import load_or_build_corpus
-from models.export.triton_repo import ModelSpec, TensorSpec, export_model
+from models.export.triton_repo import export_model
+from models.nets.amc import ServedRescorer
 from models.nets.image_encoder import ImageEncoder, count_parameters
-from models.nets.text_encoder import load_text_encoder
+from models.nets.text_encoder import embed_texts, load_text_encoder
 from models.train.amc import train_amc
 from models.train.composer import train_composers
 from models.train.image_encoder import train_image_encoder, train_keyword_tagger
@@ -53,63 +55,6 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
         "composer": {},
     },
 }
-
-SEQ, EMB, REGIONS, REGION_DIM, KEYWORDS = 32, 384, 36, 128, 32
-
-
-def model_specs(vocab_size: int) -> dict[str, ModelSpec]:
-    """The five models' tensor contract, as model_repository/README.md gives it."""
-    f32, i64, u8 = "FP32", "INT64", "UINT8"
-    image = TensorSpec("image", u8, (128, 128, 3))
-    return {
-        "text_encoder": ModelSpec(
-            "text_encoder",
-            inputs=[TensorSpec("input_ids", i64, (SEQ,)), TensorSpec("attention_mask", i64, (SEQ,))],
-            outputs=[TensorSpec("embedding__0", f32, (EMB,)), TensorSpec("tokens__1", f32, (SEQ, EMB))],
-        ),
-        "image_encoder": ModelSpec(
-            "image_encoder",
-            inputs=[image],
-            outputs=[
-                TensorSpec("embedding__0", f32, (EMB,)),
-                TensorSpec("regions__1", f32, (REGIONS, REGION_DIM)),
-            ],
-        ),
-        "keyword_tagger": ModelSpec(
-            "keyword_tagger",
-            inputs=[image],
-            outputs=[TensorSpec("probabilities__0", f32, (vocab_size,))],
-            labels={"probabilities__0": "keywords.txt"},
-        ),
-        "amc_rescorer": ModelSpec(
-            "amc_rescorer",
-            inputs=[
-                TensorSpec("query", f32, (EMB,)),
-                TensorSpec("regions", f32, (REGIONS, REGION_DIM)),
-                TensorSpec("keywords", f32, (KEYWORDS, EMB)),
-                TensorSpec("keyword_mask", f32, (KEYWORDS,)),
-            ],
-            outputs=[
-                TensorSpec("score__0", f32, (1,)),
-                TensorSpec("modality_weights__1", f32, (2,)),
-                TensorSpec("region_attention__2", f32, (REGIONS,)),
-                TensorSpec("keyword_attention__3", f32, (KEYWORDS,)),
-            ],
-            max_batch_size=256,
-        ),
-        "composer": ModelSpec(
-            "composer",
-            inputs=[
-                TensorSpec("image_embedding", f32, (EMB,)),
-                TensorSpec("regions", f32, (REGIONS, REGION_DIM)),
-                TensorSpec("text_embedding", f32, (EMB,)),
-                TensorSpec("tokens", f32, (SEQ, EMB)),
-                TensorSpec("token_mask", f32, (SEQ,)),
-            ],
-            outputs=[TensorSpec("embedding__0", f32, (EMB,))],
-        ),
-    }
-
 
 class Stages:
     """Times each stage and prints it as it ends."""
@@ -216,18 +161,20 @@ def main(argv: list[str] | None = None) -> None:
 
     specs = model_specs(len(corpus.keyword_vocab))
     keywords_txt = ("\n".join(corpus.keyword_vocab) + "\n").encode()
+    vocabulary = embed_texts(text_encoder, list(corpus.keyword_vocab), tokenizer=tokenizer)
     exported = {
-        "text_encoder": (text_encoder, None),
-        "image_encoder": (image_encoder, None),
-        "keyword_tagger": (tagger, {"keywords.txt": keywords_txt}),
-        "amc_rescorer": (amc["amc_full"], None),
-        "composer": (composer, None),
+        "text_encoder": (text_encoder, None, None),
+        "image_encoder": (image_encoder, None, None),
+        "keyword_tagger": (tagger, {"keywords.txt": keywords_txt}, None),
+        "amc_rescorer": (ServedRescorer(amc["amc_full"], vocabulary), None,
+                         {"keyword_vocabulary": "\n".join(corpus.keyword_vocab)}),
+        "composer": (composer, None, None),
     }
 
     def export_all() -> dict[str, dict[str, Any]]:
         out = {}
-        for name, (module, extra) in exported.items():
-            folder = export_model(module, specs[name], args.repository, extra_files=extra)
+        for name, (module, extra, parameters) in exported.items():
+            folder = export_model(module, specs[name], args.repository, extra_files=extra, parameters=parameters)
             model_pt = folder / "1" / "model.pt"
             out[name] = {
                 "folder": str(folder),

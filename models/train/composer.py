@@ -51,7 +51,7 @@ class ComposerBudget:
     synthetic_factor: float = 3.0
 
 
-def as_composer_budget(budget: "ComposerBudget | dict[str, Any] | Any | None") -> ComposerBudget:
+def as_composer_budget(budget: ComposerBudget | dict[str, Any] | Any | None) -> ComposerBudget:
     """Accepts a ComposerBudget, None (defaults), or a dict / object whose `composer_<field>`
     (preferred) or `<field>` entries override the defaults."""
     if budget is None:
@@ -182,6 +182,7 @@ def precompute_features(
     unique = sorted(set(mods))
     text_emb, tokens = encode_texts(text_encoder, unique, tokenizer=tokenizer)
     _, mask, _ = tokenizer.encode(unique) if unique else (None, np.zeros((0, 32), np.int64), None)
+    mask = np.pad(mask, [(0, 0), (0, tokenizer.seq_len - mask.shape[1])])  # the length of encode_texts' tokens
     position = {t: i for i, t in enumerate(unique)}
     assert tokens is not None
     return ComposedFeatures(
@@ -275,7 +276,7 @@ def train_composers(
     tokenizer: Any,
     image_encoder: nn.Module,
     seed: int = 0,
-    budget: "ComposerBudget | dict[str, Any] | None" = None,
+    budget: ComposerBudget | dict[str, Any] | None = None,
 ) -> dict[str, nn.Module]:
     """Keys image_only, text_only, concat, tirg, lbf, and "composer": the same object as the
     method with the best held-out (TRAIN) R@1, the one to export. `selected_method` names it."""

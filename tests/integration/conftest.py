@@ -11,9 +11,9 @@ import grpc
 import numpy as np
 import pytest
 import torch
+from amcsearch.launcher import SERVICES, Stack
 from PIL import Image
 
-from amcsearch.launcher import SERVICES, Stack
 from tests.integration.tiny_models import write_tiny_repository
 
 
@@ -86,11 +86,11 @@ def model_repository() -> Path:
 
 @pytest.fixture(scope="session")
 def real_stack(model_repository, tmp_path_factory):
-    """Every service on the trained models, with its own Redis and milvus-lite file."""
+    """Every service on the trained models, with its own Redis and embedded index file."""
     work = tmp_path_factory.mktemp("real-stack")
     stack = Stack(model_repository, work / "logs", extra_env={
         "TRITON_CANARY_INTERVAL_SECONDS": "3600",
-        "INDEX_URI": str(work / "milvus.db"),
+        "INDEX_URI": str(work / "index.sqlite"),
         "FEATURE_EXTRACTOR_MAX_IMAGE_BYTES": "2000000",
         "FEATURE_EXTRACTOR_MAX_IMAGE_PIXELS": "4000000",
     })
@@ -124,3 +124,19 @@ def png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """A real Milvus 2.3 standalone server (the `milvus` wheel's binary) on free loopback ports;
+    its URI. Started once per session (~10 s)."""
+    from milvus import MilvusServer
+
+    from amcsearch.processes import free_port
+
+    server = MilvusServer()
+    server.set_base_dir(str(tmp_path_factory.mktemp("milvus")))
+    server.listen_port = free_port()
+    server.start()
+    yield f"http://127.0.0.1:{server.listen_port}"
+    server.stop()

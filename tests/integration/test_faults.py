@@ -6,9 +6,9 @@ import time
 
 import grpc
 import pytest
-
 from amcsearch import processes
 from amcsearch.v1 import query_encoder_pb2, query_encoder_pb2_grpc
+
 from tests.integration.conftest import metric_value, scrape, start_stack
 
 pytestmark = pytest.mark.integration

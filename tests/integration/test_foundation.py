@@ -5,10 +5,10 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
+from amcsearch.v1 import common_pb2, query_encoder_pb2, query_encoder_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from amcsearch.v1 import common_pb2, query_encoder_pb2, query_encoder_pb2_grpc
 from tests.integration.conftest import metric_value, scrape
 
 pytestmark = pytest.mark.integration
@@ -81,7 +81,7 @@ def test_metrics_exposition_after_a_call(tiny_stack, channel_to):
     text = scrape(tiny_stack.processes["query_encoder"].endpoints["metrics"])
     assert metric_value(text, "amcsearch_rpc_duration_seconds_count", service="query_encoder", method="Encode", code="OK") >= 1
     assert "amcsearch_rpc_in_flight" in text
-    assert metric_value(text, "amcsearch_stage_duration_seconds_count", stage="triton") >= 1
+    assert metric_value(text, "amcsearch_stage_duration_seconds_count", stage="triton_text_encoder") >= 1
     assert metric_value(text, "amcsearch_cache_misses_total", kind="query") >= 1
 
 

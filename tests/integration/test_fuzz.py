@@ -6,9 +6,6 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from amcsearch.processes import grpc_serving
 from amcsearch.v1 import (
     attention_rescorer_pb2,
@@ -23,6 +20,8 @@ from amcsearch.v1 import (
     search_pb2,
     search_pb2_grpc,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pytestmark = pytest.mark.integration
 DOCUMENTED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -42,7 +41,7 @@ def tensors(draw) -> common_pb2.Tensor:
     shape = draw(st.lists(st.integers(-3, 400), max_size=3))
     values = draw(st.lists(floats, max_size=16))
     data = draw(st.one_of(st.just(np.array(values, dtype="<f4").tobytes()), st.binary(max_size=64)))
-    return common_pb2.Tensor(shape=shape, dtype=draw(st.integers(0, 3)), data=data)
+    return common_pb2.Tensor(shape=shape, dtype=draw(st.integers(0, 4)), data=data)
 
 
 image_inputs = st.one_of(st.builds(common_pb2.ImageInput, data=blobs),
@@ -54,10 +53,9 @@ query_inputs = st.one_of(st.builds(query_encoder_pb2.QueryInput, text=texts),
                          st.builds(lambda i, m: query_encoder_pb2.QueryInput(
                              composed=query_encoder_pb2.ComposedQueryInput(image=i, modification=m)), image_inputs, texts))
 keywords = st.builds(common_pb2.Keyword, text=texts, confidence=floats)
-candidates = st.one_of(st.builds(attention_rescorer_pb2.Candidate, id=ids),
-                       st.builds(lambda i, r, k: attention_rescorer_pb2.Candidate(
-                           inline=attention_rescorer_pb2.InlineCandidate(id=i, regions=r, keywords=k)),
-                           ids, tensors(), st.lists(keywords, max_size=3)))
+grid = st.just(common_pb2.Tensor(shape=[36, 128], dtype=common_pb2.Tensor.INT8, data=b"\1" * 4608))
+candidates = st.builds(attention_rescorer_pb2.Candidate, id=ids, regions=st.one_of(tensors(), grid),
+                       region_scales=tensors(), keywords=st.lists(keywords, max_size=3), query=numbers)
 image_queries = st.one_of(st.builds(search_pb2.ImageQuery, data=blobs), st.builds(search_pb2.ImageQuery, id=ids))
 search_requests = st.one_of(
     st.builds(search_pb2.SearchRequest, text=texts, top_k=numbers, candidates=numbers,
@@ -110,9 +108,9 @@ def test_fuzz_tag_and_extract(stubs, images, threshold, top_k):
 
 @FUZZ
 @given(tensors(), st.lists(candidates, max_size=4), st.booleans(), numbers)
-def test_fuzz_rescore(stubs, query, cands, explain, top):
+def test_fuzz_rescore(stubs, queries, cands, explain, top):
     answered_as_documented(stubs["rescore"], attention_rescorer_pb2.RescoreRequest(
-        query=query, candidates=cands, explain=explain, explain_top=top))
+        queries=queries, candidates=cands, explain=explain, explain_top=top))
 
 
 @FUZZ

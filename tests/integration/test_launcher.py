@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-
 from amcsearch.launcher import SERVICES_ROOT
 
 pytestmark = pytest.mark.integration

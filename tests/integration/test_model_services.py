@@ -9,9 +9,8 @@ import os
 import grpc
 import numpy as np
 import pytest
-from PIL import Image
-
 from amcsearch.query_encoder.tokenize import Tokenizer
+from amcsearch.runtime.quantize import quantize_regions
 from amcsearch.runtime.tensors import to_tensor
 from amcsearch.v1 import (
     attention_rescorer_pb2,
@@ -24,6 +23,9 @@ from amcsearch.v1 import (
     query_encoder_pb2,
     query_encoder_pb2_grpc,
 )
+from PIL import Image
+
+from models.export.triton_repo import keyword_vocabulary
 from tests.integration.conftest import metric_value, png, run, scrape
 
 pytestmark = pytest.mark.integration
@@ -105,7 +107,9 @@ def test_composed_encode_equals_in_process(stubs, local, ci_corpus):
     np.testing.assert_allclose(array(reply.embeddings[0].embedding), expected[0], **TOLERANCE)
 
 
-def test_rescore_inline_equals_in_process(stubs, local, ci_corpus):
+def test_rescore_equals_in_process(stubs, local, ci_corpus, model_repository):
+    """The gateway's candidates (float regions here, quantised by the service; keywords in and
+    outside the model's vocabulary) scored through Triton equal the exported file run here."""
     modules = local[0]
     pixels = ci_corpus.test.pixels[:3]
     records = ci_corpus.test.images[:3]
@@ -113,27 +117,34 @@ def test_rescore_inline_equals_in_process(stubs, local, ci_corpus):
     tokenizer = Tokenizer.default()
     ids, mask, _ = tokenizer.encode(["large red circle top-left"])
     query = run(modules["text_encoder"], ids, mask)[0][0]
-    candidates = []
-    keyword_arrays, masks = [], []
-    for record, region in zip(records, regions):
-        slots = sorted(record.noisy_keywords, key=lambda kw: (-kw[1], kw[0]))[:32]
-        candidates.append(attention_rescorer_pb2.Candidate(inline=attention_rescorer_pb2.InlineCandidate(
+    vocabulary = keyword_vocabulary(model_repository)
+    outside = "a tag outside the vocabulary"
+    k_ids, k_mask, _ = tokenizer.encode([outside])
+    table = run(modules["text_encoder"], k_ids, k_mask)[0].astype(np.float16)
+    candidates, index, masks = [], np.zeros((3, 32), np.int32), np.zeros((3, 32), np.float32)
+    for row, (record, region) in enumerate(zip(records, regions)):
+        keywords = [*record.noisy_keywords, (outside, 0.95)]
+        slots = sorted(keywords, key=lambda kw: (-kw[1], kw[0]))[:32]
+        candidates.append(attention_rescorer_pb2.Candidate(
             id=record.id, regions=to_tensor(region),
-            keywords=[common_pb2.Keyword(text=t, confidence=c) for t, c in slots])))
-        k_ids, k_mask, _ = tokenizer.encode([t for t, _ in slots])
-        vectors = np.zeros((32, 384), dtype=np.float32)
-        vectors[: len(slots)] = run(modules["text_encoder"], k_ids, k_mask)[0]
-        keyword_arrays.append(vectors)
-        masks.append(np.array([c for _, c in slots] + [0.0] * (32 - len(slots)), dtype=np.float32))
+            keywords=[common_pb2.Keyword(text=t, confidence=c) for t, c in keywords]))
+        for j, (text, confidence) in enumerate(slots):
+            index[row, j] = vocabulary[text] if text in vocabulary else len(vocabulary)
+            masks[row, j] = confidence
     reply = stubs["rescorer"].Rescore(attention_rescorer_pb2.RescoreRequest(
-        query=to_tensor(query), candidates=candidates, explain=True), timeout=30)
-    score, weights, region_attention, _ = run(modules["amc_rescorer"], np.repeat(query[None], 3, 0), regions,
-                                              np.stack(keyword_arrays), np.stack(masks))
+        queries=to_tensor(query[None]), candidates=candidates, explain=True), timeout=30)
+    quantized, scales = quantize_regions(regions)
+    score, weights, region_attention, _ = run(modules["amc_rescorer"], query[None], np.zeros(3, np.int32),
+                                              quantized, scales, table, index, masks)
     np.testing.assert_allclose([r.evidence.score for r in reply.results], score.reshape(-1), **TOLERANCE)
     np.testing.assert_allclose([r.evidence.visual_weight for r in reply.results], weights[:, 0], **TOLERANCE)
     top_region = [r.evidence.regions[0].index for r in reply.results]
     assert top_region == [int(np.argmax(a)) for a in region_attention]
     assert all(len(r.evidence.keywords) == 5 for r in reply.results)
+
+
+def grid_candidate(**fields) -> attention_rescorer_pb2.Candidate:
+    return attention_rescorer_pb2.Candidate(id="a", regions=to_tensor(np.zeros((36, 128), np.float32)), **fields)
 
 
 def bomb() -> bytes:
@@ -158,16 +169,19 @@ def bomb() -> bytes:
      grpc.StatusCode.INVALID_ARGUMENT, "threshold"),
     (lambda s: s["tagger"].Tag(keyword_tagger_pb2.TagRequest(images=[b"GIF89a"])),
      grpc.StatusCode.INVALID_ARGUMENT, "image 0"),
-    (lambda s: s["rescorer"].Rescore(attention_rescorer_pb2.RescoreRequest(query=to_tensor(np.zeros(384)))),
+    (lambda s: s["rescorer"].Rescore(attention_rescorer_pb2.RescoreRequest(queries=to_tensor(np.zeros((1, 384))))),
      grpc.StatusCode.INVALID_ARGUMENT, "candidates is empty"),
     (lambda s: s["rescorer"].Rescore(attention_rescorer_pb2.RescoreRequest(
-        query=to_tensor(np.zeros(10)), candidates=[attention_rescorer_pb2.Candidate(id="a")])),
-     grpc.StatusCode.INVALID_ARGUMENT, "query: shape [10] is not [384]"),
+        queries=to_tensor(np.zeros((1, 10))), candidates=[grid_candidate()])),
+     grpc.StatusCode.INVALID_ARGUMENT, "queries: shape [1, 10] is not [-1, 384]"),
     (lambda s: s["rescorer"].Rescore(attention_rescorer_pb2.RescoreRequest(
-        query=to_tensor(np.ones(384)), candidates=[attention_rescorer_pb2.Candidate(id="never-indexed")])),
-     grpc.StatusCode.NOT_FOUND, "never-indexed"),
+        queries=to_tensor(np.ones((1, 384))), candidates=[attention_rescorer_pb2.Candidate(id="a")])),
+     grpc.StatusCode.INVALID_ARGUMENT, "candidates[0].regions"),
     (lambda s: s["rescorer"].Rescore(attention_rescorer_pb2.RescoreRequest(
-        query=to_tensor(np.ones(384)), candidates=[attention_rescorer_pb2.Candidate(id="a")] * 501)),
+        queries=to_tensor(np.ones((1, 384))), candidates=[grid_candidate(query=1)])),
+     grpc.StatusCode.INVALID_ARGUMENT, "candidates[0].query 1 is not a row of queries"),
+    (lambda s: s["rescorer"].Rescore(attention_rescorer_pb2.RescoreRequest(
+        queries=to_tensor(np.ones((1, 384))), candidates=[grid_candidate()] * 501)),
      grpc.StatusCode.RESOURCE_EXHAUSTED, "limit is 500"),
     (lambda s: s["encoder"].Encode(query_encoder_pb2.EncodeRequest(queries=[query_encoder_pb2.QueryInput(
         image=common_pb2.ImageInput(data=b"not an image"))])),

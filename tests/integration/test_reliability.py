@@ -12,14 +12,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import grpc
 import pytest
-
 from amcsearch import processes
 from amcsearch.launcher import ROOT
 from amcsearch.v1 import search_pb2, search_pb2_grpc
+
 from tests.integration.conftest import metric_value, png, scrape
 
 pytestmark = pytest.mark.integration
@@ -34,7 +34,7 @@ def write_report():
     if not ROWS:
         return
     lines = ["# Reliability under faults", "",
-             f"Written by `make test` (tests/integration/test_reliability.py), {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
+             f"Written by `make test` (tests/integration/test_reliability.py), {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
              "2-core machine, no GPU; clients search on loopback while the fault happens.", "",
              "| fault | searches sent | failed | degraded (OK, ANN order) | lost writes | failure codes | recovery |",
              "| --- | --- | --- | --- | --- | --- | --- |"]

@@ -10,12 +10,15 @@ import subprocess
 import grpc
 import numpy as np
 import pytest
-
 from amcsearch.cli import index_directory
 from amcsearch.processes import grpc_serving, wait_until
 from amcsearch.query_encoder.tokenize import Tokenizer
 from amcsearch.v1 import search_pb2, search_pb2_grpc
+
+from amcsearch.runtime.quantize import quantize_regions
+
 from models.eval.metrics import ndcg_at_k
+from models.export.triton_repo import keyword_vocabulary
 from tests.integration.conftest import metric_value, png, run, scrape
 
 pytestmark = pytest.mark.integration
@@ -43,35 +46,35 @@ def indexed(search, ci_corpus, tmp_path_factory):
     return directory
 
 
-def offline_text_ndcg(local, split, queries) -> float:
-    """AMC Full over each query's candidates, in process, from the exported TorchScript files."""
+def offline_text_ndcg(local, split, queries, repository) -> float:
+    """AMC Full over each query's candidates, in process, from the exported TorchScript files, on
+    the int8 regions the index stores and the keyword vocabulary the rescorer model carries."""
     modules = local[0]
     tokenizer = Tokenizer.default()
+    vocabulary = keyword_vocabulary(repository)
     _, regions = run(modules["image_encoder"], split.pixels)
-    vocab_vectors = {}
+    quantized, scales = quantize_regions(regions)
+    no_extra = np.zeros((0, 384), dtype=np.float16)
     scores = []
     for query in queries:
         ids, mask, _ = tokenizer.encode([query.text])
         q = run(modules["text_encoder"], ids, mask)[0][0]
         rows = [split.index_of(i) for i in query.candidate_ids]
-        keywords = np.zeros((len(rows), 32, 384), dtype=np.float32)
+        index = np.zeros((len(rows), 32), dtype=np.int32)
         masks = np.zeros((len(rows), 32), dtype=np.float32)
         for r, row in enumerate(rows):
             slots = sorted(split.images[row].noisy_keywords, key=lambda kw: (-kw[1], kw[0]))[:32]
-            missing = [t for t, _ in slots if t not in vocab_vectors]
-            if missing:
-                k_ids, k_mask, _ = tokenizer.encode(missing)
-                vocab_vectors.update(zip(missing, run(modules["text_encoder"], k_ids, k_mask)[0]))
             for j, (text, confidence) in enumerate(slots):
-                keywords[r, j] = vocab_vectors[text]
+                index[r, j] = vocabulary[text]
                 masks[r, j] = confidence
-        score = run(modules["amc_rescorer"], np.repeat(q[None], len(rows), 0), regions[rows], keywords, masks)[0]
+        score = run(modules["amc_rescorer"], q[None], np.zeros(len(rows), np.int32), quantized[rows], scales[rows],
+                    no_extra, index, masks)[0]
         order = np.argsort(-score.reshape(-1), kind="stable")
         scores.append(ndcg_at_k(np.array(query.relevance)[order], 10))
     return float(np.mean(scores))
 
 
-def test_served_text_ndcg_equals_offline(search, indexed, ci_corpus, local):
+def test_served_text_ndcg_equals_offline(search, indexed, ci_corpus, local, model_repository):
     queries = ci_corpus.test.text_queries[:MAX_TEXT_QUERIES]
     served = []
     for query in queries:
@@ -81,7 +84,7 @@ def test_served_text_ndcg_equals_offline(search, indexed, ci_corpus, local):
         assert reply.stages == ["encode", "ann", "rescore"] and not reply.degradations
         relevance = dict(zip(query.candidate_ids, query.relevance))
         served.append(ndcg_at_k([relevance[r.id] for r in reply.results], 10))
-    offline = offline_text_ndcg(local, ci_corpus.test, queries)
+    offline = offline_text_ndcg(local, ci_corpus.test, queries, model_repository)
     print(f"text NDCG@10 served {np.mean(served):.4f} offline {offline:.4f} over {len(queries)} queries")
     assert abs(np.mean(served) - offline) <= 0.01
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from amcsearch.launcher import SERVICES_ROOT
 from amcsearch.processes import free_port, service_process, wait_until
 from amcsearch.v1 import query_encoder_pb2, query_encoder_pb2_grpc

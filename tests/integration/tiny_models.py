@@ -11,10 +11,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.export.triton_repo import ModelSpec, TensorSpec, export_model
+from amcsearch.runtime.contract import EMBEDDING_DIM, TEXT_ENCODER, model_specs
 
-SEQ = 32
-DIM = 384
+from models.export.triton_repo import export_model
+
+DIM = EMBEDDING_DIM
 
 
 class TinyTextEncoder(nn.Module):
@@ -31,12 +32,7 @@ class TinyTextEncoder(nn.Module):
         return nn.functional.normalize(pooled, dim=-1), tokens
 
 
-TEXT_ENCODER_SPEC = ModelSpec(
-    name="text_encoder",
-    inputs=[TensorSpec("input_ids", "INT64", (SEQ,)), TensorSpec("attention_mask", "INT64", (SEQ,))],
-    outputs=[TensorSpec("embedding__0", "FP32", (DIM,)), TensorSpec("tokens__1", "FP32", (SEQ, DIM))],
-    max_batch_size=64,
-)
+TEXT_ENCODER_SPEC = model_specs(vocab_size=1)[TEXT_ENCODER]
 
 
 def write_tiny_repository(repository: Path) -> TinyTextEncoder:

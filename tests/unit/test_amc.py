@@ -294,3 +294,34 @@ def test_text_search_evaluation_reports_every_method_family_and_diagnostic() -> 
     assert len(result["diagnostics"]) == 3 and "| AMC Full |" in format_tables(result)
     again = evaluate_text_search(corpus, models, _PixelImageEncoder(), text_encoder, Tokenizer.default())
     assert again["ranking"] == result["ranking"]
+
+
+def test_served_rescorer_equals_the_dense_forward_on_the_same_inputs() -> None:
+    """ServedRescorer (the exported amc_rescorer): query broadcast, int8 regions, keyword ids into
+    its vocabulary and the request's table give what the dense forward gives on the equivalent
+    float inputs; scripting keeps it."""
+    from amcsearch.runtime.quantize import dequantize_regions, quantize_regions
+
+    from models.nets.amc import ServedRescorer
+
+    torch.manual_seed(0)
+    module = AMCRescorer("full").eval()
+    vocabulary = torch.nn.functional.normalize(torch.randn(10, 384), dim=1)
+    served = torch.jit.script(ServedRescorer(module, vocabulary).eval())
+    n = 6
+    queries = torch.nn.functional.normalize(torch.randn(2, 384), dim=1)
+    query_index = torch.tensor([0, 0, 0, 1, 1, 1], dtype=torch.int32)
+    quantized, scales = quantize_regions(torch.randn(n, 36, 128).numpy())
+    table = torch.randn(2, 384).half()
+    keyword_index = torch.zeros(n, 32, dtype=torch.int32)
+    keyword_mask = torch.zeros(n, 32)
+    keyword_index[:, :3] = torch.tensor([1, 4, 11], dtype=torch.int32)
+    keyword_mask[:, :3] = torch.tensor([0.9, 0.5, 1.0])
+    with torch.inference_mode():
+        got = served(queries, query_index, torch.from_numpy(quantized), torch.from_numpy(scales), table,
+                     keyword_index, keyword_mask)
+        dense_keywords = torch.cat([vocabulary, table.float()])[keyword_index.long()]
+        expected = module(queries[query_index.long()], torch.from_numpy(dequantize_regions(quantized, scales)),
+                          dense_keywords, keyword_mask)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

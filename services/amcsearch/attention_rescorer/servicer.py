@@ -1,16 +1,17 @@
-"""AttentionRescorer RPCs: validate, gather candidate features, one AMC call, build the reply."""
+"""AttentionRescorer RPCs: validate the caller's candidates, one AMC call, build the reply."""
 
 from __future__ import annotations
 
 import grpc
 
-from amcsearch.attention_rescorer.rescorer import AttentionRescorer, Scored
+from amcsearch.attention_rescorer.rescorer import AttentionRescorer, Candidate, Scored
 from amcsearch.attention_rescorer.settings import AttentionRescorerSettings
 from amcsearch.runtime import contract as c
-from amcsearch.runtime.errors import InvalidArgument, NotFound, limit, require
-from amcsearch.runtime.indexed import IndexedFeatures
+from amcsearch.runtime.errors import limit, require
+from amcsearch.runtime.keywords import normalize_keyword
 from amcsearch.runtime.metrics import BATCH_ITEMS
-from amcsearch.runtime.tensors import from_tensor
+from amcsearch.runtime.quantize import quantize_regions
+from amcsearch.runtime.tensors import FLOATS, from_tensor
 from amcsearch.v1 import attention_rescorer_pb2, attention_rescorer_pb2_grpc, common_pb2
 
 
@@ -23,44 +24,41 @@ def evidence(scored: Scored) -> common_pb2.Evidence:
     )
 
 
-def inline_features(message: attention_rescorer_pb2.InlineCandidate, index: int) -> IndexedFeatures:
-    what = f"candidates[{index}].inline"
-    regions = from_tensor(message.regions, (c.REGION_COUNT, c.REGION_DIM), f"{what}.regions")
-    for keyword in message.keywords:
-        require(bool(keyword.text.strip()), f"{what}: a keyword is empty")
-        require(0 <= keyword.confidence <= 1, f"{what}: keyword {keyword.text!r} confidence is not in [0, 1]")
-    return IndexedFeatures(message.id, regions, [(k.text.strip().lower(), k.confidence) for k in message.keywords])
-
-
 class AttentionRescorerServicer(attention_rescorer_pb2_grpc.AttentionRescorerServicer):
     def __init__(self, rescorer: AttentionRescorer, settings: AttentionRescorerSettings) -> None:
         self.rescorer = rescorer
         self.settings = settings
+
+    def _candidate(self, message: attention_rescorer_pb2.Candidate, index: int, query_count: int) -> Candidate:
+        what = f"candidates[{index}]"
+        grid = (c.REGION_COUNT, c.REGION_DIM)
+        regions = from_tensor(message.regions, grid, f"{what}.regions", (*FLOATS, common_pb2.Tensor.INT8))
+        if message.regions.dtype == common_pb2.Tensor.INT8:
+            scales = from_tensor(message.region_scales, (c.REGION_COUNT,), f"{what}.region_scales")
+        else:
+            regions, scales = quantize_regions(regions)
+        require(0 <= message.query < query_count, f"{what}.query {message.query} is not a row of queries (0..{query_count - 1})")
+        keywords = []
+        for keyword in message.keywords:
+            text = normalize_keyword(keyword.text)
+            require(bool(text), f"{what}: a keyword is empty")
+            limit(len(text), self.settings.max_keyword_chars, f"{what} keyword length", "characters")
+            require(0 <= keyword.confidence <= 1, f"{what}: keyword confidence {keyword.confidence} is not in [0, 1]")
+            keywords.append((text, keyword.confidence))
+        return Candidate(message.id, regions, scales, keywords, message.query)
 
     async def Rescore(self, request: attention_rescorer_pb2.RescoreRequest, context: grpc.aio.ServicerContext):
         count = len(request.candidates)
         require(count > 0, f"candidates is empty: send 1 to {self.settings.max_candidates}")
         limit(count, self.settings.max_candidates, "number of candidates")
         require(0 <= request.explain_top <= c.REGION_COUNT, f"explain_top must be in 0..{c.REGION_COUNT}")
-        query = from_tensor(request.query, (c.EMBEDDING_DIM,), "query")
+        queries = from_tensor(request.queries, (-1, c.EMBEDDING_DIM), "queries")
+        require(queries.shape[0] > 0, "queries is empty: send at least one query embedding")
+        limit(queries.shape[0], self.settings.max_candidates, "number of queries")
         BATCH_ITEMS.labels("attention_rescorer", "Rescore").observe(count)
-        timeout = context.time_remaining()
-        ids = [cand.id for cand in request.candidates if cand.WhichOneof("source") == "id"]
-        by_id = await self.rescorer.features_by_id(ids, timeout) if ids else {}
-        missing = sorted(set(ids) - set(by_id))
-        if missing:
-            raise NotFound(f"{len(missing)} candidate ids are not in the index: {', '.join(missing[:10])}")
-        candidates = []
-        for i, cand in enumerate(request.candidates):
-            source = cand.WhichOneof("source")
-            if source == "id":
-                candidates.append(by_id[cand.id])
-            elif source == "inline":
-                candidates.append(inline_features(cand.inline, i))
-            else:
-                raise InvalidArgument(f"candidates[{i}]: set id or inline")
+        candidates = [self._candidate(m, i, queries.shape[0]) for i, m in enumerate(request.candidates)]
         explain_top = (request.explain_top or 5) if request.explain else 0
-        scored = await self.rescorer.rescore(query, candidates, explain_top, context.time_remaining())
+        scored = await self.rescorer.rescore(queries, candidates, explain_top, context.time_remaining())
         return attention_rescorer_pb2.RescoreResponse(results=[
             attention_rescorer_pb2.RescoredCandidate(id=s.id, evidence=evidence(s)) for s in scored
         ])

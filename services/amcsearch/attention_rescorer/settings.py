@@ -1,12 +1,11 @@
-"""AttentionRescorer settings: ATTENTION_RESCORER_* plus shared TRITON_*, REDIS_URL, CACHE_*,
-SEARCH_ADDR and QUERY_ENCODER_ADDR (where misses and keyword vectors come from)."""
+"""AttentionRescorer settings: ATTENTION_RESCORER_* plus shared TRITON_* and QUERY_ENCODER_ADDR
+(which embeds keyword texts outside the model's vocabulary)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from amcsearch.runtime.settings import (
-    CacheSettings,
     ClientTLSSettings,
     ServerSettings,
     TritonSettings,
@@ -22,15 +21,15 @@ PREFIX = "ATTENTION_RESCORER"
 class AttentionRescorerSettings:
     server: ServerSettings = nested(ServerSettings)
     triton: TritonSettings = nested(TritonSettings)
-    cache: CacheSettings = nested(CacheSettings)
     client_tls: ClientTLSSettings = nested(ClientTLSSettings)
-    search_addr: str = env("SEARCH_ADDR", default="127.0.0.1:50050")
-    """The gateway, whose Get reads the index of record for feature-cache misses."""
     query_encoder_addr: str = env("QUERY_ENCODER_ADDR", default="127.0.0.1:50051")
-    """QueryEncoder, which embeds (and caches) keyword strings."""
-    collection: str = env("INDEX_COLLECTION", default="amcsearch_images")
+    """QueryEncoder, which embeds (and caches) keyword strings outside the model's vocabulary."""
+    query_encoder_max_batch: int = env("QUERY_ENCODER_MAX_BATCH", default=256)
+    """Texts per Encode call (QueryEncoder's own limit): longer lists go in several calls."""
     max_candidates: int = 500
     """Candidates per Rescore request."""
+    max_keyword_chars: int = 64
+    """Characters per keyword (the gateway stores none longer)."""
 
 
 def load_settings() -> AttentionRescorerSettings:

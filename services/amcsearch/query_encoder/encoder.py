@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 SERVICE = "query_encoder"
 
 
+def _pad_to(array: np.ndarray, length: int) -> np.ndarray:
+    """Zero-pad axis 1 (tokens) to `length`."""
+    pad = [(0, 0), (0, length - array.shape[1])] + [(0, 0)] * (array.ndim - 2)
+    return np.pad(array, pad)
+
+
 def _l2_normalize(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
@@ -56,7 +62,7 @@ class QueryEncoder:
 
     async def encode(self, queries: list[Query], timeout: float | None) -> list[Encoded]:
         with stage(SERVICE, "tokenize"):
-            _, _, truncated = self.tokenizer.encode([q.text or "" for q in queries])
+            truncated = self.tokenizer.truncated([q.text or "" for q in queries])
         keys = [self._key(q) for q in queries]
         unique = list(dict.fromkeys(keys))
         with stage(SERVICE, "cache_get"):
@@ -111,14 +117,29 @@ class QueryEncoder:
         return [r for r in results if r is not None]
 
     async def _encode_texts(self, texts: list[str], with_tokens: bool, timeout: float | None) -> dict:
+        """Embeddings (and token states) of `texts`: one Triton call per max_batch_size texts,
+        each padded to its own longest text; token states are padded to a common length."""
         if not texts:
             return {}
-        ids, mask, _ = self.tokenizer.encode(texts)
+        step = await self.triton.max_batch_size(c.TEXT_ENCODER) or len(texts)
         outputs = [c.EMBEDDING_OUT, c.TOKENS_OUT] if with_tokens else [c.EMBEDDING_OUT]
-        with stage(SERVICE, "triton"):
-            out = await self.triton.infer(c.TEXT_ENCODER, {"input_ids": ids, "attention_mask": mask}, outputs, timeout)
-        out["mask"] = mask.astype(np.float32)
-        return out
+        parts = []
+        for start in range(0, len(texts), step):
+            with stage(SERVICE, "tokenize"):
+                ids, mask, _ = self.tokenizer.encode(texts[start : start + step])
+            with stage(SERVICE, "triton_text_encoder"):
+                out = await self.triton.infer(c.TEXT_ENCODER, {"input_ids": ids, "attention_mask": mask}, outputs,
+                                              timeout)
+            out["mask"] = mask.astype(np.float32)
+            parts.append(out)
+        if len(parts) == 1:
+            return parts[0]
+        merged = {c.EMBEDDING_OUT: np.concatenate([p[c.EMBEDDING_OUT] for p in parts])}
+        if with_tokens:
+            length = max(p["mask"].shape[1] for p in parts)
+            merged[c.TOKENS_OUT] = np.concatenate([_pad_to(p[c.TOKENS_OUT], length) for p in parts])
+            merged["mask"] = np.concatenate([_pad_to(p["mask"], length) for p in parts])
+        return merged
 
     async def _encode_images(self, queries: list[Query], with_regions: bool, timeout: float | None) -> dict:
         """Embedding (and regions) per query: given features pass through, bytes go to Triton once."""
@@ -136,8 +157,8 @@ class QueryEncoder:
             with stage(SERVICE, "decode"):
                 pixels = await decode_images([queries[i].image.data for i in to_decode], self.limits, self.executor)
             outputs = [c.EMBEDDING_OUT, c.REGIONS_OUT] if with_regions else [c.EMBEDDING_OUT]
-            with stage(SERVICE, "triton"):
-                out = await self.triton.infer(c.IMAGE_ENCODER, {"image": pixels}, outputs, timeout)
+            with stage(SERVICE, "triton_image_encoder"):
+                out = await self.triton.infer_chunked(c.IMAGE_ENCODER, {"image": pixels}, outputs, timeout)
             embeddings[to_decode] = out[c.EMBEDDING_OUT]
             if with_regions:
                 regions[to_decode] = out[c.REGIONS_OUT]
@@ -154,6 +175,6 @@ class QueryEncoder:
             "tokens": text_out[c.TOKENS_OUT][t],
             "token_mask": text_out["mask"][t],
         }
-        with stage(SERVICE, "triton"):
-            out = await self.triton.infer(c.COMPOSER, inputs, [c.EMBEDDING_OUT], timeout)
+        with stage(SERVICE, "triton_composer"):
+            out = await self.triton.infer_chunked(c.COMPOSER, inputs, [c.EMBEDDING_OUT], timeout)
         return out[c.EMBEDDING_OUT]

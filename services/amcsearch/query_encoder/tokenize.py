@@ -1,4 +1,8 @@
-"""Tokenization for the text_encoder model: all-MiniLM-L6-v2's WordPiece, fixed length 32.
+"""Tokenization for the text_encoder model: all-MiniLM-L6-v2's WordPiece, at most 32 tokens.
+
+A batch is padded to its longest text, rounded up to a multiple of 8 (contract.TOKEN_BUCKET):
+a typical 6-word query costs the model 8 positions instead of 32, and concurrent requests of
+similar length still share a shape, so Triton's dynamic batcher can merge them.
 
 Plain numpy logic (no torch): the query encoder service tokenizes, Triton runs the model.
 """
@@ -6,25 +10,20 @@ Plain numpy logic (no torch): the query encoder service tokenizes, Triton runs t
 from __future__ import annotations
 
 import importlib.util
-import re
 from pathlib import Path
 
 import numpy as np
 import tokenizers
 
-SEQ_LEN = 32
-"""Every encoded text has exactly this many token slots (the text_encoder's input shape)."""
+from amcsearch.runtime.contract import TEXT_TOKENS, TOKEN_BUCKET
+from amcsearch.runtime.keywords import normalize_keyword
 
-_WHITESPACE = re.compile(r"\s+")
-
+SEQ_LEN = TEXT_TOKENS
+"""Longest encoded text; longer ones are cut."""
 
 def normalize_text(text: str) -> str:
-    """Trim, collapse whitespace and lowercase.
-
-    The model is uncased (its BertNormalizer lowercases), so "Red  Circle" and "red circle"
-    produce the same tokens; normalising case here lets cache keys agree too.
-    """
-    return _WHITESPACE.sub(" ", text).strip().lower()
+    """Query texts are normalised like keywords (runtime/keywords.py), for cache keys and tokens."""
+    return normalize_keyword(text)
 
 
 def default_tokenizer_path() -> Path:
@@ -45,7 +44,7 @@ def default_tokenizer_path() -> Path:
 
 
 class Tokenizer:
-    """all-MiniLM-L6-v2 tokenizer that pads or truncates to exactly SEQ_LEN tokens."""
+    """all-MiniLM-L6-v2 tokenizer: truncates to SEQ_LEN tokens, pads to the batch's longest."""
 
     def __init__(self, tokenizer: tokenizers.Tokenizer, seq_len: int = SEQ_LEN) -> None:
         self.seq_len = seq_len
@@ -54,26 +53,30 @@ class Tokenizer:
         pad_id = self._tok.token_to_id("[PAD]")
         if pad_id is None:
             raise ValueError("tokenizer has no [PAD] token")
-        self._tok.enable_padding(length=seq_len, pad_id=pad_id, pad_token="[PAD]")
+        self._tok.enable_padding(pad_id=pad_id, pad_token="[PAD]", pad_to_multiple_of=TOKEN_BUCKET)
 
     @classmethod
-    def from_file(cls, path: str | Path, seq_len: int = SEQ_LEN) -> "Tokenizer":
+    def from_file(cls, path: str | Path, seq_len: int = SEQ_LEN) -> Tokenizer:
         return cls(tokenizers.Tokenizer.from_file(str(path)), seq_len)
 
     @classmethod
-    def default(cls, seq_len: int = SEQ_LEN) -> "Tokenizer":
+    def default(cls, seq_len: int = SEQ_LEN) -> Tokenizer:
         return cls.from_file(default_tokenizer_path(), seq_len)
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, list[bool]]:
-        """Token ids and attention mask, both int64 [B, seq_len], and whether each text was cut.
+        """Token ids and attention mask, both int64 [B, L], and whether each text was cut.
 
         A truncated text keeps [CLS], its first seq_len - 2 word pieces and [SEP].
         """
         if not texts:
-            empty = np.zeros((0, self.seq_len), dtype=np.int64)
+            empty = np.zeros((0, TOKEN_BUCKET), dtype=np.int64)
             return empty, empty.copy(), []
         encodings = self._tok.encode_batch([normalize_text(t) for t in texts])
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
         truncated = [len(e.overflowing) > 0 for e in encodings]
         return ids, mask, truncated
+
+    def truncated(self, texts: list[str]) -> list[bool]:
+        """Whether each text is longer than seq_len tokens (and would be cut)."""
+        return self.encode(texts)[2] if texts else []

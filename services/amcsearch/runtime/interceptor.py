@@ -51,7 +51,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             except AmcsearchError as error:
                 code = error.code
                 await context.abort(code, str(error))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 code = grpc.StatusCode.DEADLINE_EXCEEDED
                 await context.abort(code, f"{method} did not finish within the deadline")
             except asyncio.CancelledError:

@@ -45,6 +45,13 @@ TRITON_SECONDS = Histogram(
     ["service", "model", "outcome"],
     buckets=LATENCY_BUCKETS,
 )
+BYTE_BUCKETS = tuple(2**i for i in range(10, 27, 2))  # 1 KiB .. 64 MiB
+TRITON_REQUEST_BYTES = Histogram(
+    "amcsearch_triton_request_bytes",
+    "Bytes of input tensors sent in one Triton inference call, by model.",
+    ["service", "model"],
+    buckets=BYTE_BUCKETS,
+)
 READY = Gauge("amcsearch_ready", "1 while the service's dependencies answer (its health is SERVING).", ["service"])
 DEGRADATIONS = Counter("amcsearch_search_degradations_total",
                        "Searches answered OK with a stage skipped (e.g. rescoring), by stage.", ["stage"])

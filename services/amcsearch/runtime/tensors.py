@@ -10,32 +10,46 @@ from amcsearch.v1 import common_pb2
 _DTYPES = {
     common_pb2.Tensor.FLOAT32: np.dtype("<f4"),
     common_pb2.Tensor.FLOAT16: np.dtype("<f2"),
+    common_pb2.Tensor.INT8: np.dtype("i1"),
 }
+FLOATS = (common_pb2.Tensor.FLOAT32, common_pb2.Tensor.FLOAT16)
 
 
 def to_tensor(array: np.ndarray, float16: bool = False) -> common_pb2.Tensor:
-    dtype = common_pb2.Tensor.FLOAT16 if float16 else common_pb2.Tensor.FLOAT32
+    """An int8 array stays INT8; any other becomes FLOAT32 (FLOAT16 with `float16`)."""
+    if np.asarray(array).dtype == np.int8:
+        dtype = common_pb2.Tensor.INT8
+    else:
+        dtype = common_pb2.Tensor.FLOAT16 if float16 else common_pb2.Tensor.FLOAT32
     data = np.ascontiguousarray(array, dtype=_DTYPES[dtype])
     return common_pb2.Tensor(shape=list(data.shape), dtype=dtype, data=data.tobytes())
 
 
 def to_array(tensor: common_pb2.Tensor) -> np.ndarray:
-    """float32 array of a tensor from one of our own services (trusted: no shape checks)."""
+    """The array of a tensor from one of our own services (trusted: no shape checks): float32,
+    or int8 for INT8."""
     dtype = _DTYPES.get(tensor.dtype, _DTYPES[common_pb2.Tensor.FLOAT32])
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(tuple(tensor.shape)).astype(np.float32)
+    array = np.frombuffer(tensor.data, dtype=dtype).reshape(tuple(tensor.shape))
+    return array if dtype == np.int8 else array.astype(np.float32)
 
 
-def from_tensor(tensor: common_pb2.Tensor, expected_shape: tuple[int, ...], what: str) -> np.ndarray:
-    """float32 array of `expected_shape` (-1 = any) or InvalidArgument saying what is wrong."""
-    if tensor.dtype not in _DTYPES:
-        raise InvalidArgument(f"{what}: dtype must be FLOAT32 or FLOAT16")
+def from_tensor(tensor: common_pb2.Tensor, expected_shape: tuple[int, ...], what: str,
+                dtypes: tuple[int, ...] = FLOATS) -> np.ndarray:
+    """The array of `expected_shape` (-1 = any), float32 (int8 for an allowed INT8), or
+    InvalidArgument saying what is wrong."""
+    if tensor.dtype not in dtypes:
+        names = " or ".join(common_pb2.Tensor.DType.Name(d) for d in dtypes)
+        raise InvalidArgument(f"{what}: dtype must be {names}")
     shape = tuple(int(d) for d in tensor.shape)
     if len(shape) != len(expected_shape) or any(e not in (-1, s) for e, s in zip(expected_shape, shape)):
         raise InvalidArgument(f"{what}: shape {list(shape)} is not {list(expected_shape)}")
     dtype = _DTYPES[tensor.dtype]
-    if len(tensor.data) != int(np.prod(shape)) * dtype.itemsize:
+    if any(d < 0 for d in shape) or len(tensor.data) != int(np.prod(shape)) * dtype.itemsize:
         raise InvalidArgument(f"{what}: {len(tensor.data)} bytes do not hold a {list(shape)} {dtype.name} array")
-    array = np.frombuffer(tensor.data, dtype=dtype).reshape(shape).astype(np.float32)
+    array = np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    if dtype == np.int8:
+        return array
+    array = array.astype(np.float32)
     if not np.isfinite(array).all():
         raise InvalidArgument(f"{what}: contains NaN or infinity")
     return array

@@ -12,23 +12,15 @@ import time
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import InferInput, InferRequestedOutput
-from tritonclient.utils import InferenceServerException, triton_to_np_dtype
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
 from amcsearch.runtime.errors import AmcsearchError, DeadlineExceeded, InvalidArgument, Unavailable
-from amcsearch.runtime.metrics import TRITON_SECONDS
+from amcsearch.runtime.metrics import TRITON_REQUEST_BYTES, TRITON_SECONDS
 from amcsearch.runtime.settings import TritonSettings
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-NUMPY_TO_TRITON = {
-    np.dtype(np.float32): "FP32",
-    np.dtype(np.float16): "FP16",
-    np.dtype(np.int64): "INT64",
-    np.dtype(np.int32): "INT32",
-    np.dtype(np.uint8): "UINT8",
-    np.dtype(np.bool_): "BOOL",
-}
 
 
 def translate_error(error: InferenceServerException, model: str) -> AmcsearchError:
@@ -78,9 +70,10 @@ class TritonModels:
         """
         if timeout_seconds is not None and timeout_seconds <= 0:
             raise DeadlineExceeded(f"no time left to call Triton model {model}")
+        TRITON_REQUEST_BYTES.labels(self.service, model).observe(sum(a.nbytes for a in inputs.values()))
         triton_inputs = []
         for name, array in inputs.items():
-            triton_input = InferInput(name, list(array.shape), NUMPY_TO_TRITON[array.dtype])
+            triton_input = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
             triton_input.set_data_from_numpy(np.ascontiguousarray(array))
             triton_inputs.append(triton_input)
         start = time.perf_counter()
@@ -110,6 +103,22 @@ class TritonModels:
             self._configs[model] = response["config"]
         return self._configs[model]
 
+    async def max_batch_size(self, model: str) -> int:
+        """Rows one request may carry (0: the model has no batch dimension, no limit here)."""
+        return int((await self.config(model)).get("max_batch_size", 0))
+
+    async def infer_chunked(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str],
+                            timeout_seconds: float | None = None) -> dict[str, np.ndarray]:
+        """infer() in as many calls as the model's max_batch_size needs, outputs concatenated.
+        Every input must have the same (batch) first dimension and fixed other dimensions."""
+        step = await self.max_batch_size(model)
+        rows = next(iter(inputs.values())).shape[0]
+        if step <= 0 or rows <= step:
+            return await self.infer(model, inputs, outputs, timeout_seconds)
+        parts = [await self.infer(model, {k: v[s : s + step] for k, v in inputs.items()}, outputs, timeout_seconds)
+                 for s in range(0, rows, step)]
+        return {name: np.concatenate([p[name] for p in parts]) for name in outputs}
+
     async def build_id(self, model: str) -> str:
         """The model's build_id parameter (sha256 prefix of model.pt), for cache keys."""
         parameters = (await self.config(model)).get("parameters", {})
@@ -129,7 +138,8 @@ class TritonModels:
         for tensor in config["input"]:
             dtype = triton_to_np_dtype(tensor["data_type"].removeprefix("TYPE_"))
             dims = [1 if int(d) < 0 else int(d) for d in tensor["dims"]]
-            inputs[tensor["name"]] = np.zeros([1, *dims], dtype=dtype)
+            batch = [1] if int(config.get("max_batch_size", 0)) > 0 else []
+            inputs[tensor["name"]] = np.zeros([*batch, *dims], dtype=dtype)
         await self.infer(model, inputs, [config["output"][0]["name"]], self.settings.canary_timeout_seconds)
 
     async def ready(self, models: list[str]) -> bool:

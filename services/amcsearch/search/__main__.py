@@ -4,11 +4,11 @@ import asyncio
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from amcsearch.runtime.cache import EmbeddingCache
 from amcsearch.runtime.clients import open_channel
 from amcsearch.runtime.logs import setup_logging
+from amcsearch.runtime.metrics import INDEX_IMAGES
 from amcsearch.runtime.server import run_service
-from amcsearch.search.index import MilvusIndex
+from amcsearch.search.index import open_index
 from amcsearch.search.pipeline import ModelServices, SearchPipeline
 from amcsearch.search.servicer import SearchServicer
 from amcsearch.search.settings import load_settings
@@ -24,9 +24,9 @@ from amcsearch.v1 import (
 
 async def main() -> None:
     settings = load_settings()
-    index = MilvusIndex(settings.milvus_uri, settings.collection, settings.milvus_token)
+    index = open_index(settings.index_uri, settings.collection, settings.index_token, settings.hnsw_min_rows,
+                       settings.ef_search)
     await index.open()
-    cache = EmbeddingCache(settings.cache, "search")
     channels = [open_channel(a, settings.client_tls) for a in (settings.query_encoder_addr, settings.keyword_tagger_addr,
                                           settings.feature_extractor_addr, settings.attention_rescorer_addr)]
     services = ModelServices(
@@ -36,11 +36,14 @@ async def main() -> None:
         rescorer=attention_rescorer_pb2_grpc.AttentionRescorerStub(channels[3]),
     )
     encoder_health = health_pb2_grpc.HealthStub(channels[0])
-    pipeline = SearchPipeline(index, services, cache, settings.tagger_threshold)
+    pipeline = SearchPipeline(index, services, settings.tagger_threshold, settings.query_encoder_max_batch)
 
     async def ready() -> bool:
-        """The index answers and the query encoder serves; a missing rescorer only degrades."""
-        await index.count()
+        """The index answers and can be written, and the query encoder serves; a missing
+        rescorer only degrades."""
+        if not await index.healthy():
+            return False
+        INDEX_IMAGES.labels(index.default_collection).set(await index.count(index.default_collection))
         reply = await encoder_health.Check(health_pb2.HealthCheckRequest(), timeout=2)
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
@@ -51,7 +54,6 @@ async def main() -> None:
     async def close() -> None:
         for channel in channels:
             await channel.close()
-        await cache.close()
         await index.close()
 
     await run_service("search", settings.server, add, ready, [close])

@@ -6,19 +6,21 @@ services stays here, plain values go out to the servicer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from amcsearch.runtime.cache import EmbeddingCache
 from amcsearch.runtime.clients import call
 from amcsearch.runtime.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from amcsearch.runtime.indexed import IndexedFeatures, encode_indexed, indexed_key
+from amcsearch.runtime.keywords import normalize_keyword
 from amcsearch.runtime.metrics import DEGRADATIONS, stage
+from amcsearch.runtime.quantize import dequantize_regions, quantize_regions
 from amcsearch.runtime.tensors import to_array, to_tensor
-from amcsearch.search.index import MilvusIndex, Record
+from amcsearch.search.index import Index
+from amcsearch.search.records import Filter, Hit, Record
 from amcsearch.v1 import (
     attention_rescorer_pb2,
     common_pb2,
@@ -29,17 +31,12 @@ from amcsearch.v1 import (
 
 log = logging.getLogger(__name__)
 SERVICE = "search"
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
-KEYWORD_WARM_BATCH = 256
-"""QueryEncoder's default batch limit."""
+ID_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+"""Image ids; always matched with fullmatch (match with ^...$ would accept a trailing newline)."""
 ITEM_ERRORS = (InvalidArgument, ResourceExhausted)
 """Errors that belong to one item of a batch (its image), not to the request."""
 GIVEN = common_pb2.Keyword.GIVEN
 AUTO = common_pb2.Keyword.AUTO
-
-
-def normalize_keyword(text: str) -> str:
-    return " ".join(text.split()).lower()
 
 
 def merge_keywords(tags: list[str], weighted: list[tuple[str, float]],
@@ -91,6 +88,18 @@ class SearchOutcome:
     degradations: list[tuple[str, str]]
 
 
+@dataclass(frozen=True)
+class SearchOptions:
+    """What a Search asks for besides its query."""
+
+    top_k: int
+    candidates: int
+    """ANN candidates rescored (text queries); at least top_k."""
+    rescore: bool
+    condition: Filter = Filter()
+    explain: bool = False
+
+
 @dataclass
 class ModelServices:
     """Stubs of the four model services."""
@@ -102,18 +111,19 @@ class ModelServices:
 
 
 class SearchPipeline:
-    def __init__(self, index: MilvusIndex, services: ModelServices, cache: EmbeddingCache,
-                 tagger_threshold: float) -> None:
+    def __init__(self, index: Index, services: ModelServices, tagger_threshold: float,
+                 encoder_max_batch: int = 256) -> None:
         self.index = index
         self.services = services
-        self.cache = cache
         self.tagger_threshold = tagger_threshold
+        self.encoder_max_batch = encoder_max_batch
         self.model_builds: dict[str, str] = {}
         """build_id per model, as last reported by QueryEncoder."""
 
     # --- indexing ------------------------------------------------------------------------------
 
-    async def index_items(self, items: list[IndexItem], auto_tags: bool, timeout: float | None) -> list[ItemOutcome]:
+    async def index_items(self, collection: str, items: list[IndexItem], auto_tags: bool,
+                          timeout: float | None) -> list[ItemOutcome]:
         """Features and keywords for the whole batch in one call each; a bad image fails alone."""
         outcomes: dict[str, ItemOutcome] = {}
         good = list(items)
@@ -121,33 +131,39 @@ class SearchPipeline:
             features, keywords = await self._analyse([i.image for i in good], auto_tags, timeout)
         except ITEM_ERRORS:
             good, features, keywords = await self._analyse_one_by_one(good, outcomes, auto_tags, timeout)
-        records = [
-            Record(item.id, to_array(f.embedding), to_array(f.regions), item.title,
-                   merge_keywords(item.tags, item.keywords, kws), item.metadata)
-            for item, f, kws in zip(good, features, keywords)
-        ]
+        records = []
+        for item, f, kws in zip(good, features, keywords):
+            regions, scales = quantize_regions(to_array(f.regions))
+            records.append(Record(item.id, to_array(f.embedding), regions, scales, item.title,
+                                  merge_keywords(item.tags, item.keywords, kws), item.metadata))
         if records:
             with stage(SERVICE, "index_write"):
-                await self.index.upsert(records)
-            await self._warm_cache(records)
+                await self.index.upsert(collection, records)
             await self._warm_keyword_vectors(records, timeout)
         for record in records:
             outcomes[record.id] = ItemOutcome(record.id, True, keywords=record.keywords)
         return [outcomes[item.id] for item in items]
 
     async def _analyse(self, images: list[bytes], auto_tags: bool, timeout: float | None):
-        with stage(SERVICE, "extract"):
-            extracted = await call(self.services.extractor.Extract,
-                                   feature_extractor_pb2.ExtractRequest(images=images), timeout, "FeatureExtractor")
-        if not auto_tags:
-            return [r.features for r in extracted.results], [[] for _ in images]
-        with stage(SERVICE, "tag"):
-            tagged = await call(self.services.tagger.Tag,
-                                keyword_tagger_pb2.TagRequest(images=images, threshold=self.tagger_threshold),
-                                timeout, "KeywordTagger")
+        """FeatureExtractor and KeywordTagger, concurrently."""
+        async def extract():
+            with stage(SERVICE, "extract"):
+                return await call(self.services.extractor.Extract, feature_extractor_pb2.ExtractRequest(images=images),
+                                  timeout, "FeatureExtractor")
+
+        async def tag():
+            if not auto_tags:
+                return None
+            with stage(SERVICE, "tag"):
+                return await call(self.services.tagger.Tag,
+                                  keyword_tagger_pb2.TagRequest(images=images, threshold=self.tagger_threshold),
+                                  timeout, "KeywordTagger")
+
+        extracted, tagged = await asyncio.gather(extract(), tag())
         features = [r.features for r in extracted.results]
-        keywords = [[(k.text, k.confidence) for k in r.keywords] for r in tagged.results]
-        return features, keywords
+        if tagged is None:
+            return features, [[] for _ in images]
+        return features, [[(k.text, k.confidence) for k in r.keywords] for r in tagged.results]
 
     async def _analyse_one_by_one(self, items: list[IndexItem], outcomes: dict[str, ItemOutcome],
                                   auto_tags: bool, timeout: float | None):
@@ -165,30 +181,21 @@ class SearchPipeline:
             keywords.extend(k)
         return good, features, keywords
 
-    async def _warm_cache(self, records: list[Record]) -> None:
-        await self.cache.set_many(
-            {indexed_key(self.index.collection, r.id): IndexedFeatures(r.id, r.regions, [(k[0], k[1]) for k in r.keywords])
-             for r in records},
-            encode=encode_indexed,
-        )
-
     async def _warm_keyword_vectors(self, records: list[Record], timeout: float | None) -> None:
-        """Embed the batch's keywords now (one Encode call; QueryEncoder caches them), so the first
-        searches that rescore these images do not pay for it. Best effort: indexing succeeded."""
+        """Embed the batch's keywords now (QueryEncoder caches them), so the first searches that
+        rescore these images find them cached. Best effort: indexing succeeded."""
         texts = sorted({k[0] for r in records for k in r.keywords})
         queries = [query_encoder_pb2.QueryInput(text=t) for t in texts]
         try:
             with stage(SERVICE, "warm_keywords"):
-                for start in range(0, len(queries), KEYWORD_WARM_BATCH):
+                for start in range(0, len(queries), self.encoder_max_batch):
                     await call(self.services.encoder.Encode, query_encoder_pb2.EncodeRequest(
-                        queries=queries[start : start + KEYWORD_WARM_BATCH]), timeout, "QueryEncoder")
+                        queries=queries[start : start + self.encoder_max_batch]), timeout, "QueryEncoder")
         except (Unavailable, DeadlineExceeded, InvalidArgument, ResourceExhausted) as error:
             log.warning("keyword vectors not warmed: %s", error)
 
-    async def delete(self, ids: list[str]) -> list[str]:
-        deleted = await self.index.delete(ids)
-        await self.cache.delete_many([indexed_key(self.index.collection, i) for i in deleted])
-        return deleted
+    async def delete(self, collection: str, ids: list[str]) -> list[str]:
+        return await self.index.delete(collection, ids)
 
     # --- search --------------------------------------------------------------------------------
 
@@ -199,41 +206,44 @@ class SearchPipeline:
         self.model_builds.update(reply.model_builds)
         return to_array(reply.embeddings[0].embedding)
 
-    async def indexed_image(self, image_id: str) -> common_pb2.ImageInput:
-        records = await self.index.get([image_id], with_features=True)
+    async def indexed_image(self, collection: str, image_id: str) -> common_pb2.ImageInput:
+        records = await self.index.get(collection, [image_id], with_features=True)
         if image_id not in records:
             raise NotFound(f"image id {image_id!r} is not in the index")
         record = records[image_id]
+        regions = dequantize_regions(record.regions, record.region_scales)
         return common_pb2.ImageInput(features=common_pb2.ImageFeatures(
-            embedding=to_tensor(record.embedding), regions=to_tensor(record.regions)))
+            embedding=to_tensor(record.embedding), regions=to_tensor(regions)))
 
-    async def search(self, query: query_encoder_pb2.QueryInput, rescore: bool, top_k: int, candidates: int,
-                     keyword_filter: list[str], within_ids: list[str], exclude_ids: list[str], explain: bool,
+    async def search(self, collection: str, query: query_encoder_pb2.QueryInput, options: SearchOptions,
                      timeout_of) -> SearchOutcome:
         """`timeout_of()` gives the caller's remaining deadline before each downstream call."""
         stages = ["encode"]
         vector = await self.encode(query, timeout_of())
         stages.append("ann")
         with stage(SERVICE, "ann"):
-            hits = await self.index.search(vector, candidates if rescore else top_k, keyword_filter,
-                                           within_ids, exclude_ids)
+            hits = await self.index.search(collection, vector, options.candidates if options.rescore else options.top_k,
+                                           options.condition, with_features=options.rescore)
         results = [Result(h.id, h.ann_score, h.ann_score, h.title, h.metadata) for h in hits]
         degradations: list[tuple[str, str]] = []
-        if rescore and results:
+        if options.rescore and results:
             try:
-                results = await self._rescore(vector, results, explain, timeout_of())
+                results = await self._rescore(vector, hits, results, options.explain, timeout_of())
                 stages.append("rescore")
             except (Unavailable, NotFound) as error:
                 log.warning("rescoring skipped: %s", error)
                 degradations.append(("rescore", f"AttentionRescorer failed ({error}): ANN order returned"))
                 DEGRADATIONS.labels("rescore").inc()
-        return SearchOutcome(results[:top_k], stages, degradations)
+        return SearchOutcome(results[: options.top_k], stages, degradations)
 
-    async def _rescore(self, vector: np.ndarray, results: list[Result], explain: bool,
+    async def _rescore(self, vector: np.ndarray, hits: list[Hit], results: list[Result], explain: bool,
                        timeout: float | None) -> list[Result]:
         request = attention_rescorer_pb2.RescoreRequest(
-            query=to_tensor(vector), explain=explain,
-            candidates=[attention_rescorer_pb2.Candidate(id=r.id) for r in results])
+            queries=to_tensor(vector.reshape(1, -1)), explain=explain,
+            candidates=[attention_rescorer_pb2.Candidate(
+                id=h.id, regions=to_tensor(h.regions), region_scales=to_tensor(h.region_scales),
+                keywords=[common_pb2.Keyword(text=t, confidence=conf) for t, conf, _ in h.keywords])
+                for h in hits])
         with stage(SERVICE, "rescore"):
             reply = await call(self.services.rescorer.Rescore, request, timeout, "AttentionRescorer")
         for result, scored in zip(results, reply.results):

@@ -6,10 +6,13 @@ import grpc
 
 from amcsearch.runtime.auth import check_bearer
 from amcsearch.runtime.errors import InvalidArgument, limit, require
-from amcsearch.runtime.metrics import BATCH_ITEMS
+from amcsearch.runtime.keywords import normalize_keyword
+from amcsearch.runtime.metrics import BATCH_ITEMS, INDEX_IMAGES
+from amcsearch.runtime.quantize import dequantize_regions
 from amcsearch.runtime.tensors import to_tensor
 from amcsearch.search.index import INDEX_VERSION
-from amcsearch.search.pipeline import ID_PATTERN, IndexItem, ItemOutcome, SearchPipeline
+from amcsearch.search.pipeline import ID_PATTERN, IndexItem, ItemOutcome, SearchOptions, SearchPipeline
+from amcsearch.search.records import Filter
 from amcsearch.search.settings import SearchSettings
 from amcsearch.v1 import common_pb2, query_encoder_pb2, search_pb2, search_pb2_grpc
 
@@ -21,7 +24,7 @@ def keyword_messages(keywords: list[tuple[str, float, int]]) -> list[common_pb2.
 
 
 def check_id(image_id: str, what: str) -> None:
-    require(bool(ID_PATTERN.match(image_id)), f"{what} {image_id[:40]!r} must be 1..128 characters of [A-Za-z0-9_.:-]")
+    require(bool(ID_PATTERN.fullmatch(image_id)), f"{what} {image_id[:40]!r} must be 1..128 characters of [A-Za-z0-9_.:-]")
 
 
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
@@ -31,7 +34,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     def _item_problem(self, item: search_pb2.ImageItem) -> ItemOutcome | None:
         """Checks of one item that fail that item alone."""
-        if not ID_PATTERN.match(item.id):
+        if not ID_PATTERN.fullmatch(item.id):
             return ItemOutcome(item.id, False, "INVALID_ARGUMENT", "id must be 1..128 characters of [A-Za-z0-9_.:-]")
         if not item.image:
             return ItemOutcome(item.id, False, "INVALID_ARGUMENT", "image is empty")
@@ -41,6 +44,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         if len(item.tags) + len(item.keywords) > self.settings.max_tags:
             return ItemOutcome(item.id, False, "RESOURCE_EXHAUSTED",
                                f"{len(item.tags) + len(item.keywords)} tags and keywords, the limit is {self.settings.max_tags}")
+        longest = max((len(normalize_keyword(t)) for t in [*item.tags, *(k.text for k in item.keywords)]), default=0)
+        if longest > self.settings.max_keyword_chars:
+            return ItemOutcome(item.id, False, "RESOURCE_EXHAUSTED",
+                               f"a tag or keyword is {longest} characters, the limit is {self.settings.max_keyword_chars}")
         if any(not 0 <= k.confidence <= 1 for k in item.keywords):
             return ItemOutcome(item.id, False, "INVALID_ARGUMENT", "keyword confidences must be in [0, 1]")
         if len(item.title) > 1024:
@@ -61,7 +68,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                            [(k.text, k.confidence) for k in i.keywords])
                  for i in request.items if i.id not in problems]
         auto_tags = not request.skip_auto_tags
-        outcomes = await self.pipeline.index_items(items, auto_tags, context.time_remaining()) if items else []
+        collection = self.pipeline.index.default_collection
+        outcomes = await self.pipeline.index_items(collection, items, auto_tags, context.time_remaining()) if items else []
         by_id = {o.id: o for o in [*outcomes, *problems.values()]}
         results = [
             search_pb2.IndexItemResult(id=o.id, indexed=o.indexed, error_code=o.error_code, error=o.error,
@@ -84,7 +92,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             return common_pb2.ImageInput(data=image.data), []
         if source == "id":
             check_id(image.id, f"{what}.id")
-            return await self.pipeline.indexed_image(image.id), [image.id]
+            return await self.pipeline.indexed_image(self.pipeline.index.default_collection, image.id), [image.id]
         raise InvalidArgument(f"{what}: set data or id")
 
     async def Search(self, request: search_pb2.SearchRequest, context: grpc.aio.ServicerContext):
@@ -96,7 +104,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         limit(len(request.within_ids), self.settings.max_get_ids, "number of within_ids")
         for i in request.within_ids:
             check_id(i, "within_ids entry")
-        keyword_filter = [" ".join(k.split()).lower() for k in request.keyword_filter]
+        keyword_filter = [normalize_keyword(k) for k in request.keyword_filter]
         require(all(keyword_filter), "keyword_filter has an empty keyword")
         kind = request.WhichOneof("query")
         exclude: list[str] = []
@@ -112,9 +120,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 composed=query_encoder_pb2.ComposedQueryInput(image=image, modification=modification))
         else:
             raise InvalidArgument("set one of text, image, composed")
-        outcome = await self.pipeline.search(
-            query, kind == "text", top_k, candidates, keyword_filter, list(request.within_ids), exclude,
-            request.explain, context.time_remaining)
+        options = SearchOptions(top_k, candidates, rescore=kind == "text", explain=request.explain,
+                                condition=Filter(tuple(keyword_filter), tuple(request.within_ids), tuple(exclude)))
+        outcome = await self.pipeline.search(self.pipeline.index.default_collection, query, options,
+                                             context.time_remaining)
         return search_pb2.SearchResponse(
             results=[
                 search_pb2.SearchResult(id=r.id, score=r.score, ann_score=r.ann_score, title=r.title,
@@ -134,13 +143,14 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     async def Get(self, request: search_pb2.GetRequest, context: grpc.aio.ServicerContext):
         ids = self._ids(request.ids)
-        records = await self.pipeline.index.get(ids, request.include_features)
+        records = await self.pipeline.index.get(self.pipeline.index.default_collection, ids, request.include_features)
         images = []
         for i in ids:
             if i not in records:
                 continue
             r = records[i]
-            features = (common_pb2.ImageFeatures(embedding=to_tensor(r.embedding), regions=to_tensor(r.regions))
+            features = (common_pb2.ImageFeatures(embedding=to_tensor(r.embedding),
+                                                 regions=to_tensor(dequantize_regions(r.regions, r.region_scales)))
                         if request.include_features else None)
             images.append(search_pb2.IndexedImage(id=r.id, title=r.title, keywords=keyword_messages(r.keywords),
                                                   metadata=r.metadata, features=features))
@@ -149,11 +159,14 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def Delete(self, request: search_pb2.DeleteRequest, context: grpc.aio.ServicerContext):
         check_bearer(context.invocation_metadata(), self.settings.auth_token, "Delete")
         ids = self._ids(request.ids)
-        deleted = set(await self.pipeline.delete(ids))
+        deleted = set(await self.pipeline.delete(self.pipeline.index.default_collection, ids))
         return search_pb2.DeleteResponse(deleted_count=len(deleted), missing_ids=[i for i in ids if i not in deleted])
 
     async def Stats(self, request: search_pb2.StatsRequest, context: grpc.aio.ServicerContext):
         index = self.pipeline.index
-        return search_pb2.StatsResponse(image_count=await index.count(), collection=index.collection,
+        collection = index.default_collection
+        count = await index.count(collection)
+        INDEX_IMAGES.labels(collection).set(count)
+        return search_pb2.StatsResponse(image_count=count, collection=collection,
                                         index_backend=index.backend, model_builds=self.pipeline.model_builds,
-                                        index_version=INDEX_VERSION)
+                                        index_version=INDEX_VERSION, ann_mode=await index.ann_mode(collection))

@@ -1,11 +1,10 @@
-"""SearchService settings: SEARCH_* plus MILVUS_*, REDIS_URL/CACHE_* and the services' addresses."""
+"""SearchService settings: SEARCH_* plus INDEX_* (the index engine) and the services' addresses."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from amcsearch.runtime.settings import (
-    CacheSettings,
     ClientTLSSettings,
     ServerSettings,
     SettingsError,
@@ -20,13 +19,20 @@ PREFIX = "SEARCH"
 @dataclass(frozen=True)
 class SearchSettings:
     server: ServerSettings = nested(ServerSettings)
-    cache: CacheSettings = nested(CacheSettings)
     client_tls: ClientTLSSettings = nested(ClientTLSSettings)
-    milvus_uri: str = env("INDEX_URI", default="var/milvus.db")
-    """A file path means milvus-lite; http://host:19530 a Milvus server or cluster. (Not named
-    MILVUS_URI: pymilvus reads that variable itself at import and rejects file paths.)"""
-    milvus_token: str = env("INDEX_TOKEN", default="")
+    index_uri: str = env("INDEX_URI", default="var/index.sqlite")
+    """A file path: the embedded engine (SQLite + HNSW in this process); http://host:19530: a
+    Milvus server or cluster. (Not named MILVUS_URI: pymilvus reads that variable itself.)"""
+    index_token: str = env("INDEX_TOKEN", default="")
+    """Milvus credentials ("user:password" or an API key) for a Milvus server."""
     collection: str = env("INDEX_COLLECTION", default="amcsearch_images")
+    """The default collection (requests that name none)."""
+    hnsw_min_rows: int = env("INDEX_HNSW_MIN_ROWS", default=20_000)
+    """Embedded engine: exact search below this many images in a collection, HNSW from here on."""
+    ef_search: int = env("INDEX_EF_SEARCH", default=256)
+    """HNSW search breadth (both engines): higher is better recall and slower."""
+    query_encoder_max_batch: int = env("QUERY_ENCODER_MAX_BATCH", default=256)
+    """Texts per Encode call (QueryEncoder's own limit): longer lists go in several calls."""
     query_encoder_addr: str = env("QUERY_ENCODER_ADDR", default="127.0.0.1:50051")
     keyword_tagger_addr: str = env("KEYWORD_TAGGER_ADDR", default="127.0.0.1:50052")
     feature_extractor_addr: str = env("FEATURE_EXTRACTOR_ADDR", default="127.0.0.1:50053")
@@ -40,6 +46,8 @@ class SearchSettings:
     max_image_bytes: int = 20 * 1024 * 1024
     max_text_chars: int = 2000
     max_tags: int = 64
+    max_keyword_chars: int = 64
+    """Characters per tag or keyword (after normalisation)."""
     auth_token: str = ""
     """SEARCH_AUTH_TOKEN: when set, Index and Delete need 'authorization: Bearer <token>'."""
     tagger_threshold: float = 0.5

@@ -1,0 +1,100 @@
+"""The compute floor of one text Search: the exported model files called in this process.
+
+What a Search cannot avoid on this machine: the text_encoder forward of the query (batch 1,
+tokenized as the service tokenizes), the amc_rescorer forward over its N candidates (the
+exported file, with the same int8 regions and keyword indices the service sends), and an exact
+top-N over the index's vectors (numpy, one matrix-vector product). Their p50s summed are the
+floor of one Search; the best throughput of the same forwards, batching queries as Triton's
+dynamic batcher may, is the floor for concurrency. Nothing here uses gRPC, Triton, Redis or the
+index engine: the reference must not share the slow part it is compared with.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from amcsearch.attention_rescorer.rescorer import Candidate, build_inputs
+from amcsearch.query_encoder.tokenize import Tokenizer
+
+AMC_INPUTS = ("query", "query_index", "regions", "region_scales", "keyword_table", "keyword_index", "keyword_mask")
+
+
+def _p50(function, repeat: int) -> float:
+    function()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@dataclass
+class Floor:
+    text_encoder: float
+    rescorer: float
+    top_n: float
+    best_qps: float
+    best_qps_batch: int
+    candidates: int
+    vectors: int
+
+    @property
+    def search(self) -> float:
+        return self.text_encoder + self.rescorer + self.top_n
+
+    def rows(self) -> list[tuple[str, float]]:
+        return [("text_encoder, batch 1", self.text_encoder),
+                (f"amc_rescorer over {self.candidates} candidates", self.rescorer),
+                (f"exact top-{self.candidates} over {self.vectors} vectors (numpy)", self.top_n),
+                ("floor of one Search (sum)", self.search)]
+
+
+class ComputeFloor:
+    def __init__(self, repository: Path, vocabulary: dict[str, int]) -> None:
+        torch.set_num_threads(2)
+        self.text_encoder = torch.jit.load(str(repository / "text_encoder" / "1" / "model.pt")).eval()
+        self.rescorer = torch.jit.load(str(repository / "amc_rescorer" / "1" / "model.pt")).eval()
+        self.tokenizer = Tokenizer.default()
+        self.vocabulary = vocabulary
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        ids, mask, _ = self.tokenizer.encode(texts)
+        with torch.inference_mode():
+            return self.text_encoder(torch.from_numpy(ids), torch.from_numpy(mask))[0].numpy()
+
+    def rescore(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            return self.rescorer(*(torch.from_numpy(np.ascontiguousarray(inputs[k])) for k in AMC_INPUTS))[0].numpy()
+
+    def measure(self, texts: list[str], vectors: np.ndarray, candidates: list[Candidate], repeat: int = 30) -> Floor:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        query = self.encode(texts[:1])[0]
+        inputs = build_inputs(query[None], candidates, self.vocabulary, {})
+        n = len(candidates)
+        counter = iter(range(10**9))
+
+        def encode_one() -> None:
+            self.encode([texts[next(counter) % len(texts)]])
+
+        def top_n() -> None:
+            scores = vectors @ query
+            top = np.argpartition(-scores, n - 1)[:n]
+            top[np.argsort(-scores[top])]
+
+        text = _p50(encode_one, repeat)
+        rescorer = _p50(lambda: self.rescore(inputs), repeat)
+        ann = _p50(top_n, repeat)
+        best, best_batch = 0.0, 1
+        for batch in (1, 4, 16):
+            batch_texts = [texts[i % len(texts)] for i in range(batch)]
+            encoded = _p50(lambda batch_texts=batch_texts: self.encode(batch_texts), max(5, repeat // batch))
+            qps = batch / (encoded + batch * (rescorer + ann))
+            if qps > best:
+                best, best_batch = qps, batch
+        return Floor(text, rescorer, ann, best, best_batch, n, len(vectors))

@@ -1,0 +1,524 @@
+"""The embedded index engine, the local default: SQLite as the store of record, usearch HNSW and
+numpy for vector search, all inside the gateway process (no port, no second process).
+
+Why (docs/decisions/0001-index-engine.md has the measurements): SQLite gives durable, atomic
+writes (WAL, synchronous=FULL: an acknowledged Index survives kill -9 and power loss), one
+transaction for an item and everything that belongs to it, bound parameters for every filter
+value (nothing a caller sends is spliced into a query), and FTS5 for keyword retrieval. The
+vector side (vector_index.py) is derived state, rebuilt or patched from a snapshot at start.
+
+One gateway process owns a store file at a time (an exclusive lock beside it); running several
+gateways means the Milvus server engine (milvus_index.py), which has the same interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from amcsearch.runtime import contract as c
+from amcsearch.runtime.errors import NotFound, Unavailable
+from amcsearch.search.records import Filter, Hit, MetadataClause, MetadataFilter, Record
+from amcsearch.search.vector_index import VectorIndex
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "3"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS store_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS collections (name TEXT PRIMARY KEY, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    row INTEGER PRIMARY KEY AUTOINCREMENT,
+    collection TEXT NOT NULL,
+    id TEXT NOT NULL,
+    embedding BLOB NOT NULL,
+    regions BLOB NOT NULL,
+    region_scales BLOB NOT NULL,
+    title TEXT NOT NULL,
+    keywords TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    UNIQUE (collection, id)
+);
+CREATE TABLE IF NOT EXISTS item_keywords (
+    text TEXT NOT NULL, row INTEGER NOT NULL, PRIMARY KEY (text, row)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS item_keywords_by_row ON item_keywords (row);
+CREATE TABLE IF NOT EXISTS item_metadata (
+    key TEXT NOT NULL, value TEXT NOT NULL, row INTEGER NOT NULL, number REAL,
+    PRIMARY KEY (key, value, row)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS item_metadata_by_row ON item_metadata (row);
+CREATE INDEX IF NOT EXISTS item_metadata_by_number ON item_metadata (key, number);
+CREATE TABLE IF NOT EXISTS keyword_vectors (
+    build TEXT NOT NULL, text TEXT NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (build, text)
+) WITHOUT ROWID;
+"""
+KEYWORD_VECTOR_MEMORY = 50_000
+"""Keyword vectors kept in process memory (about 770 bytes each)."""
+
+
+def _number(value: str) -> float | None:
+    """The value as a number for range filters, when it parses as a finite one."""
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if np.isfinite(number) else None
+
+
+class SqlFilter:
+    """A Filter as SQL over `items` with bound parameters: values never become SQL text."""
+
+    def __init__(self) -> None:
+        self.sql: list[str] = []
+        self.params: list[object] = []
+
+    @classmethod
+    def compile(cls, collection: str, condition: Filter) -> SqlFilter:
+        compiled = cls()
+        compiled.add("collection = ?", collection)
+        for keyword in condition.keywords:
+            compiled.add("row IN (SELECT row FROM item_keywords WHERE text = ?)", keyword)
+        if condition.within_ids:
+            compiled.add(f"id IN ({', '.join('?' * len(condition.within_ids))})", *condition.within_ids)
+        if condition.exclude_ids:
+            compiled.add(f"id NOT IN ({', '.join('?' * len(condition.exclude_ids))})", *condition.exclude_ids)
+        if condition.metadata is not None:
+            sql, params = _metadata_sql(condition.metadata)
+            compiled.add(sql, *params)
+        return compiled
+
+    def add(self, sql: str, *params: object) -> None:
+        self.sql.append(sql)
+        self.params.extend(params)
+
+    @property
+    def where(self) -> str:
+        return " AND ".join(f"({s})" for s in self.sql)
+
+
+def _clause_sql(clause: MetadataClause) -> tuple[str, list[object]]:
+    head = "row IN (SELECT row FROM item_metadata WHERE key = ?"
+    if clause.op == "exists":
+        return head + ")", [clause.key]
+    if clause.op in ("eq", "in"):
+        return head + f" AND value IN ({', '.join('?' * len(clause.values))}))", [clause.key, *clause.values]
+    if clause.op == "range":
+        sql, params = head + " AND number IS NOT NULL", [clause.key]
+        if clause.lower is not None:
+            sql += " AND number >= ?" if clause.lower_inclusive else " AND number > ?"
+            params.append(clause.lower)
+        if clause.upper is not None:
+            sql += " AND number <= ?" if clause.upper_inclusive else " AND number < ?"
+            params.append(clause.upper)
+        return sql + ")", params
+    raise ValueError(f"unknown metadata operator {clause.op!r}")
+
+
+def _metadata_sql(group: MetadataFilter) -> tuple[str, list[object]]:
+    parts, params = [], []
+    for clause in group.clauses:
+        sql, values = _clause_sql(clause)
+        parts.append(sql)
+        params.extend(values)
+    for nested in group.groups:
+        sql, values = _metadata_sql(nested)
+        parts.append(sql)
+        params.extend(values)
+    if not parts:
+        return "1", []
+    joiner = " AND " if group.op == "and" else " OR "
+    return joiner.join(f"({p})" for p in parts), params
+
+
+class EmbeddedIndex:
+    backend = "embedded"
+
+    def __init__(self, path: str | Path, default_collection: str, hnsw_min_rows: int = 20_000,
+                 ef_search: int = 256) -> None:
+        self.path = Path(path)
+        self.default_collection = default_collection
+        self.hnsw_min_rows = hnsw_min_rows
+        self.ef_search = ef_search
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-write")
+        self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-read")
+        self._write_db: sqlite3.Connection | None = None
+        self._read_db: sqlite3.Connection | None = None
+        self._lock_file = None
+        self._inode: int | None = None
+        self.vectors: dict[str, VectorIndex] = {}
+        self._keyword_vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._keyword_lock = threading.Lock()
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._write(self._open)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        return db
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.path.with_name(self.path.name + ".lock"), "w")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            raise Unavailable(f"another process holds the index at {self.path}: one gateway per index file; "
+                              "run several gateways on the Milvus server engine") from error
+        self._write_db = self._connect()
+        self._write_db.executescript(SCHEMA)
+        version = self._write_db.execute("SELECT value FROM store_info WHERE key = 'schema'").fetchone()
+        if version is None:
+            self._write_db.execute("INSERT INTO store_info VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        elif version[0] != SCHEMA_VERSION:
+            raise Unavailable(f"index at {self.path} has schema version {version[0]}, this server reads "
+                              f"{SCHEMA_VERSION}: re-index into a new INDEX_URI")
+        self._write_db.execute("INSERT OR IGNORE INTO collections VALUES (?, ?)", (self.default_collection, time.time()))
+        self._read_db = self._connect()
+        self._inode = os.stat(self.path).st_ino
+        self._load_vectors()
+
+    def _new_vector_index(self) -> VectorIndex:
+        return VectorIndex(c.EMBEDDING_DIM, self.hnsw_min_rows, self.ef_search)
+
+    def _snapshot_path(self, collection: str) -> Path:
+        return self.path.with_name(f"{self.path.name}.{collection}.hnsw")
+
+    def _load_vectors(self) -> None:
+        assert self._write_db is not None
+        started = time.monotonic()
+        names = [r[0] for r in self._write_db.execute("SELECT name FROM collections")]
+        for name in names:
+            index = self._new_vector_index()
+            rows = self._write_db.execute("SELECT row, embedding FROM items WHERE collection = ? ORDER BY row", (name,))
+            batch_keys, batch_vectors = [], []
+            for row, blob in rows:
+                batch_keys.append(row)
+                batch_vectors.append(np.frombuffer(blob, dtype="<f4"))
+                if len(batch_keys) == 10_000:
+                    self._add_loaded(index, batch_keys, batch_vectors)
+                    batch_keys, batch_vectors = [], []
+            self._add_loaded(index, batch_keys, batch_vectors)
+            snapshot = self._snapshot_path(name)
+            if not (index.count >= self.hnsw_min_rows and snapshot.exists() and index.restore_graph(snapshot)):
+                index.ensure_graph()
+            self.vectors[name] = index
+        log.info("index %s: %d collections, %d vectors loaded in %.1fs", self.path, len(names),
+                 sum(v.count for v in self.vectors.values()), time.monotonic() - started)
+
+    @staticmethod
+    def _add_loaded(index: VectorIndex, keys: list[int], vectors: list[np.ndarray]) -> None:
+        if keys:
+            index.add(np.asarray(keys), np.stack(vectors), build_graph=False)  # one graph build, after loading
+
+    async def close(self) -> None:
+        await self._write(self._close)
+        self.writer.shutdown(wait=True)
+        self.reader.shutdown(wait=True)
+
+    def _close(self) -> None:
+        for name, index in self.vectors.items():
+            try:
+                index.save_graph(self._snapshot_path(name))
+            except (OSError, RuntimeError) as error:
+                log.warning("HNSW snapshot of %s not saved: %s", name, error)
+        for db in (self._read_db, self._write_db):
+            if db is not None:
+                db.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+
+    async def _write(self, function, *args):
+        return await self._run(self.writer, function, *args)
+
+    async def _read(self, function, *args):
+        return await self._run(self.reader, function, *args)
+
+    async def _run(self, executor: ThreadPoolExecutor, function, *args):
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(executor, function, *args)
+        except sqlite3.Error as error:
+            raise Unavailable(f"index ({self.backend}) failed: {error}") from error
+
+    def _check_store(self) -> None:
+        """Refuse to write into a store file that was deleted or replaced under us."""
+        try:
+            inode = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            inode = None
+        if inode != self._inode:
+            raise Unavailable(f"the index file {self.path} was deleted or replaced while the gateway ran; "
+                              "writes are refused (restart the gateway to open the store again)")
+
+    async def healthy(self) -> bool:
+        def check() -> bool:
+            self._check_store()
+            assert self._read_db is not None
+            self._read_db.execute("SELECT 1 FROM store_info LIMIT 1").fetchone()
+            return True
+
+        try:
+            return await self._read(check)
+        except Unavailable as error:
+            log.warning("index not healthy: %s", error)
+            return False
+
+    # --- collections -----------------------------------------------------------------------------
+
+    def _vectors_of(self, collection: str) -> VectorIndex:
+        index = self.vectors.get(collection)
+        if index is None:
+            raise NotFound(f"collection {collection!r} does not exist")
+        return index
+
+    async def collections(self) -> list[str]:
+        return sorted(self.vectors)
+
+    async def create_collection(self, name: str) -> bool:
+        """True when it was created, False when it already existed."""
+        def create() -> bool:
+            self._check_store()
+            assert self._write_db is not None
+            cursor = self._write_db.execute("INSERT OR IGNORE INTO collections VALUES (?, ?)", (name, time.time()))
+            if cursor.rowcount:
+                self.vectors[name] = self._new_vector_index()
+            return bool(cursor.rowcount)
+
+        return await self._write(create)
+
+    async def drop_collection(self, name: str) -> int:
+        """Deletes the collection and its items; returns how many items it held."""
+        def drop() -> int:
+            self._check_store()
+            self._vectors_of(name)
+            assert self._write_db is not None
+            db = self._write_db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = "SELECT row FROM items WHERE collection = ?"
+                db.execute(f"DELETE FROM item_keywords WHERE row IN ({rows})", (name,))
+                db.execute(f"DELETE FROM item_metadata WHERE row IN ({rows})", (name,))
+                count = db.execute("DELETE FROM items WHERE collection = ?", (name,)).rowcount
+                db.execute("DELETE FROM collections WHERE name = ?", (name,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self.vectors.pop(name, None)
+            self._snapshot_path(name).unlink(missing_ok=True)
+            return count
+
+        return await self._write(drop)
+
+    # --- writes ----------------------------------------------------------------------------------
+
+    async def upsert(self, collection: str, records: list[Record]) -> None:
+        await self._write(self._upsert, collection, records)
+
+    def _upsert(self, collection: str, records: list[Record]) -> None:
+        self._check_store()
+        vectors = self._vectors_of(collection)
+        db = self._write_db
+        assert db is not None
+        replaced, added = [], []
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for r in records:
+                old = db.execute("SELECT row FROM items WHERE collection = ? AND id = ?", (collection, r.id)).fetchone()
+                if old is not None:
+                    self._delete_row(db, old[0])
+                    replaced.append(old[0])
+                cursor = db.execute(
+                    "INSERT INTO items (collection, id, embedding, regions, region_scales, title, keywords, metadata)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (collection, r.id, np.asarray(r.embedding, dtype="<f4").tobytes(),
+                     np.asarray(r.regions, dtype=np.int8).tobytes(), np.asarray(r.region_scales, dtype="<f4").tobytes(),
+                     r.title, json.dumps([[t, float(conf), int(s)] for t, conf, s in r.keywords]),
+                     json.dumps(r.metadata, sort_keys=True)))
+                row = cursor.lastrowid
+                db.executemany("INSERT OR IGNORE INTO item_keywords VALUES (?, ?)", [(t, row) for t, _, _ in r.keywords])
+                db.executemany("INSERT INTO item_metadata VALUES (?, ?, ?, ?)",
+                               [(k, v, row, _number(v)) for k, v in r.metadata.items()])
+                added.append((row, r.embedding))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        vectors.remove(replaced)
+        vectors.add(np.asarray([row for row, _ in added]), np.stack([e for _, e in added]))
+
+    @staticmethod
+    def _delete_row(db: sqlite3.Connection, row: int) -> None:
+        db.execute("DELETE FROM item_keywords WHERE row = ?", (row,))
+        db.execute("DELETE FROM item_metadata WHERE row = ?", (row,))
+        db.execute("DELETE FROM items WHERE row = ?", (row,))
+
+    async def delete(self, collection: str, ids: list[str]) -> list[str]:
+        """Deletes the ids that exist; returns them."""
+        def delete() -> list[str]:
+            self._check_store()
+            vectors = self._vectors_of(collection)
+            db = self._write_db
+            assert db is not None
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                found = self._rows_of(db, collection, ids)
+                for row in found.values():
+                    self._delete_row(db, row)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            vectors.remove(found.values())
+            return [i for i in ids if i in found]
+
+        return await self._write(delete)
+
+    @staticmethod
+    def _rows_of(db: sqlite3.Connection, collection: str, ids: list[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            query = f"SELECT id, row FROM items WHERE collection = ? AND id IN ({', '.join('?' * len(chunk))})"
+            found.update(db.execute(query, (collection, *chunk)).fetchall())
+        return found
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    async def count(self, collection: str) -> int:
+        def count() -> int:
+            self._vectors_of(collection)
+            assert self._read_db is not None
+            return int(self._read_db.execute("SELECT count(*) FROM items WHERE collection = ?",
+                                             (collection,)).fetchone()[0])
+
+        return await self._read(count)
+
+    async def ann_mode(self, collection: str) -> str:
+        return self._vectors_of(collection).mode
+
+    async def search(self, collection: str, vector: np.ndarray, limit: int, condition: Filter,
+                     with_features: bool = False) -> list[Hit]:
+        return await self._read(self._search, collection, vector, limit, condition, with_features)
+
+    def _search(self, collection: str, vector: np.ndarray, limit: int, condition: Filter,
+                with_features: bool) -> list[Hit]:
+        vectors = self._vectors_of(collection)
+        db = self._read_db
+        assert db is not None
+        allowed = None
+        if not condition.empty:
+            compiled = SqlFilter.compile(collection, condition)
+            allowed = np.fromiter((r[0] for r in db.execute(f"SELECT row FROM items WHERE {compiled.where}",
+                                                             compiled.params)), dtype=np.int64)
+        keys, scores = vectors.search(vector, limit, allowed)
+        rows = self._rows(db, keys.tolist(), with_features)
+        return [self._hit(rows[key], float(score), with_features) for key, score in zip(keys.tolist(), scores)
+                if key in rows]  # a row deleted since the vector search is not a result
+
+    @staticmethod
+    def _rows(db: sqlite3.Connection, rows: list[int], with_features: bool) -> dict[int, tuple]:
+        columns = "row, id, title, metadata, keywords" + (", regions, region_scales" if with_features else "")
+        found = {}
+        for start in range(0, len(rows), 500):
+            chunk = rows[start : start + 500]
+            query = f"SELECT {columns} FROM items WHERE row IN ({', '.join('?' * len(chunk))})"
+            found.update((r[0], r) for r in db.execute(query, chunk))
+        return found
+
+    @staticmethod
+    def _hit(row: tuple, score: float, with_features: bool) -> Hit:
+        hit = Hit(row[1], score, row[2], json.loads(row[3]), _keywords(row[4]))
+        if with_features:
+            hit.regions = np.frombuffer(row[5], dtype=np.int8).reshape(c.REGION_COUNT, c.REGION_DIM)
+            hit.region_scales = np.frombuffer(row[6], dtype="<f4")
+        return hit
+
+    async def get(self, collection: str, ids: list[str], with_features: bool) -> dict[str, Record]:
+        def get() -> dict[str, Record]:
+            self._vectors_of(collection)
+            db = self._read_db
+            assert db is not None
+            records = {}
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                query = ("SELECT id, title, keywords, metadata, embedding, regions, region_scales FROM items"
+                         f" WHERE collection = ? AND id IN ({', '.join('?' * len(chunk))})")
+                for row in db.execute(query, (collection, *chunk)):
+                    records[row[0]] = Record(
+                        row[0],
+                        np.frombuffer(row[4], dtype="<f4") if with_features else np.zeros(0, np.float32),
+                        np.frombuffer(row[5], dtype=np.int8).reshape(c.REGION_COUNT, c.REGION_DIM)
+                        if with_features else np.zeros(0, np.int8),
+                        np.frombuffer(row[6], dtype="<f4") if with_features else np.zeros(0, np.float32),
+                        row[1], _keywords(row[2]), json.loads(row[3]))
+            return records
+
+        return await self._read(get)
+
+    # --- keyword vectors -------------------------------------------------------------------------
+
+    async def keyword_vectors(self, build: str, texts: list[str]) -> dict[str, np.ndarray]:
+        """Stored float16 vectors of keyword texts for one text_encoder build (misses absent)."""
+        found: dict[str, np.ndarray] = {}
+        with self._keyword_lock:
+            for text in texts:
+                vector = self._keyword_vectors.get((build, text))
+                if vector is not None:
+                    self._keyword_vectors.move_to_end((build, text))
+                    found[text] = vector
+        missing = [t for t in texts if t not in found]
+        if missing:
+            def read() -> dict[str, np.ndarray]:
+                assert self._read_db is not None
+                out = {}
+                for start in range(0, len(missing), 500):
+                    chunk = missing[start : start + 500]
+                    query = f"SELECT text, vector FROM keyword_vectors WHERE build = ? AND text IN ({', '.join('?' * len(chunk))})"
+                    out.update((t, np.frombuffer(v, dtype="<f2")) for t, v in self._read_db.execute(query, (build, *chunk)))
+                return out
+
+            stored = await self._read(read)
+            self._remember_keyword_vectors(build, stored)
+            found.update(stored)
+        return found
+
+    async def put_keyword_vectors(self, build: str, vectors: dict[str, np.ndarray]) -> None:
+        rows = [(build, t, np.asarray(v, dtype="<f2").tobytes()) for t, v in vectors.items()]
+
+        def put() -> None:
+            self._check_store()
+            assert self._write_db is not None
+            self._write_db.execute("BEGIN IMMEDIATE")
+            self._write_db.executemany("INSERT OR REPLACE INTO keyword_vectors VALUES (?, ?, ?)", rows)
+            self._write_db.execute("COMMIT")
+
+        await self._write(put)
+        self._remember_keyword_vectors(build, {t: np.asarray(v, dtype=np.float16) for t, v in vectors.items()})
+
+    def _remember_keyword_vectors(self, build: str, vectors: dict[str, np.ndarray]) -> None:
+        with self._keyword_lock:
+            for text, vector in vectors.items():
+                self._keyword_vectors[(build, text)] = vector
+            while len(self._keyword_vectors) > KEYWORD_VECTOR_MEMORY:
+                self._keyword_vectors.popitem(last=False)
+
+
+def _keywords(blob: str) -> list[tuple[str, float, int]]:
+    return [(str(t), float(conf), int(s)) for t, conf, s in json.loads(blob)]

@@ -1,0 +1,295 @@
+"""The scale-out engine: a Milvus server or cluster through pymilvus (INDEX_URI=http://host:19530).
+
+One Milvus collection per amcsearch collection, one row per image holding everything search
+needs, so an upsert or a delete is one write (no item half in one collection and half in
+another). The region grid travels as base64 text of its int8 bytes and scales: Milvus 2.3 allows
+one vector field per collection, and a 36 x 128 x 8-bit binary vector would pass its 32,768
+dimension limit. Filters are compiled to Milvus expressions with every string escaped for its
+parser (quotes, backslashes, control characters; non-ASCII passes through as UTF-8).
+
+Searches and reads use Session consistency: this gateway sees its own acknowledged upserts at
+once, without Strong consistency's wait for every channel (~270 ms a search on 2 cores).
+pymilvus does not carry a delete's timestamp into the session (seen with Milvus 2.3.5), so Delete
+returns only after a Strong read no longer finds the ids: from then on no read shows them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from pymilvus import DataType, MilvusClient
+from pymilvus.exceptions import MilvusException
+
+from amcsearch.runtime import contract as c
+from amcsearch.runtime.errors import NotFound, Unavailable
+from amcsearch.search.records import Filter, Hit, MetadataClause, MetadataFilter, Record
+
+log = logging.getLogger(__name__)
+
+MAX_KEYWORDS = 64
+MAX_KEYWORD_CHARS = 64
+FEATURE_BYTES = c.REGION_COUNT * c.REGION_DIM + 4 * c.REGION_COUNT
+CONSISTENCY = "Session"
+HIT_FIELDS = ["title", "metadata", "keywords"]
+
+
+def quote(value: str) -> str:
+    """A Milvus expression string literal holding exactly `value`."""
+    escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+               .replace("\t", "\\t"))
+    return f'"{escaped}"'
+
+
+def _strings(values) -> str:
+    return "[" + ", ".join(quote(v) for v in values) + "]"
+
+
+def _clause_expression(clause: MetadataClause) -> str:
+    key = quote(clause.key)
+    if clause.op == "exists":
+        return f"array_contains(metadata_keys, {key})"
+    if clause.op == "eq":
+        return f"metadata[{key}] == {quote(clause.values[0])}"
+    if clause.op == "in":
+        return f"metadata[{key}] in {_strings(clause.values)}"
+    if clause.op == "range":
+        parts = [f"array_contains(number_keys, {key})"]
+        if clause.lower is not None:
+            parts.append(f"numbers[{key}] {'>=' if clause.lower_inclusive else '>'} {clause.lower!r}")
+        if clause.upper is not None:
+            parts.append(f"numbers[{key}] {'<=' if clause.upper_inclusive else '<'} {clause.upper!r}")
+        return " and ".join(parts)
+    raise ValueError(f"unknown metadata operator {clause.op!r}")
+
+
+def _metadata_expression(group: MetadataFilter) -> str:
+    parts = [_clause_expression(cl) for cl in group.clauses] + [_metadata_expression(g) for g in group.groups]
+    if not parts:
+        return "true"
+    return f" {group.op} ".join(f"({p})" for p in parts)
+
+
+def filter_expression(condition: Filter) -> str:
+    clauses = []
+    if condition.keywords:
+        clauses.append(f"array_contains_all(keyword_texts, {_strings(condition.keywords)})")
+    if condition.within_ids:
+        clauses.append(f"id in {_strings(condition.within_ids)}")
+    if condition.exclude_ids:
+        clauses.append(f"id not in {_strings(condition.exclude_ids)}")
+    if condition.metadata is not None:
+        clauses.append(_metadata_expression(condition.metadata))
+    return " and ".join(f"({cl})" for cl in clauses)
+
+
+def _number(value: str) -> float | None:
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if np.isfinite(number) else None
+
+
+def encode_features(regions: np.ndarray, scales: np.ndarray) -> str:
+    blob = np.asarray(regions, dtype=np.int8).tobytes() + np.asarray(scales, dtype="<f4").tobytes()
+    return base64.b64encode(blob).decode("ascii")
+
+
+def decode_features(text: str) -> tuple[np.ndarray, np.ndarray]:
+    blob = base64.b64decode(text)
+    split = c.REGION_COUNT * c.REGION_DIM
+    return (np.frombuffer(blob[:split], dtype=np.int8).reshape(c.REGION_COUNT, c.REGION_DIM),
+            np.frombuffer(blob[split:], dtype="<f4"))
+
+
+class MilvusIndex:
+    backend = "milvus"
+
+    def __init__(self, uri: str, default_collection: str, token: str = "", ef_search: int = 256) -> None:
+        self.uri = uri
+        self.default_collection = default_collection
+        self.token = token
+        self.ef_search = ef_search
+        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="milvus")
+        self.client: MilvusClient | None = None
+        self.known: set[str] = set()
+
+    async def _run(self, function, *args, **kwargs):
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.executor, lambda: function(*args, **kwargs))
+        except MilvusException as error:
+            raise Unavailable(f"index ({self.backend}) failed: {error.message}") from error
+
+    async def open(self) -> None:
+        def connect() -> None:
+            self.client = MilvusClient(self.uri, token=self.token) if self.token else MilvusClient(self.uri)
+            if not self.client.has_collection(self.default_collection):
+                self._create(self.default_collection)
+            self.client.load_collection(self.default_collection)
+            fields = {f["name"] for f in self.client.describe_collection(self.default_collection)["fields"]}
+            if "features" not in fields:
+                raise Unavailable(f"collection {self.default_collection} has an older schema (regions apart): "
+                                  "re-index into a new INDEX_COLLECTION")
+            self.known = {self.default_collection}
+
+        await self._run(connect)
+
+    def _create(self, name: str) -> None:
+        assert self.client is not None
+        schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=128)
+        schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=c.EMBEDDING_DIM)
+        schema.add_field("title", DataType.VARCHAR, max_length=4096)
+        schema.add_field("keyword_texts", DataType.ARRAY, element_type=DataType.VARCHAR,
+                         max_capacity=MAX_KEYWORDS, max_length=4 * MAX_KEYWORD_CHARS)
+        schema.add_field("keywords", DataType.JSON)
+        schema.add_field("metadata", DataType.JSON)
+        schema.add_field("metadata_keys", DataType.ARRAY, element_type=DataType.VARCHAR,
+                         max_capacity=256, max_length=1024)
+        schema.add_field("numbers", DataType.JSON)
+        schema.add_field("number_keys", DataType.ARRAY, element_type=DataType.VARCHAR,
+                         max_capacity=256, max_length=1024)
+        schema.add_field("features", DataType.VARCHAR, max_length=2 * FEATURE_BYTES)
+        index_params = self.client.prepare_index_params()
+        index_params.add_index("embedding", index_type="HNSW", metric_type="COSINE",
+                               params={"M": 16, "efConstruction": 128})
+        self.client.create_collection(name, schema=schema, index_params=index_params, consistency_level=CONSISTENCY)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self._run(self.client.close)
+        self.executor.shutdown(wait=False)
+
+    async def healthy(self) -> bool:
+        assert self.client is not None
+        try:
+            return bool(await self._run(self.client.has_collection, self.default_collection))
+        except Unavailable as error:
+            log.warning("index not healthy: %s", error)
+            return False
+
+    # --- collections -----------------------------------------------------------------------------
+
+    async def _require(self, collection: str) -> None:
+        if collection in self.known:
+            return
+        assert self.client is not None
+        if not await self._run(self.client.has_collection, collection):
+            raise NotFound(f"collection {collection!r} does not exist")
+        await self._run(self.client.load_collection, collection)
+        self.known.add(collection)
+
+    async def collections(self) -> list[str]:
+        assert self.client is not None
+        return sorted(await self._run(self.client.list_collections))
+
+    async def create_collection(self, name: str) -> bool:
+        assert self.client is not None
+        if await self._run(self.client.has_collection, name):
+            return False
+        await self._run(self._create, name)
+        self.known.add(name)
+        return True
+
+    async def drop_collection(self, name: str) -> int:
+        await self._require(name)
+        count = await self.count(name)
+        assert self.client is not None
+        await self._run(self.client.drop_collection, name)
+        self.known.discard(name)
+        return count
+
+    # --- writes ----------------------------------------------------------------------------------
+
+    async def upsert(self, collection: str, records: list[Record]) -> None:
+        await self._require(collection)
+        rows = []
+        for r in records:
+            numbers = {k: n for k, v in r.metadata.items() if (n := _number(v)) is not None}
+            rows.append({
+                "id": r.id,
+                "embedding": np.asarray(r.embedding, dtype=np.float32).tolist(),
+                "title": r.title,
+                "keyword_texts": [k[0] for k in r.keywords][:MAX_KEYWORDS],
+                "keywords": {"list": [[k[0], float(k[1]), int(k[2])] for k in r.keywords][:MAX_KEYWORDS]},
+                "metadata": dict(r.metadata),
+                "metadata_keys": sorted(r.metadata),
+                "numbers": numbers,
+                "number_keys": sorted(numbers),
+                "features": encode_features(r.regions, r.region_scales),
+            })
+        assert self.client is not None
+        await self._run(self.client.upsert, collection, rows)
+
+    async def delete(self, collection: str, ids: list[str]) -> list[str]:
+        present = list(await self.get(collection, ids, with_features=False))
+        if present:
+            assert self.client is not None
+            await self._run(self.client.delete, collection, ids=present)
+            left = await self._run(self.client.query, collection, filter=f"id in {_strings(present)}",
+                                   output_fields=["id"], consistency_level="Strong")
+            if left:
+                raise Unavailable(f"index (milvus) still holds {len(left)} deleted ids; retry the Delete")
+        return [i for i in ids if i in set(present)]
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    async def count(self, collection: str) -> int:
+        await self._require(collection)
+        assert self.client is not None
+        rows = await self._run(self.client.query, collection, filter="", output_fields=["count(*)"],
+                               consistency_level="Strong")
+        return int(rows[0]["count(*)"])
+
+    async def ann_mode(self, collection: str) -> str:
+        return "hnsw"
+
+    async def search(self, collection: str, vector: np.ndarray, limit: int, condition: Filter,
+                     with_features: bool = False) -> list[Hit]:
+        await self._require(collection)
+        assert self.client is not None
+        fields = HIT_FIELDS + (["features"] if with_features else [])
+        result = await self._run(
+            self.client.search, collection, [np.asarray(vector, dtype=np.float32).tolist()], anns_field="embedding",
+            limit=limit, filter=filter_expression(condition), output_fields=fields,
+            search_params={"metric_type": "COSINE", "params": {"ef": max(self.ef_search, limit)}},
+            consistency_level=CONSISTENCY,
+        )
+        hits = []
+        for h in result[0]:
+            entity = h["entity"]
+            hit = Hit(h["id"], float(h["distance"]), entity.get("title", ""), entity.get("metadata") or {},
+                      _keywords(entity.get("keywords")))
+            if with_features:
+                hit.regions, hit.region_scales = decode_features(entity["features"])
+            hits.append(hit)
+        return hits
+
+    async def get(self, collection: str, ids: list[str], with_features: bool) -> dict[str, Record]:
+        await self._require(collection)
+        assert self.client is not None
+        fields = ["title", "keywords", "metadata"] + (["embedding", "features"] if with_features else [])
+        records = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = await self._run(self.client.query, collection, filter=f"id in {_strings(chunk)}",
+                                   output_fields=fields, consistency_level=CONSISTENCY)
+            for row in rows:
+                if with_features:
+                    regions, scales = decode_features(row["features"])
+                    embedding = np.asarray(row["embedding"], dtype=np.float32)
+                else:
+                    regions, scales, embedding = np.zeros(0, np.int8), np.zeros(0, np.float32), np.zeros(0, np.float32)
+                records[row["id"]] = Record(row["id"], embedding, regions, scales, row.get("title", ""),
+                                            _keywords(row.get("keywords")), row.get("metadata") or {})
+        return records
+
+
+def _keywords(value) -> list[tuple[str, float, int]]:
+    """Milvus 2.3 JSON fields hold objects only: the keyword list is stored as {"list": [...]}."""
+    return [(str(k[0]), float(k[1]), int(k[2])) for k in (value or {}).get("list", [])]

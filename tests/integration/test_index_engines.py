@@ -1,0 +1,179 @@
+"""One suite, both index engines: the embedded default and a real Milvus 2.3 standalone server
+(the `milvus` wheel, started on free ports by the milvus_server fixture). Whatever one engine
+stores, filters and returns, the other must too: the gateway above them has one code path."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import numpy as np
+import pytest
+
+from amcsearch.runtime.errors import NotFound
+from amcsearch.runtime.quantize import quantize_regions
+from amcsearch.search.index import open_index
+from amcsearch.search.records import Filter, MetadataClause, MetadataFilter, Record
+
+pytestmark = pytest.mark.integration
+HOSTILE = ['a"b', "it's", "x') or 1 == 1 --", "[0]", 'id in ["x"]', "back\\slash", "new\nline", "café ☕", "tab\there"]
+
+
+def unit(seed: int, n: int) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal((n, 384)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def record(i: int, vector: np.ndarray, keywords=None, metadata=None) -> Record:
+    regions, scales = quantize_regions(np.random.default_rng(i).standard_normal((36, 128)).astype(np.float32))
+    return Record(f"img-{i}", vector, regions, scales, f"title {i}", keywords or [("red", 0.9, 2), ("circle", 0.6, 2)],
+                  metadata if metadata is not None else {"n": str(i)})
+
+
+class Engine:
+    """An opened engine and a loop to drive it from synchronous tests."""
+
+    def __init__(self, uri: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.collection = f"t{uuid.uuid4().hex[:12]}"
+        self.index = open_index(uri, self.collection)
+        self.run(self.index.open())
+
+    def run(self, coroutine):
+        return self.loop.run_until_complete(coroutine)
+
+    def close(self) -> None:
+        if self.index.backend == "milvus":
+            self.run(self.index.drop_collection(self.collection))
+        self.run(self.index.close())
+        self.loop.close()
+
+
+@pytest.fixture(params=["embedded", "milvus"])
+def engine(request, tmp_path):
+    uri = str(tmp_path / "index.sqlite") if request.param == "embedded" else request.getfixturevalue("milvus_server")
+    opened = Engine(uri)
+    yield opened
+    opened.close()
+
+
+def test_upsert_get_search_delete(engine):
+    vectors = unit(0, 40)
+    c = engine.collection
+    engine.run(engine.index.upsert(c, [record(i, v) for i, v in enumerate(vectors)]))
+    assert engine.run(engine.index.count(c)) == 40
+    hits = engine.run(engine.index.search(c, vectors[3], 5, Filter(), with_features=True))
+    assert hits[0].id == "img-3" and hits[0].ann_score == pytest.approx(1.0, abs=1e-3)
+    expected = record(3, vectors[3])
+    np.testing.assert_array_equal(hits[0].regions, expected.regions)
+    np.testing.assert_allclose(hits[0].region_scales, expected.region_scales, rtol=1e-6)
+    assert hits[0].keywords == expected.keywords and hits[0].metadata == expected.metadata
+    engine.run(engine.index.upsert(c, [record(3, vectors[4])]))  # replace
+    assert engine.run(engine.index.count(c)) == 40
+    got = engine.run(engine.index.get(c, ["img-3", "missing"], True))
+    assert list(got) == ["img-3"]
+    np.testing.assert_allclose(got["img-3"].embedding, vectors[4], rtol=1e-6)
+    assert engine.run(engine.index.delete(c, ["img-3", "missing"])) == ["img-3"]
+    assert engine.run(engine.index.count(c)) == 39
+    assert all(h.id != "img-3" for h in engine.run(engine.index.search(c, vectors[4], 40, Filter())))
+
+
+def test_hostile_values_round_trip_and_filter_only_themselves(engine):
+    c = engine.collection
+    vectors = unit(1, len(HOSTILE))
+    records = [record(i, v, keywords=[(text, 1.0, 1)], metadata={"k": text, "n": str(i)})
+               for i, (text, v) in enumerate(zip(HOSTILE, vectors, strict=True))]
+    engine.run(engine.index.upsert(c, records))
+    got = engine.run(engine.index.get(c, [r.id for r in records], False))
+    for r in records:
+        assert got[r.id].keywords == r.keywords and got[r.id].metadata == r.metadata
+    for i, text in enumerate(HOSTILE):
+        by_keyword = engine.run(engine.index.search(c, vectors[0], 20, Filter(keywords=(text,))))
+        assert [h.id for h in by_keyword] == [f"img-{i}"], text
+        group = MetadataFilter("and", (MetadataClause("k", "eq", (text,)),))
+        assert [h.id for h in engine.run(engine.index.search(c, vectors[0], 20, Filter(metadata=group)))] == [f"img-{i}"]
+    within = engine.run(engine.index.search(c, vectors[0], 20, Filter(within_ids=("img-1", "img-2"))))
+    assert {h.id for h in within} == {"img-1", "img-2"}
+
+
+def test_metadata_filters(engine):
+    c = engine.collection
+    vectors = unit(2, 30)
+    engine.run(engine.index.upsert(c, [
+        record(i, v, metadata={"n": str(i), "kind": "even" if i % 2 == 0 else "odd", **({"star": "1"} if i < 3 else {})})
+        for i, v in enumerate(vectors)]))
+
+    def ids(group: MetadataFilter, keywords=()) -> set[str]:
+        return {h.id for h in engine.run(engine.index.search(c, vectors[0], 100, Filter(keywords, metadata=group)))}
+
+    assert ids(MetadataFilter("and", (MetadataClause("n", "range", lower=10, upper=12),))) == {"img-10", "img-11", "img-12"}
+    assert ids(MetadataFilter("and", (MetadataClause("n", "range", lower=28, lower_inclusive=False),))) == {"img-29"}
+    assert ids(MetadataFilter("and", (MetadataClause("kind", "in", ("odd",)), MetadataClause("n", "range", upper=3)))) == {
+        "img-1", "img-3"}
+    assert ids(MetadataFilter("and", (MetadataClause("star", "exists"),))) == {"img-0", "img-1", "img-2"}
+    either = MetadataFilter("or", (MetadataClause("n", "eq", ("5",)), MetadataClause("star", "exists")))
+    assert ids(either) == {"img-0", "img-1", "img-2", "img-5"}
+    assert ids(either, keywords=("red",)) == {"img-0", "img-1", "img-2", "img-5"}
+    assert ids(either, keywords=("blue",)) == set()
+
+
+def test_a_selective_filter_returns_as_many_as_asked(engine):
+    c = engine.collection
+    vectors = unit(3, 600)
+    engine.run(engine.index.upsert(c, [record(i, v, metadata={"bucket": str(i % 100)}) for i, v in enumerate(vectors)]))
+    group = MetadataFilter("and", (MetadataClause("bucket", "eq", ("7",)),))  # 1% of the collection
+    hits = engine.run(engine.index.search(c, vectors[0], 6, Filter(metadata=group)))
+    assert len(hits) == 6 and all(int(h.id.split("-")[1]) % 100 == 7 for h in hits)
+
+
+def test_collections_are_isolated(engine):
+    other = f"{engine.collection}_b"
+    assert engine.run(engine.index.create_collection(other))
+    try:
+        engine.run(engine.index.upsert(other, [record(0, unit(4, 1)[0])]))
+        assert engine.run(engine.index.get(engine.collection, ["img-0"], False)) == {}
+        assert engine.run(engine.index.count(other)) == 1
+    finally:
+        assert engine.run(engine.index.drop_collection(other)) == 1
+    with pytest.raises(NotFound):
+        engine.run(engine.index.count(other))
+
+
+def test_a_gateway_on_the_milvus_server_serves_the_same_search(real_stack, milvus_server, ci_corpus, tmp_path):
+    """A second SearchService on the same model services, with INDEX_URI on the Milvus server:
+    Index, Search (rescored, filtered), Get, Delete and Stats through the real RPCs."""
+    import grpc
+
+    from amcsearch.launcher import SERVICES_ROOT
+    from amcsearch.processes import free_port, grpc_serving, service_process, wait_until
+    from amcsearch.v1 import common_pb2, search_pb2, search_pb2_grpc
+    from tests.integration.conftest import png
+
+    collection = f"gw{uuid.uuid4().hex[:10]}"
+    env = {**real_stack.env, "INDEX_URI": milvus_server, "INDEX_COLLECTION": collection}
+    process = service_process("search", "SEARCH", free_port(), free_port(), env, tmp_path, SERVICES_ROOT)
+    process.start()
+    try:
+        wait_until(lambda: grpc_serving(process.endpoints["grpc"]), 90, "search on milvus", process)
+        with grpc.insecure_channel(process.endpoints["grpc"]) as channel:
+            stub = search_pb2_grpc.SearchServiceStub(channel)
+            records = ci_corpus.test.images[:24]
+            items = [search_pb2.ImageItem(id=r.id, image=png(p), title=r.caption, keywords=[
+                common_pb2.Keyword(text=k, confidence=c) for k, c in r.noisy_keywords])
+                for r, p in zip(records, ci_corpus.test.pixels[:24], strict=True)]
+            assert stub.Index(search_pb2.IndexRequest(items=items, skip_auto_tags=True), timeout=120).indexed_count == 24
+            reply = stub.Search(search_pb2.SearchRequest(text=records[0].caption, top_k=5, explain=True), timeout=60)
+            assert reply.stages == ["encode", "ann", "rescore"] and not reply.degradations and len(reply.results) == 5
+            keyword = records[0].noisy_keywords[0][0]
+            filtered = stub.Search(search_pb2.SearchRequest(text="anything", top_k=24, keyword_filter=[keyword]), timeout=60)
+            expected = {r.id for r in records if keyword in {k for k, _ in r.noisy_keywords}}
+            assert {r.id for r in filtered.results} == expected
+            got = stub.Get(search_pb2.GetRequest(ids=[records[1].id], include_features=True), timeout=30)
+            assert got.images[0].features.regions.shape == [36, 128]
+            assert stub.Delete(search_pb2.DeleteRequest(ids=[records[0].id]), timeout=30).deleted_count == 1
+            again = stub.Search(search_pb2.SearchRequest(text=records[0].caption, top_k=24), timeout=60)
+            assert records[0].id not in {r.id for r in again.results}
+            stats = stub.Stats(search_pb2.StatsRequest(), timeout=30)
+            assert (stats.image_count, stats.index_backend, stats.collection) == (23, "milvus", collection)
+    finally:
+        process.stop()

@@ -1,0 +1,179 @@
+"""The embedded index engine on its own: SQLite store, exact and HNSW vector search, filters with
+hostile values, durability across reopen, one owner per file, a store deleted underneath."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import numpy as np
+import pytest
+from amcsearch.runtime.errors import NotFound, Unavailable
+from amcsearch.runtime.quantize import dequantize_regions, quantize_regions
+from amcsearch.search.embedded_index import EmbeddedIndex
+from amcsearch.search.records import Filter, MetadataClause, MetadataFilter, Record
+from amcsearch.search.vector_index import VectorIndex
+
+HOSTILE = ['a"b', "it's", "x') OR 1=1 --", "[0]", 'id in ["x"]', "back\\slash", "new\nline", "café ☕", "%_*"]
+
+
+def unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    v = rng.standard_normal((n, 384)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def record(i: int, vector: np.ndarray, **extra) -> Record:
+    regions, scales = quantize_regions(np.full((36, 128), i % 7 - 3, np.float32))
+    return Record(f"img-{i}", vector, regions, scales, f"title {i}", extra.get("keywords", [("red", 0.9, 2)]),
+                  extra.get("metadata", {"n": str(i)}))
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+@pytest.fixture
+def store(tmp_path):
+    async def build():
+        index = EmbeddedIndex(tmp_path / "index.sqlite", "images", hnsw_min_rows=300)
+        await index.open()
+        return index
+
+    index = run(build())
+    yield index
+    run(index.close())
+
+
+def test_exact_search_equals_numpy_and_deleted_rows_leave():
+    rng = np.random.default_rng(0)
+    vectors = unit(rng, 500)
+    index = VectorIndex(384, hnsw_min_rows=10**9, ef_search=64)
+    index.add(np.arange(1, 501), vectors)
+    query = unit(rng, 1)[0]
+    keys, scores = index.search(query, 10)
+    expected = np.argsort(-(vectors @ query))[:10] + 1
+    assert keys.tolist() == expected.tolist()
+    np.testing.assert_allclose(scores, np.sort(vectors @ query)[::-1][:10], rtol=1e-5)
+    index.remove([int(keys[0])])
+    assert int(keys[0]) not in index.search(query, 10)[0].tolist()
+    assert index.count == 499
+
+
+def test_hnsw_recall_and_filtered_search_never_starves():
+    rng = np.random.default_rng(1)
+    vectors = unit(rng, 3000)
+    index = VectorIndex(384, hnsw_min_rows=1000, ef_search=256)
+    index.add(np.arange(3000), vectors)
+    assert index.wait_for_graph(120) and index.mode == "hnsw"
+    queries = unit(rng, 20)
+    recall = np.mean([len(set(index.search(q, 50)[0].tolist()) & set(np.argsort(-(vectors @ q))[:50].tolist())) / 50
+                      for q in queries])
+    assert recall > 0.9
+    allowed = np.arange(0, 3000, 100)  # 1%: exact over the allowed rows, as many as asked
+    keys, _ = index.search(queries[0], 20, allowed)
+    assert len(keys) == 20 and set(keys.tolist()) <= set(allowed.tolist())
+    broad = np.arange(0, 3000, 2)  # half the rows: the graph, oversampled
+    keys, _ = index.search(queries[0], 20, broad)
+    assert len(keys) == 20 and set(keys.tolist()) <= set(broad.tolist())
+
+
+def test_upsert_get_search_delete_round_trip(store):
+    rng = np.random.default_rng(2)
+    vectors = unit(rng, 50)
+    run(store.upsert("images", [record(i, v) for i, v in enumerate(vectors)]))
+    assert run(store.count("images")) == 50
+    hits = run(store.search("images", vectors[7], 3, Filter(), with_features=True))
+    assert hits[0].id == "img-7" and hits[0].ann_score == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(dequantize_regions(hits[0].regions, hits[0].region_scales), 0.0 + (7 % 7 - 3), atol=0.02)
+    run(store.upsert("images", [record(7, vectors[8])]))  # replaced: same id, new vector
+    assert run(store.count("images")) == 50
+    assert run(store.search("images", vectors[8], 2, Filter()))[0].id in {"img-7", "img-8"}
+    assert run(store.delete("images", ["img-7", "nope"])) == ["img-7"]
+    assert "img-7" not in run(store.get("images", ["img-7", "img-8"], False))
+    assert all(h.id != "img-7" for h in run(store.search("images", vectors[8], 50, Filter())))
+
+
+def test_every_stored_value_round_trips_and_filters_are_parameters(store):
+    rng = np.random.default_rng(3)
+    vectors = unit(rng, len(HOSTILE))
+    records = [record(i, v, keywords=[(text, 1.0, 1)], metadata={text: text, "n": str(i)})
+               for i, (text, v) in enumerate(zip(HOSTILE, vectors))]
+    run(store.upsert("images", records))
+    got = run(store.get("images", [r.id for r in records], False))
+    for r in records:
+        assert got[r.id].keywords == r.keywords and got[r.id].metadata == r.metadata
+    for i, text in enumerate(HOSTILE):
+        by_keyword = run(store.search("images", vectors[0], 20, Filter(keywords=(text,))))
+        assert [h.id for h in by_keyword] == [f"img-{i}"], text
+        clause = MetadataClause(text, "eq", (text,))
+        by_metadata = run(store.search("images", vectors[0], 20, Filter(metadata=MetadataFilter("and", (clause,)))))
+        assert [h.id for h in by_metadata] == [f"img-{i}"], text
+
+
+def test_metadata_ranges_in_exists_and_or(store):
+    rng = np.random.default_rng(4)
+    vectors = unit(rng, 30)
+    run(store.upsert("images", [record(i, v, metadata={"n": str(i), **({"even": "yes"} if i % 2 == 0 else {})})
+                                for i, v in enumerate(vectors)]))
+
+    def ids(group: MetadataFilter) -> set[str]:
+        return {h.id for h in run(store.search("images", vectors[0], 100, Filter(metadata=group)))}
+
+    assert ids(MetadataFilter("and", (MetadataClause("n", "range", lower=10, upper=12),))) == {"img-10", "img-11", "img-12"}
+    assert ids(MetadataFilter("and", (MetadataClause("n", "range", lower=10, upper=12, lower_inclusive=False,
+                                                     upper_inclusive=False),))) == {"img-11"}
+    assert ids(MetadataFilter("and", (MetadataClause("n", "in", ("1", "2", "nope")),))) == {"img-1", "img-2"}
+    assert len(ids(MetadataFilter("and", (MetadataClause("even", "exists"),)))) == 15
+    either = MetadataFilter("or", (MetadataClause("n", "eq", ("3",)), MetadataClause("n", "eq", ("4",))))
+    assert ids(either) == {"img-3", "img-4"}
+    both = MetadataFilter("and", (MetadataClause("even", "exists"),), (either,))
+    assert ids(both) == {"img-4"}
+
+
+def test_reopen_keeps_acknowledged_writes_and_restores_the_graph(tmp_path):
+    rng = np.random.default_rng(5)
+    vectors = unit(rng, 400)
+
+    async def first():
+        index = EmbeddedIndex(tmp_path / "index.sqlite", "images", hnsw_min_rows=300)
+        await index.open()
+        await index.upsert("images", [record(i, v) for i, v in enumerate(vectors)])
+        index.vectors["images"].wait_for_graph(60)
+        await index.close()
+
+    async def second():
+        index = EmbeddedIndex(tmp_path / "index.sqlite", "images", hnsw_min_rows=300)
+        await index.open()
+        try:
+            assert await index.count("images") == 400
+            assert await index.ann_mode("images") == "hnsw"  # restored from the snapshot, no rebuild
+            assert (await index.search("images", vectors[9], 1, Filter()))[0].id == "img-9"
+        finally:
+            await index.close()
+
+    run(first())
+    run(second())
+
+
+def test_one_gateway_per_file_and_a_deleted_store_refuses_writes(store, tmp_path):
+    other = EmbeddedIndex(tmp_path / "index.sqlite", "images")
+    with pytest.raises(Unavailable, match="another process holds the index"):
+        run(other.open())
+    os.unlink(tmp_path / "index.sqlite")
+    assert not run(store.healthy())
+    with pytest.raises(Unavailable, match="deleted or replaced"):
+        run(store.upsert("images", [record(0, unit(np.random.default_rng(6), 1)[0])]))
+
+
+def test_collections_are_isolated(store):
+    rng = np.random.default_rng(7)
+    vectors = unit(rng, 3)
+    assert run(store.create_collection("other"))
+    assert not run(store.create_collection("other"))
+    run(store.upsert("images", [record(0, vectors[0])]))
+    run(store.upsert("other", [record(0, vectors[1]), record(1, vectors[2])]))
+    assert run(store.count("images")) == 1 and run(store.count("other")) == 2
+    assert run(store.get("images", ["img-1"], False)) == {}
+    assert run(store.drop_collection("other")) == 2
+    with pytest.raises(NotFound):
+        run(store.count("other"))
