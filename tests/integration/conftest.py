@@ -130,9 +130,8 @@ def png(pixels: np.ndarray) -> bytes:
 def milvus_server(tmp_path_factory):
     """A real Milvus 2.3 standalone server (the `milvus` wheel's binary) on free loopback ports;
     its URI. Started once per session (~10 s)."""
-    from milvus import MilvusServer
-
     from amcsearch.processes import free_port
+    from milvus import MilvusServer
 
     server = MilvusServer()
     server.set_base_dir(str(tmp_path_factory.mktemp("milvus")))

@@ -9,7 +9,6 @@ import uuid
 
 import numpy as np
 import pytest
-
 from amcsearch.runtime.errors import NotFound
 from amcsearch.runtime.quantize import quantize_regions
 from amcsearch.search.index import open_index
@@ -143,10 +142,10 @@ def test_a_gateway_on_the_milvus_server_serves_the_same_search(real_stack, milvu
     """A second SearchService on the same model services, with INDEX_URI on the Milvus server:
     Index, Search (rescored, filtered), Get, Delete and Stats through the real RPCs."""
     import grpc
-
     from amcsearch.launcher import SERVICES_ROOT
     from amcsearch.processes import free_port, grpc_serving, service_process, wait_until
     from amcsearch.v1 import common_pb2, search_pb2, search_pb2_grpc
+
     from tests.integration.conftest import png
 
     collection = f"gw{uuid.uuid4().hex[:10]}"

@@ -13,9 +13,8 @@ import pytest
 from amcsearch.cli import index_directory
 from amcsearch.processes import grpc_serving, wait_until
 from amcsearch.query_encoder.tokenize import Tokenizer
-from amcsearch.v1 import search_pb2, search_pb2_grpc
-
 from amcsearch.runtime.quantize import quantize_regions
+from amcsearch.v1 import search_pb2, search_pb2_grpc
 
 from models.eval.metrics import ndcg_at_k
 from models.export.triton_repo import keyword_vocabulary

@@ -9,9 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from amcsearch.runtime.contract import EMBEDDING_DIM, TEXT_ENCODER, model_specs
+from torch import nn
 
 from models.export.triton_repo import export_model
 
