@@ -11,7 +11,7 @@ MODELS := text_encoder image_encoder keyword_tagger amc_rescorer composer
 MODEL_FILES := $(foreach m,$(MODELS),model_repository/$(m)/1/model.pt)
 STAMP := $(VENV)/.installed-$(shell sha256sum requirements.lock | cut -c1-12)
 
-.PHONY: help setup chromium proto models eval up demo test test-unit test-integration bench loadtest lint clean redis-server prometheus
+.PHONY: help setup chromium proto models export eval up demo test test-unit test-integration bench loadtest lint clean redis-server prometheus
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ models: $(STAMP) ## train every model and export model_repository/ (MODEL_SIZE=c
 	  $(PY) -m models.train --size $(MODEL_SIZE) --seed $(SEED) --repository model_repository --checkpoints build/checkpoints; \
 	else echo "== models: model_repository is built (FORCE=1 to retrain)"; fi
 
+export: $(STAMP) ## rewrite model_repository/ from the checkpoints of the last `make models` (no training)
+	$(PY) -m models.export --size $(MODEL_SIZE) --checkpoints build/checkpoints --repository model_repository
+
 eval: models ## evaluate on the held-out split and write benchmarks/QUALITY.md
 	@echo "== eval: size $(MODEL_SIZE)"
 	$(PY) -m models.eval --size $(MODEL_SIZE) --seed $(SEED) --checkpoints build/checkpoints --out benchmarks/QUALITY.md
@@ -72,8 +75,9 @@ test: setup models ## unit and integration tests (real tritonserver, redis-serve
 test-unit: setup ## unit tests only
 	$(PY) -m pytest tests/unit -q
 
-bench: setup models ## measure and write benchmarks/RESULTS.md
-	$(PY) -m benchmarks.run --out benchmarks/RESULTS.md
+SCALE ?= 1k,10k
+bench: setup models ## measure and write benchmarks/RESULTS.md (SCALE=1k,10k,100k for the whole curve)
+	$(PY) -m benchmarks.run --scale $(SCALE) --out benchmarks/RESULTS.md
 
 loadtest: setup models ## bounded locust run on loopback, prints p50/p95/p99
 	$(PY) -m loadtests.run

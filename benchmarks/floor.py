@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from amcsearch.attention_rescorer.rescorer import Candidate, build_inputs
+from amcsearch.attention_rescorer.rescorer import build_inputs
 from amcsearch.query_encoder.tokenize import Tokenizer
+from amcsearch.runtime.rescoring import CandidateBatch
 
 AMC_INPUTS = ("query", "query_index", "regions", "region_scales", "keyword_table", "keyword_index", "keyword_mask")
 
@@ -72,7 +73,7 @@ class ComputeFloor:
         with torch.inference_mode():
             return self.rescorer(*(torch.from_numpy(np.ascontiguousarray(inputs[k])) for k in AMC_INPUTS))[0].numpy()
 
-    def measure(self, texts: list[str], vectors: np.ndarray, candidates: list[Candidate], repeat: int = 30) -> Floor:
+    def measure(self, texts: list[str], vectors: np.ndarray, candidates: CandidateBatch, repeat: int = 30) -> Floor:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         query = self.encode(texts[:1])[0]
         inputs = build_inputs(query[None], candidates, self.vocabulary, {})

@@ -16,11 +16,9 @@ import grpc
 import numpy as np
 from amcsearch.launcher import ROOT, Stack
 from amcsearch.runtime.quantize import quantize_regions
-from amcsearch.runtime.tensors import to_tensor
+from amcsearch.runtime.rescoring import pack, rescore_request
 from amcsearch.v1 import (
-    attention_rescorer_pb2,
     attention_rescorer_pb2_grpc,
-    common_pb2,
     feature_extractor_pb2,
     feature_extractor_pb2_grpc,
     keyword_tagger_pb2,
@@ -78,18 +76,14 @@ def main() -> None:
         rows.append(row("Extract 8 images, miss", timed(extractor, [extract(b) for b in batches])))
         rows.append(row("Tag 1 image", timed(tagger, [keyword_tagger_pb2.TagRequest(images=[img]) for img in images[: args.calls]])))
         features = extractor(extract(images[:50]), timeout=60).results
-        inline = []
-        for record, f in zip(split.images[:50], features):
-            regions, scales = quantize_regions(np.frombuffer(f.features.regions.data, "<f4").reshape(36, 128))
-            inline.append(attention_rescorer_pb2.Candidate(
-                id=record.id, regions=to_tensor(regions), region_scales=to_tensor(scales),
-                keywords=[common_pb2.Keyword(text=t, confidence=c) for t, c in record.noisy_keywords]))
+        quantized = [quantize_regions(np.frombuffer(f.features.regions.data, "<f4").reshape(36, 128)) for f in features]
+        batch = pack([r.id for r in split.images[:50]], [q for q, _ in quantized], [s for _, s in quantized],
+                     [r.noisy_keywords for r in split.images[:50]])
         query = np.frombuffer(encoder(text(0), timeout=60).embeddings[0].embedding.data, "<f4")
-        rescore = attention_rescorer_pb2.RescoreRequest(queries=to_tensor(query[None]), candidates=inline)
-        rows.append(row("Rescore 50 candidates (int8 regions)", timed(rescorer, [rescore] * args.calls)))
-        rescore_explain = attention_rescorer_pb2.RescoreRequest(queries=to_tensor(query[None]), candidates=inline,
-                                                                explain=True)
-        rows.append(row("Rescore 50 candidates, explain", timed(rescorer, [rescore_explain] * args.calls)))
+        rows.append(row("Rescore 50 candidates (int8 regions)",
+                        timed(rescorer, [rescore_request(query, batch, False)] * args.calls)))
+        rows.append(row("Rescore 50 candidates, explain",
+                        timed(rescorer, [rescore_request(query, batch, True)] * args.calls)))
         print("\n".join(rows))
     finally:
         stack.stop()

@@ -28,6 +28,10 @@ class TritonPythonModel:
             tensor["name"]: pb_utils.triton_string_to_numpy(tensor["data_type"])
             for tensor in config["output"]
         }
+        # One intra-op thread by default: every model is its own stub process, and on a few cores
+        # several OpenMP pools fight (2 spinning threads per stub tripled Search latency on 2
+        # cores). Throughput comes from several models (and instances) running side by side.
+        torch.set_num_threads(int(os.environ.get("AMCSEARCH_TORCH_THREADS", "1")))
         use_gpu = torch.cuda.is_available() and os.environ.get("AMCSEARCH_TRITON_CPU_ONLY") != "1"
         self.device = torch.device("cuda" if use_gpu else "cpu")
         model_path = os.path.join(args["model_repository"], args["model_version"], "model.pt")

@@ -82,9 +82,12 @@ def export_model(
     return folder
 
 
+def read_config(repository: Path, model: str) -> model_config_pb2.ModelConfig:
+    return text_format.Parse((Path(repository) / model / "configs" / "pyt.pbtxt").read_text(),
+                             model_config_pb2.ModelConfig())
+
+
 def keyword_vocabulary(repository: Path) -> dict[str, int]:
     """The amc_rescorer's built-in keyword texts -> rows, read from its exported config."""
-    config = text_format.Parse((Path(repository) / "amc_rescorer" / "configs" / "pyt.pbtxt").read_text(),
-                               model_config_pb2.ModelConfig())
-    words = config.parameters["keyword_vocabulary"].string_value.split("\n")
+    words = read_config(repository, "amc_rescorer").parameters["keyword_vocabulary"].string_value.split("\n")
     return {word: i for i, word in enumerate(words) if word}

@@ -23,14 +23,12 @@ from typing import Any
 
 import torch
 from amcsearch.query_encoder.tokenize import Tokenizer
-from amcsearch.runtime.contract import model_specs
 from torch import nn
 
 from models.corpus import load_or_build_corpus
-from models.export.triton_repo import export_model
-from models.nets.amc import ServedRescorer
+from models.export.repository import export_repository
 from models.nets.image_encoder import ImageEncoder, count_parameters
-from models.nets.text_encoder import embed_texts, load_text_encoder
+from models.nets.text_encoder import load_text_encoder
 from models.train.amc import train_amc
 from models.train.composer import train_composers
 from models.train.image_encoder import train_image_encoder, train_keyword_tagger
@@ -159,29 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     modules.update({f"composer_{k}": m for k, m in composers.items() if k != "composer"})
     checkpoints = stages.run("checkpoints", lambda: save_checkpoints(modules, checkpoint_dir))
 
-    specs = model_specs(len(corpus.keyword_vocab))
-    keywords_txt = ("\n".join(corpus.keyword_vocab) + "\n").encode()
-    vocabulary = embed_texts(text_encoder, list(corpus.keyword_vocab), tokenizer=tokenizer)
-    exported = {
-        "text_encoder": (text_encoder, None, None),
-        "image_encoder": (image_encoder, None, None),
-        "keyword_tagger": (tagger, {"keywords.txt": keywords_txt}, None),
-        "amc_rescorer": (ServedRescorer(amc["amc_full"], vocabulary), None,
-                         {"keyword_vocabulary": "\n".join(corpus.keyword_vocab)}),
-        "composer": (composer, None, None),
-    }
-
     def export_all() -> dict[str, dict[str, Any]]:
-        out = {}
-        for name, (module, extra, parameters) in exported.items():
-            folder = export_model(module, specs[name], args.repository, extra_files=extra, parameters=parameters)
-            model_pt = folder / "1" / "model.pt"
-            out[name] = {
-                "folder": str(folder),
-                "model_pt_bytes": model_pt.stat().st_size,
-                "parameters": count_parameters(module),
-            }
-        return out
+        return export_repository(args.repository, list(corpus.keyword_vocab), text_encoder, tokenizer, image_encoder,
+                                 tagger, amc["amc_full"], composer)
 
     exports = stages.run("export", export_all)
     total = round(time.perf_counter() - total_start, 2)
@@ -196,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         "train_images": len(corpus.train.images),
         "test_images": len(corpus.test.images),
         "keyword_vocab": len(corpus.keyword_vocab),
+        "keyword_vocabulary": list(corpus.keyword_vocab),
         "budgets": budgets,
         "stage_seconds": stages.seconds,
         "total_seconds": total,

@@ -41,7 +41,7 @@ def tensors(draw) -> common_pb2.Tensor:
     shape = draw(st.lists(st.integers(-3, 400), max_size=3))
     values = draw(st.lists(floats, max_size=16))
     data = draw(st.one_of(st.just(np.array(values, dtype="<f4").tobytes()), st.binary(max_size=64)))
-    return common_pb2.Tensor(shape=shape, dtype=draw(st.integers(0, 4)), data=data)
+    return common_pb2.Tensor(shape=shape, dtype=draw(st.integers(0, 5)), data=data)
 
 
 image_inputs = st.one_of(st.builds(common_pb2.ImageInput, data=blobs),
@@ -53,9 +53,14 @@ query_inputs = st.one_of(st.builds(query_encoder_pb2.QueryInput, text=texts),
                          st.builds(lambda i, m: query_encoder_pb2.QueryInput(
                              composed=query_encoder_pb2.ComposedQueryInput(image=i, modification=m)), image_inputs, texts))
 keywords = st.builds(common_pb2.Keyword, text=texts, confidence=floats)
-grid = st.just(common_pb2.Tensor(shape=[36, 128], dtype=common_pb2.Tensor.INT8, data=b"\1" * 4608))
-candidates = st.builds(attention_rescorer_pb2.Candidate, id=ids, regions=st.one_of(tensors(), grid),
-                       region_scales=tensors(), keywords=st.lists(keywords, max_size=3), query=numbers)
+grid = st.just(common_pb2.Tensor(shape=[1, 36, 128], dtype=common_pb2.Tensor.INT8, data=b"\1" * 4608))
+slot_tensors = st.one_of(tensors(), st.just(common_pb2.Tensor(shape=[1, 32], dtype=common_pb2.Tensor.INT32,
+                                                               data=np.zeros(32, "<i4").tobytes())))
+rescore_requests = st.builds(
+    attention_rescorer_pb2.RescoreRequest, queries=tensors(), ids=st.lists(ids, max_size=3),
+    regions=st.one_of(tensors(), grid), region_scales=tensors(), query_index=tensors(),
+    keyword_texts=st.lists(texts, max_size=3), keyword_slots=slot_tensors, keyword_confidences=tensors(),
+    explain=st.booleans(), explain_top=numbers)
 image_queries = st.one_of(st.builds(search_pb2.ImageQuery, data=blobs), st.builds(search_pb2.ImageQuery, id=ids))
 search_requests = st.one_of(
     st.builds(search_pb2.SearchRequest, text=texts, top_k=numbers, candidates=numbers,
@@ -107,10 +112,9 @@ def test_fuzz_tag_and_extract(stubs, images, threshold, top_k):
 
 
 @FUZZ
-@given(tensors(), st.lists(candidates, max_size=4), st.booleans(), numbers)
-def test_fuzz_rescore(stubs, queries, cands, explain, top):
-    answered_as_documented(stubs["rescore"], attention_rescorer_pb2.RescoreRequest(
-        queries=queries, candidates=cands, explain=explain, explain_top=top))
+@given(rescore_requests)
+def test_fuzz_rescore(stubs, request_):
+    answered_as_documented(stubs["rescore"], request_)
 
 
 @FUZZ

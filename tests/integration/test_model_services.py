@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from amcsearch.query_encoder.tokenize import Tokenizer
 from amcsearch.runtime.quantize import quantize_regions
+from amcsearch.runtime.rescoring import pack, rescore_request
 from amcsearch.runtime.tensors import to_tensor
 from amcsearch.v1 import (
     attention_rescorer_pb2,
@@ -108,7 +109,7 @@ def test_composed_encode_equals_in_process(stubs, local, ci_corpus):
 
 
 def test_rescore_equals_in_process(stubs, local, ci_corpus, model_repository):
-    """The gateway's candidates (float regions here, quantised by the service; keywords in and
+    """The gateway's columns (float regions here, quantised by the service; keywords in and
     outside the model's vocabulary) scored through Triton equal the exported file run here."""
     modules = local[0]
     pixels = ci_corpus.test.pixels[:3]
@@ -121,18 +122,19 @@ def test_rescore_equals_in_process(stubs, local, ci_corpus, model_repository):
     outside = "a tag outside the vocabulary"
     k_ids, k_mask, _ = tokenizer.encode([outside])
     table = run(modules["text_encoder"], k_ids, k_mask)[0].astype(np.float16)
-    candidates, index, masks = [], np.zeros((3, 32), np.int32), np.zeros((3, 32), np.float32)
-    for row, (record, region) in enumerate(zip(records, regions)):
-        keywords = [*record.noisy_keywords, (outside, 0.95)]
-        slots = sorted(keywords, key=lambda kw: (-kw[1], kw[0]))[:32]
-        candidates.append(attention_rescorer_pb2.Candidate(
-            id=record.id, regions=to_tensor(region),
-            keywords=[common_pb2.Keyword(text=t, confidence=c) for t, c in keywords]))
+    keywords = [[*r.noisy_keywords, (outside, 0.95)] for r in records]
+    batch = pack([r.id for r in records], list(regions), [np.ones(36, np.float32)] * 3, keywords)
+    request = rescore_request(query, batch, explain=True)
+    request.regions.CopyFrom(to_tensor(regions))  # float32: the service quantises
+    request.ClearField("region_scales")
+    reply = stubs["rescorer"].Rescore(request, timeout=30)
+    index = np.zeros((3, 32), np.int32)
+    masks = np.zeros((3, 32), np.float32)
+    for row, candidate_keywords in enumerate(keywords):
+        slots = sorted(candidate_keywords, key=lambda kw: (-kw[1], kw[0]))[:32]
         for j, (text, confidence) in enumerate(slots):
             index[row, j] = vocabulary[text] if text in vocabulary else len(vocabulary)
             masks[row, j] = confidence
-    reply = stubs["rescorer"].Rescore(attention_rescorer_pb2.RescoreRequest(
-        queries=to_tensor(query[None]), candidates=candidates, explain=True), timeout=30)
     quantized, scales = quantize_regions(regions)
     score, weights, region_attention, _ = run(modules["amc_rescorer"], query[None], np.zeros(3, np.int32),
                                               quantized, scales, table, index, masks)
@@ -143,8 +145,20 @@ def test_rescore_equals_in_process(stubs, local, ci_corpus, model_repository):
     assert all(len(r.evidence.keywords) == 5 for r in reply.results)
 
 
-def grid_candidate(**fields) -> attention_rescorer_pb2.Candidate:
-    return attention_rescorer_pb2.Candidate(id="a", regions=to_tensor(np.zeros((36, 128), np.float32)), **fields)
+def columns(n: int = 1, **changes) -> attention_rescorer_pb2.RescoreRequest:
+    """A valid Rescore of n candidates, with some fields replaced."""
+    batch = pack([f"c{i}" for i in range(n)], [np.zeros((36, 128), np.int8)] * n, [np.ones(36, np.float32)] * n,
+                 [[("red", 0.9)]] * n)
+    request = rescore_request(np.ones(384, np.float32), batch, explain=False)
+    for name, value in changes.items():
+        if value is None:
+            request.ClearField(name)
+        elif isinstance(value, list):
+            del getattr(request, name)[:]
+            getattr(request, name).extend(value)
+        else:
+            getattr(request, name).CopyFrom(value)
+    return request
 
 
 def bomb() -> bytes:
@@ -170,18 +184,18 @@ def bomb() -> bytes:
     (lambda s: s["tagger"].Tag(keyword_tagger_pb2.TagRequest(images=[b"GIF89a"])),
      grpc.StatusCode.INVALID_ARGUMENT, "image 0"),
     (lambda s: s["rescorer"].Rescore(attention_rescorer_pb2.RescoreRequest(queries=to_tensor(np.zeros((1, 384))))),
-     grpc.StatusCode.INVALID_ARGUMENT, "candidates is empty"),
-    (lambda s: s["rescorer"].Rescore(attention_rescorer_pb2.RescoreRequest(
-        queries=to_tensor(np.zeros((1, 10))), candidates=[grid_candidate()])),
+     grpc.StatusCode.INVALID_ARGUMENT, "ids is empty"),
+    (lambda s: s["rescorer"].Rescore(columns(queries=to_tensor(np.zeros((1, 10))))),
      grpc.StatusCode.INVALID_ARGUMENT, "queries: shape [1, 10] is not [-1, 384]"),
-    (lambda s: s["rescorer"].Rescore(attention_rescorer_pb2.RescoreRequest(
-        queries=to_tensor(np.ones((1, 384))), candidates=[attention_rescorer_pb2.Candidate(id="a")])),
-     grpc.StatusCode.INVALID_ARGUMENT, "candidates[0].regions"),
-    (lambda s: s["rescorer"].Rescore(attention_rescorer_pb2.RescoreRequest(
-        queries=to_tensor(np.ones((1, 384))), candidates=[grid_candidate(query=1)])),
-     grpc.StatusCode.INVALID_ARGUMENT, "candidates[0].query 1 is not a row of queries"),
-    (lambda s: s["rescorer"].Rescore(attention_rescorer_pb2.RescoreRequest(
-        queries=to_tensor(np.ones((1, 384))), candidates=[grid_candidate()] * 501)),
+    (lambda s: s["rescorer"].Rescore(columns(regions=None)),
+     grpc.StatusCode.INVALID_ARGUMENT, "regions: dtype must be"),
+    (lambda s: s["rescorer"].Rescore(columns(query_index=to_tensor(np.array([1], np.int32)))),
+     grpc.StatusCode.INVALID_ARGUMENT, "query_index has a row outside queries"),
+    (lambda s: s["rescorer"].Rescore(columns(keyword_slots=to_tensor(np.full((1, 32), 5, np.int32)))),
+     grpc.StatusCode.INVALID_ARGUMENT, "keyword_slots has an index outside"),
+    (lambda s: s["rescorer"].Rescore(columns(keyword_texts=["x" * 65])),
+     grpc.StatusCode.RESOURCE_EXHAUSTED, "the limit is 64 characters"),
+    (lambda s: s["rescorer"].Rescore(columns(501)),
      grpc.StatusCode.RESOURCE_EXHAUSTED, "limit is 500"),
     (lambda s: s["encoder"].Encode(query_encoder_pb2.EncodeRequest(queries=[query_encoder_pb2.QueryInput(
         image=common_pb2.ImageInput(data=b"not an image"))])),

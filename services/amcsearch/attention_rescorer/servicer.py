@@ -1,18 +1,23 @@
-"""AttentionRescorer RPCs: validate the caller's candidates, one AMC call, build the reply."""
+"""AttentionRescorer RPCs: validate the caller's candidate columns, one AMC call, the reply."""
 
 from __future__ import annotations
 
 import grpc
+import numpy as np
 
-from amcsearch.attention_rescorer.rescorer import AttentionRescorer, Candidate, Scored
+from amcsearch.attention_rescorer.rescorer import AttentionRescorer, Scored
 from amcsearch.attention_rescorer.settings import AttentionRescorerSettings
 from amcsearch.runtime import contract as c
 from amcsearch.runtime.errors import limit, require
 from amcsearch.runtime.keywords import normalize_keyword
 from amcsearch.runtime.metrics import BATCH_ITEMS
 from amcsearch.runtime.quantize import quantize_regions
+from amcsearch.runtime.rescoring import CandidateBatch
 from amcsearch.runtime.tensors import FLOATS, from_tensor
 from amcsearch.v1 import attention_rescorer_pb2, attention_rescorer_pb2_grpc, common_pb2
+
+INT8 = (common_pb2.Tensor.INT8,)
+INT32 = (common_pb2.Tensor.INT32,)
 
 
 def evidence(scored: Scored) -> common_pb2.Evidence:
@@ -29,36 +34,45 @@ class AttentionRescorerServicer(attention_rescorer_pb2_grpc.AttentionRescorerSer
         self.rescorer = rescorer
         self.settings = settings
 
-    def _candidate(self, message: attention_rescorer_pb2.Candidate, index: int, query_count: int) -> Candidate:
-        what = f"candidates[{index}]"
-        grid = (c.REGION_COUNT, c.REGION_DIM)
-        regions = from_tensor(message.regions, grid, f"{what}.regions", (*FLOATS, common_pb2.Tensor.INT8))
-        if message.regions.dtype == common_pb2.Tensor.INT8:
-            scales = from_tensor(message.region_scales, (c.REGION_COUNT,), f"{what}.region_scales")
+    def _batch(self, request: attention_rescorer_pb2.RescoreRequest, query_count: int) -> CandidateBatch:
+        n = len(request.ids)
+        grid = (n, c.REGION_COUNT, c.REGION_DIM)
+        regions = from_tensor(request.regions, grid, "regions", (*FLOATS, *INT8))
+        if request.regions.dtype == common_pb2.Tensor.INT8:
+            scales = from_tensor(request.region_scales, (n, c.REGION_COUNT), "region_scales")
         else:
             regions, scales = quantize_regions(regions)
-        require(0 <= message.query < query_count, f"{what}.query {message.query} is not a row of queries (0..{query_count - 1})")
-        keywords = []
-        for keyword in message.keywords:
-            text = normalize_keyword(keyword.text)
-            require(bool(text), f"{what}: a keyword is empty")
-            limit(len(text), self.settings.max_keyword_chars, f"{what} keyword length", "characters")
-            require(0 <= keyword.confidence <= 1, f"{what}: keyword confidence {keyword.confidence} is not in [0, 1]")
-            keywords.append((text, keyword.confidence))
-        return Candidate(message.id, regions, scales, keywords, message.query)
+        if request.HasField("query_index") and request.query_index.shape:
+            query_index = from_tensor(request.query_index, (n,), "query_index", INT32)
+            require(bool(((query_index >= 0) & (query_index < query_count)).all()),
+                    f"query_index has a row outside queries (0..{query_count - 1})")
+        else:
+            query_index = np.zeros(n, dtype=np.int32)
+        texts = [normalize_keyword(t) for t in request.keyword_texts]
+        require(all(texts), "keyword_texts has an empty keyword")
+        longest = max((len(t) for t in texts), default=0)
+        limit(longest, self.settings.max_keyword_chars, "a keyword's length", "characters")
+        require(len(set(texts)) == len(texts), "keyword_texts must be distinct (after normalisation)")
+        slot_shape = (n, c.KEYWORD_SLOTS)
+        slots = from_tensor(request.keyword_slots, slot_shape, "keyword_slots", INT32)
+        require(bool(((slots >= -1) & (slots < len(texts))).all()),
+                f"keyword_slots has an index outside -1..{len(texts) - 1}")
+        confidences = from_tensor(request.keyword_confidences, slot_shape, "keyword_confidences")
+        require(bool(((confidences >= 0) & (confidences <= 1)).all()), "keyword_confidences must be in [0, 1]")
+        return CandidateBatch(list(request.ids), regions, scales, query_index, texts, slots, confidences)
 
     async def Rescore(self, request: attention_rescorer_pb2.RescoreRequest, context: grpc.aio.ServicerContext):
-        count = len(request.candidates)
-        require(count > 0, f"candidates is empty: send 1 to {self.settings.max_candidates}")
+        count = len(request.ids)
+        require(count > 0, f"ids is empty: send 1 to {self.settings.max_candidates} candidates")
         limit(count, self.settings.max_candidates, "number of candidates")
         require(0 <= request.explain_top <= c.REGION_COUNT, f"explain_top must be in 0..{c.REGION_COUNT}")
         queries = from_tensor(request.queries, (-1, c.EMBEDDING_DIM), "queries")
         require(queries.shape[0] > 0, "queries is empty: send at least one query embedding")
         limit(queries.shape[0], self.settings.max_candidates, "number of queries")
         BATCH_ITEMS.labels("attention_rescorer", "Rescore").observe(count)
-        candidates = [self._candidate(m, i, queries.shape[0]) for i, m in enumerate(request.candidates)]
+        batch = self._batch(request, queries.shape[0])
         explain_top = (request.explain_top or 5) if request.explain else 0
-        scored = await self.rescorer.rescore(queries, candidates, explain_top, context.time_remaining())
+        scored = await self.rescorer.rescore(queries, batch, explain_top, context.time_remaining())
         return attention_rescorer_pb2.RescoreResponse(results=[
             attention_rescorer_pb2.RescoredCandidate(id=s.id, evidence=evidence(s)) for s in scored
         ])

@@ -62,7 +62,9 @@ class ModelSpec:
     outputs: list[TensorSpec]
     max_batch_size: int = 64
     preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_delay_us: int = 2000
+    max_queue_delay_us: int = 100
+    """Dynamic batching: how long a request may wait for others. Requests that arrive while the
+    model is busy are batched anyway; a long delay only slows a lone request."""
     cpu_instances: int = 1
     labels: dict[str, str] = field(default_factory=dict)
     """Output name -> label file name (Triton's label_filename), e.g. keywords.txt."""

@@ -11,14 +11,17 @@ _DTYPES = {
     common_pb2.Tensor.FLOAT32: np.dtype("<f4"),
     common_pb2.Tensor.FLOAT16: np.dtype("<f2"),
     common_pb2.Tensor.INT8: np.dtype("i1"),
+    common_pb2.Tensor.INT32: np.dtype("<i4"),
 }
+_INTEGER = {np.dtype("i1"): common_pb2.Tensor.INT8, np.dtype("int32"): common_pb2.Tensor.INT32}
 FLOATS = (common_pb2.Tensor.FLOAT32, common_pb2.Tensor.FLOAT16)
 
 
 def to_tensor(array: np.ndarray, float16: bool = False) -> common_pb2.Tensor:
-    """An int8 array stays INT8; any other becomes FLOAT32 (FLOAT16 with `float16`)."""
-    if np.asarray(array).dtype == np.int8:
-        dtype = common_pb2.Tensor.INT8
+    """An int8 or int32 array keeps its type; any other becomes FLOAT32 (FLOAT16 with `float16`)."""
+    integer = _INTEGER.get(np.asarray(array).dtype)
+    if integer is not None:
+        dtype = integer
     else:
         dtype = common_pb2.Tensor.FLOAT16 if float16 else common_pb2.Tensor.FLOAT32
     data = np.ascontiguousarray(array, dtype=_DTYPES[dtype])
@@ -27,16 +30,16 @@ def to_tensor(array: np.ndarray, float16: bool = False) -> common_pb2.Tensor:
 
 def to_array(tensor: common_pb2.Tensor) -> np.ndarray:
     """The array of a tensor from one of our own services (trusted: no shape checks): float32,
-    or int8 for INT8."""
+    or the integer type of INT8 / INT32."""
     dtype = _DTYPES.get(tensor.dtype, _DTYPES[common_pb2.Tensor.FLOAT32])
     array = np.frombuffer(tensor.data, dtype=dtype).reshape(tuple(tensor.shape))
-    return array if dtype == np.int8 else array.astype(np.float32)
+    return array if dtype.kind == "i" else array.astype(np.float32)
 
 
 def from_tensor(tensor: common_pb2.Tensor, expected_shape: tuple[int, ...], what: str,
                 dtypes: tuple[int, ...] = FLOATS) -> np.ndarray:
-    """The array of `expected_shape` (-1 = any), float32 (int8 for an allowed INT8), or
-    InvalidArgument saying what is wrong."""
+    """The array of `expected_shape` (-1 = any), float32 (or the integer type of an allowed INT8 /
+    INT32), or InvalidArgument saying what is wrong."""
     if tensor.dtype not in dtypes:
         names = " or ".join(common_pb2.Tensor.DType.Name(d) for d in dtypes)
         raise InvalidArgument(f"{what}: dtype must be {names}")
@@ -47,7 +50,7 @@ def from_tensor(tensor: common_pb2.Tensor, expected_shape: tuple[int, ...], what
     if any(d < 0 for d in shape) or len(tensor.data) != int(np.prod(shape)) * dtype.itemsize:
         raise InvalidArgument(f"{what}: {len(tensor.data)} bytes do not hold a {list(shape)} {dtype.name} array")
     array = np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
-    if dtype == np.int8:
+    if dtype.kind == "i":
         return array
     array = array.astype(np.float32)
     if not np.isfinite(array).all():

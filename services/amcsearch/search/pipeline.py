@@ -18,11 +18,11 @@ from amcsearch.runtime.errors import DeadlineExceeded, InvalidArgument, NotFound
 from amcsearch.runtime.keywords import normalize_keyword
 from amcsearch.runtime.metrics import DEGRADATIONS, stage
 from amcsearch.runtime.quantize import dequantize_regions, quantize_regions
+from amcsearch.runtime.rescoring import pack, rescore_request
 from amcsearch.runtime.tensors import to_array, to_tensor
 from amcsearch.search.index import Index
 from amcsearch.search.records import Filter, Hit, Record
 from amcsearch.v1 import (
-    attention_rescorer_pb2,
     common_pb2,
     feature_extractor_pb2,
     keyword_tagger_pb2,
@@ -238,15 +238,12 @@ class SearchPipeline:
 
     async def _rescore(self, vector: np.ndarray, hits: list[Hit], results: list[Result], explain: bool,
                        timeout: float | None) -> list[Result]:
-        request = attention_rescorer_pb2.RescoreRequest(
-            queries=to_tensor(vector.reshape(1, -1)), explain=explain,
-            candidates=[attention_rescorer_pb2.Candidate(
-                id=h.id, regions=to_tensor(h.regions), region_scales=to_tensor(h.region_scales),
-                keywords=[common_pb2.Keyword(text=t, confidence=conf) for t, conf, _ in h.keywords])
-                for h in hits])
+        batch = pack([h.id for h in hits], [h.regions for h in hits], [h.region_scales for h in hits],
+                     [[(t, conf) for t, conf, _ in h.keywords] for h in hits])
         with stage(SERVICE, "rescore"):
-            reply = await call(self.services.rescorer.Rescore, request, timeout, "AttentionRescorer")
-        for result, scored in zip(results, reply.results):
+            reply = await call(self.services.rescorer.Rescore, rescore_request(vector, batch, explain), timeout,
+                               "AttentionRescorer")
+        for result, scored in zip(results, reply.results, strict=True):
             result.score = scored.evidence.score
             result.evidence = scored.evidence
         return sorted(results, key=lambda r: -r.score)
