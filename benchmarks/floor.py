@@ -22,7 +22,8 @@ from amcsearch.attention_rescorer.rescorer import build_inputs
 from amcsearch.query_encoder.tokenize import Tokenizer
 from amcsearch.runtime.rescoring import CandidateBatch
 
-AMC_INPUTS = ("query", "query_index", "regions", "region_scales", "keyword_table", "keyword_index", "keyword_mask")
+AMC_INPUTS = ("query", "query_index", "regions", "region_scales", "keyword_table", "keyword_index", "keyword_mask",
+              "modality_bias")
 
 
 def _p50(function, repeat: int) -> float:

@@ -180,7 +180,6 @@ class AMCRescorer(nn.Module):
         kernels = encoded_query[:, :start]
         guide = encoded_query[:, start : start + d]
         q_match = encoded_query[:, start + d : start + 2 * d]
-        q_gate = encoded_query[:, start + 2 * d : start + 3 * d]
         dtype, device = encoded_query.dtype, encoded_query.device
         ones = torch.ones(batch, 1, dtype=dtype, device=device)
         zeros = torch.zeros(batch, 1, dtype=dtype, device=device)
@@ -194,15 +193,38 @@ class AMCRescorer(nn.Module):
             score = _cosine(q_match, textual).unsqueeze(1)
             region_attention = torch.zeros(batch, self.grid * self.grid, dtype=dtype, device=device)
             return score, torch.cat([zeros, ones], dim=1), region_attention, keyword_attention
+        visual, textual, q_match, weights, region_attention, keyword_attention = self.parts(
+            encoded_query, regions, keywords, keyword_mask)
+        return self.fuse(q_match, visual, textual, weights), weights, region_attention, keyword_attention
+
+    def parts(
+        self,
+        encoded_query: torch.Tensor,
+        regions: torch.Tensor,
+        keywords: torch.Tensor,
+        keyword_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """AMC Full before fusion: v^q, k^q (both L2-normalised), q^m, the MTN weights and both
+        attentions. score() fuses them; ServedRescorer fuses them with the caller's bias."""
+        d = self.dim
+        start = self.kernel_size
+        kernels = encoded_query[:, :start]
+        guide = encoded_query[:, start : start + d]
+        q_match = encoded_query[:, start + d : start + 2 * d]
+        q_gate = encoded_query[:, start + 2 * d : start + 3 * d]
         visual, region_attention = self.van(kernels, regions)
         textual, keyword_attention = self.lan(guide, keywords, keyword_mask)
         visual = _normalize(visual)
         textual = _normalize(textual)
         agreement = torch.stack([_cosine(q_gate, visual), _cosine(q_gate, textual)], dim=1)
         weights = torch.softmax(agreement * self.log_temperature.exp(), dim=1)
+        return visual, textual, q_match, weights, region_attention, keyword_attention
+
+    def fuse(self, q_match: torch.Tensor, visual: torch.Tensor, textual: torch.Tensor,
+             weights: torch.Tensor) -> torch.Tensor:
+        """score = cos(q^m, w_v v^q + w_k k^q)."""
         fused = weights[:, 0:1] * visual + weights[:, 1:2] * textual
-        score = _cosine(q_match, fused).unsqueeze(1)
-        return score, weights, region_attention, keyword_attention
+        return _cosine(q_match, fused).unsqueeze(1)
 
 
 class DSSMRescorer(nn.Module):
@@ -289,10 +311,13 @@ def build_text_search_models() -> dict[str, nn.Module]:
 
 
 class ServedRescorer(nn.Module):
-    """The `amc_rescorer` Triton model: a rescorer behind the wire-lean serving contract.
+    """The `amc_rescorer` Triton model: AMC Full behind the wire-lean serving contract.
 
         forward(query [Q,384], query_index [N] int32, regions [N,36,128] int8, region_scales [N,36],
-                keyword_table [U,384] fp16, keyword_index [N,32] int32, keyword_mask [N,32])
+                keyword_table [U,384] fp16, keyword_index [N,32] int32, keyword_mask [N,32],
+                modality_bias [Q,3])
+          -> (score [N,1], modality_weights [N,2] (applied), region_attention [N,36],
+              keyword_attention [N,32], learned_weights [N,2])
 
     - The query is sent once and broadcast here: query_index gives each candidate its query's
       row, so one request can also score the candidates of several queries (BatchSearch).
@@ -302,10 +327,16 @@ class ServedRescorer(nn.Module):
       with the text_encoder at export); an index below V selects one of them, an index V + i row
       i of keyword_table (the request's keywords outside the vocabulary). The keyword projection
       runs once per distinct vector, then is gathered per slot.
+    - modality_bias per query: (keyword_scale s, min, max). The learned keyword weight w_k
+      becomes clamp(s w_k / (w_v + s w_k), min, max), w_v = 1 - w_k, and the score is computed
+      with the applied weights; (1, 0, 1) changes nothing, (1, 0, 0) is visual only, (1, 1, 1)
+      keywords only.
     """
 
-    def __init__(self, rescorer: nn.Module, vocabulary: torch.Tensor) -> None:
+    def __init__(self, rescorer: AMCRescorer, vocabulary: torch.Tensor) -> None:
         super().__init__()
+        if rescorer.mode != "full":
+            raise ValueError("ServedRescorer serves AMC Full (mode 'full')")
         self.rescorer = rescorer
         self.register_buffer("vocabulary", vocabulary.float().clone())
 
@@ -318,12 +349,22 @@ class ServedRescorer(nn.Module):
         keyword_table: torch.Tensor,
         keyword_index: torch.Tensor,
         keyword_mask: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        modality_bias: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         dtype = self.vocabulary.dtype
-        encoded = self.rescorer.encode_query(query.to(dtype)).index_select(0, query_index.long())
+        rows = query_index.long()
+        encoded = self.rescorer.encode_query(query.to(dtype)).index_select(0, rows)
         grid = regions.to(dtype) * region_scales.to(dtype).unsqueeze(-1)
         table = torch.cat([self.vocabulary, keyword_table.to(dtype)], dim=0)
         projected = self.rescorer.project_keywords(table)
         slots = keyword_index.shape[1]
         keywords = projected.index_select(0, keyword_index.reshape(-1).long()).view(-1, slots, projected.shape[1])
-        return self.rescorer.score(encoded, grid, keywords, keyword_mask.to(dtype))
+        visual, textual, q_match, learned, region_attention, keyword_attention = self.rescorer.parts(
+            encoded, grid, keywords, keyword_mask.to(dtype))
+        bias = modality_bias.to(dtype).index_select(0, rows)
+        scaled = bias[:, 0] * learned[:, 1]
+        keyword_weight = scaled / (learned[:, 0] + scaled).clamp(min=1e-6)
+        keyword_weight = torch.minimum(torch.maximum(keyword_weight, bias[:, 1]), bias[:, 2])
+        applied = torch.stack([1.0 - keyword_weight, keyword_weight], dim=1)
+        score = self.rescorer.fuse(q_match, visual, textual, applied)
+        return score, applied, region_attention, keyword_attention, learned

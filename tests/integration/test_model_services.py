@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 import pytest
 from amcsearch.query_encoder.tokenize import Tokenizer
+from amcsearch.runtime.contract import NO_BIAS
 from amcsearch.runtime.quantize import quantize_regions
 from amcsearch.runtime.rescoring import pack, rescore_request
 from amcsearch.runtime.tensors import to_tensor
@@ -136,8 +137,9 @@ def test_rescore_equals_in_process(stubs, local, ci_corpus, model_repository):
             index[row, j] = vocabulary[text] if text in vocabulary else len(vocabulary)
             masks[row, j] = confidence
     quantized, scales = quantize_regions(regions)
-    score, weights, region_attention, _ = run(modules["amc_rescorer"], query[None], np.zeros(3, np.int32),
-                                              quantized, scales, table, index, masks)
+    score, weights, region_attention, _, _ = run(modules["amc_rescorer"], query[None], np.zeros(3, np.int32),
+                                                 quantized, scales, table, index, masks,
+                                                 np.array([NO_BIAS], np.float32))
     np.testing.assert_allclose([r.evidence.score for r in reply.results], score.reshape(-1), **TOLERANCE)
     np.testing.assert_allclose([r.evidence.visual_weight for r in reply.results], weights[:, 0], **TOLERANCE)
     top_region = [r.evidence.regions[0].index for r in reply.results]
@@ -195,8 +197,8 @@ def bomb() -> bytes:
      grpc.StatusCode.INVALID_ARGUMENT, "keyword_slots has an index outside"),
     (lambda s: s["rescorer"].Rescore(columns(keyword_texts=["x" * 65])),
      grpc.StatusCode.RESOURCE_EXHAUSTED, "the limit is 64 characters"),
-    (lambda s: s["rescorer"].Rescore(columns(501)),
-     grpc.StatusCode.RESOURCE_EXHAUSTED, "limit is 500"),
+    (lambda s: s["rescorer"].Rescore(columns(8193)),
+     grpc.StatusCode.RESOURCE_EXHAUSTED, "limit is 8192"),
     (lambda s: s["encoder"].Encode(query_encoder_pb2.EncodeRequest(queries=[query_encoder_pb2.QueryInput(
         image=common_pb2.ImageInput(data=b"not an image"))])),
      grpc.StatusCode.INVALID_ARGUMENT, "cannot be decoded"),

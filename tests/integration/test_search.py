@@ -13,6 +13,7 @@ import pytest
 from amcsearch.cli import index_directory
 from amcsearch.processes import grpc_serving, wait_until
 from amcsearch.query_encoder.tokenize import Tokenizer
+from amcsearch.runtime.contract import NO_BIAS
 from amcsearch.runtime.quantize import quantize_regions
 from amcsearch.v1 import search_pb2, search_pb2_grpc
 
@@ -67,7 +68,7 @@ def offline_text_ndcg(local, split, queries, repository) -> float:
                 index[r, j] = vocabulary[text]
                 masks[r, j] = confidence
         score = run(modules["amc_rescorer"], q[None], np.zeros(len(rows), np.int32), quantized[rows], scales[rows],
-                    no_extra, index, masks)[0]
+                    no_extra, index, masks, np.array([NO_BIAS], np.float32))[0]
         order = np.argsort(-score.reshape(-1), kind="stable")
         scores.append(ndcg_at_k(np.array(query.relevance)[order], 10))
     return float(np.mean(scores))

@@ -22,13 +22,15 @@ def test_specs_follow_the_model_repository_contract() -> None:
     assert [t.name for t in image.outputs] == ["embedding__0", "regions__1"]
     assert specs["keyword_tagger"].outputs[0].dims == (57,)
     assert [t.name for t in specs["amc_rescorer"].inputs] == [
-        "query", "query_index", "regions", "region_scales", "keyword_table", "keyword_index", "keyword_mask"]
+        "query", "query_index", "regions", "region_scales", "keyword_table", "keyword_index", "keyword_mask",
+        "modality_bias"]
     assert specs["amc_rescorer"].max_batch_size == 0  # explicit shapes, no dynamic batching
     assert [t.name for t in specs["amc_rescorer"].outputs] == [
         "score__0",
         "modality_weights__1",
         "region_attention__2",
         "keyword_attention__3",
+        "learned_weights__4",
     ]
     assert [t.name for t in specs["composer"].inputs] == [
         "image_embedding",

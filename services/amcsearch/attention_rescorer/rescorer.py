@@ -30,12 +30,18 @@ class Scored:
     keyword_weight: float
     regions: list[tuple[int, float]]
     keywords: list[tuple[str, float]]
+    learned_visual_weight: float = 0.0
+    learned_keyword_weight: float = 0.0
 
 
 def build_inputs(queries: np.ndarray, batch: CandidateBatch, vocabulary: dict[str, int],
-                 extra: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                 extra: dict[str, np.ndarray], modality_bias: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The amc_rescorer request: `vocabulary` maps the model's built-in keyword texts to their
-    rows, `extra` holds the vectors of the batch's other texts (rows V, V + 1, ...)."""
+    rows, `extra` holds the vectors of the batch's other texts (rows V, V + 1, ...);
+    `modality_bias` [Q, 3] (None: the learned weights unchanged)."""
+    queries = np.asarray(queries, dtype=np.float32).reshape(-1, c.EMBEDDING_DIM)
+    if modality_bias is None:
+        modality_bias = np.tile(np.asarray(c.NO_BIAS, dtype=np.float32), (queries.shape[0], 1))
     extra_texts = [t for t in batch.keyword_texts if t not in vocabulary]
     extra_row = {t: len(vocabulary) + i for i, t in enumerate(extra_texts)}
     rows = np.asarray([vocabulary[t] if t in vocabulary else extra_row[t] for t in batch.keyword_texts] + [0],
@@ -44,13 +50,14 @@ def build_inputs(queries: np.ndarray, batch: CandidateBatch, vocabulary: dict[st
     table = (np.stack([extra[t] for t in extra_texts]).astype(np.float16) if extra_texts
              else np.zeros((0, c.EMBEDDING_DIM), dtype=np.float16))
     return {
-        "query": np.asarray(queries, dtype=np.float32).reshape(-1, c.EMBEDDING_DIM),
+        "query": queries,
         "query_index": batch.query_index,
         "regions": batch.regions,
         "region_scales": batch.region_scales,
         "keyword_table": table,
         "keyword_index": keyword_index,
         "keyword_mask": np.where(batch.slots >= 0, batch.confidences, 0.0).astype(np.float32),
+        "modality_bias": np.asarray(modality_bias, dtype=np.float32),
     }
 
 
@@ -72,19 +79,20 @@ class AttentionRescorer:
         return {word: i for i, word in enumerate(text.split("\n")) if word}
 
     async def rescore(self, queries: np.ndarray, batch: CandidateBatch, explain_top: int,
-                      timeout: float | None) -> list[Scored]:
+                      timeout: float | None, modality_bias: np.ndarray | None = None) -> list[Scored]:
         vocabulary = await self.vocabulary()
         outside = [t for t in batch.keyword_texts if t not in vocabulary]
         extra = await self.embed_keywords(outside, timeout) if outside else {}
         with stage(SERVICE, "build_inputs"):
-            inputs = build_inputs(queries, batch, vocabulary, extra)
-        outputs = [c.SCORE_OUT, c.MODALITY_WEIGHTS_OUT]
+            inputs = build_inputs(queries, batch, vocabulary, extra, modality_bias)
+        outputs = [c.SCORE_OUT, c.MODALITY_WEIGHTS_OUT, c.LEARNED_WEIGHTS_OUT]
         if explain_top:
             outputs += [c.REGION_ATTENTION_OUT, c.KEYWORD_ATTENTION_OUT]
         with stage(SERVICE, "triton"):
             out = await self.triton.infer(c.AMC_RESCORER, inputs, outputs, timeout)
         scores = out[c.SCORE_OUT].reshape(-1)
         weights = out[c.MODALITY_WEIGHTS_OUT]
+        learned = out[c.LEARNED_WEIGHTS_OUT]
         results = []
         for i, candidate_id in enumerate(batch.ids):
             regions: list[tuple[int, float]] = []
@@ -95,5 +103,5 @@ class AttentionRescorer:
                 keywords = [(texts[j], w) for j, w in top_attention(out[c.KEYWORD_ATTENTION_OUT][i][: len(texts)],
                                                                     explain_top)]
             results.append(Scored(candidate_id, float(scores[i]), float(weights[i, 0]), float(weights[i, 1]),
-                                  regions, keywords))
+                                  regions, keywords, float(learned[i, 0]), float(learned[i, 1])))
         return results

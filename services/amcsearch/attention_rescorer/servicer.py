@@ -23,6 +23,7 @@ INT32 = (common_pb2.Tensor.INT32,)
 def evidence(scored: Scored) -> common_pb2.Evidence:
     return common_pb2.Evidence(
         score=scored.score, visual_weight=scored.visual_weight, keyword_weight=scored.keyword_weight,
+        learned_visual_weight=scored.learned_visual_weight, learned_keyword_weight=scored.learned_keyword_weight,
         regions=[common_pb2.RegionAttention(index=i, row=i // c.REGION_GRID, column=i % c.REGION_GRID, weight=w)
                  for i, w in scored.regions],
         keywords=[common_pb2.KeywordAttention(keyword=k, weight=w) for k, w in scored.keywords],
@@ -61,6 +62,16 @@ class AttentionRescorerServicer(attention_rescorer_pb2_grpc.AttentionRescorerSer
         require(bool(((confidences >= 0) & (confidences <= 1)).all()), "keyword_confidences must be in [0, 1]")
         return CandidateBatch(list(request.ids), regions, scales, query_index, texts, slots, confidences)
 
+    @staticmethod
+    def _bias(request: attention_rescorer_pb2.RescoreRequest, query_count: int) -> np.ndarray | None:
+        if not request.HasField("modality_bias") or not request.modality_bias.shape:
+            return None
+        bias = from_tensor(request.modality_bias, (query_count, 3), "modality_bias")
+        require(bool((bias[:, 0] >= 0).all() and (bias[:, 0] <= 100).all()), "modality_bias: keyword scale must be in [0, 100]")
+        require(bool(((bias[:, 1:] >= 0) & (bias[:, 1:] <= 1)).all()), "modality_bias: keyword weight bounds must be in [0, 1]")
+        require(bool((bias[:, 1] <= bias[:, 2]).all()), "modality_bias: the min keyword weight exceeds the max")
+        return bias
+
     async def Rescore(self, request: attention_rescorer_pb2.RescoreRequest, context: grpc.aio.ServicerContext):
         count = len(request.ids)
         require(count > 0, f"ids is empty: send 1 to {self.settings.max_candidates} candidates")
@@ -71,8 +82,9 @@ class AttentionRescorerServicer(attention_rescorer_pb2_grpc.AttentionRescorerSer
         limit(queries.shape[0], self.settings.max_candidates, "number of queries")
         BATCH_ITEMS.labels("attention_rescorer", "Rescore").observe(count)
         batch = self._batch(request, queries.shape[0])
+        bias = self._bias(request, queries.shape[0])
         explain_top = (request.explain_top or 5) if request.explain else 0
-        scored = await self.rescorer.rescore(queries, batch, explain_top, context.time_remaining())
+        scored = await self.rescorer.rescore(queries, batch, explain_top, context.time_remaining(), bias)
         return attention_rescorer_pb2.RescoreResponse(results=[
             attention_rescorer_pb2.RescoredCandidate(id=s.id, evidence=evidence(s)) for s in scored
         ])

@@ -26,8 +26,9 @@ class AttentionRescorerSettings:
     """QueryEncoder, which embeds (and caches) keyword strings outside the model's vocabulary."""
     query_encoder_max_batch: int = env("QUERY_ENCODER_MAX_BATCH", default=256)
     """Texts per Encode call (QueryEncoder's own limit): longer lists go in several calls."""
-    max_candidates: int = 500
-    """Candidates per Rescore request."""
+    max_candidates: int = env("ATTENTION_RESCORER_MAX_CANDIDATES", default=8192)
+    """Candidates per Rescore request, all queries together (a BatchSearch sends its searches'
+    candidates in one request; 8,192 int8 candidates are ~39 MB)."""
     max_keyword_chars: int = 64
     """Characters per keyword (the gateway stores none longer)."""
 

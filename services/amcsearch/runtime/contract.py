@@ -33,6 +33,9 @@ SCORE_OUT = "score__0"
 MODALITY_WEIGHTS_OUT = "modality_weights__1"
 REGION_ATTENTION_OUT = "region_attention__2"
 KEYWORD_ATTENTION_OUT = "keyword_attention__3"
+LEARNED_WEIGHTS_OUT = "learned_weights__4"
+NO_BIAS = (1.0, 0.0, 1.0)
+"""amc_rescorer's modality_bias row that keeps the learned weights."""
 
 DTYPES = ("FP32", "FP16", "INT64", "INT32", "INT8", "UINT8", "BOOL")
 
@@ -115,12 +118,14 @@ def model_specs(vocab_size: int) -> dict[str, ModelSpec]:
                 TensorSpec("keyword_table", "FP16", (-1, emb), "U distinct keyword vectors"),
                 TensorSpec("keyword_index", "INT32", (-1, slots), "per slot: a row of keyword_table"),
                 TensorSpec("keyword_mask", "FP32", (-1, slots), "confidence, 0 = empty slot"),
+                TensorSpec("modality_bias", "FP32", (-1, 3), "per query: keyword scale, min, max keyword weight"),
             ],
             outputs=[
-                TensorSpec(SCORE_OUT, "FP32", (-1, 1)),
-                TensorSpec(MODALITY_WEIGHTS_OUT, "FP32", (-1, 2), "visual, keyword"),
+                TensorSpec(SCORE_OUT, "FP32", (-1, 1), "with the applied weights"),
+                TensorSpec(MODALITY_WEIGHTS_OUT, "FP32", (-1, 2), "applied: visual, keyword"),
                 TensorSpec(REGION_ATTENTION_OUT, "FP32", (-1, regions)),
                 TensorSpec(KEYWORD_ATTENTION_OUT, "FP32", (-1, slots)),
+                TensorSpec(LEARNED_WEIGHTS_OUT, "FP32", (-1, 2), "learned, before the bias"),
             ],
             max_batch_size=0,
             doc="one request scores N candidates of Q queries; the query is broadcast inside",

@@ -43,6 +43,12 @@ class PermissionDenied(AmcsearchError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class Internal(AmcsearchError):
+    """A bug in a service (ours or downstream): shown as such, never taken for an outage."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
 _FROM_GRPC = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
@@ -51,6 +57,8 @@ _FROM_GRPC = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.INTERNAL: Internal,
+    grpc.StatusCode.UNKNOWN: Internal,
 }
 
 

@@ -14,8 +14,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from amcsearch.runtime.errors import AmcsearchError
+from amcsearch.runtime.errors import AmcsearchError, InvalidArgument
 from amcsearch.runtime.metrics import RPC_IN_FLIGHT, RPC_SECONDS
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method.rsplit("/", 1)[-1]
         return grpc.unary_unary_rpc_method_handler(
             self._wrap(handler.unary_unary, method),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
@@ -47,6 +48,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             start = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                if isinstance(request, MalformedRequest):
+                    raise InvalidArgument(f"the request is not a valid {method} message: {request.reason}")
                 return await behavior(request, context)
             except AmcsearchError as error:
                 code = error.code
@@ -70,3 +73,24 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 in_flight.dec()
 
         return observed
+
+
+class MalformedRequest:
+    """What a request that does not parse becomes, so the RPC can answer INVALID_ARGUMENT
+    (gRPC itself answers UNKNOWN "Unexpected DecodeError" when the deserializer raises)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError as error:
+            return MalformedRequest(str(error) or "it does not decode")
+
+    return parse

@@ -62,11 +62,15 @@ def pack(ids: list[str], regions: list[np.ndarray], scales: list[np.ndarray],
         list(row_of), slots, confidences)
 
 
-def rescore_request(queries: np.ndarray, batch: CandidateBatch, explain: bool,
-                    explain_top: int = 0) -> attention_rescorer_pb2.RescoreRequest:
-    return attention_rescorer_pb2.RescoreRequest(
+def rescore_request(queries: np.ndarray, batch: CandidateBatch, explain: bool, explain_top: int = 0,
+                    modality_bias: np.ndarray | None = None) -> attention_rescorer_pb2.RescoreRequest:
+    """`modality_bias` [Q, 3]: per query (keyword scale, min, max keyword weight); None: none."""
+    request = attention_rescorer_pb2.RescoreRequest(
         queries=to_tensor(np.asarray(queries, dtype=np.float32).reshape(-1, c.EMBEDDING_DIM)),
         ids=batch.ids, regions=to_tensor(batch.regions), region_scales=to_tensor(batch.region_scales),
         query_index=to_tensor(batch.query_index), keyword_texts=batch.keyword_texts,
         keyword_slots=to_tensor(batch.slots), keyword_confidences=to_tensor(batch.confidences),
         explain=explain, explain_top=explain_top)
+    if modality_bias is not None:
+        request.modality_bias.CopyFrom(to_tensor(np.asarray(modality_bias, dtype=np.float32).reshape(-1, 3)))
+    return request

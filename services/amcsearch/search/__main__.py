@@ -36,7 +36,8 @@ async def main() -> None:
         rescorer=attention_rescorer_pb2_grpc.AttentionRescorerStub(channels[3]),
     )
     encoder_health = health_pb2_grpc.HealthStub(channels[0])
-    pipeline = SearchPipeline(index, services, settings.tagger_threshold, settings.query_encoder_max_batch)
+    pipeline = SearchPipeline(index, services, settings.tagger_threshold, settings.query_encoder_max_batch,
+                              settings.rescorer_max_candidates)
 
     async def ready() -> bool:
         """The index answers and can be written, and the query encoder serves; a missing

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from amcsearch.runtime.clients import call
+from amcsearch.runtime.contract import NO_BIAS
 from amcsearch.runtime.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from amcsearch.runtime.keywords import normalize_keyword
 from amcsearch.runtime.metrics import DEGRADATIONS, stage
@@ -35,6 +36,8 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 """Image ids; always matched with fullmatch (match with ^...$ would accept a trailing newline)."""
 ITEM_ERRORS = (InvalidArgument, ResourceExhausted)
 """Errors that belong to one item of a batch (its image), not to the request."""
+MAX_KEYWORD_CHARS = 64
+"""Longest keyword AttentionRescorer accepts (its ATTENTION_RESCORER_MAX_KEYWORD_CHARS default)."""
 GIVEN = common_pb2.Keyword.GIVEN
 AUTO = common_pb2.Keyword.AUTO
 
@@ -94,10 +97,35 @@ class SearchOptions:
 
     top_k: int
     candidates: int
-    """ANN candidates rescored (text queries); at least top_k."""
+    """ANN candidates rescored (text queries); at least offset + top_k."""
     rescore: bool
     condition: Filter = Filter()
     explain: bool = False
+    offset: int = 0
+    """Ranks to skip (paging)."""
+    modality_bias: tuple[float, float, float] | None = None
+    """(keyword scale, min, max keyword weight) for amc_rescorer; None: the learned weights."""
+
+
+@dataclass
+class SearchQuery:
+    """One search of a batch: its collection, its query for QueryEncoder and its options."""
+
+    collection: str
+    query: query_encoder_pb2.QueryInput
+    options: SearchOptions
+
+
+@dataclass
+class Candidate:
+    """A candidate for Rerank: an indexed image's features, or an inline image analysed now."""
+
+    id: str
+    title: str
+    metadata: dict[str, str]
+    regions: np.ndarray
+    region_scales: np.ndarray
+    keywords: list[tuple[str, float, int]]
 
 
 @dataclass
@@ -112,8 +140,9 @@ class ModelServices:
 
 class SearchPipeline:
     def __init__(self, index: Index, services: ModelServices, tagger_threshold: float,
-                 encoder_max_batch: int = 256) -> None:
+                 encoder_max_batch: int = 256, rescorer_max_candidates: int = 8192) -> None:
         self.index = index
+        self.rescorer_max_candidates = rescorer_max_candidates
         self.services = services
         self.tagger_threshold = tagger_threshold
         self.encoder_max_batch = encoder_max_batch
@@ -199,13 +228,6 @@ class SearchPipeline:
 
     # --- search --------------------------------------------------------------------------------
 
-    async def encode(self, query: query_encoder_pb2.QueryInput, timeout: float | None) -> np.ndarray:
-        with stage(SERVICE, "encode"):
-            reply = await call(self.services.encoder.Encode, query_encoder_pb2.EncodeRequest(queries=[query]),
-                               timeout, "QueryEncoder")
-        self.model_builds.update(reply.model_builds)
-        return to_array(reply.embeddings[0].embedding)
-
     async def indexed_image(self, collection: str, image_id: str) -> common_pb2.ImageInput:
         records = await self.index.get(collection, [image_id], with_features=True)
         if image_id not in records:
@@ -218,32 +240,129 @@ class SearchPipeline:
     async def search(self, collection: str, query: query_encoder_pb2.QueryInput, options: SearchOptions,
                      timeout_of) -> SearchOutcome:
         """`timeout_of()` gives the caller's remaining deadline before each downstream call."""
-        stages = ["encode"]
-        vector = await self.encode(query, timeout_of())
-        stages.append("ann")
-        with stage(SERVICE, "ann"):
-            hits = await self.index.search(collection, vector, options.candidates if options.rescore else options.top_k,
-                                           options.condition, with_features=options.rescore)
-        results = [Result(h.id, h.ann_score, h.ann_score, h.title, h.metadata) for h in hits]
+        return (await self.search_many([SearchQuery(collection, query, options)], timeout_of))[0]
+
+    async def search_many(self, searches: list[SearchQuery], timeout_of) -> list[SearchOutcome]:
+        """Several searches with one QueryEncoder call and one AttentionRescorer call in all."""
+        vectors = await self.encode_many([s.query for s in searches], timeout_of())
+        hits: list[list[Hit]] = []
+        for search, vector in zip(searches, vectors, strict=True):
+            o = search.options
+            with stage(SERVICE, "ann"):
+                hits.append(await self.index.search(search.collection, vector,
+                                                    o.candidates if o.rescore else o.offset + o.top_k,
+                                                    o.condition, with_features=o.rescore))
+        results = [[Result(h.id, h.ann_score, h.ann_score, h.title, h.metadata) for h in found] for found in hits]
+        rescored = [i for i, s in enumerate(searches) if s.options.rescore and hits[i]]
         degradations: list[tuple[str, str]] = []
-        if options.rescore and results:
+        if rescored:
             try:
-                results = await self._rescore(vector, hits, results, options.explain, timeout_of())
-                stages.append("rescore")
+                scored = await self._rescore(
+                    vectors[rescored], [hits[i] for i in rescored], any(searches[i].options.explain for i in rescored),
+                    [searches[i].options.modality_bias for i in rescored], timeout_of())
+                for i, evidence in zip(rescored, scored, strict=True):
+                    results[i] = apply_scores(results[i], evidence)
             except (Unavailable, NotFound) as error:
                 log.warning("rescoring skipped: %s", error)
                 degradations.append(("rescore", f"AttentionRescorer failed ({error}): ANN order returned"))
                 DEGRADATIONS.labels("rescore").inc()
-        return SearchOutcome(results[: options.top_k], stages, degradations)
+        outcomes = []
+        for i, search in enumerate(searches):
+            o = search.options
+            stages = ["encode", "ann"] + (["rescore"] if i in rescored and not degradations else [])
+            page = results[i][o.offset : o.offset + o.top_k]
+            if not o.explain:
+                for result in page:
+                    if result.evidence is not None:
+                        del result.evidence.regions[:]
+                        del result.evidence.keywords[:]
+            outcomes.append(SearchOutcome(page, stages, degradations if i in rescored else []))
+        return outcomes
 
-    async def _rescore(self, vector: np.ndarray, hits: list[Hit], results: list[Result], explain: bool,
-                       timeout: float | None) -> list[Result]:
-        batch = pack([h.id for h in hits], [h.regions for h in hits], [h.region_scales for h in hits],
-                     [[(t, conf) for t, conf, _ in h.keywords] for h in hits])
+    async def encode_many(self, queries: list[query_encoder_pb2.QueryInput], timeout: float | None) -> np.ndarray:
+        """Embeddings [Q, 384] of the queries, in QueryEncoder calls of at most its batch limit."""
+        embeddings = []
+        with stage(SERVICE, "encode"):
+            for start in range(0, len(queries), self.encoder_max_batch):
+                reply = await call(self.services.encoder.Encode, query_encoder_pb2.EncodeRequest(
+                    queries=queries[start : start + self.encoder_max_batch]), timeout, "QueryEncoder")
+                self.model_builds.update(reply.model_builds)
+                embeddings.extend(to_array(e.embedding) for e in reply.embeddings)
+        return np.stack(embeddings)
+
+    async def _rescore(self, vectors: np.ndarray, candidates: list[list], explain: bool,
+                       biases: list[tuple[float, float, float] | None], timeout: float | None) -> list[list]:
+        """One Rescore for the candidates of every query; per query, the Evidence of each candidate
+        in order. `candidates` items have id, regions, region_scales and keywords (Hit, Candidate)."""
+        flat = [(q, c) for q, found in enumerate(candidates) for c in found]
+        bias = None
+        if any(b is not None for b in biases):
+            bias = np.asarray([b if b is not None else NO_BIAS for b in biases], dtype=np.float32)
+        evidence = []
         with stage(SERVICE, "rescore"):
-            reply = await call(self.services.rescorer.Rescore, rescore_request(vector, batch, explain), timeout,
-                               "AttentionRescorer")
-        for result, scored in zip(results, reply.results, strict=True):
-            result.score = scored.evidence.score
-            result.evidence = scored.evidence
-        return sorted(results, key=lambda r: -r.score)
+            for start in range(0, len(flat), self.rescorer_max_candidates):  # one call unless huge
+                part = flat[start : start + self.rescorer_max_candidates]
+                batch = pack([c.id for _, c in part], [c.regions for _, c in part], [c.region_scales for _, c in part],
+                             [usable_keywords(c.keywords) for _, c in part], [q for q, _ in part])
+                reply = await call(self.services.rescorer.Rescore, rescore_request(vectors, batch, explain, 0, bias),
+                                   timeout, "AttentionRescorer")
+                evidence.extend(r.evidence for r in reply.results)
+        out, start = [], 0
+        for found in candidates:
+            out.append(evidence[start : start + len(found)])
+            start += len(found)
+        return out
+
+    # --- rerank --------------------------------------------------------------------------------
+
+    async def rerank(self, collection: str, text: str, ids: list[str], inline: list[IndexItem], order: list[tuple[str, int]],
+                     auto_tags: bool, top_k: int, explain: bool, modality_bias: tuple[float, float, float] | None,
+                     timeout_of) -> SearchOutcome:
+        """AMC scores of caller-supplied candidates: indexed ids (`ids`) and inline images
+        (`inline`, analysed now, never stored), in the caller's `order` of ("id"|"inline", i)."""
+        by_id = await self.index.get(collection, ids, with_features=True) if ids else {}
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise NotFound(f"{len(missing)} candidate ids are not in the collection: {', '.join(missing[:10])}")
+        analysed: list[Candidate] = []
+        if inline:
+            features, keywords = await self._analyse_inline(inline, auto_tags, timeout_of())
+            for item, f, kws in zip(inline, features, keywords, strict=True):
+                regions, scales = quantize_regions(to_array(f.regions))
+                analysed.append(Candidate(item.id, item.title, item.metadata, regions, scales,
+                                          merge_keywords(item.tags, item.keywords, kws)))
+        candidates = [Candidate(r.id, r.title, r.metadata, r.regions, r.region_scales, r.keywords)
+                      for r in (by_id[i] for i in ids)]
+        chosen = [candidates[i] if kind == "id" else analysed[i] for kind, i in order]
+        vectors = await self.encode_many([query_encoder_pb2.QueryInput(text=text)], timeout_of())
+        (evidence,) = await self._rescore(vectors, [chosen], explain, [modality_bias], timeout_of())
+        results = apply_scores([Result(c.id, 0.0, 0.0, c.title, c.metadata) for c in chosen], evidence)
+        return SearchOutcome(results[: top_k or len(results)], ["encode", "rescore"], [])
+
+    async def _analyse_inline(self, items: list[IndexItem], auto_tags: bool, timeout: float | None):
+        try:
+            return await self._analyse([i.image for i in items], auto_tags, timeout)
+        except ITEM_ERRORS as error:
+            # name the candidate, not the position of its image in the batch
+            outcomes: dict[str, ItemOutcome] = {}
+            await self._analyse_one_by_one(items, outcomes, auto_tags, timeout)
+            bad = next(iter(outcomes.values()), None)
+            if bad is None:
+                raise
+            index = next(i for i, item in enumerate(items) if item.id == bad.id)
+            raise type(error)(f"inline candidate {index} ({bad.id!r}): {bad.error}") from error
+
+
+def usable_keywords(keywords: list[tuple[str, float, int]]) -> list[tuple[str, float]]:
+    """The keywords a candidate can be rescored with: what an older index stored beyond today's
+    limits (empty, over-long, confidence outside [0, 1]) is left out rather than failing the
+    whole Search."""
+    return [(t, conf) for t, conf, _ in keywords if t and len(t) <= MAX_KEYWORD_CHARS and 0.0 <= conf <= 1.0]
+
+
+def apply_scores(results: list[Result], evidence: list) -> list[Result]:
+    """Each result's AMC score and evidence, best first (stable: ties keep the ANN order)."""
+    for result, found in zip(results, evidence, strict=True):
+        result.score = found.score
+        result.evidence = found
+    return sorted(results, key=lambda r: -r.score)

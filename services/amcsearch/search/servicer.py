@@ -5,13 +5,22 @@ from __future__ import annotations
 import grpc
 
 from amcsearch.runtime.auth import check_bearer
-from amcsearch.runtime.errors import InvalidArgument, limit, require
+from amcsearch.runtime.errors import InvalidArgument, NotFound, ResourceExhausted, limit, require
 from amcsearch.runtime.keywords import normalize_keyword
 from amcsearch.runtime.metrics import BATCH_ITEMS, INDEX_IMAGES
 from amcsearch.runtime.quantize import dequantize_regions
 from amcsearch.runtime.tensors import to_tensor
+from amcsearch.search import requests
 from amcsearch.search.index import INDEX_VERSION
-from amcsearch.search.pipeline import ID_PATTERN, IndexItem, ItemOutcome, SearchOptions, SearchPipeline
+from amcsearch.search.pipeline import (
+    ID_PATTERN,
+    IndexItem,
+    ItemOutcome,
+    SearchOptions,
+    SearchOutcome,
+    SearchPipeline,
+    SearchQuery,
+)
 from amcsearch.search.records import Filter
 from amcsearch.search.settings import SearchSettings
 from amcsearch.v1 import common_pb2, query_encoder_pb2, search_pb2, search_pb2_grpc
@@ -27,38 +36,75 @@ def check_id(image_id: str, what: str) -> None:
     require(bool(ID_PATTERN.fullmatch(image_id)), f"{what} {image_id[:40]!r} must be 1..128 characters of [A-Za-z0-9_.:-]")
 
 
+def search_response(outcome: SearchOutcome) -> search_pb2.SearchResponse:
+    return search_pb2.SearchResponse(
+        results=[search_pb2.SearchResult(id=r.id, score=r.score, ann_score=r.ann_score, title=r.title,
+                                         metadata=r.metadata, evidence=r.evidence) for r in outcome.results],
+        stages=outcome.stages,
+        degradations=[search_pb2.Degradation(stage=s, reason=why) for s, why in outcome.degradations],
+    )
+
+
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def __init__(self, pipeline: SearchPipeline, settings: SearchSettings) -> None:
         self.pipeline = pipeline
         self.settings = settings
 
+    @property
+    def default_collection(self) -> str:
+        return self.pipeline.index.default_collection
+
+    def _collection(self, name: str) -> str:
+        return requests.collection_name(name, self.default_collection)
+
+    # --- Index ---------------------------------------------------------------------------------
+
     def _item_problem(self, item: search_pb2.ImageItem) -> ItemOutcome | None:
         """Checks of one item that fail that item alone."""
+        s = self.settings
         if not ID_PATTERN.fullmatch(item.id):
             return ItemOutcome(item.id, False, "INVALID_ARGUMENT", "id must be 1..128 characters of [A-Za-z0-9_.:-]")
         if not item.image:
             return ItemOutcome(item.id, False, "INVALID_ARGUMENT", "image is empty")
-        if len(item.image) > self.settings.max_image_bytes:
+        if len(item.image) > s.max_image_bytes:
             return ItemOutcome(item.id, False, "RESOURCE_EXHAUSTED",
-                               f"image is {len(item.image)} bytes, the limit is {self.settings.max_image_bytes} bytes")
-        if len(item.tags) + len(item.keywords) > self.settings.max_tags:
+                               f"image is {len(item.image)} bytes, the limit is {s.max_image_bytes} bytes")
+        if len(item.tags) + len(item.keywords) > s.max_tags:
             return ItemOutcome(item.id, False, "RESOURCE_EXHAUSTED",
-                               f"{len(item.tags) + len(item.keywords)} tags and keywords, the limit is {self.settings.max_tags}")
+                               f"{len(item.tags) + len(item.keywords)} tags and keywords, the limit is {s.max_tags}")
         longest = max((len(normalize_keyword(t)) for t in [*item.tags, *(k.text for k in item.keywords)]), default=0)
-        if longest > self.settings.max_keyword_chars:
+        if longest > s.max_keyword_chars:
             return ItemOutcome(item.id, False, "RESOURCE_EXHAUSTED",
-                               f"a tag or keyword is {longest} characters, the limit is {self.settings.max_keyword_chars}")
+                               f"a tag or keyword is {longest} characters, the limit is {s.max_keyword_chars}")
         if any(not 0 <= k.confidence <= 1 for k in item.keywords):
             return ItemOutcome(item.id, False, "INVALID_ARGUMENT", "keyword confidences must be in [0, 1]")
-        if len(item.title) > 1024:
-            return ItemOutcome(item.id, False, "RESOURCE_EXHAUSTED", f"title is {len(item.title)} characters, the limit is 1024")
-        return None
+        if len(item.title) > s.max_title_chars:
+            return ItemOutcome(item.id, False, "RESOURCE_EXHAUSTED",
+                               f"title is {len(item.title)} characters, the limit is {s.max_title_chars}")
+        return self._metadata_problem(item)
+
+    def _metadata_problem(self, item: search_pb2.ImageItem) -> ItemOutcome | None:
+        s = self.settings
+        metadata = item.metadata
+        problem = None
+        if len(metadata) > s.max_metadata_keys:
+            problem = f"metadata has {len(metadata)} keys, the limit is {s.max_metadata_keys}"
+        elif any(not k for k in metadata):
+            return ItemOutcome(item.id, False, "INVALID_ARGUMENT", "a metadata key is empty")
+        elif (longest := max((len(k) for k in metadata), default=0)) > requests.MAX_KEY_CHARS:
+            problem = f"a metadata key is {longest} characters, the limit is {requests.MAX_KEY_CHARS}"
+        elif (longest := max((len(v) for v in metadata.values()), default=0)) > requests.MAX_VALUE_CHARS:
+            problem = f"a metadata value is {longest} characters, the limit is {requests.MAX_VALUE_CHARS}"
+        elif (size := sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())) > s.max_metadata_bytes:
+            problem = f"metadata is {size} bytes, the limit is {s.max_metadata_bytes} bytes"
+        return ItemOutcome(item.id, False, "RESOURCE_EXHAUSTED", problem) if problem else None
 
     async def Index(self, request: search_pb2.IndexRequest, context: grpc.aio.ServicerContext):
         check_bearer(context.invocation_metadata(), self.settings.auth_token, "Index")
         count = len(request.items)
         require(count > 0, f"items is empty: send 1 to {self.settings.max_index_batch} items")
         limit(count, self.settings.max_index_batch, "number of items")
+        collection = self._collection(request.collection)
         ids = [item.id for item in request.items]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         require(not duplicates, f"ids must be distinct within a request; repeated: {', '.join(duplicates[:5])}")
@@ -67,8 +113,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         items = [IndexItem(i.id, i.image, i.title, list(i.tags), dict(i.metadata),
                            [(k.text, k.confidence) for k in i.keywords])
                  for i in request.items if i.id not in problems]
+        await self.pipeline.index.count(collection)  # NOT_FOUND before any model work
         auto_tags = not request.skip_auto_tags
-        collection = self.pipeline.index.default_collection
         outcomes = await self.pipeline.index_items(collection, items, auto_tags, context.time_remaining()) if items else []
         by_id = {o.id: o for o in [*outcomes, *problems.values()]}
         results = [
@@ -79,12 +125,15 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         indexed = sum(r.indexed for r in results)
         return search_pb2.IndexResponse(results=results, indexed_count=indexed, failed_count=count - indexed)
 
+    # --- Search --------------------------------------------------------------------------------
+
     def _text(self, text: str, what: str) -> str:
         require(bool(text.strip()), f"{what} is empty")
         limit(len(text), self.settings.max_text_chars, f"{what} length", "characters")
         return text
 
-    async def _image_input(self, image: search_pb2.ImageQuery, what: str) -> tuple[common_pb2.ImageInput, list[str]]:
+    async def _image_input(self, collection: str, image: search_pb2.ImageQuery,
+                           what: str) -> tuple[common_pb2.ImageInput, list[str]]:
         """The query image for QueryEncoder, and the ids to leave out of the results."""
         source = image.WhichOneof("source")
         if source == "data":
@@ -92,47 +141,107 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             return common_pb2.ImageInput(data=image.data), []
         if source == "id":
             check_id(image.id, f"{what}.id")
-            return await self.pipeline.indexed_image(self.pipeline.index.default_collection, image.id), [image.id]
+            return await self.pipeline.indexed_image(collection, image.id), [image.id]
         raise InvalidArgument(f"{what}: set data or id")
 
-    async def Search(self, request: search_pb2.SearchRequest, context: grpc.aio.ServicerContext):
+    async def _search_query(self, request: search_pb2.SearchRequest, what: str = "") -> SearchQuery:
+        """One search request as plain values; `what` prefixes messages ("searches[3].")."""
+        s = self.settings
+        require(request.top_k >= 0 and request.candidates >= 0 and request.offset >= 0,
+                f"{what}top_k, candidates and offset must not be negative")
         top_k = request.top_k or DEFAULT_TOP_K
-        require(request.top_k >= 0 and request.candidates >= 0, "top_k and candidates must not be negative")
-        limit(top_k, self.settings.max_top_k, "top_k")
-        candidates = max(request.candidates or self.settings.default_candidates, top_k)
-        limit(candidates, self.settings.max_candidates, "candidates")
-        limit(len(request.within_ids), self.settings.max_get_ids, "number of within_ids")
-        for i in request.within_ids:
-            check_id(i, "within_ids entry")
-        keyword_filter = [normalize_keyword(k) for k in request.keyword_filter]
-        require(all(keyword_filter), "keyword_filter has an empty keyword")
+        limit(top_k, s.max_top_k, f"{what}top_k")
+        limit(request.offset, s.max_candidates, f"{what}offset")
+        collection = self._collection(request.collection)
         kind = request.WhichOneof("query")
+        needed = request.offset + top_k
+        if request.candidates:
+            candidates = max(request.candidates, top_k)
+            require(kind != "text" or needed <= candidates,
+                    f"{what}offset + top_k ({needed}) exceeds candidates ({candidates}): raise candidates")
+        else:
+            candidates = max(s.default_candidates, needed)
+        limit(candidates, s.max_candidates, f"{what}candidates")
+        limit(len(request.within_ids), s.max_get_ids, f"{what}number of within_ids")
+        for i in request.within_ids:
+            check_id(i, f"{what}within_ids entry")
+        keyword_filter = [normalize_keyword(k) for k in request.keyword_filter]
+        require(all(keyword_filter), f"{what}keyword_filter has an empty keyword")
+        metadata = requests.metadata_filter(request.metadata_filter, f"{what}metadata_filter")
+        bias = requests.modality_bias(request.modality, f"{what}modality")
         exclude: list[str] = []
         if kind == "text":
-            query = query_encoder_pb2.QueryInput(text=self._text(request.text, "text"))
+            query = query_encoder_pb2.QueryInput(text=self._text(request.text, f"{what}text"))
         elif kind == "image":
-            image, exclude = await self._image_input(request.image, "image")
+            image, exclude = await self._image_input(collection, request.image, f"{what}image")
             query = query_encoder_pb2.QueryInput(image=image)
         elif kind == "composed":
-            modification = self._text(request.composed.modification, "composed.modification")
-            image, exclude = await self._image_input(request.composed.image, "composed.image")
+            modification = self._text(request.composed.modification, f"{what}composed.modification")
+            image, exclude = await self._image_input(collection, request.composed.image, f"{what}composed.image")
             query = query_encoder_pb2.QueryInput(
                 composed=query_encoder_pb2.ComposedQueryInput(image=image, modification=modification))
         else:
-            raise InvalidArgument("set one of text, image, composed")
-        options = SearchOptions(top_k, candidates, rescore=kind == "text", explain=request.explain,
-                                condition=Filter(tuple(keyword_filter), tuple(request.within_ids), tuple(exclude)))
-        outcome = await self.pipeline.search(self.pipeline.index.default_collection, query, options,
-                                             context.time_remaining)
-        return search_pb2.SearchResponse(
-            results=[
-                search_pb2.SearchResult(id=r.id, score=r.score, ann_score=r.ann_score, title=r.title,
-                                        metadata=r.metadata, evidence=r.evidence)
-                for r in outcome.results
-            ],
-            stages=outcome.stages,
-            degradations=[search_pb2.Degradation(stage=s, reason=why) for s, why in outcome.degradations],
-        )
+            raise InvalidArgument(f"{what}set one of text, image, composed")
+        condition = Filter(tuple(keyword_filter), tuple(request.within_ids), tuple(exclude), metadata)
+        options = SearchOptions(top_k, candidates, rescore=kind == "text", condition=condition,
+                                explain=request.explain, offset=request.offset, modality_bias=bias)
+        return SearchQuery(collection, query, options)
+
+    async def Search(self, request: search_pb2.SearchRequest, context: grpc.aio.ServicerContext):
+        query = await self._search_query(request)
+        outcome = await self.pipeline.search(query.collection, query.query, query.options, context.time_remaining)
+        return search_response(outcome)
+
+    async def BatchSearch(self, request: search_pb2.BatchSearchRequest, context: grpc.aio.ServicerContext):
+        count = len(request.searches)
+        require(count > 0, f"searches is empty: send 1 to {self.settings.max_batch_searches}")
+        limit(count, self.settings.max_batch_searches, "number of searches")
+        BATCH_ITEMS.labels("search", "BatchSearch").observe(count)
+        queries = [await self._search_query(r, f"searches[{i}].") for i, r in enumerate(request.searches)]
+        outcomes = await self.pipeline.search_many(queries, context.time_remaining)
+        return search_pb2.BatchSearchResponse(responses=[search_response(o) for o in outcomes])
+
+    async def Rerank(self, request: search_pb2.RerankRequest, context: grpc.aio.ServicerContext):
+        s = self.settings
+        count = len(request.candidates)
+        require(count > 0, f"candidates is empty: send 1 to {s.max_rerank_candidates}")
+        limit(count, s.max_rerank_candidates, "number of candidates")
+        require(request.top_k >= 0, "top_k must not be negative")
+        collection = self._collection(request.collection)
+        text = self._text(request.text, "text")
+        bias = requests.modality_bias(request.modality)
+        ids: list[str] = []
+        inline: list[IndexItem] = []
+        order: list[tuple[str, int]] = []
+        for i, candidate in enumerate(request.candidates):
+            source = candidate.WhichOneof("source")
+            if source == "id":
+                check_id(candidate.id, f"candidates[{i}].id")
+                order.append(("id", len(ids)))
+                ids.append(candidate.id)
+            elif source == "inline":
+                order.append(("inline", len(inline)))
+                inline.append(self._inline(candidate.inline, f"candidates[{i}].inline"))
+            else:
+                raise InvalidArgument(f"candidates[{i}]: set id or inline")
+        BATCH_ITEMS.labels("search", "Rerank").observe(count)
+        outcome = await self.pipeline.rerank(collection, text, ids, inline, order, not request.skip_auto_tags,
+                                             request.top_k, request.explain, bias, context.time_remaining)
+        return search_response(outcome)
+
+    def _inline(self, image: search_pb2.InlineImage, what: str) -> IndexItem:
+        """An inline candidate, checked like an item to index (its id is the caller's, any text)."""
+        require(0 < len(image.id) <= 128, f"{what}.id must be 1..128 characters")
+        item = search_pb2.ImageItem(id="inline", image=image.image, title=image.title, tags=image.tags,
+                                    metadata=image.metadata, keywords=image.keywords)
+        problem = self._item_problem(item)
+        if problem is not None:
+            error = InvalidArgument if problem.error_code == "INVALID_ARGUMENT" else ResourceExhausted
+            raise error(f"{what}: {problem.error}")
+        return IndexItem(image.id, image.image, image.title, list(image.tags), dict(image.metadata),
+                         [(k.text, k.confidence) for k in image.keywords])
+
+    # --- Get, Delete, Stats --------------------------------------------------------------------
 
     def _ids(self, ids, what: str = "ids") -> list[str]:
         require(len(ids) > 0, f"{what} is empty")
@@ -143,7 +252,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     async def Get(self, request: search_pb2.GetRequest, context: grpc.aio.ServicerContext):
         ids = self._ids(request.ids)
-        records = await self.pipeline.index.get(self.pipeline.index.default_collection, ids, request.include_features)
+        records = await self.pipeline.index.get(self._collection(request.collection), ids, request.include_features)
         images = []
         for i in ids:
             if i not in records:
@@ -159,14 +268,42 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def Delete(self, request: search_pb2.DeleteRequest, context: grpc.aio.ServicerContext):
         check_bearer(context.invocation_metadata(), self.settings.auth_token, "Delete")
         ids = self._ids(request.ids)
-        deleted = set(await self.pipeline.delete(self.pipeline.index.default_collection, ids))
+        deleted = set(await self.pipeline.delete(self._collection(request.collection), ids))
         return search_pb2.DeleteResponse(deleted_count=len(deleted), missing_ids=[i for i in ids if i not in deleted])
 
     async def Stats(self, request: search_pb2.StatsRequest, context: grpc.aio.ServicerContext):
         index = self.pipeline.index
-        collection = index.default_collection
+        collection = self._collection(request.collection)
         count = await index.count(collection)
         INDEX_IMAGES.labels(collection).set(count)
         return search_pb2.StatsResponse(image_count=count, collection=collection,
                                         index_backend=index.backend, model_builds=self.pipeline.model_builds,
                                         index_version=INDEX_VERSION, ann_mode=await index.ann_mode(collection))
+
+    # --- collections ---------------------------------------------------------------------------
+
+    async def CreateCollection(self, request: search_pb2.CreateCollectionRequest, context: grpc.aio.ServicerContext):
+        check_bearer(context.invocation_metadata(), self.settings.auth_token, "CreateCollection")
+        require(bool(request.name), "name is empty: the default collection always exists")
+        created = await self.pipeline.index.create_collection(self._collection(request.name))
+        return search_pb2.CreateCollectionResponse(created=created)
+
+    async def DropCollection(self, request: search_pb2.DropCollectionRequest, context: grpc.aio.ServicerContext):
+        check_bearer(context.invocation_metadata(), self.settings.auth_token, "DropCollection")
+        require(bool(request.name), "name is empty: the default collection cannot be dropped")
+        deleted = await self.pipeline.index.drop_collection(self._collection(request.name))
+        return search_pb2.DropCollectionResponse(deleted_images=deleted)
+
+    async def ListCollections(self, request: search_pb2.ListCollectionsRequest, context: grpc.aio.ServicerContext):
+        index = self.pipeline.index
+        infos = []
+        for internal in await index.collections():
+            name = requests.public_collection_name(internal, self.default_collection)
+            if name is None:
+                continue
+            try:
+                infos.append(search_pb2.CollectionInfo(name=name, image_count=await index.count(internal)))
+            except NotFound:
+                continue  # dropped meanwhile
+        infos.sort(key=lambda info: (info.name != "", info.name))
+        return search_pb2.ListCollectionsResponse(collections=infos)

@@ -31,6 +31,9 @@ class SearchSettings:
     """Embedded engine: exact search below this many images in a collection, HNSW from here on."""
     ef_search: int = env("INDEX_EF_SEARCH", default=256)
     """HNSW search breadth (both engines): higher is better recall and slower."""
+    rescorer_max_candidates: int = env("ATTENTION_RESCORER_MAX_CANDIDATES", default=8192)
+    """AttentionRescorer's limit per Rescore (its own setting, read here too): larger batches of
+    candidates go in several calls."""
     query_encoder_max_batch: int = env("QUERY_ENCODER_MAX_BATCH", default=256)
     """Texts per Encode call (QueryEncoder's own limit): longer lists go in several calls."""
     query_encoder_addr: str = env("QUERY_ENCODER_ADDR", default="127.0.0.1:50051")
@@ -46,6 +49,14 @@ class SearchSettings:
     max_image_bytes: int = 20 * 1024 * 1024
     max_text_chars: int = 2000
     max_tags: int = 64
+    max_title_chars: int = 1024
+    max_metadata_keys: int = 64
+    """Metadata per item: keys (each at most 128 characters, values at most 4,096) and bytes in all."""
+    max_metadata_bytes: int = 16 * 1024
+    max_batch_searches: int = 32
+    """Searches per BatchSearch."""
+    max_rerank_candidates: int = 200
+    """Candidates per Rerank (indexed ids and inline images)."""
     max_keyword_chars: int = 64
     """Characters per tag or keyword (after normalisation)."""
     auth_token: str = ""
@@ -56,6 +67,11 @@ class SearchSettings:
     def validate(self) -> None:
         if not 1 <= self.default_candidates <= self.max_candidates:
             raise SettingsError("SEARCH_DEFAULT_CANDIDATES must be in 1..SEARCH_MAX_CANDIDATES")
+        if self.max_candidates > self.rescorer_max_candidates:
+            raise SettingsError("SEARCH_MAX_CANDIDATES must not exceed ATTENTION_RESCORER_MAX_CANDIDATES "
+                                "(one search's candidates go to the rescorer in one call)")
+        if self.max_rerank_candidates > self.rescorer_max_candidates:
+            raise SettingsError("SEARCH_MAX_RERANK_CANDIDATES must not exceed ATTENTION_RESCORER_MAX_CANDIDATES")
 
 
 def load_settings() -> SearchSettings:
