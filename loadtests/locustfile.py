@@ -4,7 +4,9 @@
     locust -f loadtests/locustfile.py --host 127.0.0.1:50050   # with LOADTEST_DATA prepared
 
 The mix (by users): text search 6, image search 2 (by indexed id 3 : by new bytes 1), composed
-search 2, and one indexing user. Queries follow a Zipf law over fixed pools (loadtests/data.py),
+search 2, filtered text search 2 (a metadata filter on one shop of ten and a price range, as a
+marketplace backend sends), batched text search 1 (BatchSearch of 8 queries), and one indexing
+user. Queries follow a Zipf law over fixed pools (loadtests/data.py),
 so popular queries repeat and the query cache matters. Wait times: LOADTEST_WAIT_MIN and
 LOADTEST_WAIT_MAX seconds (0.2 and 1.0) between a searcher's calls.
 """
@@ -25,6 +27,7 @@ from loadtests.grpc_user import GrpcUser
 DATA = LoadData.load(data_path())
 WAIT = between(float(os.environ.get("LOADTEST_WAIT_MIN", "0.2")), float(os.environ.get("LOADTEST_WAIT_MAX", "1.0")))
 INDEX_BATCH = 4
+BATCH_QUERIES = 8
 _user_seeds = itertools.count(int(os.environ.get("LOADTEST_SEED", "0")))
 
 
@@ -71,6 +74,32 @@ class ComposedSearchUser(SearchUser):
         query = search_pb2.ComposedQuery(image=search_pb2.ImageQuery(id=self.images.draw().id),
                                          modification=self.modifications.draw())
         self.search("Search composed", composed=query)
+
+
+class FilteredSearchUser(SearchUser):
+    """Text search within one shop (10% of the seeded images) and a price range."""
+
+    weight = 2
+
+    @task
+    def filtered(self) -> None:
+        shop = f"shop-{self.rng.randrange(10)}"
+        metadata_filter = search_pb2.MetadataFilter(conditions=[
+            search_pb2.MetadataCondition(key="shop", equals=shop),
+            search_pb2.MetadataCondition(key="price", range=search_pb2.NumberRange(lte=50)),
+        ])
+        self.search("Search text filtered", text=self.texts.draw(), metadata_filter=metadata_filter)
+
+
+class BatchSearchUser(SearchUser):
+    """BatchSearch of BATCH_QUERIES text queries in one call."""
+
+    weight = 1
+
+    @task
+    def batch(self) -> None:
+        searches = [search_pb2.SearchRequest(text=self.texts.draw(), top_k=10) for _ in range(BATCH_QUERIES)]
+        self.call("BatchSearch", search_pb2.BatchSearchRequest(searches=searches), f"BatchSearch {BATCH_QUERIES}")
 
 
 class IndexUser(GrpcUser):

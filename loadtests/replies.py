@@ -11,7 +11,11 @@ class IncompleteReply(Exception):
 
 def reply_problem(reply: Any) -> str | None:
     """Why an OK reply is a failure for its caller, or None: a Search that skipped a stage
-    (degradations), an Index that left items out (failed_count)."""
+    (degradations), an Index that left items out (failed_count), a BatchSearch with such a search."""
+    for response in getattr(reply, "responses", []):
+        problem = reply_problem(response)
+        if problem:
+            return problem
     degradations = getattr(reply, "degradations", None)
     if degradations:
         return "; ".join(f"{d.stage}: {d.reason}" for d in degradations)

@@ -77,6 +77,11 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def seeded_metadata(i: int) -> dict[str, str]:
+    """What the filtered profile filters on: a shop (10 values) and a price."""
+    return {"shop": f"shop-{i % 10}", "price": str(5 * (i % 20))}
+
+
 def seed_index(target: str, load: loaddata.LoadData) -> None:
     from amcsearch.v1 import common_pb2, search_pb2, search_pb2_grpc
 
@@ -85,9 +90,9 @@ def seed_index(target: str, load: loaddata.LoadData) -> None:
         for start in range(0, len(load.seeded), SEED_BATCH):
             batch = load.seeded[start:start + SEED_BATCH]
             reply = stub.Index(search_pb2.IndexRequest(skip_auto_tags=True, items=[
-                search_pb2.ImageItem(id=s.id, image=s.png, title=s.title,
+                search_pb2.ImageItem(id=s.id, image=s.png, title=s.title, metadata=seeded_metadata(start + i),
                                      keywords=[common_pb2.Keyword(text=t, confidence=c) for t, c in s.keywords])
-                for s in batch]), timeout=120, metadata=write_metadata())
+                for i, s in enumerate(batch)]), timeout=120, metadata=write_metadata())
             if reply.failed_count:
                 raise RuntimeError(f"seeding failed: {[r.error for r in reply.results if not r.indexed][:3]}")
 

@@ -280,3 +280,29 @@ def test_pages_are_stable_and_do_not_overlap(search, catalogue):
     assert [r.id for r in again.results] == [r.id for r in pages[1].results]
     expect_error(lambda: search.Search(search_pb2.SearchRequest(text="x", top_k=10, offset=95, candidates=100),
                                        timeout=30), grpc.StatusCode.INVALID_ARGUMENT, "exceeds candidates")
+
+
+def test_the_cli_exposes_each_feature(real_stack, catalogue, ci_corpus, tmp_path, capsys):
+    from amcsearch.cli import main
+
+    addr = ["--addr", real_stack.address("search")]
+    name = f"cli_{uuid.uuid4().hex[:8]}"
+    assert main([*addr, "collections", "create", name]) == 0
+    assert main([*addr, "--collection", catalogue, "search", "a picture", "--where", "bucket=5", "--top-k", "5"]) == 0
+    assert main([*addr, "--collection", catalogue, "search", "a picture", "--range", "price=0..3", "--has", "flag",
+                 "--filter", '{"combine": "ANY", "conditions": [{"key": "bucket", "equals": "0"}]}',
+                 "--offset", "0", "--keyword-only"]) == 0
+    image = tmp_path / "mine.png"
+    image.write_bytes(png(ci_corpus.test.pixels[3]))
+    assert main([*addr, "--collection", catalogue, "rerank", "red", "--ids", ci_corpus.test.images[0].id,
+                 "--images", str(image), "--visual-only"]) == 0
+    queries = tmp_path / "queries.txt"
+    queries.write_text("red circle\nblue square\n")
+    assert main([*addr, "--collection", catalogue, "batch", str(queries)]) == 0
+    assert main([*addr, "collections"]) == 0
+    out = capsys.readouterr().out
+    assert name in out and "== red circle" in out and "stages: encode -> rescore" in out
+    first_table = out.split("stages:")[0].splitlines()
+    printed = {line.split()[1] for line in first_table if line.strip()[:1].isdigit()}
+    assert printed == {ci_corpus.test.images[5].id, ci_corpus.test.images[65].id}  # bucket 5 of 60
+    assert main([*addr, "collections", "drop", name]) == 0

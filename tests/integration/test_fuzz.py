@@ -62,9 +62,29 @@ rescore_requests = st.builds(
     keyword_texts=st.lists(texts, max_size=3), keyword_slots=slot_tensors, keyword_confidences=tensors(),
     explain=st.booleans(), explain_top=numbers)
 image_queries = st.one_of(st.builds(search_pb2.ImageQuery, data=blobs), st.builds(search_pb2.ImageQuery, id=ids))
+doubles = st.floats(allow_nan=True, allow_infinity=True)
+number_ranges = st.builds(lambda gt, lte: search_pb2.NumberRange(
+    **({"gt": gt} if gt is not None else {}), **({"lte": lte} if lte is not None else {})),
+    st.none() | doubles, st.none() | doubles)
+conditions = st.one_of(
+    st.builds(search_pb2.MetadataCondition, key=texts, equals=texts),
+    st.builds(lambda k, v: search_pb2.MetadataCondition(key=k, any_of=search_pb2.StringList(values=v)),
+              texts, st.lists(texts, max_size=3)),
+    st.builds(search_pb2.MetadataCondition, key=texts, range=number_ranges),
+    st.builds(search_pb2.MetadataCondition, key=texts, exists=st.booleans()),
+    st.builds(search_pb2.MetadataCondition, key=texts))
+metadata_filters = st.recursive(
+    st.builds(search_pb2.MetadataFilter, combine=st.integers(0, 1), conditions=st.lists(conditions, max_size=3)),
+    lambda inner: st.builds(search_pb2.MetadataFilter, combine=st.integers(0, 1),
+                            conditions=st.lists(conditions, max_size=2), groups=st.lists(inner, max_size=2)),
+    max_leaves=6)
+collections = st.one_of(st.just(""), texts, st.from_regex(r"[A-Za-z][A-Za-z0-9_]{0,10}", fullmatch=True))
+biases = st.builds(search_pb2.ModalityBias, modalities=st.integers(0, 2), keyword_scale=floats,
+                   min_keyword_weight=floats, max_keyword_weight=floats)
 search_requests = st.one_of(
     st.builds(search_pb2.SearchRequest, text=texts, top_k=numbers, candidates=numbers,
-              keyword_filter=st.lists(texts, max_size=3), explain=st.booleans(), within_ids=st.lists(ids, max_size=3)),
+              keyword_filter=st.lists(texts, max_size=3), explain=st.booleans(), within_ids=st.lists(ids, max_size=3),
+              metadata_filter=metadata_filters, collection=collections, offset=numbers, modality=biases),
     st.builds(search_pb2.SearchRequest, image=image_queries, top_k=numbers),
     st.builds(lambda q, m, k: search_pb2.SearchRequest(composed=search_pb2.ComposedQuery(image=q, modification=m), top_k=k),
               image_queries, texts, numbers),
@@ -121,6 +141,46 @@ def test_fuzz_rescore(stubs, request_):
 @given(search_requests)
 def test_fuzz_search(stubs, request_):
     answered_as_documented(stubs["search"].Search, request_)
+
+
+@FUZZ
+@given(st.lists(search_requests, max_size=4))
+def test_fuzz_batch_search(stubs, searches):
+    answered_as_documented(stubs["search"].BatchSearch, search_pb2.BatchSearchRequest(searches=searches))
+
+
+rerank_candidates = st.one_of(
+    st.builds(search_pb2.RerankCandidate, id=ids),
+    st.builds(lambda i, b, t, k: search_pb2.RerankCandidate(inline=search_pb2.InlineImage(id=i, image=b, tags=t, keywords=k)),
+              ids, blobs, st.lists(texts, max_size=2), st.lists(keywords, max_size=2)),
+    st.just(search_pb2.RerankCandidate()))
+
+
+@FUZZ
+@given(texts, st.lists(rerank_candidates, max_size=3), numbers, collections, biases)
+def test_fuzz_rerank(stubs, text, cands, top_k, collection, bias):
+    answered_as_documented(stubs["search"].Rerank, search_pb2.RerankRequest(
+        text=text, candidates=cands, top_k=top_k, collection=collection, modality=bias))
+
+
+@FUZZ
+@given(collections)
+def test_fuzz_collections(stubs, name):
+    answered_as_documented(stubs["search"].CreateCollection, search_pb2.CreateCollectionRequest(name=name))
+    answered_as_documented(stubs["search"].Stats, search_pb2.StatsRequest(collection=name))
+    answered_as_documented(stubs["search"].DropCollection, search_pb2.DropCollectionRequest(name=name))
+    answered_as_documented(stubs["search"].ListCollections, search_pb2.ListCollectionsRequest())
+
+
+def test_malformed_protobuf_is_invalid_argument(real_stack):
+    """Bytes that are not a valid message: INVALID_ARGUMENT, not UNKNOWN 'Unexpected DecodeError'."""
+    with grpc.insecure_channel(real_stack.address("search")) as channel:
+        raw = channel.unary_unary("/amcsearch.v1.SearchService/Search", request_serializer=None,
+                                  response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as raised:
+            raw(b"\x0a\xff\xff\xff\xff\x0f", timeout=10)  # a length-delimited field longer than the message
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
+    assert "not a valid Search message" in raised.value.details()
 
 
 @FUZZ

@@ -16,7 +16,7 @@ from loadtests.replies import reply_problem
 from loadtests.run import main, read_stats
 from loadtests.steps import StepPlan
 
-PROFILES = {"Search text", "Search composed", "Index"}
+PROFILES = {"Search text", "Search composed", "Search text filtered", "BatchSearch 8", "Index"}
 IMAGE_PROFILES = {"Search image id", "Search image bytes"}
 
 
@@ -44,7 +44,7 @@ def test_query_distribution_repeats_popular_queries():
 
 def test_short_load_run_ends_with_zero_failures(real_stack, tmp_path):
     target = real_stack.address("search")
-    rc = main(["--target", target, "--users", "5", "--spawn-rate", "5", "--run-time", "20s",
+    rc = main(["--target", target, "--users", "13", "--spawn-rate", "13", "--run-time", "20s",
                "--seeded", "30", "--to-index", "8", "--out", str(tmp_path)])
     rows = {r.name: r for r in read_stats(tmp_path / "amcsearch")}
     total = rows["Aggregated"]
