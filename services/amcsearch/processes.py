@@ -144,7 +144,7 @@ def triton_environment(server_dir: Path) -> dict[str, str]:
 
 
 def triton_process(repository: Path, log_dir: Path, grpc_port: int, http_port: int, metrics_port: int,
-                   models: list[str] | None = None) -> Process:
+                   models: list[str] | None = None, host: str = "127.0.0.1") -> Process:
     server_dir = pytriton_server_dir()
     prepare_python_backend(server_dir)
     cache_dir = Path(tempfile.mkdtemp(prefix="amcsearch-triton-cache-"))
@@ -155,6 +155,8 @@ def triton_process(repository: Path, log_dir: Path, grpc_port: int, http_port: i
         f"--cache-directory={cache_dir}",
         "--model-config-name=pyt",
         f"--grpc-port={grpc_port}", f"--http-port={http_port}", f"--metrics-port={metrics_port}",
+        # loopback only: Triton listens on every interface unless told otherwise
+        f"--grpc-address={host}", f"--http-address={host}", f"--metrics-address={host}",
         "--allow-metrics=true", "--log-verbose=0", "--exit-timeout-secs=10",
     ]
     if models:

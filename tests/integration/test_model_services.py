@@ -184,7 +184,7 @@ def bomb() -> bytes:
     (lambda s: s["tagger"].Tag(keyword_tagger_pb2.TagRequest(images=[b"x"], threshold=2.0)),
      grpc.StatusCode.INVALID_ARGUMENT, "threshold"),
     (lambda s: s["tagger"].Tag(keyword_tagger_pb2.TagRequest(images=[b"GIF89a"])),
-     grpc.StatusCode.INVALID_ARGUMENT, "image 0"),
+     grpc.StatusCode.INVALID_ARGUMENT, "image cannot be decoded as JPEG, PNG or WebP"),
     (lambda s: s["rescorer"].Rescore(attention_rescorer_pb2.RescoreRequest(queries=to_tensor(np.zeros((1, 384))))),
      grpc.StatusCode.INVALID_ARGUMENT, "ids is empty"),
     (lambda s: s["rescorer"].Rescore(columns(queries=to_tensor(np.zeros((1, 10))))),

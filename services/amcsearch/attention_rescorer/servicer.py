@@ -8,6 +8,7 @@ import numpy as np
 from amcsearch.attention_rescorer.rescorer import AttentionRescorer, Scored
 from amcsearch.attention_rescorer.settings import AttentionRescorerSettings
 from amcsearch.runtime import contract as c
+from amcsearch.runtime.deadlines import time_left
 from amcsearch.runtime.errors import limit, require
 from amcsearch.runtime.keywords import normalize_keyword
 from amcsearch.runtime.metrics import BATCH_ITEMS
@@ -84,7 +85,7 @@ class AttentionRescorerServicer(attention_rescorer_pb2_grpc.AttentionRescorerSer
         batch = self._batch(request, queries.shape[0])
         bias = self._bias(request, queries.shape[0])
         explain_top = (request.explain_top or 5) if request.explain else 0
-        scored = await self.rescorer.rescore(queries, batch, explain_top, context.time_remaining(), bias)
+        scored = await self.rescorer.rescore(queries, batch, explain_top, time_left(), bias)
         return attention_rescorer_pb2.RescoreResponse(results=[
             attention_rescorer_pb2.RescoredCandidate(id=s.id, evidence=evidence(s)) for s in scored
         ])

@@ -1,13 +1,13 @@
 """python -m amcsearch.feature_extractor: the FeatureExtractor gRPC service."""
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 
 from amcsearch.feature_extractor.extractor import FeatureExtractor
 from amcsearch.feature_extractor.servicer import FeatureExtractorServicer
 from amcsearch.feature_extractor.settings import load_settings
 from amcsearch.runtime import contract as c
 from amcsearch.runtime.cache import EmbeddingCache
+from amcsearch.runtime.images import decoder_pool
 from amcsearch.runtime.logs import setup_logging
 from amcsearch.runtime.server import run_service
 from amcsearch.runtime.triton import TritonModels
@@ -18,7 +18,7 @@ async def main() -> None:
     settings = load_settings()
     triton = TritonModels(settings.triton, "feature_extractor")
     cache = EmbeddingCache(settings.cache, "feature_extractor")
-    extractor = FeatureExtractor(triton, cache, settings.images, ThreadPoolExecutor(max_workers=4))
+    extractor = FeatureExtractor(triton, cache, settings.images, decoder_pool(settings.images))
 
     async def ready() -> bool:
         if not await triton.ready([c.IMAGE_ENCODER]):

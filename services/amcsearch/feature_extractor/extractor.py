@@ -54,33 +54,40 @@ class FeatureExtractor:
     async def refresh_build(self) -> None:
         self.build = await self.triton.build_id(c.IMAGE_ENCODER)
 
-    async def extract(self, images: list[bytes], timeout: float | None) -> list[Features]:
-        hashes = [hashlib.sha256(data).hexdigest() for data in images]
+    async def extract(self, images: list[bytes] | np.ndarray, timeout: float | None) -> list[Features]:
+        """`images`: encoded bytes, or decoded uint8 pixels [B, size, size, 3]."""
+        decoded = isinstance(images, np.ndarray)
+        hashes = [hashlib.sha256(b"pixels:" + image.tobytes() if decoded else image).hexdigest() for image in images]
         keys = [content_key("features", c.IMAGE_ENCODER, self.build, digest) for digest in hashes]
         unique = list(dict.fromkeys(keys))
         with stage(SERVICE, "cache_get"):
             cached = await self.cache.get_many("features", unique)
-        found = {key: value for key, value in zip(unique, cached) if value is not None and value.size == PACKED}
+        found = {key: value for key, value in zip(unique, cached, strict=True) if value is not None and value.size == PACKED}
         hits = set(found)
         missing = [key for key in unique if key not in hits]
         if missing:
-            first_image = {key: (i, images[i]) for i, key in reversed(list(enumerate(keys)))}
-            found.update(await self._compute([first_image[k] for k in missing], missing, timeout))
-        return [Features(*unpack(found[key]), key in hits, digest) for key, digest in zip(keys, hashes)]
+            first = {key: i for i, key in reversed(list(enumerate(keys)))}
+            found.update(await self._compute(images, [first[k] for k in missing], missing, timeout))
+        return [Features(*unpack(found[key]), key in hits, digest) for key, digest in zip(keys, hashes, strict=True)]
 
-    async def _compute(self, items: list[tuple[int, bytes]], keys: list[str], timeout: float | None) -> dict:
+    async def _compute(self, images: list[bytes] | np.ndarray, rows: list[int], keys: list[str],
+                       timeout: float | None) -> dict:
+        """Features of images[rows] (one per key), computed once across concurrent requests."""
         mine, theirs = self.flight.claim(keys)
         try:
             values: dict[str, np.ndarray] = {}
             if mine:
-                chosen = [items[keys.index(k)] for k in mine]
-                with stage(SERVICE, "decode"):
-                    pixels = await decode_images([data for _, data in chosen], self.limits, self.executor,
-                                                  [index for index, _ in chosen])
+                chosen = [rows[keys.index(k)] for k in mine]
+                if isinstance(images, np.ndarray):
+                    pixels = images[chosen]
+                else:
+                    names = ["image"] if len(images) == 1 else [f"image {i}" for i in chosen]
+                    with stage(SERVICE, "decode"):
+                        pixels = await decode_images([images[i] for i in chosen], self.limits, self.executor, names)
                 with stage(SERVICE, "triton"):
-                    out = await self.triton.infer(c.IMAGE_ENCODER, {"image": pixels},
-                                                  [c.EMBEDDING_OUT, c.REGIONS_OUT], timeout)
-                values = {k: pack(e, r) for k, e, r in zip(mine, out[c.EMBEDDING_OUT], out[c.REGIONS_OUT])}
+                    out = await self.triton.infer_chunked(c.IMAGE_ENCODER, {"image": pixels},
+                                                          [c.EMBEDDING_OUT, c.REGIONS_OUT], timeout)
+                values = {k: pack(e, r) for k, e, r in zip(mine, out[c.EMBEDDING_OUT], out[c.REGIONS_OUT], strict=True)}
         except BaseException as error:
             self.flight.fail(mine, error)
             raise

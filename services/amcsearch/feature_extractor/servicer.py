@@ -6,7 +6,8 @@ import grpc
 
 from amcsearch.feature_extractor.extractor import FeatureExtractor
 from amcsearch.feature_extractor.settings import FeatureExtractorSettings
-from amcsearch.runtime.errors import limit, require
+from amcsearch.runtime.deadlines import time_left
+from amcsearch.runtime.images import decoded_or_encoded
 from amcsearch.runtime.metrics import BATCH_ITEMS
 from amcsearch.runtime.tensors import to_tensor
 from amcsearch.v1 import common_pb2, feature_extractor_pb2, feature_extractor_pb2_grpc
@@ -18,14 +19,9 @@ class FeatureExtractorServicer(feature_extractor_pb2_grpc.FeatureExtractorServic
         self.settings = settings
 
     async def Extract(self, request: feature_extractor_pb2.ExtractRequest, context: grpc.aio.ServicerContext):
-        count = len(request.images)
-        require(count > 0, f"images is empty: send 1 to {self.settings.max_batch} images")
-        limit(count, self.settings.max_batch, "number of images")
-        for i, data in enumerate(request.images):
-            require(len(data) > 0, f"image {i} is empty")
-            limit(len(data), self.settings.images.max_image_bytes, f"image {i} size", "bytes")
-        BATCH_ITEMS.labels("feature_extractor", "Extract").observe(count)
-        features = await self.extractor.extract(list(request.images), context.time_remaining())
+        images = decoded_or_encoded(request, self.settings.max_batch, self.settings.images)
+        BATCH_ITEMS.labels("feature_extractor", "Extract").observe(len(images))
+        features = await self.extractor.extract(images, time_left())
         return feature_extractor_pb2.ExtractResponse(results=[
             feature_extractor_pb2.ExtractedImage(
                 features=common_pb2.ImageFeatures(embedding=to_tensor(f.embedding), regions=to_tensor(f.regions)),

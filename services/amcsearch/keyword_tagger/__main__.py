@@ -1,12 +1,12 @@
 """python -m amcsearch.keyword_tagger: the KeywordTagger gRPC service."""
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 
 from amcsearch.keyword_tagger.servicer import KeywordTaggerServicer
 from amcsearch.keyword_tagger.settings import load_settings
 from amcsearch.keyword_tagger.tagger import KeywordTagger
 from amcsearch.runtime import contract as c
+from amcsearch.runtime.images import decoder_pool
 from amcsearch.runtime.logs import setup_logging
 from amcsearch.runtime.server import run_service
 from amcsearch.runtime.triton import TritonModels
@@ -16,7 +16,7 @@ from amcsearch.v1 import keyword_tagger_pb2, keyword_tagger_pb2_grpc
 async def main() -> None:
     settings = load_settings()
     triton = TritonModels(settings.triton, "keyword_tagger")
-    tagger = KeywordTagger(triton, settings.images, ThreadPoolExecutor(max_workers=4))
+    tagger = KeywordTagger(triton, settings.images, decoder_pool(settings.images))
 
     async def ready() -> bool:
         return await triton.ready([c.KEYWORD_TAGGER])

@@ -6,7 +6,9 @@ import grpc
 
 from amcsearch.keyword_tagger.settings import KeywordTaggerSettings
 from amcsearch.keyword_tagger.tagger import KeywordTagger
+from amcsearch.runtime.deadlines import time_left
 from amcsearch.runtime.errors import limit, require
+from amcsearch.runtime.images import decoded_or_encoded
 from amcsearch.runtime.metrics import BATCH_ITEMS
 from amcsearch.v1 import common_pb2, keyword_tagger_pb2, keyword_tagger_pb2_grpc
 
@@ -17,16 +19,15 @@ class KeywordTaggerServicer(keyword_tagger_pb2_grpc.KeywordTaggerServicer):
         self.settings = settings
 
     async def Tag(self, request: keyword_tagger_pb2.TagRequest, context: grpc.aio.ServicerContext):
-        count = len(request.images)
-        require(count > 0, f"images is empty: send 1 to {self.settings.max_batch} images")
-        limit(count, self.settings.max_batch, "number of images")
+        images = decoded_or_encoded(request, self.settings.max_batch, self.settings.images)
+        count = len(images)
         require(0 <= request.threshold <= 1, f"threshold {request.threshold} is not in [0, 1]")
         require(request.top_k >= 0, f"top_k {request.top_k} is negative")
         limit(request.top_k, self.settings.max_top_k, "top_k")
         threshold = request.threshold or self.settings.default_threshold
         top_k = request.top_k or self.settings.default_top_k
         BATCH_ITEMS.labels("keyword_tagger", "Tag").observe(count)
-        tags = await self.tagger.tag(list(request.images), threshold, top_k, context.time_remaining())
+        tags = await self.tagger.tag(images, threshold, top_k, time_left())
         return keyword_tagger_pb2.TagResponse(results=[
             keyword_tagger_pb2.ImageKeywords(keywords=[
                 common_pb2.Keyword(text=t.text, confidence=t.confidence, source=common_pb2.Keyword.AUTO) for t in image

@@ -10,6 +10,8 @@ from __future__ import annotations
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+import numpy as np
+
 from amcsearch.runtime import contract as c
 from amcsearch.runtime.images import decode_images
 from amcsearch.runtime.metrics import stage
@@ -41,9 +43,14 @@ class KeywordTagger:
         self.limits = limits
         self.executor = executor
 
-    async def tag(self, images: list[bytes], threshold: float, top_k: int, timeout: float | None) -> list[list[Tag]]:
-        with stage(SERVICE, "decode"):
-            pixels = await decode_images(images, self.limits, self.executor)
+    async def tag(self, images: list[bytes] | np.ndarray, threshold: float, top_k: int,
+                  timeout: float | None) -> list[list[Tag]]:
+        """`images`: encoded bytes, or decoded uint8 pixels [B, size, size, 3]."""
+        if isinstance(images, np.ndarray):
+            pixels = images
+        else:
+            with stage(SERVICE, "decode"):
+                pixels = await decode_images(images, self.limits, self.executor)
         with stage(SERVICE, "triton"):
             result = await self.triton.infer(c.KEYWORD_TAGGER, {"image": pixels}, [c.PROBABILITIES_OUT], timeout,
                                              class_counts={c.PROBABILITIES_OUT: top_k})

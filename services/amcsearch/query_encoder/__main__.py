@@ -8,6 +8,7 @@ from amcsearch.query_encoder.settings import load_settings
 from amcsearch.query_encoder.tokenize import Tokenizer
 from amcsearch.runtime import contract as c
 from amcsearch.runtime.cache import EmbeddingCache
+from amcsearch.runtime.images import decoder_pool
 from amcsearch.runtime.logs import setup_logging
 from amcsearch.runtime.server import run_service
 from amcsearch.runtime.triton import TritonModels
@@ -21,7 +22,7 @@ async def main() -> None:
     triton = TritonModels(settings.triton, "query_encoder")
     cache = EmbeddingCache(settings.cache, "query_encoder")
     tokenizer = Tokenizer.from_file(settings.tokenizer_path) if settings.tokenizer_path else Tokenizer.default()
-    encoder = QueryEncoder(triton, cache, tokenizer, settings.images)
+    encoder = QueryEncoder(triton, cache, tokenizer, settings.images, decoder_pool(settings.images))
 
     async def ready() -> bool:
         models = [c.TEXT_ENCODER] + [m for m in OPTIONAL_MODELS if await triton.has_model(m)]

@@ -155,7 +155,9 @@ class QueryEncoder:
                 regions[i] = query.image.regions
         if to_decode:
             with stage(SERVICE, "decode"):
-                pixels = await decode_images([queries[i].image.data for i in to_decode], self.limits, self.executor)
+                names = ["image" if len(to_decode) == 1 else "a query image"] * len(to_decode)
+                pixels = await decode_images([queries[i].image.data for i in to_decode], self.limits, self.executor,
+                                             names)
             outputs = [c.EMBEDDING_OUT, c.REGIONS_OUT] if with_regions else [c.EMBEDDING_OUT]
             with stage(SERVICE, "triton_image_encoder"):
                 out = await self.triton.infer_chunked(c.IMAGE_ENCODER, {"image": pixels}, outputs, timeout)

@@ -8,6 +8,7 @@ from amcsearch.query_encoder.encoder import QueryEncoder
 from amcsearch.query_encoder.queries import ImageSource, Query
 from amcsearch.query_encoder.settings import QueryEncoderSettings
 from amcsearch.runtime import contract as c
+from amcsearch.runtime.deadlines import time_left
 from amcsearch.runtime.errors import InvalidArgument, Unavailable, limit, require
 from amcsearch.runtime.metrics import BATCH_ITEMS
 from amcsearch.runtime.tensors import from_tensor, to_tensor
@@ -63,7 +64,7 @@ class QueryEncoderServicer(query_encoder_pb2_grpc.QueryEncoderServicer):
         BATCH_ITEMS.labels("query_encoder", "Encode").observe(count)
         models = set(self.encoder.builds)
         queries = [self._query(q, i, models) for i, q in enumerate(request.queries)]
-        encoded = await self.encoder.encode(queries, context.time_remaining())
+        encoded = await self.encoder.encode(queries, time_left())
         return query_encoder_pb2.EncodeResponse(
             embeddings=[
                 query_encoder_pb2.EncodedQuery(

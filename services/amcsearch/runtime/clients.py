@@ -39,9 +39,22 @@ def open_channel(address: str, tls: ClientTLSSettings | None = None) -> grpc.aio
         ("grpc.max_reconnect_backoff_ms", 1000),
     ]
     credentials = channel_credentials(tls) if tls is not None else None
+    interceptors = [BearerToken(tls.internal_token)] if tls is not None and tls.internal_token else None
     if credentials is not None:
-        return grpc.aio.secure_channel(address, credentials, options=options)
-    return grpc.aio.insecure_channel(address, options=options)
+        return grpc.aio.secure_channel(address, credentials, options=options, interceptors=interceptors)
+    return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
+
+
+class BearerToken(grpc.aio.UnaryUnaryClientInterceptor):
+    """Adds 'authorization: Bearer <token>' to every call (the internal services' token)."""
+
+    def __init__(self, token: str) -> None:
+        self.header = ("authorization", f"Bearer {token}")
+
+    async def intercept_unary_unary(self, continuation, client_call_details, request):
+        metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()), self.header)
+        details = client_call_details._replace(metadata=metadata)
+        return await continuation(details, request)
 
 
 async def call(method: Callable[..., Awaitable[R]], request: Any, timeout: float | None, what: str) -> R:

@@ -2,7 +2,9 @@
 
 This is the one place where exceptions become gRPC statuses: a project error aborts with its
 own code and message; anything else is logged with its traceback and answered INTERNAL with a
-short message, so a caller never sees a stack trace.
+short message, so a caller never sees a stack trace. It also bounds every RPC by a deadline: the
+caller's, or default_deadline_seconds when the caller set none (runtime/deadlines.py), and it
+answers INVALID_ARGUMENT for a request that does not parse.
 """
 
 from __future__ import annotations
@@ -16,15 +18,22 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from amcsearch.runtime import deadlines
+from amcsearch.runtime.auth import check_bearer
 from amcsearch.runtime.errors import AmcsearchError, InvalidArgument
 from amcsearch.runtime.metrics import RPC_IN_FLIGHT, RPC_SECONDS
 
 log = logging.getLogger(__name__)
+OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+"""Answered without the internal token: orchestrators probe health, operators list services."""
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, default_deadline_seconds: float = 30.0, required_token: str = "") -> None:
+        """`required_token`: when set, every RPC of the service's own API must carry it."""
         self.service = service
+        self.default_deadline_seconds = default_deadline_seconds
+        self.required_token = required_token
 
     async def intercept_service(
         self,
@@ -35,22 +44,28 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None:
             return handler
         method = handler_call_details.method.rsplit("/", 1)[-1]
+        open_method = handler_call_details.method.startswith(OPEN_SERVICES)
         return grpc.unary_unary_rpc_method_handler(
-            self._wrap(handler.unary_unary, method),
+            self._wrap(handler.unary_unary, method, "" if open_method else self.required_token),
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
-    def _wrap(self, behavior: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+    def _wrap(self, behavior: Callable[..., Awaitable[Any]], method: str,
+              required_token: str) -> Callable[..., Awaitable[Any]]:
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
             in_flight = RPC_IN_FLIGHT.labels(self.service, method)
             in_flight.inc()
             start = time.perf_counter()
             code = grpc.StatusCode.OK
+            remaining = context.time_remaining()
+            seconds = self.default_deadline_seconds if remaining is None else remaining
+            deadline_token = deadlines.start(seconds)
             try:
+                check_bearer(context.invocation_metadata(), required_token, method, "internal calls")
                 if isinstance(request, MalformedRequest):
                     raise InvalidArgument(f"the request is not a valid {method} message: {request.reason}")
-                return await behavior(request, context)
+                return await asyncio.wait_for(behavior(request, context), timeout=max(seconds, 0.001))
             except AmcsearchError as error:
                 code = error.code
                 await context.abort(code, str(error))
@@ -69,6 +84,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 log.exception("%s.%s failed", self.service, method)
                 await context.abort(code, f"internal error in {self.service}.{method}: {type(error).__name__}")
             finally:
+                deadlines.reset(deadline_token)
                 RPC_SECONDS.labels(self.service, method, code.name).observe(time.perf_counter() - start)
                 in_flight.dec()
 

@@ -90,10 +90,13 @@ async def start_server(
     settings: ServerSettings,
     add_servicers: Callable[[grpc.aio.Server], list[str]],
     readiness: ReadinessCheck | None = None,
+    internal: bool = True,
 ) -> RunningServer:
-    """Start a service. `add_servicers` registers servicers and returns their full names."""
+    """Start a service. `add_servicers` registers servicers and returns their full names;
+    `internal` services require the internal token when one is set (the gateway has its own)."""
+    token = settings.internal_token if internal else ""
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(name)],
+        interceptors=[ServiceInterceptor(name, settings.default_deadline_seconds, token)],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -143,9 +146,10 @@ async def run_service(
     add_servicers: Callable[[grpc.aio.Server], list[str]],
     readiness: ReadinessCheck | None,
     closers: list[Callable[[], Awaitable[None]]],
+    internal: bool = True,
 ) -> None:
     """A service's whole life: start, serve until signalled, drain, close its clients."""
-    running = await start_server(name, settings, add_servicers, readiness)
+    running = await start_server(name, settings, add_servicers, readiness, internal)
 
     async def close_all() -> None:
         for close in closers:

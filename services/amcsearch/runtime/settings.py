@@ -94,6 +94,9 @@ class ServerSettings:
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
     """PEM CA bundle: when set, clients must present a certificate it signed (mTLS)."""
+    internal_token: str = env("INTERNAL_AUTH_TOKEN", default="")
+    """Service-to-service token: when set, the internal services answer only calls that carry
+    'authorization: Bearer <token>' (health and reflection stay open). Every service sends it."""
 
     def validate(self) -> None:
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
@@ -135,13 +138,25 @@ class CacheSettings:
 
 @dataclasses.dataclass(frozen=True)
 class ImageLimits:
-    """Limits on incoming images: <SERVICE>_MAX_IMAGE_BYTES and <SERVICE>_MAX_IMAGE_PIXELS."""
+    """Limits on incoming images: <SERVICE>_MAX_IMAGE_BYTES, _MAX_IMAGE_PIXELS, _MAX_IMAGE_SIDE,
+    _MAX_ASPECT_RATIO, _DECODE_CONCURRENCY. All checked from the header, before decoding."""
 
     max_image_bytes: int = 20 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
-    """Decoded width x height; larger images are refused before decoding (decompression bombs)."""
+    max_image_pixels: int = 12_000_000
+    """Width x height (a 4000 x 3000 photo); a PNG or WebP of this size decodes in ~85 MB."""
+    max_image_side: int = 8192
+    max_aspect_ratio: float = 16.0
+    """Longest side over shortest: 40,000,000 x 1 is not a photo."""
+    decode_concurrency: int = 2
+    """Decodes at once per process: the peak decode memory is at most this many images."""
     image_size: int = 128
     """Side of the square the models take; every image is resized to it."""
+
+    def validate(self) -> None:
+        if self.decode_concurrency < 1:
+            raise SettingsError("<SERVICE>_DECODE_CONCURRENCY must be at least 1")
+        if self.max_aspect_ratio < 1:
+            raise SettingsError("<SERVICE>_MAX_ASPECT_RATIO must be at least 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,3 +168,5 @@ class ClientTLSSettings:
     cert_file: str = env("TLS_CLIENT_CERT_FILE", default="")
     """This service's client certificate, for servers that require mTLS."""
     key_file: str = env("TLS_CLIENT_KEY_FILE", default="")
+    internal_token: str = env("INTERNAL_AUTH_TOKEN", default="")
+    """Sent as 'authorization: Bearer <token>' on every call to another service."""

@@ -12,13 +12,15 @@ _DTYPES = {
     common_pb2.Tensor.FLOAT16: np.dtype("<f2"),
     common_pb2.Tensor.INT8: np.dtype("i1"),
     common_pb2.Tensor.INT32: np.dtype("<i4"),
+    common_pb2.Tensor.UINT8: np.dtype("u1"),
 }
-_INTEGER = {np.dtype("i1"): common_pb2.Tensor.INT8, np.dtype("int32"): common_pb2.Tensor.INT32}
+_INTEGER = {np.dtype("i1"): common_pb2.Tensor.INT8, np.dtype("int32"): common_pb2.Tensor.INT32,
+            np.dtype("u1"): common_pb2.Tensor.UINT8}
 FLOATS = (common_pb2.Tensor.FLOAT32, common_pb2.Tensor.FLOAT16)
 
 
 def to_tensor(array: np.ndarray, float16: bool = False) -> common_pb2.Tensor:
-    """An int8 or int32 array keeps its type; any other becomes FLOAT32 (FLOAT16 with `float16`)."""
+    """An int8, int32 or uint8 array keeps its type; any other becomes FLOAT32 (FLOAT16 with `float16`)."""
     integer = _INTEGER.get(np.asarray(array).dtype)
     if integer is not None:
         dtype = integer
@@ -33,7 +35,7 @@ def to_array(tensor: common_pb2.Tensor) -> np.ndarray:
     or the integer type of INT8 / INT32."""
     dtype = _DTYPES.get(tensor.dtype, _DTYPES[common_pb2.Tensor.FLOAT32])
     array = np.frombuffer(tensor.data, dtype=dtype).reshape(tuple(tensor.shape))
-    return array if dtype.kind == "i" else array.astype(np.float32)
+    return array if dtype.kind in "iu" else array.astype(np.float32)
 
 
 def from_tensor(tensor: common_pb2.Tensor, expected_shape: tuple[int, ...], what: str,
@@ -50,7 +52,7 @@ def from_tensor(tensor: common_pb2.Tensor, expected_shape: tuple[int, ...], what
     if any(d < 0 for d in shape) or len(tensor.data) != int(np.prod(shape)) * dtype.itemsize:
         raise InvalidArgument(f"{what}: {len(tensor.data)} bytes do not hold a {list(shape)} {dtype.name} array")
     array = np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
-    if dtype.kind == "i":
+    if dtype.kind in "iu":
         return array
     array = array.astype(np.float32)
     if not np.isfinite(array).all():

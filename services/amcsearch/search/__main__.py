@@ -37,7 +37,7 @@ async def main() -> None:
     )
     encoder_health = health_pb2_grpc.HealthStub(channels[0])
     pipeline = SearchPipeline(index, services, settings.tagger_threshold, settings.query_encoder_max_batch,
-                              settings.rescorer_max_candidates)
+                              settings.rescorer_max_candidates, settings.images, settings.rescore_budget_share)
 
     async def ready() -> bool:
         """The index answers and can be written, and the query encoder serves; a missing
@@ -57,7 +57,7 @@ async def main() -> None:
             await channel.close()
         await index.close()
 
-    await run_service("search", settings.server, add, ready, [close])
+    await run_service("search", settings.server, add, ready, [close], internal=False)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,12 @@ import numpy as np
 from amcsearch.runtime.clients import call
 from amcsearch.runtime.contract import NO_BIAS
 from amcsearch.runtime.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from amcsearch.runtime.images import decode_image, decoder_pool
 from amcsearch.runtime.keywords import normalize_keyword
 from amcsearch.runtime.metrics import DEGRADATIONS, stage
 from amcsearch.runtime.quantize import dequantize_regions, quantize_regions
 from amcsearch.runtime.rescoring import pack, rescore_request
+from amcsearch.runtime.settings import ImageLimits
 from amcsearch.runtime.tensors import to_array, to_tensor
 from amcsearch.search.index import Index
 from amcsearch.search.records import Filter, Hit, Record
@@ -140,8 +142,14 @@ class ModelServices:
 
 class SearchPipeline:
     def __init__(self, index: Index, services: ModelServices, tagger_threshold: float,
-                 encoder_max_batch: int = 256, rescorer_max_candidates: int = 8192) -> None:
+                 encoder_max_batch: int = 256, rescorer_max_candidates: int = 8192,
+                 image_limits: ImageLimits | None = None, rescore_budget_share: float = 0.5) -> None:
         self.index = index
+        self.rescore_budget_share = rescore_budget_share
+        """The share of the remaining deadline the rescore stage may take before the Search
+        degrades to ANN order (so a hung rescorer never costs the caller's whole deadline)."""
+        self.image_limits = image_limits or ImageLimits()
+        self.decoder = decoder_pool(self.image_limits)
         self.rescorer_max_candidates = rescorer_max_candidates
         self.services = services
         self.tagger_threshold = tagger_threshold
@@ -152,32 +160,56 @@ class SearchPipeline:
     # --- indexing ------------------------------------------------------------------------------
 
     async def index_items(self, collection: str, items: list[IndexItem], auto_tags: bool,
-                          timeout: float | None) -> list[ItemOutcome]:
-        """Features and keywords for the whole batch in one call each; a bad image fails alone."""
+                          timeout_of) -> list[ItemOutcome]:
+        """Each image decoded once, here; features and keywords for the whole batch in one call
+        each; a bad image fails alone. `timeout_of()` gives the remaining deadline."""
         outcomes: dict[str, ItemOutcome] = {}
-        good = list(items)
+        good, pixels = await self._decode(items, outcomes)
         try:
-            features, keywords = await self._analyse([i.image for i in good], auto_tags, timeout)
+            features, keywords = await self._analyse(pixels, auto_tags, timeout_of())
         except ITEM_ERRORS:
-            good, features, keywords = await self._analyse_one_by_one(good, outcomes, auto_tags, timeout)
+            good, features, keywords = await self._analyse_one_by_one(good, pixels, outcomes, auto_tags, timeout_of())
         records = []
-        for item, f, kws in zip(good, features, keywords):
+        for item, f, kws in zip(good, features, keywords, strict=True):
             regions, scales = quantize_regions(to_array(f.regions))
             records.append(Record(item.id, to_array(f.embedding), regions, scales, item.title,
                                   merge_keywords(item.tags, item.keywords, kws), item.metadata))
         if records:
             with stage(SERVICE, "index_write"):
                 await self.index.upsert(collection, records)
-            await self._warm_keyword_vectors(records, timeout)
+            await self._warm_keyword_vectors(records, timeout_of())
         for record in records:
             outcomes[record.id] = ItemOutcome(record.id, True, keywords=record.keywords)
         return [outcomes[item.id] for item in items]
 
-    async def _analyse(self, images: list[bytes], auto_tags: bool, timeout: float | None):
-        """FeatureExtractor and KeywordTagger, concurrently."""
+    async def _decode(self, items: list[IndexItem], outcomes: dict[str, ItemOutcome]) -> tuple[list[IndexItem], np.ndarray]:
+        """The items whose image decodes within the budget, and their pixels; the others get
+        their outcome."""
+        loop = asyncio.get_running_loop()
+
+        async def one(item: IndexItem):
+            try:
+                return await loop.run_in_executor(self.decoder, decode_image, item.image, self.image_limits, "image")
+            except ITEM_ERRORS as error:
+                outcomes[item.id] = ItemOutcome(item.id, False, error.code.name, str(error))
+                return None
+
+        with stage(SERVICE, "decode"):
+            decoded = await asyncio.gather(*(one(item) for item in items))
+        good = [item for item, pixels in zip(items, decoded, strict=True) if pixels is not None]
+        size = self.image_limits.image_size
+        pixels = np.stack([p for p in decoded if p is not None]) if good else np.zeros((0, size, size, 3), np.uint8)
+        return good, pixels
+
+    async def _analyse(self, pixels: np.ndarray, auto_tags: bool, timeout: float | None):
+        """FeatureExtractor and KeywordTagger, concurrently, on the same decoded pixels."""
+        if len(pixels) == 0:
+            return [], []
+        tensor = to_tensor(pixels)
+
         async def extract():
             with stage(SERVICE, "extract"):
-                return await call(self.services.extractor.Extract, feature_extractor_pb2.ExtractRequest(images=images),
+                return await call(self.services.extractor.Extract, feature_extractor_pb2.ExtractRequest(pixels=tensor),
                                   timeout, "FeatureExtractor")
 
         async def tag():
@@ -185,25 +217,24 @@ class SearchPipeline:
                 return None
             with stage(SERVICE, "tag"):
                 return await call(self.services.tagger.Tag,
-                                  keyword_tagger_pb2.TagRequest(images=images, threshold=self.tagger_threshold),
+                                  keyword_tagger_pb2.TagRequest(pixels=tensor, threshold=self.tagger_threshold),
                                   timeout, "KeywordTagger")
 
         extracted, tagged = await asyncio.gather(extract(), tag())
         features = [r.features for r in extracted.results]
         if tagged is None:
-            return features, [[] for _ in images]
+            return features, [[] for _ in pixels]
         return features, [[(k.text, k.confidence) for k in r.keywords] for r in tagged.results]
 
-    async def _analyse_one_by_one(self, items: list[IndexItem], outcomes: dict[str, ItemOutcome],
+    async def _analyse_one_by_one(self, items: list[IndexItem], pixels: np.ndarray, outcomes: dict[str, ItemOutcome],
                                   auto_tags: bool, timeout: float | None):
         """The rare path after a batch was refused: isolate the bad items, keep the good ones."""
         good, features, keywords = [], [], []
-        for item in items:
+        for item, image in zip(items, pixels, strict=True):
             try:
-                f, k = await self._analyse([item.image], auto_tags, timeout)
+                f, k = await self._analyse(image[None], auto_tags, timeout)
             except ITEM_ERRORS as error:
-                message = str(error).replace("image 0", "image")
-                outcomes[item.id] = ItemOutcome(item.id, False, error.code.name, message)
+                outcomes[item.id] = ItemOutcome(item.id, False, error.code.name, str(error))
                 continue
             good.append(item)
             features.extend(f)
@@ -256,15 +287,19 @@ class SearchPipeline:
         rescored = [i for i, s in enumerate(searches) if s.options.rescore and hits[i]]
         degradations: list[tuple[str, str]] = []
         if rescored:
+            remaining = timeout_of()
+            budget = None if remaining is None else remaining * self.rescore_budget_share
             try:
                 scored = await self._rescore(
                     vectors[rescored], [hits[i] for i in rescored], any(searches[i].options.explain for i in rescored),
-                    [searches[i].options.modality_bias for i in rescored], timeout_of())
+                    [searches[i].options.modality_bias for i in rescored], budget)
                 for i, evidence in zip(rescored, scored, strict=True):
                     results[i] = apply_scores(results[i], evidence)
-            except (Unavailable, NotFound) as error:
+            except (Unavailable, NotFound, DeadlineExceeded) as error:
                 log.warning("rescoring skipped: %s", error)
-                degradations.append(("rescore", f"AttentionRescorer failed ({error}): ANN order returned"))
+                reason = (f"AttentionRescorer did not answer within its budget ({budget:.2f} s)"
+                          if isinstance(error, DeadlineExceeded) else f"AttentionRescorer failed ({error})")
+                degradations.append(("rescore", f"{reason}: ANN order returned"))
                 DEGRADATIONS.labels("rescore").inc()
         outcomes = []
         for i, search in enumerate(searches):
@@ -340,17 +375,13 @@ class SearchPipeline:
         return SearchOutcome(results[: top_k or len(results)], ["encode", "rescore"], [])
 
     async def _analyse_inline(self, items: list[IndexItem], auto_tags: bool, timeout: float | None):
-        try:
-            return await self._analyse([i.image for i in items], auto_tags, timeout)
-        except ITEM_ERRORS as error:
-            # name the candidate, not the position of its image in the batch
-            outcomes: dict[str, ItemOutcome] = {}
-            await self._analyse_one_by_one(items, outcomes, auto_tags, timeout)
-            bad = next(iter(outcomes.values()), None)
-            if bad is None:
-                raise
-            index = next(i for i, item in enumerate(items) if item.id == bad.id)
-            raise type(error)(f"inline candidate {index} ({bad.id!r}): {bad.error}") from error
+        outcomes: dict[str, ItemOutcome] = {}
+        good, pixels = await self._decode(items, outcomes)
+        if outcomes:
+            index, bad = next((i, outcomes[item.id]) for i, item in enumerate(items) if item.id in outcomes)
+            error = InvalidArgument if bad.error_code == "INVALID_ARGUMENT" else ResourceExhausted
+            raise error(f"inline candidate {index} ({bad.id!r}): {bad.error}")
+        return await self._analyse(pixels, auto_tags, timeout)
 
 
 def usable_keywords(keywords: list[tuple[str, float, int]]) -> list[tuple[str, float]]:

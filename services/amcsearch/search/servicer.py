@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from amcsearch.runtime.auth import check_bearer
+from amcsearch.runtime.deadlines import time_left
 from amcsearch.runtime.errors import InvalidArgument, NotFound, ResourceExhausted, limit, require
 from amcsearch.runtime.keywords import normalize_keyword
 from amcsearch.runtime.metrics import BATCH_ITEMS, INDEX_IMAGES
@@ -57,6 +58,11 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def _collection(self, name: str) -> str:
         return requests.collection_name(name, self.default_collection)
 
+    def _check_read(self, context: grpc.aio.ServicerContext, method: str) -> None:
+        if self.settings.read_token:
+            check_bearer(context.invocation_metadata(), (self.settings.read_token, self.settings.auth_token), method,
+                         "reading")
+
     # --- Index ---------------------------------------------------------------------------------
 
     def _item_problem(self, item: search_pb2.ImageItem) -> ItemOutcome | None:
@@ -66,9 +72,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             return ItemOutcome(item.id, False, "INVALID_ARGUMENT", "id must be 1..128 characters of [A-Za-z0-9_.:-]")
         if not item.image:
             return ItemOutcome(item.id, False, "INVALID_ARGUMENT", "image is empty")
-        if len(item.image) > s.max_image_bytes:
+        if len(item.image) > s.images.max_image_bytes:
             return ItemOutcome(item.id, False, "RESOURCE_EXHAUSTED",
-                               f"image is {len(item.image)} bytes, the limit is {s.max_image_bytes} bytes")
+                               f"image is {len(item.image)} bytes, the limit is {s.images.max_image_bytes} bytes")
         if len(item.tags) + len(item.keywords) > s.max_tags:
             return ItemOutcome(item.id, False, "RESOURCE_EXHAUSTED",
                                f"{len(item.tags) + len(item.keywords)} tags and keywords, the limit is {s.max_tags}")
@@ -115,7 +121,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                  for i in request.items if i.id not in problems]
         await self.pipeline.index.count(collection)  # NOT_FOUND before any model work
         auto_tags = not request.skip_auto_tags
-        outcomes = await self.pipeline.index_items(collection, items, auto_tags, context.time_remaining()) if items else []
+        outcomes = await self.pipeline.index_items(collection, items, auto_tags, time_left) if items else []
         by_id = {o.id: o for o in [*outcomes, *problems.values()]}
         results = [
             search_pb2.IndexItemResult(id=o.id, indexed=o.indexed, error_code=o.error_code, error=o.error,
@@ -137,7 +143,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         """The query image for QueryEncoder, and the ids to leave out of the results."""
         source = image.WhichOneof("source")
         if source == "data":
-            limit(len(image.data), self.settings.max_image_bytes, f"{what} size", "bytes")
+            limit(len(image.data), self.settings.images.max_image_bytes, f"{what} size", "bytes")
             return common_pb2.ImageInput(data=image.data), []
         if source == "id":
             check_id(image.id, f"{what}.id")
@@ -188,20 +194,23 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         return SearchQuery(collection, query, options)
 
     async def Search(self, request: search_pb2.SearchRequest, context: grpc.aio.ServicerContext):
+        self._check_read(context, "Search")
         query = await self._search_query(request)
-        outcome = await self.pipeline.search(query.collection, query.query, query.options, context.time_remaining)
+        outcome = await self.pipeline.search(query.collection, query.query, query.options, time_left)
         return search_response(outcome)
 
     async def BatchSearch(self, request: search_pb2.BatchSearchRequest, context: grpc.aio.ServicerContext):
+        self._check_read(context, "BatchSearch")
         count = len(request.searches)
         require(count > 0, f"searches is empty: send 1 to {self.settings.max_batch_searches}")
         limit(count, self.settings.max_batch_searches, "number of searches")
         BATCH_ITEMS.labels("search", "BatchSearch").observe(count)
         queries = [await self._search_query(r, f"searches[{i}].") for i, r in enumerate(request.searches)]
-        outcomes = await self.pipeline.search_many(queries, context.time_remaining)
+        outcomes = await self.pipeline.search_many(queries, time_left)
         return search_pb2.BatchSearchResponse(responses=[search_response(o) for o in outcomes])
 
     async def Rerank(self, request: search_pb2.RerankRequest, context: grpc.aio.ServicerContext):
+        self._check_read(context, "Rerank")
         s = self.settings
         count = len(request.candidates)
         require(count > 0, f"candidates is empty: send 1 to {s.max_rerank_candidates}")
@@ -226,7 +235,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 raise InvalidArgument(f"candidates[{i}]: set id or inline")
         BATCH_ITEMS.labels("search", "Rerank").observe(count)
         outcome = await self.pipeline.rerank(collection, text, ids, inline, order, not request.skip_auto_tags,
-                                             request.top_k, request.explain, bias, context.time_remaining)
+                                             request.top_k, request.explain, bias, time_left)
         return search_response(outcome)
 
     def _inline(self, image: search_pb2.InlineImage, what: str) -> IndexItem:
@@ -251,6 +260,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         return list(dict.fromkeys(ids))
 
     async def Get(self, request: search_pb2.GetRequest, context: grpc.aio.ServicerContext):
+        self._check_read(context, "Get")
         ids = self._ids(request.ids)
         records = await self.pipeline.index.get(self._collection(request.collection), ids, request.include_features)
         images = []
@@ -272,6 +282,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         return search_pb2.DeleteResponse(deleted_count=len(deleted), missing_ids=[i for i in ids if i not in deleted])
 
     async def Stats(self, request: search_pb2.StatsRequest, context: grpc.aio.ServicerContext):
+        self._check_read(context, "Stats")
         index = self.pipeline.index
         collection = self._collection(request.collection)
         count = await index.count(collection)
@@ -295,6 +306,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         return search_pb2.DropCollectionResponse(deleted_images=deleted)
 
     async def ListCollections(self, request: search_pb2.ListCollectionsRequest, context: grpc.aio.ServicerContext):
+        self._check_read(context, "ListCollections")
         index = self.pipeline.index
         infos = []
         for internal in await index.collections():

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from amcsearch.runtime.settings import (
     ClientTLSSettings,
+    ImageLimits,
     ServerSettings,
     SettingsError,
     env,
@@ -19,6 +20,9 @@ PREFIX = "SEARCH"
 @dataclass(frozen=True)
 class SearchSettings:
     server: ServerSettings = nested(ServerSettings)
+    images: ImageLimits = nested(ImageLimits)
+    """SEARCH_MAX_IMAGE_BYTES, _MAX_IMAGE_PIXELS, ...: the gateway decodes Index and Rerank images
+    once (with the decode budget) and sends the pixels to FeatureExtractor and KeywordTagger."""
     client_tls: ClientTLSSettings = nested(ClientTLSSettings)
     index_uri: str = env("INDEX_URI", default="var/index.sqlite")
     """A file path: the embedded engine (SQLite + HNSW in this process); http://host:19530: a
@@ -46,19 +50,24 @@ class SearchSettings:
     max_top_k: int = 100
     max_index_batch: int = 64
     max_get_ids: int = 1000
-    max_image_bytes: int = 20 * 1024 * 1024
     max_text_chars: int = 2000
     max_tags: int = 64
     max_title_chars: int = 1024
     max_metadata_keys: int = 64
     """Metadata per item: keys (each at most 128 characters, values at most 4,096) and bytes in all."""
     max_metadata_bytes: int = 16 * 1024
+    rescore_budget_share: float = 0.5
+    """Share of a Search's remaining deadline for the rescore stage; past it the Search answers
+    in ANN order, flagged as degraded."""
     max_batch_searches: int = 32
     """Searches per BatchSearch."""
     max_rerank_candidates: int = 200
     """Candidates per Rerank (indexed ids and inline images)."""
     max_keyword_chars: int = 64
     """Characters per tag or keyword (after normalisation)."""
+    read_token: str = ""
+    """SEARCH_READ_TOKEN: when set, Search, BatchSearch, Rerank, Get, Stats and ListCollections
+    need 'authorization: Bearer <read token or write token>'."""
     auth_token: str = ""
     """SEARCH_AUTH_TOKEN: when set, Index and Delete need 'authorization: Bearer <token>'."""
     tagger_threshold: float = 0.5
@@ -70,6 +79,8 @@ class SearchSettings:
         if self.max_candidates > self.rescorer_max_candidates:
             raise SettingsError("SEARCH_MAX_CANDIDATES must not exceed ATTENTION_RESCORER_MAX_CANDIDATES "
                                 "(one search's candidates go to the rescorer in one call)")
+        if not 0 < self.rescore_budget_share <= 1:
+            raise SettingsError("SEARCH_RESCORE_BUDGET_SHARE must be in (0, 1]")
         if self.max_rerank_candidates > self.rescorer_max_candidates:
             raise SettingsError("SEARCH_MAX_RERANK_CANDIDATES must not exceed ATTENTION_RESCORER_MAX_CANDIDATES")
 
