@@ -11,7 +11,7 @@ MODELS := text_encoder image_encoder keyword_tagger amc_rescorer composer
 MODEL_FILES := $(foreach m,$(MODELS),model_repository/$(m)/1/model.pt)
 STAMP := $(VENV)/.installed-$(shell sha256sum requirements.lock | cut -c1-12)
 
-.PHONY: help setup chromium proto models export eval up demo test test-unit test-integration bench loadtest lint clean redis-server prometheus
+.PHONY: help setup chromium proto models export eval check-index up demo test test-unit test-integration bench loadtest lint clean redis-server prometheus
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -78,6 +78,10 @@ test-unit: setup ## unit tests only
 SCALE ?= 1k,10k
 bench: setup models ## measure and write benchmarks/RESULTS.md (SCALE=1k,10k,100k for the whole curve)
 	$(PY) -m benchmarks.run --scale $(SCALE) --out benchmarks/RESULTS.md
+
+INDEX_URI ?= var/index.sqlite
+check-index: setup ## verify the embedded index (INDEX_URI, default var/index.sqlite); ACCEPT_LOSS=1 to serve one that lost writes
+	$(PY) -m amcsearch.search.check_index --uri $(INDEX_URI) $(if $(ACCEPT_LOSS),--accept-loss)
 
 loadtest: setup models ## bounded locust run on loopback, prints p50/p95/p99
 	$(PY) -m loadtests.run

@@ -1,8 +1,10 @@
 """`make up`: tritonserver, redis-server (unless REDIS_URL is set) and every service, healthy.
 
 `python -m amcsearch.launcher` starts them, waits until each answers, prints where each listens,
-and stops them all on Ctrl-C or SIGTERM. `Stack` is the same thing as a library, used by the
-integration tests and the demo.
+supervises them (a child that dies is started again with backoff, as Kubernetes restarts a
+container, while the others keep serving; only a crash loop stops the stack, with a message
+naming the child and its log), and stops them all on Ctrl-C or SIGTERM. `Stack` is the same
+thing as a library, used by the integration tests and the demo.
 """
 
 from __future__ import annotations
@@ -47,6 +49,47 @@ SERVICES = (
 
 def _implemented(spec: ServiceSpec) -> bool:
     return (SERVICES_ROOT / "amcsearch" / spec.module / "__main__.py").exists()
+
+
+RESTART_BACKOFF_SECONDS = (0.5, 1, 2, 4, 8, 15, 30)
+CRASH_LOOP_RESTARTS = 5
+CRASH_LOOP_WINDOW_SECONDS = 120.0
+"""More than CRASH_LOOP_RESTARTS restarts of one child within the window is a crash loop."""
+
+
+class CrashLoop(RuntimeError):
+    """A child keeps dying: the stack stops rather than restart it for ever."""
+
+
+@dataclass
+class Supervisor:
+    """Restarts of each child: when it died, how often, when the next start is due."""
+
+    restarts: dict[str, list[float]] = field(default_factory=dict)
+    due: dict[str, float] = field(default_factory=dict)
+
+    def check(self, processes: dict[str, Process], now: float) -> list[str]:
+        """Start again every dead child whose backoff has passed; returns the names restarted.
+        Raises CrashLoop for a child that died too often."""
+        restarted = []
+        for name, process in processes.items():
+            if process.alive():
+                continue
+            if name not in self.due:
+                recent = [t for t in self.restarts.get(name, []) if now - t < CRASH_LOOP_WINDOW_SECONDS]
+                if len(recent) >= CRASH_LOOP_RESTARTS:
+                    raise CrashLoop(f"{name} died {len(recent) + 1} times within {CRASH_LOOP_WINDOW_SECONDS:.0f}s; "
+                                    f"stopping the stack. Its log: {process.log_path}\n{process.log_tail(15)}")
+                self.restarts[name] = recent
+                self.due[name] = now + RESTART_BACKOFF_SECONDS[min(len(recent), len(RESTART_BACKOFF_SECONDS) - 1)]
+                log.warning("%s exited (code %s); starting it again in %.1fs", name,
+                            process.popen.returncode if process.popen else "?", self.due[name] - now)
+            if now >= self.due[name]:
+                del self.due[name]
+                self.restarts[name].append(now)
+                process.start()
+                restarted.append(name)
+        return restarted
 
 
 @dataclass
@@ -112,6 +155,10 @@ class Stack:
         process.start()
         self.processes[process.name] = process
 
+    def supervise(self, supervisor: Supervisor) -> list[str]:
+        """One supervision round (see Supervisor.check)."""
+        return supervisor.check(self.processes, time.monotonic())
+
     def address(self, module: str) -> str:
         return self.processes[module].endpoints["grpc"]
 
@@ -163,17 +210,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\namcsearch is up ({time.monotonic() - started:.1f}s). Logs in {args.log_dir}.\n")
     print(stack.table())
     print("\nCtrl-C stops everything.", flush=True)
+    supervisor = Supervisor()
+    status = 0
     try:
         while not stopping.is_set():
-            dead = [name for name, p in stack.processes.items() if not p.alive()]
-            if dead:
-                print(f"{', '.join(dead)} exited; stopping the stack", file=sys.stderr)
+            try:
+                for name in stack.supervise(supervisor):
+                    print(f"{name} had exited: started again", flush=True)
+            except CrashLoop as error:
+                print(f"crash loop: {error}", file=sys.stderr, flush=True)
+                status = 3
                 break
-            stopping.wait(1.0)
+            stopping.wait(0.5)
     finally:
         stack.stop()
         print("stopped.")
-    return 0
+    return status
 
 
 if __name__ == "__main__":

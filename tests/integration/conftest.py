@@ -139,3 +139,12 @@ def milvus_server(tmp_path_factory):
     server.start()
     yield f"http://127.0.0.1:{server.listen_port}"
     server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def reliability_report():
+    """benchmarks/RELIABILITY.md from the rows the fault tests added (if any ran)."""
+    yield
+    from tests.integration.reliability_report import write_report
+
+    write_report()

@@ -12,38 +12,18 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from datetime import UTC, datetime
 
 import grpc
 import pytest
 from amcsearch import processes
-from amcsearch.launcher import ROOT
 from amcsearch.v1 import search_pb2, search_pb2_grpc
 
 from tests.integration.conftest import metric_value, png, scrape
+from tests.integration.reliability_report import ROWS
 
 pytestmark = pytest.mark.integration
 QUERIES = ["large red circle top-left", "festive images", "small blue square", "vintage green triangle",
            "purple circle", "sale picture with a yellow rectangle"]
-ROWS: list[dict] = []
-
-
-@pytest.fixture(scope="module", autouse=True)
-def write_report():
-    yield
-    if not ROWS:
-        return
-    lines = ["# Reliability under faults", "",
-             f"Written by `make test` (tests/integration/test_reliability.py), {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
-             "2-core machine, no GPU; clients search on loopback while the fault happens.", "",
-             "| fault | searches sent | failed | degraded (OK, ANN order) | lost writes | failure codes | recovery |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for row in ROWS:
-        lines.append(f"| {row['fault']} | {row['sent']} | {row['failed']} | {row['degraded']} | {row['lost']} | "
-                     f"{row['codes'] or '-'} | {row['recovery']} |")
-    (ROOT / "benchmarks" / "RELIABILITY.md").write_text("\n".join(lines) + "\n")
-
-
 class Load:
     """Client threads searching in a loop until stopped; counts outcomes (bounded in time)."""
 

@@ -18,12 +18,17 @@ TEXT_TOKENS = 32
 TOKEN_BUCKET = 8
 KEYWORD_SLOTS = 32
 IMAGE_SIZE = 128
+YNET_DIM = 128
+"""Channels C of the cross-domain (street-to-shop) models' vectors and maps."""
 
 TEXT_ENCODER = "text_encoder"
 IMAGE_ENCODER = "image_encoder"
 KEYWORD_TAGGER = "keyword_tagger"
 AMC_RESCORER = "amc_rescorer"
 COMPOSER = "composer"
+YNET_SHOP = "ynet_shop"
+YNET_STREET = "ynet_street"
+CTX_YNET = "ctx_ynet"
 
 EMBEDDING_OUT = "embedding__0"
 TOKENS_OUT = "tokens__1"
@@ -33,6 +38,10 @@ SCORE_OUT = "score__0"
 MODALITY_WEIGHTS_OUT = "modality_weights__1"
 REGION_ATTENTION_OUT = "region_attention__2"
 KEYWORD_ATTENTION_OUT = "keyword_attention__3"
+ATTENTION_OUT = "attention__1"
+CONTEXT_OUT = "context__2"
+LOCATIONS_OUT = "locations__1"
+DISTANCE_OUT = "distance__0"
 LEARNED_WEIGHTS_OUT = "learned_weights__4"
 NO_BIAS = (1.0, 0.0, 1.0)
 """amc_rescorer's modality_bias row that keeps the learned weights."""
@@ -84,7 +93,8 @@ class ModelSpec:
 
 
 def model_specs(vocab_size: int) -> dict[str, ModelSpec]:
-    """The five models; `vocab_size` is the keyword tagger's vocabulary (keywords.txt)."""
+    """The eight models; `vocab_size` is the keyword tagger's vocabulary (keywords.txt), which is
+    also ynet_shop's tag vocabulary (tags.txt)."""
     emb, regions, slots = EMBEDDING_DIM, REGION_COUNT, KEYWORD_SLOTS
     image = TensorSpec("image", "UINT8", (IMAGE_SIZE, IMAGE_SIZE, 3), "RGB, normalised inside the model")
     return {
@@ -140,6 +150,33 @@ def model_specs(vocab_size: int) -> dict[str, ModelSpec]:
                 TensorSpec("token_mask", "FP32", (-1,)),
             ],
             outputs=[TensorSpec(EMBEDDING_OUT, "FP32", (emb,), "L2-normalised")],
+        ),
+        YNET_SHOP: ModelSpec(
+            YNET_SHOP,
+            inputs=[image, TensorSpec("tags", "FP32", (vocab_size,), "multi-hot, V = lines of tags.txt")],
+            outputs=[TensorSpec(EMBEDDING_OUT, "FP32", (YNET_DIM,), "TagYNet, tag-attended, L2-normalised"),
+                     TensorSpec(ATTENTION_OUT, "FP32", (regions,), "tag attention over the 6 x 6 grid"),
+                     TensorSpec(CONTEXT_OUT, "FP32", (YNET_DIM,), "CtxYNet context, stored per item")],
+            doc="index time, per shop image with its tags",
+        ),
+        YNET_STREET: ModelSpec(
+            YNET_STREET,
+            inputs=[image],
+            outputs=[TensorSpec(EMBEDDING_OUT, "FP32", (YNET_DIM,), "TagYNet, average-pooled, L2-normalised"),
+                     TensorSpec(LOCATIONS_OUT, "FP32", (regions, YNET_DIM), "CtxYNet street map, row-major")],
+            doc="query time, per street image",
+        ),
+        CTX_YNET: ModelSpec(
+            CTX_YNET,
+            inputs=[
+                TensorSpec("locations", "FP32", (-1, regions, YNET_DIM), "Q street maps"),
+                TensorSpec("query_index", "INT32", (-1,), "per candidate: its query's row"),
+                TensorSpec("context", "FP32", (-1, YNET_DIM), "N candidates' contexts"),
+            ],
+            outputs=[TensorSpec(DISTANCE_OUT, "FP32", (-1,), "squared L2, smaller is closer"),
+                     TensorSpec(ATTENTION_OUT, "FP32", (-1, regions), "street attention per candidate")],
+            max_batch_size=0,
+            doc="re-ranks the N candidates of Q street queries (TagYNet's top 100)",
         ),
     }
 

@@ -19,10 +19,9 @@ import json
 import logging
 import os
 import sqlite3
-import threading
 import time
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -60,12 +59,9 @@ CREATE TABLE IF NOT EXISTS item_metadata (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS item_metadata_by_row ON item_metadata (row);
 CREATE INDEX IF NOT EXISTS item_metadata_by_number ON item_metadata (key, number);
-CREATE TABLE IF NOT EXISTS keyword_vectors (
-    build TEXT NOT NULL, text TEXT NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (build, text)
-) WITHOUT ROWID;
 """
-KEYWORD_VECTOR_MEMORY = 50_000
-"""Keyword vectors kept in process memory (about 770 bytes each)."""
+GENERATION_SUFFIX = ".generation"
+"""A file beside the store with the generation of its last acknowledged write (see _commit)."""
 
 
 def _number(value: str) -> float | None:
@@ -158,8 +154,7 @@ class EmbeddedIndex:
         self._lock_file = None
         self._inode: int | None = None
         self.vectors: dict[str, VectorIndex] = {}
-        self._keyword_vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
-        self._keyword_lock = threading.Lock()
+        self.generation = 0
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -188,7 +183,17 @@ class EmbeddedIndex:
         elif version[0] != SCHEMA_VERSION:
             raise Unavailable(f"index at {self.path} has schema version {version[0]}, this server reads "
                               f"{SCHEMA_VERSION}: re-index into a new INDEX_URI")
+        self._write_db.execute("INSERT OR IGNORE INTO store_info VALUES ('generation', '0')")
         self._write_db.execute("INSERT OR IGNORE INTO collections VALUES (?, ?)", (self.default_collection, time.time()))
+        self.generation = int(self._write_db.execute("SELECT value FROM store_info WHERE key = 'generation'").fetchone()[0])
+        recorded = read_generation(self.generation_path)
+        if recorded is not None and recorded > self.generation:
+            raise Unavailable(
+                f"the index at {self.path} is at write {self.generation} but write {recorded} was acknowledged: "
+                f"{recorded - self.generation} acknowledged writes are missing (a damaged write-ahead log?). Refusing "
+                "to serve an index that could show deleted items again; restore it from a backup, or run "
+                "`make check-index ACCEPT_LOSS=1` to serve it as it is")
+        write_generation(self.generation_path, self.generation)
         self._read_db = self._connect()
         self._inode = os.stat(self.path).st_ino
         self._load_vectors()
@@ -256,6 +261,33 @@ class EmbeddedIndex:
         except sqlite3.Error as error:
             raise Unavailable(f"index ({self.backend}) failed: {error}") from error
 
+    @property
+    def generation_path(self) -> Path:
+        return self.path.with_name(self.path.name + GENERATION_SUFFIX)
+
+    @contextmanager
+    def _transaction(self):
+        """One write transaction: BEGIN IMMEDIATE ... COMMIT, the store's generation counted up
+        inside it, then recorded beside the store (written and fsynced, then renamed).
+
+        At the next start a store whose generation is behind the recorded one lost acknowledged
+        writes (a damaged write-ahead log is cut at the first bad frame, and a delete lost that
+        way would bring the item back without a word): the engine refuses to open it."""
+        self._check_store()
+        db = self._write_db
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("UPDATE store_info SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+            generation = int(db.execute("SELECT value FROM store_info WHERE key = 'generation'").fetchone()[0])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.generation = generation
+        write_generation(self.generation_path, generation)
+
     def _check_store(self) -> None:
         """Refuse to write into a store file that was deleted or replaced under us."""
         try:
@@ -293,33 +325,24 @@ class EmbeddedIndex:
     async def create_collection(self, name: str) -> bool:
         """True when it was created, False when it already existed."""
         def create() -> bool:
-            self._check_store()
-            assert self._write_db is not None
-            cursor = self._write_db.execute("INSERT OR IGNORE INTO collections VALUES (?, ?)", (name, time.time()))
-            if cursor.rowcount:
+            with self._transaction() as db:
+                created = bool(db.execute("INSERT OR IGNORE INTO collections VALUES (?, ?)", (name, time.time())).rowcount)
+            if created:
                 self.vectors[name] = self._new_vector_index()
-            return bool(cursor.rowcount)
+            return created
 
         return await self._write(create)
 
     async def drop_collection(self, name: str) -> int:
         """Deletes the collection and its items; returns how many items it held."""
         def drop() -> int:
-            self._check_store()
             self._vectors_of(name)
-            assert self._write_db is not None
-            db = self._write_db
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction() as db:
                 rows = "SELECT row FROM items WHERE collection = ?"
                 db.execute(f"DELETE FROM item_keywords WHERE row IN ({rows})", (name,))
                 db.execute(f"DELETE FROM item_metadata WHERE row IN ({rows})", (name,))
                 count = db.execute("DELETE FROM items WHERE collection = ?", (name,)).rowcount
                 db.execute("DELETE FROM collections WHERE name = ?", (name,))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
             self.vectors.pop(name, None)
             self._snapshot_path(name).unlink(missing_ok=True)
             return count
@@ -332,13 +355,9 @@ class EmbeddedIndex:
         await self._write(self._upsert, collection, records)
 
     def _upsert(self, collection: str, records: list[Record]) -> None:
-        self._check_store()
         vectors = self._vectors_of(collection)
-        db = self._write_db
-        assert db is not None
         replaced, added = [], []
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             for r in records:
                 old = db.execute("SELECT row FROM items WHERE collection = ? AND id = ?", (collection, r.id)).fetchone()
                 if old is not None:
@@ -356,10 +375,6 @@ class EmbeddedIndex:
                 db.executemany("INSERT INTO item_metadata VALUES (?, ?, ?, ?)",
                                [(k, v, row, _number(v)) for k, v in r.metadata.items()])
                 added.append((row, r.embedding))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         vectors.remove(replaced)
         vectors.add(np.asarray([row for row, _ in added]), np.stack([e for _, e in added]))
 
@@ -372,19 +387,11 @@ class EmbeddedIndex:
     async def delete(self, collection: str, ids: list[str]) -> list[str]:
         """Deletes the ids that exist; returns them."""
         def delete() -> list[str]:
-            self._check_store()
             vectors = self._vectors_of(collection)
-            db = self._write_db
-            assert db is not None
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction() as db:
                 found = self._rows_of(db, collection, ids)
                 for row in found.values():
                     self._delete_row(db, row)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
             vectors.remove(found.values())
             return [i for i in ids if i in found]
 
@@ -472,53 +479,25 @@ class EmbeddedIndex:
 
         return await self._read(get)
 
-    # --- keyword vectors -------------------------------------------------------------------------
-
-    async def keyword_vectors(self, build: str, texts: list[str]) -> dict[str, np.ndarray]:
-        """Stored float16 vectors of keyword texts for one text_encoder build (misses absent)."""
-        found: dict[str, np.ndarray] = {}
-        with self._keyword_lock:
-            for text in texts:
-                vector = self._keyword_vectors.get((build, text))
-                if vector is not None:
-                    self._keyword_vectors.move_to_end((build, text))
-                    found[text] = vector
-        missing = [t for t in texts if t not in found]
-        if missing:
-            def read() -> dict[str, np.ndarray]:
-                assert self._read_db is not None
-                out = {}
-                for start in range(0, len(missing), 500):
-                    chunk = missing[start : start + 500]
-                    query = f"SELECT text, vector FROM keyword_vectors WHERE build = ? AND text IN ({', '.join('?' * len(chunk))})"
-                    out.update((t, np.frombuffer(v, dtype="<f2")) for t, v in self._read_db.execute(query, (build, *chunk)))
-                return out
-
-            stored = await self._read(read)
-            self._remember_keyword_vectors(build, stored)
-            found.update(stored)
-        return found
-
-    async def put_keyword_vectors(self, build: str, vectors: dict[str, np.ndarray]) -> None:
-        rows = [(build, t, np.asarray(v, dtype="<f2").tobytes()) for t, v in vectors.items()]
-
-        def put() -> None:
-            self._check_store()
-            assert self._write_db is not None
-            self._write_db.execute("BEGIN IMMEDIATE")
-            self._write_db.executemany("INSERT OR REPLACE INTO keyword_vectors VALUES (?, ?, ?)", rows)
-            self._write_db.execute("COMMIT")
-
-        await self._write(put)
-        self._remember_keyword_vectors(build, {t: np.asarray(v, dtype=np.float16) for t, v in vectors.items()})
-
-    def _remember_keyword_vectors(self, build: str, vectors: dict[str, np.ndarray]) -> None:
-        with self._keyword_lock:
-            for text, vector in vectors.items():
-                self._keyword_vectors[(build, text)] = vector
-            while len(self._keyword_vectors) > KEYWORD_VECTOR_MEMORY:
-                self._keyword_vectors.popitem(last=False)
-
 
 def _keywords(blob: str) -> list[tuple[str, float, int]]:
     return [(str(t), float(conf), int(s)) for t, conf, s in json.loads(blob)]
+
+
+def read_generation(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return None  # a torn or foreign file: the store's own counter stands
+
+
+def write_generation(path: Path, generation: int) -> None:
+    """Durably: write a temporary file, fsync it, rename it over the old one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as file:
+        file.write(f"{generation}\n")
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(tmp, path)
