@@ -52,6 +52,7 @@ COUNT_FACTOR = {1: 1, 4: 2, 16: 4}
 INDEX_BATCH = 32
 INDEX_CONCURRENCY = 2
 CANDIDATES = 100
+BATCH_SIZE = 8
 STAGES = {
     "search": ("encode", "ann", "vector_search", "feature_read", "rescore"),
     "query_encoder": ("tokenize", "cache_get", "triton_text_encoder", "cache_set"),
@@ -127,6 +128,8 @@ class SizeFigures:
     ann_mode: str = ""
     model_index_rate: float = 0.0
     search_rpc_p50: float = 0.0
+    batch: tuple[float, float] | None = None
+    """(queries/s through BatchSearch of BATCH_SIZE, queries/s as single Searches), concurrency 1."""
 
 
 def query_texts(corpus, count: int, tag: str) -> list[str]:
@@ -183,6 +186,25 @@ def model_index_rate(repository: Path, corpus) -> float:
             tagger(pixels)
             times.append(time.perf_counter() - start)
     return INDEX_BATCH / float(np.median(times))
+
+
+async def batch_gain(stub, corpus, requests: int) -> tuple[float, float]:
+    """Queries/s of BatchSearch (BATCH_SIZE queries a call) and of the same number of single
+    Searches, one caller, every text distinct."""
+    texts = query_texts(corpus, requests * BATCH_SIZE, "batch-")
+    singles = query_texts(corpus, requests * BATCH_SIZE, "single-")
+
+    async def batch(n: int) -> None:
+        chunk = texts[n * BATCH_SIZE : (n + 1) * BATCH_SIZE]
+        await stub.BatchSearch(search_pb2.BatchSearchRequest(searches=[
+            search_pb2.SearchRequest(text=t, top_k=10, candidates=CANDIDATES) for t in chunk]), timeout=120)
+
+    async def single(n: int) -> None:
+        await stub.Search(search_pb2.SearchRequest(text=singles[n], top_k=10, candidates=CANDIDATES), timeout=60)
+
+    batched = await closed_loop(batch, requests, 1)
+    one_by_one = await closed_loop(single, requests * BATCH_SIZE, 1)
+    return batched.qps * BATCH_SIZE, one_by_one.qps
 
 
 async def floor_inputs(stub, texts: list[str]):
@@ -293,6 +315,7 @@ async def measure_size(args, size: int) -> SizeFigures:
                 log.info("size %d c=%d: %.1f QPS p50 %s", size, level, figures.levels[level].qps,
                          fmt(figures.levels[level].p(50)))
 
+            figures.batch = await batch_gain(stub, corpus, args.requests)
             figures.ndcg = await whole_index_ndcg(stub, corpus, 10)
             count, candidates = await floor_inputs(stub, query_texts(corpus, 1, "floor"))
             vectors = await index_vectors(stub, [r.id for r in corpus.images])
@@ -344,6 +367,12 @@ def report(all_figures: list[SizeFigures], command: str, load: tuple[float, floa
         lines.append(f"| {f.size:,} | {fmt(f.levels[1].p(50))} | {fmt(f.levels[1].p(99))} | {f.levels[1].qps:.1f} | "
                      f"{f.levels[16].qps:.1f} | {rate:.1f}{reused} | {f.model_index_rate:.1f} | "
                      f"{f.index_bytes / f.size:,.0f} | {f.redis_bytes / f.size:,.0f} | {f.ndcg['all']:.4f} |")
+    lines += ["", f"BatchSearch of {BATCH_SIZE} text queries (one QueryEncoder and one AttentionRescorer call, so "
+              "one Triton request per model) against the same number of single Searches, one caller:", "",
+              "| size | queries/s, BatchSearch | queries/s, single Searches | gain |", "| --- | --- | --- | --- |"]
+    for f in all_figures:
+        if f.batch:
+            lines.append(f"| {f.size:,} | {f.batch[0]:.1f} | {f.batch[1]:.1f} | {f.batch[0] / f.batch[1]:.2f}x |")
     lines += ["", "Resident memory of every process after the run (tritonserver includes its Python model stubs):", "",
               "| size | " + " | ".join(all_figures[0].rss) + " |", "| --- " * (len(all_figures[0].rss) + 1) + "|"]
     for f in all_figures:
