@@ -136,7 +136,7 @@ def test_compose_runs_every_service_from_one_image() -> None:
         assert env[f"{spec.prefix}_METRICS_PORT"] == str(spec.metrics_port)
         assert service["healthcheck"]["test"][-1] == f"127.0.0.1:{spec.port}"
         assert env["TRITON_URL"] == "triton:8001"
-        assert env["REDIS_URL"].startswith("redis://redis:6379")
+        assert env["REDIS_URL"].startswith("redis://:") and env["REDIS_URL"].endswith("@redis:6379/0")  # AUTH
         assert env["INDEX_URI"] == "http://milvus:19530"
         for other in SERVICES:
             if other.module != "search":  # no service calls the gateway (it calls them)
@@ -393,7 +393,9 @@ def test_each_service_has_its_deployment_service_budget_and_autoscaler(name: str
     assert config["data"]["TRITON_URL"] == f"triton:{ports(services['triton'])['grpc']}"
     for spec in SERVICES:
         if spec.module != "search":  # no service calls the gateway (it calls them)
-            assert config["data"][f"{spec.prefix}_ADDR"] == f"{service_name(spec)}:{spec.port}"
+            # every replica through the headless Service's DNS name, round robin in the caller
+            assert config["data"][f"{spec.prefix}_ADDR"] == f"dns:///{service_name(spec)}-headless:{spec.port}"
+            assert services[f"{service_name(spec)}-headless"]["spec"]["clusterIP"] == "None"
 
     for spec in SERVICES:
         deployment = deployments[service_name(spec)]

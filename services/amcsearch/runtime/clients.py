@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -27,17 +28,47 @@ def channel_credentials(tls: ClientTLSSettings) -> grpc.ChannelCredentials | Non
     return grpc.ssl_channel_credentials(read(tls.ca_file), read(tls.key_file), read(tls.cert_file))
 
 
-def open_channel(address: str, tls: ClientTLSSettings | None = None) -> grpc.aio.Channel:
-    """A channel (TLS when `tls` names a CA) that reconnects within ~1 s once a restarted peer
-    is back (gRPC's default backoff grows to 120 s, which would keep a recovered service
-    degraded for minutes)."""
-    options = [
+SERVICE_CONFIG = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "healthCheckConfig": {"serviceName": ""},
+    "methodConfig": [{
+        "name": [{}],
+        "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.05s", "maxBackoff": "0.5s", "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"]},
+    }],
+})
+"""Every channel: round robin over the peer's replicas, only to replicas whose health service
+says SERVING, and an UNAVAILABLE call tried again (on another replica) within its deadline.
+Every RPC of the project may be retried: searches read, Index upserts, Delete is idempotent."""
+
+
+def target(address: str) -> str:
+    """A gRPC target for one address, a comma-separated list of replicas (host:port,host:port),
+    or a name a resolver expands (dns:///search-headless:50050 on Kubernetes)."""
+    replicas = [a.strip() for a in address.split(",") if a.strip()]
+    if len(replicas) > 1:
+        return "ipv4:" + ",".join(replicas)
+    return replicas[0] if replicas else address
+
+
+def channel_options() -> list[tuple[str, object]]:
+    """Our limits, the replica/retry service config, and a reconnect within ~1 s once a
+    restarted peer is back (gRPC's default backoff grows to 120 s)."""
+    return [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 1000),
+        ("grpc.service_config", SERVICE_CONFIG),
+        ("grpc.enable_retries", 1),
     ]
+
+
+def open_channel(address: str, tls: ClientTLSSettings | None = None) -> grpc.aio.Channel:
+    """A channel to a service's replicas (TLS when `tls` names a CA; the internal token when set)."""
+    options = channel_options()
+    address = target(address)
     credentials = channel_credentials(tls) if tls is not None else None
     interceptors = [BearerToken(tls.internal_token)] if tls is not None and tls.internal_token else None
     if credentials is not None:
