@@ -23,6 +23,8 @@ from amcsearch.v1 import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.integration.conftest import png
+
 pytestmark = pytest.mark.integration
 DOCUMENTED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
               grpc.StatusCode.NOT_FOUND}
@@ -195,3 +197,46 @@ def test_fuzz_index_get_delete(stubs, index_request, some_ids, features):
 def test_every_server_is_still_healthy_after_fuzzing(real_stack, stubs):
     for module in ("query_encoder", "keyword_tagger", "feature_extractor", "attention_rescorer", "search"):
         assert grpc_serving(real_stack.address(module)), module
+
+
+PIXELS_PNG = png(np.full((16, 16, 3), 120, np.uint8))
+stored_texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30)
+stored_items = st.builds(
+    lambda n, title, tags, weighted, metadata: search_pb2.ImageItem(
+        id=f"rt-{n}", image=PIXELS_PNG, title=title, tags=tags, metadata=metadata,
+        keywords=[common_pb2.Keyword(text=t, confidence=c) for t, c in weighted]),
+    st.integers(0, 10**6), st.text(max_size=50), st.lists(stored_texts, max_size=3),
+    st.lists(st.tuples(stored_texts, st.floats(0, 1)), max_size=2),
+    st.dictionaries(stored_texts, st.text(max_size=40), max_size=3))
+
+
+@FUZZ
+@given(st.lists(stored_items, min_size=1, max_size=3, unique_by=lambda i: i.id))
+def test_fuzz_whatever_index_accepts_round_trips_through_get_search_and_delete(stubs, items):
+    """Every accepted item: Get returns its title and metadata as given and its keywords
+    normalised; a search filtered on each of its keywords finds it; Delete removes it."""
+    from amcsearch.runtime.keywords import normalize_keyword
+
+    search = stubs["search"]
+    reply = search.Index(search_pb2.IndexRequest(items=items, skip_auto_tags=True), timeout=60)
+    accepted = [i for i, r in zip(items, reply.results, strict=True) if r.indexed]
+    if not accepted:
+        return
+    got = {g.id: g for g in search.Get(search_pb2.GetRequest(ids=[i.id for i in accepted]), timeout=30).images}
+    for item in accepted:
+        stored = got[item.id]
+        assert stored.title == item.title and dict(stored.metadata) == dict(item.metadata)
+        expected = {normalize_keyword(t) for t in [*item.tags, *(k.text for k in item.keywords)]} - {""}
+        assert {k.text for k in stored.keywords} == expected
+        for keyword in expected:
+            found = search.Search(search_pb2.SearchRequest(text="x", top_k=100, keyword_filter=[keyword],
+                                                           within_ids=[item.id]), timeout=30)
+            assert [r.id for r in found.results] == [item.id], keyword
+        for key, value in item.metadata.items():
+            condition = search_pb2.MetadataCondition(key=key, equals=value)
+            found = search.Search(search_pb2.SearchRequest(text="x", top_k=10, within_ids=[item.id],
+                                                           metadata_filter=search_pb2.MetadataFilter(conditions=[condition])),
+                                  timeout=30)
+            assert [r.id for r in found.results] == [item.id], key
+    deleted = search.Delete(search_pb2.DeleteRequest(ids=[i.id for i in accepted]), timeout=30)
+    assert deleted.deleted_count == len(accepted)
