@@ -287,3 +287,25 @@ def test_index_size_gauge_follows_the_index(search, indexed, real_stack):
     metrics = real_stack.processes["search"].endpoints["metrics"]
     wait_until(lambda: metric_value(scrape(metrics), "amcsearch_index_images") == count, 10,
                "amcsearch_index_images to equal Stats.image_count", interval=0.5)
+
+
+def test_stats_reports_every_models_build_before_any_search(real_stack, tmp_path, model_repository):
+    """A fresh gateway: Stats.model_builds lists all five models (from Triton), not only the
+    ones QueryEncoder reported, and not only after the first Search."""
+    from amcsearch.launcher import SERVICES_ROOT
+    from amcsearch.processes import free_port, service_process
+
+    from models.export.triton_repo import read_config
+
+    env = {**real_stack.env, "INDEX_URI": str(tmp_path / "fresh.sqlite")}
+    process = service_process("search", "SEARCH", free_port(), free_port(), env, tmp_path, SERVICES_ROOT)
+    process.start()
+    try:
+        wait_until(lambda: grpc_serving(process.endpoints["grpc"]), 90, "fresh search", process)
+        with grpc.insecure_channel(process.endpoints["grpc"]) as channel:
+            builds = dict(search_pb2_grpc.SearchServiceStub(channel).Stats(search_pb2.StatsRequest(), timeout=30).model_builds)
+        expected = {m: read_config(model_repository, m).parameters["build_id"].string_value
+                    for m in ("text_encoder", "image_encoder", "keyword_tagger", "amc_rescorer", "composer")}
+        assert builds == expected
+    finally:
+        process.stop()

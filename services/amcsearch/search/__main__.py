@@ -4,10 +4,13 @@ import asyncio
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from amcsearch.runtime import contract as c
 from amcsearch.runtime.clients import open_channel
+from amcsearch.runtime.errors import AmcsearchError
 from amcsearch.runtime.logs import setup_logging
 from amcsearch.runtime.metrics import INDEX_IMAGES
 from amcsearch.runtime.server import run_service
+from amcsearch.runtime.triton import TritonModels
 from amcsearch.search.index import open_index
 from amcsearch.search.pipeline import ModelServices, SearchPipeline
 from amcsearch.search.servicer import SearchServicer
@@ -20,6 +23,8 @@ from amcsearch.v1 import (
     search_pb2,
     search_pb2_grpc,
 )
+
+MODELS = (c.TEXT_ENCODER, c.IMAGE_ENCODER, c.KEYWORD_TAGGER, c.AMC_RESCORER, c.COMPOSER)
 
 
 async def main() -> None:
@@ -39,11 +44,24 @@ async def main() -> None:
     pipeline = SearchPipeline(index, services, settings.tagger_threshold, settings.query_encoder_max_batch,
                               settings.rescorer_max_candidates, settings.images, settings.rescore_budget_share)
 
+    triton = TritonModels(settings.triton, "search")
+
+    async def refresh_builds() -> None:
+        """Every model's build_id, for Stats, from Triton (what QueryEncoder reports stays too)."""
+        for model in MODELS:
+            try:
+                if await triton.has_model(model):
+                    pipeline.model_builds[model] = await triton.build_id(model)
+            except AmcsearchError:
+                continue
+
     async def ready() -> bool:
         """The index answers and can be written, and the query encoder serves; a missing
         rescorer only degrades."""
         if not await index.healthy():
             return False
+        if len(pipeline.model_builds) < len(MODELS):
+            await refresh_builds()
         INDEX_IMAGES.labels(index.default_collection).set(await index.count(index.default_collection))
         reply = await encoder_health.Check(health_pb2.HealthCheckRequest(), timeout=2)
         return reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -53,6 +71,7 @@ async def main() -> None:
         return [search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name]
 
     async def close() -> None:
+        await triton.close()
         for channel in channels:
             await channel.close()
         await index.close()

@@ -9,6 +9,7 @@ from amcsearch.runtime.settings import (
     ImageLimits,
     ServerSettings,
     SettingsError,
+    TritonSettings,
     env,
     from_env,
     nested,
@@ -21,6 +22,8 @@ PREFIX = "SEARCH"
 class SearchSettings:
     server: ServerSettings = nested(ServerSettings)
     images: ImageLimits = nested(ImageLimits)
+    triton: TritonSettings = nested(TritonSettings)
+    """Read for Stats only: the build_id of every model (the gateway never infers)."""
     """SEARCH_MAX_IMAGE_BYTES, _MAX_IMAGE_PIXELS, ...: the gateway decodes Index and Rerank images
     once (with the decode budget) and sends the pixels to FeatureExtractor and KeywordTagger."""
     client_tls: ClientTLSSettings = nested(ClientTLSSettings)
