@@ -46,18 +46,21 @@ async def index_split(stub, split, prefix: str = "", batch: int = 32) -> None:
             raise RuntimeError(f"indexing failed: {[r.error for r in reply.results if not r.indexed][:3]}")
 
 
+SOURCES = {"default": 0, "vector": 1, "keyword": 2, "hybrid": 3}
+
+
 async def whole_index_ndcg(stub, split, k: int = 10, prefix: str = "", concurrency: int = 4,
-                           candidates: int = 0) -> dict[str, float]:
+                           candidates: int = 0, source: str = "default", queries=None) -> dict[str, float]:
     """Mean NDCG@k per query family and over all, each query ranked over the whole index."""
     by_id = {f"{prefix}{r.id}": r for r in split.images}
     scores: dict[str, list[float]] = {}
-    queue = list(split.text_queries)
+    queue = list(split.text_queries if queries is None else queries)
 
     async def worker() -> None:
         while queue:
             query = queue.pop()
-            reply = await stub.Search(search_pb2.SearchRequest(text=query.text, top_k=k, candidates=candidates),
-                                      timeout=60)
+            reply = await stub.Search(search_pb2.SearchRequest(text=query.text, top_k=k, candidates=candidates,
+                                                               candidate_source=SOURCES[source]), timeout=60)
             if reply.degradations:
                 raise RuntimeError(f"degraded search: {reply.degradations}")
             ranked = [grade(query.spec, by_id[r.id]) for r in reply.results if r.id in by_id]
@@ -82,14 +85,16 @@ async def main_async(args) -> None:
 
     corpus = load_or_build_corpus(args.size, args.seed)
     split = corpus.test if args.split == "test" else corpus.train
-    stack = start_stack(args.repository, args.work, {"TRITON_CANARY_INTERVAL_SECONDS": "3600"})
+    stack = start_stack(args.repository, args.work, {"TRITON_CANARY_INTERVAL_SECONDS": "3600",
+                                                      "SEARCH_HYBRID_MERGE": args.merge})
     try:
         async with grpc.aio.insecure_channel(stack.address("search")) as channel:
             stub = search_pb2_grpc.SearchServiceStub(channel)
             await index_split(stub, split)
-            result = await whole_index_ndcg(stub, split, args.k)
             print(f"load average {os.getloadavg()}; {len(split.images)} images, {len(split.text_queries)} queries")
-            print(" ".join(f"{family} {value:.4f}" for family, value in result.items()))
+            for source in args.sources.split(","):
+                result = await whole_index_ndcg(stub, split, args.k, source=source)
+                print(f"{source} (merge {args.merge}): " + " ".join(f"{family} {value:.4f}" for family, value in result.items()))
     finally:
         stack.stop()
 
@@ -100,6 +105,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", default="test", choices=["test", "train"])
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--sources", default="default", help="comma-separated: vector, keyword, hybrid, default")
+    parser.add_argument("--merge", default="rrf", choices=["rrf", "union"])
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "served_quality")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

@@ -306,3 +306,22 @@ def test_the_cli_exposes_each_feature(real_stack, catalogue, ci_corpus, tmp_path
     printed = {line.split()[1] for line in first_table if line.strip()[:1].isdigit()}
     assert printed == {ci_corpus.test.images[5].id, ci_corpus.test.images[65].id}  # bucket 5 of 60
     assert main([*addr, "collections", "drop", name]) == 0
+
+
+def test_candidate_sources_vector_keyword_and_hybrid(search, catalogue, ci_corpus):
+    text = "festive picture with a red circle"
+    replies = {source: search.Search(search_pb2.SearchRequest(text=text, top_k=10, collection=catalogue,
+                                                              candidate_source=value), timeout=60)
+               for source, value in (("vector", search_pb2.SearchRequest.CANDIDATES_VECTOR),
+                                     ("keyword", search_pb2.SearchRequest.CANDIDATES_KEYWORD),
+                                     ("hybrid", search_pb2.SearchRequest.CANDIDATES_HYBRID),
+                                     ("default", search_pb2.SearchRequest.CANDIDATES_DEFAULT))}
+    assert replies["vector"].stages == ["encode", "ann", "rescore"]
+    assert replies["keyword"].stages == ["encode", "keyword_search", "rescore"]
+    assert replies["hybrid"].stages == ["encode", "ann", "keyword_search", "merge", "rescore"]
+    assert replies["default"].stages == replies["hybrid"].stages
+    keywords = {r.id: {k for k, _ in r.noisy_keywords} for r in ci_corpus.test.images}
+    words = {"festive", "picture", "with", "red", "circle"}
+    assert all(keywords[r.id] & words for r in replies["keyword"].results)
+    expect_error(lambda: search.Search(search_pb2.SearchRequest(text="x", candidate_source=9), timeout=30),
+                 grpc.StatusCode.INVALID_ARGUMENT, "candidate_source")

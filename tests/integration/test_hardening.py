@@ -110,7 +110,7 @@ def test_many_new_tags_and_a_flushed_cache_never_break_text_search(search, ci_co
     assert not search.Search(request, timeout=60).degradations
     redis.Redis.from_url(real_stack.redis_url).flushall()
     reply = search.Search(request, timeout=60)
-    assert reply.stages == ["encode", "ann", "rescore"] and not reply.degradations
+    assert reply.stages == ["encode", "ann", "keyword_search", "merge", "rescore"] and not reply.degradations
     ROWS.append({"fault": "600 distinct keywords outside the vocabulary among 300 candidates, then Redis FLUSHALL",
                  "sent": 2, "failed": 0, "degraded": 0, "lost": 0, "codes": "",
                  "recovery": "keyword vectors embedded in chunks (256 an Encode, 64 a Triton call), rescored both times"})

@@ -125,6 +125,26 @@ def test_a_selective_filter_returns_as_many_as_asked(engine):
     assert len(hits) == 6 and all(int(h.id.split("-")[1]) % 100 == 7 for h in hits)
 
 
+def test_keyword_retrieval_finds_the_words_and_honours_filters(engine):
+    c = engine.collection
+    vectors = unit(5, 6)
+    words = [["red", "circle"], ["blue", "square"], ["red", "square", "festive"], ["café"], ["green"], ["red"]]
+    engine.run(engine.index.upsert(c, [record(i, v, keywords=[(w, 1.0, 1) for w in ws], metadata={"n": str(i)})
+                                       for i, (v, ws) in enumerate(zip(vectors, words, strict=True))]))
+
+    def ids(text, condition=Filter()):
+        return {h.id for h in engine.run(engine.index.keyword_search(c, vectors[0], text, 10, condition, True))}
+
+    assert ids("a red circle") == {"img-0", "img-2", "img-5"}
+    assert ids("festive") == {"img-2"}
+    assert ids('"; drop table items; --') == set() and ids("") == set()
+    group = MetadataFilter("and", (MetadataClause("n", "eq", ("2",)),))
+    assert ids("red", Filter(metadata=group)) == {"img-2"}
+    hits = engine.run(engine.index.keyword_search(c, vectors[0], "red circle", 10, Filter(), True))
+    assert hits[0].id == "img-0" and hits[0].regions.shape == (36, 128)
+    assert {h.id: h.ann_score for h in hits}["img-0"] == pytest.approx(1.0, abs=1e-3)  # still the vector cosine
+
+
 def test_collections_are_isolated(engine):
     other = f"{engine.collection}_b"
     assert engine.run(engine.index.create_collection(other))
@@ -162,7 +182,7 @@ def test_a_gateway_on_the_milvus_server_serves_the_same_search(real_stack, milvu
                 for r, p in zip(records, ci_corpus.test.pixels[:24], strict=True)]
             assert stub.Index(search_pb2.IndexRequest(items=items, skip_auto_tags=True), timeout=120).indexed_count == 24
             reply = stub.Search(search_pb2.SearchRequest(text=records[0].caption, top_k=5, explain=True), timeout=60)
-            assert reply.stages == ["encode", "ann", "rescore"] and not reply.degradations and len(reply.results) == 5
+            assert reply.stages == ["encode", "ann", "keyword_search", "merge", "rescore"] and not reply.degradations and len(reply.results) == 5
             keyword = records[0].noisy_keywords[0][0]
             filtered = stub.Search(search_pb2.SearchRequest(text="anything", top_k=24, keyword_filter=[keyword]), timeout=60)
             expected = {r.id for r in records if keyword in {k for k, _ in r.noisy_keywords}}

@@ -81,7 +81,7 @@ def test_served_text_ndcg_equals_offline(search, indexed, ci_corpus, local, mode
         reply = search.Search(search_pb2.SearchRequest(text=query.text, within_ids=query.candidate_ids,
                                                        candidates=len(query.candidate_ids),
                                                        top_k=len(query.candidate_ids)), timeout=60)
-        assert reply.stages == ["encode", "ann", "rescore"] and not reply.degradations
+        assert reply.stages == ["encode", "ann", "keyword_search", "merge", "rescore"] and not reply.degradations
         relevance = dict(zip(query.candidate_ids, query.relevance))
         served.append(ndcg_at_k([relevance[r.id] for r in reply.results], 10))
     offline = offline_text_ndcg(local, ci_corpus.test, queries, model_repository)

@@ -177,3 +177,16 @@ def test_collections_are_isolated(store):
     assert run(store.drop_collection("other")) == 2
     with pytest.raises(NotFound):
         run(store.count("other"))
+
+
+def test_reciprocal_rank_fusion_and_union():
+    from amcsearch.search.pipeline import merge_candidates
+    from amcsearch.search.records import Hit
+
+    def hits(*ids):
+        return [Hit(i, 0.0, "", {}) for i in ids]
+
+    vector, keyword = hits("a", "b", "c", "d"), hits("c", "e", "a")
+    assert [h.id for h in merge_candidates(vector, keyword, 3, "rrf")] == ["a", "c", "b"]
+    assert [h.id for h in merge_candidates(vector, keyword, 3, "union")] == ["a", "b", "c", "d", "e"]
+    assert [h.id for h in merge_candidates(vector, [], 2, "rrf")] == ["a", "b"]

@@ -42,7 +42,8 @@ async def main() -> None:
     )
     encoder_health = health_pb2_grpc.HealthStub(channels[0])
     pipeline = SearchPipeline(index, services, settings.tagger_threshold, settings.query_encoder_max_batch,
-                              settings.rescorer_max_candidates, settings.images, settings.rescore_budget_share)
+                              settings.rescorer_max_candidates, settings.images, settings.rescore_budget_share,
+                              settings.hybrid_merge)
 
     triton = TritonModels(settings.triton, "search")
 

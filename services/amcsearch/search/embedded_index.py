@@ -18,6 +18,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,7 @@ from amcsearch.search.vector_index import VectorIndex
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "3"
+FTS_TERM = re.compile(r"\w+", re.UNICODE)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS store_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS collections (name TEXT PRIMARY KEY, created_at REAL NOT NULL);
@@ -59,6 +61,7 @@ CREATE TABLE IF NOT EXISTS item_metadata (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS item_metadata_by_row ON item_metadata (row);
 CREATE INDEX IF NOT EXISTS item_metadata_by_number ON item_metadata (key, number);
+CREATE VIRTUAL TABLE IF NOT EXISTS item_text USING fts5 (keywords, tokenize = 'porter unicode61');
 """
 GENERATION_SUFFIX = ".generation"
 """A file beside the store with the generation of its last acknowledged write (see _commit)."""
@@ -194,9 +197,24 @@ class EmbeddedIndex:
                 "to serve an index that could show deleted items again; restore it from a backup, or run "
                 "`make check-index ACCEPT_LOSS=1` to serve it as it is")
         write_generation(self.generation_path, self.generation)
+        self._backfill_text()
         self._read_db = self._connect()
         self._inode = os.stat(self.path).st_ino
         self._load_vectors()
+
+    def _backfill_text(self) -> None:
+        """Stores written before keyword retrieval existed get their full-text rows once."""
+        db = self._write_db
+        assert db is not None
+        texts = db.execute("SELECT count(*) FROM item_text").fetchone()[0]
+        items = db.execute("SELECT count(*) FROM items").fetchone()[0]
+        if texts == items:
+            return
+        log.info("index %s: building the keyword full-text table for %d items", self.path, items)
+        with self._transaction() as tx:
+            tx.execute("DELETE FROM item_text")
+            for row, keywords in tx.execute("SELECT row, keywords FROM items").fetchall():
+                tx.execute("INSERT INTO item_text (rowid, keywords) VALUES (?, ?)", (row, keyword_text(_keywords(keywords))))
 
     def _new_vector_index(self) -> VectorIndex:
         return VectorIndex(c.EMBEDDING_DIM, self.hnsw_min_rows, self.ef_search)
@@ -339,6 +357,7 @@ class EmbeddedIndex:
             self._vectors_of(name)
             with self._transaction() as db:
                 rows = "SELECT row FROM items WHERE collection = ?"
+                db.execute(f"DELETE FROM item_text WHERE rowid IN ({rows})", (name,))
                 db.execute(f"DELETE FROM item_keywords WHERE row IN ({rows})", (name,))
                 db.execute(f"DELETE FROM item_metadata WHERE row IN ({rows})", (name,))
                 count = db.execute("DELETE FROM items WHERE collection = ?", (name,)).rowcount
@@ -374,12 +393,14 @@ class EmbeddedIndex:
                 db.executemany("INSERT OR IGNORE INTO item_keywords VALUES (?, ?)", [(t, row) for t, _, _ in r.keywords])
                 db.executemany("INSERT INTO item_metadata VALUES (?, ?, ?, ?)",
                                [(k, v, row, _number(v)) for k, v in r.metadata.items()])
+                db.execute("INSERT INTO item_text (rowid, keywords) VALUES (?, ?)", (row, keyword_text(r.keywords)))
                 added.append((row, r.embedding))
         vectors.remove(replaced)
         vectors.add(np.asarray([row for row, _ in added]), np.stack([e for _, e in added]))
 
     @staticmethod
     def _delete_row(db: sqlite3.Connection, row: int) -> None:
+        db.execute("DELETE FROM item_text WHERE rowid = ?", (row,))
         db.execute("DELETE FROM item_keywords WHERE row = ?", (row,))
         db.execute("DELETE FROM item_metadata WHERE row = ?", (row,))
         db.execute("DELETE FROM items WHERE row = ?", (row,))
@@ -438,6 +459,30 @@ class EmbeddedIndex:
         rows = self._rows(db, keys.tolist(), with_features)
         return [self._hit(rows[key], float(score), with_features) for key, score in zip(keys.tolist(), scores)
                 if key in rows]  # a row deleted since the vector search is not a result
+
+    async def keyword_search(self, collection: str, vector: np.ndarray, text: str, limit: int, condition: Filter,
+                             with_features: bool = False) -> list[Hit]:
+        """BM25 over the indexed keywords (SQLite FTS5) of the query text's words, best first;
+        each hit's ann_score is still the cosine of the query and its embedding."""
+        return await self._read(self._keyword_search, collection, vector, text, limit, condition, with_features)
+
+    def _keyword_search(self, collection: str, vector: np.ndarray, text: str, limit: int, condition: Filter,
+                        with_features: bool) -> list[Hit]:
+        vectors = self._vectors_of(collection)
+        terms = sorted({t for t in FTS_TERM.findall(text.lower()) if len(t) > 1})
+        if not terms:
+            return []
+        match = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)  # each word a quoted phrase
+        compiled = SqlFilter.compile(collection, condition)
+        db = self._read_db
+        assert db is not None
+        query = (f"SELECT rowid FROM item_text WHERE item_text MATCH ? AND rowid IN "
+                 f"(SELECT row FROM items WHERE {compiled.where}) ORDER BY bm25(item_text) LIMIT ?")
+        keys = [r[0] for r in db.execute(query, (match, *compiled.params, limit))]
+        scores = vectors.scores(np.asarray(keys, dtype=np.int64), vector)
+        rows = self._rows(db, keys, with_features)
+        return [self._hit(rows[key], float(score), with_features) for key, score in zip(keys, scores, strict=True)
+                if key in rows]
 
     @staticmethod
     def _rows(db: sqlite3.Connection, rows: list[int], with_features: bool) -> dict[int, tuple]:
@@ -501,3 +546,8 @@ def write_generation(path: Path, generation: int) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(tmp, path)
+
+
+def keyword_text(keywords: list[tuple[str, float, int]]) -> str:
+    """What keyword retrieval indexes of an item: its keyword texts, one per line."""
+    return "\n".join(t for t, _, _ in keywords)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -251,12 +252,16 @@ class MilvusIndex:
 
     async def search(self, collection: str, vector: np.ndarray, limit: int, condition: Filter,
                      with_features: bool = False) -> list[Hit]:
+        return await self._search(collection, vector, limit, filter_expression(condition), with_features)
+
+    async def _search(self, collection: str, vector: np.ndarray, limit: int, expression: str,
+                      with_features: bool) -> list[Hit]:
         await self._require(collection)
         assert self.client is not None
         fields = HIT_FIELDS + (["features"] if with_features else [])
         result = await self._run(
             self.client.search, collection, [np.asarray(vector, dtype=np.float32).tolist()], anns_field="embedding",
-            limit=limit, filter=filter_expression(condition), output_fields=fields,
+            limit=limit, filter=expression, output_fields=fields,
             search_params={"metric_type": "COSINE", "params": {"ef": max(self.ef_search, limit)}},
             consistency_level=CONSISTENCY,
         )
@@ -269,6 +274,18 @@ class MilvusIndex:
                 hit.regions, hit.region_scales = decode_features(entity["features"])
             hits.append(hit)
         return hits
+
+    async def keyword_search(self, collection: str, vector: np.ndarray, text: str, limit: int, condition: Filter,
+                             with_features: bool = False) -> list[Hit]:
+        """Milvus 2.3 has no full-text search: images having any of the query's words as a keyword,
+        ranked by the vector (on Milvus 2.5+, its BM25 function would be the engine's own)."""
+        terms = sorted({t for t in re.findall(r"\w+", text.lower()) if len(t) > 1})
+        if not terms:
+            return []
+        expression = filter_expression(condition)
+        any_term = f"array_contains_any(keyword_texts, {_strings(terms)})"
+        combined = f"({any_term}) and ({expression})" if expression else any_term
+        return await self._search(collection, vector, limit, combined, with_features)
 
     async def get(self, collection: str, ids: list[str], with_features: bool) -> dict[str, Record]:
         await self._require(collection)

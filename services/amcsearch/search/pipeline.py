@@ -107,6 +107,10 @@ class SearchOptions:
     """Ranks to skip (paging)."""
     modality_bias: tuple[float, float, float] | None = None
     """(keyword scale, min, max keyword weight) for amc_rescorer; None: the learned weights."""
+    source: str = "vector"
+    """Candidates (text queries): "vector", "keyword" (BM25 over keywords) or "hybrid" (both, merged)."""
+    text: str = ""
+    """The query text, for keyword retrieval."""
 
 
 @dataclass
@@ -143,8 +147,10 @@ class ModelServices:
 class SearchPipeline:
     def __init__(self, index: Index, services: ModelServices, tagger_threshold: float,
                  encoder_max_batch: int = 256, rescorer_max_candidates: int = 8192,
-                 image_limits: ImageLimits | None = None, rescore_budget_share: float = 0.5) -> None:
+                 image_limits: ImageLimits | None = None, rescore_budget_share: float = 0.5,
+                 hybrid_merge: str = "rrf") -> None:
         self.index = index
+        self.hybrid_merge = hybrid_merge
         self.rescore_budget_share = rescore_budget_share
         """The share of the remaining deadline the rescore stage may take before the Search
         degrades to ANN order (so a hung rescorer never costs the caller's whole deadline)."""
@@ -276,13 +282,7 @@ class SearchPipeline:
     async def search_many(self, searches: list[SearchQuery], timeout_of) -> list[SearchOutcome]:
         """Several searches with one QueryEncoder call and one AttentionRescorer call in all."""
         vectors = await self.encode_many([s.query for s in searches], timeout_of())
-        hits: list[list[Hit]] = []
-        for search, vector in zip(searches, vectors, strict=True):
-            o = search.options
-            with stage(SERVICE, "ann"):
-                hits.append(await self.index.search(search.collection, vector,
-                                                    o.candidates if o.rescore else o.offset + o.top_k,
-                                                    o.condition, with_features=o.rescore))
+        hits = [await self._candidates(search, vector) for search, vector in zip(searches, vectors, strict=True)]
         results = [[Result(h.id, h.ann_score, h.ann_score, h.title, h.metadata) for h in found] for found in hits]
         rescored = [i for i, s in enumerate(searches) if s.options.rescore and hits[i]]
         degradations: list[tuple[str, str]] = []
@@ -304,7 +304,7 @@ class SearchPipeline:
         outcomes = []
         for i, search in enumerate(searches):
             o = search.options
-            stages = ["encode", "ann"] + (["rescore"] if i in rescored and not degradations else [])
+            stages = ["encode", *candidate_stages(o)] + (["rescore"] if i in rescored and not degradations else [])
             page = results[i][o.offset : o.offset + o.top_k]
             if not o.explain:
                 for result in page:
@@ -313,6 +313,30 @@ class SearchPipeline:
                         del result.evidence.keywords[:]
             outcomes.append(SearchOutcome(page, stages, degradations if i in rescored else []))
         return outcomes
+
+    async def _candidates(self, search: SearchQuery, vector: np.ndarray) -> list[Hit]:
+        """The hits to rescore (or, unrescored, to return): from the vector index, keyword
+        retrieval, or both merged, as the options ask."""
+        o = search.options
+        if not o.rescore:
+            with stage(SERVICE, "ann"):
+                return await self.index.search(search.collection, vector, o.offset + o.top_k, o.condition)
+        vector_hits: list[Hit] = []
+        keyword_hits: list[Hit] = []
+        if o.source in ("vector", "hybrid"):
+            with stage(SERVICE, "ann"):
+                vector_hits = await self.index.search(search.collection, vector, o.candidates, o.condition,
+                                                      with_features=True)
+        if o.source in ("keyword", "hybrid"):
+            with stage(SERVICE, "keyword_search"):
+                keyword_hits = await self.index.keyword_search(search.collection, vector, o.text, o.candidates,
+                                                               o.condition, with_features=True)
+        if o.source == "vector":
+            return vector_hits
+        if o.source == "keyword":
+            return keyword_hits
+        with stage(SERVICE, "merge"):
+            return merge_candidates(vector_hits, keyword_hits, o.candidates, self.hybrid_merge)
 
     async def encode_many(self, queries: list[query_encoder_pb2.QueryInput], timeout: float | None) -> np.ndarray:
         """Embeddings [Q, 384] of the queries, in QueryEncoder calls of at most its batch limit."""
@@ -382,6 +406,35 @@ class SearchPipeline:
             error = InvalidArgument if bad.error_code == "INVALID_ARGUMENT" else ResourceExhausted
             raise error(f"inline candidate {index} ({bad.id!r}): {bad.error}")
         return await self._analyse(pixels, auto_tags, timeout)
+
+
+def candidate_stages(options: SearchOptions) -> list[str]:
+    if not options.rescore or options.source == "vector":
+        return ["ann"]
+    return ["keyword_search"] if options.source == "keyword" else ["ann", "keyword_search", "merge"]
+
+
+RRF_K = 60
+"""Reciprocal rank fusion's constant (Cormack et al. 2009): score = sum over lists of 1 / (60 + rank)."""
+
+
+def merge_candidates(vector_hits: list[Hit], keyword_hits: list[Hit], limit: int, method: str) -> list[Hit]:
+    """The merge stage of hybrid candidate generation.
+
+    "rrf": reciprocal rank fusion of the two rankings, the best `limit` (the rescoring cost of a
+    vector-only search). "union": every distinct hit of both lists (up to 2 x limit), vector
+    ones first. Either way AMC then scores each candidate; the merge only decides which."""
+    if method == "union":
+        seen = {h.id for h in vector_hits}
+        return vector_hits + [h for h in keyword_hits if h.id not in seen]
+    fused: dict[str, float] = {}
+    by_id: dict[str, Hit] = {}
+    for ranking in (vector_hits, keyword_hits):
+        for rank, hit in enumerate(ranking, start=1):
+            fused[hit.id] = fused.get(hit.id, 0.0) + 1.0 / (RRF_K + rank)
+            by_id.setdefault(hit.id, hit)
+    order = sorted(fused, key=lambda i: -fused[i])  # ties keep the first-seen (vector) order
+    return [by_id[i] for i in order[:limit]]
 
 
 def usable_keywords(keywords: list[tuple[str, float, int]]) -> list[tuple[str, float]]:

@@ -27,6 +27,8 @@ from amcsearch.search.settings import SearchSettings
 from amcsearch.v1 import common_pb2, query_encoder_pb2, search_pb2, search_pb2_grpc
 
 DEFAULT_TOP_K = 10
+SOURCES = {search_pb2.SearchRequest.CANDIDATES_VECTOR: "vector", search_pb2.SearchRequest.CANDIDATES_KEYWORD: "keyword",
+           search_pb2.SearchRequest.CANDIDATES_HYBRID: "hybrid"}
 
 
 def keyword_messages(keywords: list[tuple[str, float, int]]) -> list[common_pb2.Keyword]:
@@ -189,8 +191,11 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         else:
             raise InvalidArgument(f"{what}set one of text, image, composed")
         condition = Filter(tuple(keyword_filter), tuple(request.within_ids), tuple(exclude), metadata)
+        source = SOURCES.get(request.candidate_source)
+        require(source is not None or request.candidate_source == 0, f"{what}candidate_source is not a known value")
         options = SearchOptions(top_k, candidates, rescore=kind == "text", condition=condition,
-                                explain=request.explain, offset=request.offset, modality_bias=bias)
+                                explain=request.explain, offset=request.offset, modality_bias=bias,
+                                source=source or s.candidate_source, text=request.text if kind == "text" else "")
         return SearchQuery(collection, query, options)
 
     async def Search(self, request: search_pb2.SearchRequest, context: grpc.aio.ServicerContext):

@@ -59,6 +59,11 @@ class SearchSettings:
     max_metadata_keys: int = 64
     """Metadata per item: keys (each at most 128 characters, values at most 4,096) and bytes in all."""
     max_metadata_bytes: int = 16 * 1024
+    candidate_source: str = "hybrid"
+    """Where text searches get their candidates when the request leaves it unset: vector,
+    keyword or hybrid (benchmarks/QUALITY.md compares them)."""
+    hybrid_merge: str = "rrf"
+    """How hybrid merges the two lists: rrf (reciprocal rank fusion, N candidates) or union (up to 2N)."""
     rescore_budget_share: float = 0.5
     """Share of a Search's remaining deadline for the rescore stage; past it the Search answers
     in ANN order, flagged as degraded."""
@@ -82,6 +87,10 @@ class SearchSettings:
         if self.max_candidates > self.rescorer_max_candidates:
             raise SettingsError("SEARCH_MAX_CANDIDATES must not exceed ATTENTION_RESCORER_MAX_CANDIDATES "
                                 "(one search's candidates go to the rescorer in one call)")
+        if self.candidate_source not in ("vector", "keyword", "hybrid"):
+            raise SettingsError("SEARCH_CANDIDATE_SOURCE must be vector, keyword or hybrid")
+        if self.hybrid_merge not in ("rrf", "union"):
+            raise SettingsError("SEARCH_HYBRID_MERGE must be rrf or union")
         if not 0 < self.rescore_budget_share <= 1:
             raise SettingsError("SEARCH_RESCORE_BUDGET_SHARE must be in (0, 1]")
         if self.max_rerank_candidates > self.rescorer_max_candidates:

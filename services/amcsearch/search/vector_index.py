@@ -202,6 +202,18 @@ class VectorIndex:
                 return self._search_graph(query, k)
             return self._exact_all(query, k)
 
+    def scores(self, keys: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """Cosine of the query and each key's vector (0 for keys not in the index)."""
+        query = np.asarray(query, dtype=np.float32).reshape(-1)
+        query = query / max(float(np.linalg.norm(query)), 1e-12)
+        with self.lock:
+            slots = [self.slot_of.get(int(k), -1) for k in keys]
+            out = np.zeros(len(slots), dtype=np.float32)
+            present = [i for i, slot in enumerate(slots) if slot >= 0]
+            if present:
+                out[present] = self.matrix[[slots[i] for i in present]] @ query
+        return out
+
     def _search_graph(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         assert self.graph is not None
         matches = self.graph.search(query, k, threads=1)
