@@ -1,7 +1,8 @@
 """Container health check: the standard gRPC health service of the service in this container.
 
 `python healthcheck.py [HOST:PORT]`; without an address, the port comes from the service the
-entrypoint started (PID 1's `python -m amcsearch.<module>`) and its <PREFIX>_PORT variable.
+entrypoint started (PID 1's `python -m amcsearch.<module>`), its <PREFIX>_PORT variable and the
+port table (amcsearch/ports.py).
 Exit 0 when SERVING, 1 otherwise (Docker's HEALTHCHECK contract).
 """
 
@@ -12,15 +13,9 @@ import sys
 from pathlib import Path
 
 import grpc
+from amcsearch.ports import BY_MODULE
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-DEFAULT_PORTS = {
-    "search": ("SEARCH", 50050),
-    "query_encoder": ("QUERY_ENCODER", 50051),
-    "keyword_tagger": ("KEYWORD_TAGGER", 50052),
-    "feature_extractor": ("FEATURE_EXTRACTOR", 50053),
-    "attention_rescorer": ("ATTENTION_RESCORER", 50054),
-}
 
 
 def address_of_pid1() -> str:
@@ -28,8 +23,8 @@ def address_of_pid1() -> str:
     modules = [a.decode() for a in argv if a.startswith(b"amcsearch.")]
     if not modules:
         raise SystemExit("PID 1 is not an amcsearch service; pass HOST:PORT")
-    prefix, port = DEFAULT_PORTS[modules[0].removeprefix("amcsearch.")]
-    return f"127.0.0.1:{os.environ.get(f'{prefix}_PORT', port)}"
+    spec = BY_MODULE[modules[0].removeprefix("amcsearch.")]
+    return f"127.0.0.1:{os.environ.get(f'{spec.prefix}_PORT', spec.port)}"
 
 
 def main(argv: list[str]) -> int:

@@ -20,35 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from amcsearch import processes
+from amcsearch.ports import SERVICES, ServiceSpec
 from amcsearch.processes import Process, free_port, wait_until
+
+__all__ = ["SERVICES", "ServiceSpec", "Stack"]
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES_ROOT = ROOT / "services"
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    module: str
-    prefix: str
-    port: int
-    metrics_port: int
-    models: tuple[str, ...]
-    """Triton models it needs: the stack only starts services whose models are in the repository."""
-
-
-SERVICES = (
-    ServiceSpec("query_encoder", "QUERY_ENCODER", 50051, 9101, ("text_encoder",)),
-    ServiceSpec("keyword_tagger", "KEYWORD_TAGGER", 50052, 9102, ("keyword_tagger",)),
-    ServiceSpec("feature_extractor", "FEATURE_EXTRACTOR", 50053, 9103, ("image_encoder",)),
-    ServiceSpec("attention_rescorer", "ATTENTION_RESCORER", 50054, 9104, ("amc_rescorer",)),
-    ServiceSpec("search", "SEARCH", 50050, 9100, ("text_encoder", "image_encoder", "amc_rescorer")),
-)
-
-
-def _implemented(spec: ServiceSpec) -> bool:
-    return (SERVICES_ROOT / "amcsearch" / spec.module / "__main__.py").exists()
 
 
 RESTART_BACKOFF_SECONDS = (0.5, 1, 2, 4, 8, 15, 30)
@@ -114,7 +94,7 @@ class Stack:
     def selected_services(self) -> list[ServiceSpec]:
         present = self.models_present()
         chosen = self.services if self.services is not None else SERVICES
-        return [s for s in chosen if _implemented(s) and set(s.models) <= present]
+        return [s for s in chosen if set(s.models) <= present]
 
     def start(self, timeout: float = 120.0) -> None:
         try:

@@ -207,32 +207,33 @@ def test_dockerfile_copies_what_exists_and_has_the_service_target() -> None:
         assert needed not in ignored
 
 
-def test_entrypoint_knows_every_service_and_its_ports() -> None:
+def test_the_port_table_has_one_source() -> None:
+    """amcsearch/ports.py SERVICES: the entrypoint delegates to amcsearch.container, the health
+    check imports it, and the Dockerfile exposes exactly its ports."""
     script = (DEPLOY / "docker/entrypoint.sh").read_text()
     assert os.access(DEPLOY / "docker/entrypoint.sh", os.X_OK)
-    for spec in SERVICES:
-        line = next(row for row in script.splitlines() if re.match(rf"\s*{spec.module}[|)]", row))
-        assert f"module={spec.module};" in line
-        assert f"prefix={spec.prefix};" in line
-        assert f"port={spec.port};" in line and f"metrics={spec.metrics_port} " in line
+    assert "python -m amcsearch.container" in script and not re.search(r"\b50\d\d\d\b", script)
     healthcheck = (DEPLOY / "docker/healthcheck.py").read_text()
-    for spec in SERVICES:
-        assert f'"{spec.module}": ("{spec.prefix}", {spec.port})' in healthcheck
+    assert "from amcsearch.ports import BY_MODULE" in healthcheck and not re.search(r"\b50\d\d\d\b", healthcheck)
+    exposed = {int(p) for p in re.search(r"^EXPOSE (.+)$", (DEPLOY / "docker/Dockerfile").read_text(), re.M).group(1).split()}
+    assert exposed == {spec.port for spec in SERVICES} | {spec.metrics_port for spec in SERVICES}
 
 
-def test_entrypoint_starts_the_named_service_on_all_interfaces(tmp_path: Path) -> None:
-    fake = tmp_path / "python"
-    fake.write_text('#!/bin/sh\necho "args=$*"\nenv | grep -E "^(QUERY_ENCODER_|AMCSEARCH_SERVICE)" | sort\n')
-    fake.chmod(0o755)
-    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "QUERY_ENCODER_METRICS_PORT": "9999"}
-    entrypoint = str(DEPLOY / "docker/entrypoint.sh")
-    out = subprocess.run(["sh", entrypoint, "query-encoder", "--flag"], env=env, capture_output=True,
-                         text=True, check=True, timeout=30).stdout.split()
-    assert out == ["args=-m", "amcsearch.query_encoder", "--flag", "AMCSEARCH_SERVICE=query_encoder",
-                   "QUERY_ENCODER_HOST=0.0.0.0", "QUERY_ENCODER_METRICS_PORT=9999", "QUERY_ENCODER_PORT=50051"]
-    other = subprocess.run(["sh", entrypoint, "echo", "a command"], env=env, capture_output=True,
-                           text=True, check=True, timeout=30).stdout
-    assert other == "a command\n"
+def test_container_entrypoint_starts_the_named_service_on_all_interfaces(monkeypatch) -> None:
+    from amcsearch import container
+
+    calls = []
+    monkeypatch.setattr(container.os, "execvp", lambda program, args: calls.append((program, args)))
+    monkeypatch.setenv("QUERY_ENCODER_METRICS_PORT", "9999")
+    monkeypatch.delenv("QUERY_ENCODER_HOST", raising=False)
+    monkeypatch.delenv("QUERY_ENCODER_PORT", raising=False)
+    container.main(["query-encoder", "--flag"])
+    program, args = calls[0]
+    assert program == sys.executable and args[1:] == ["-m", "amcsearch.query_encoder", "--flag"]
+    assert (os.environ["QUERY_ENCODER_HOST"], os.environ["QUERY_ENCODER_PORT"]) == ("0.0.0.0", "50051")
+    assert os.environ["QUERY_ENCODER_METRICS_PORT"] == "9999"
+    container.main(["echo", "a command"])
+    assert calls[1] == ("echo", ["echo", "a command"])
 
 
 def test_container_healthcheck_follows_the_grpc_health_service() -> None:
