@@ -13,7 +13,6 @@ import hashlib
 import logging
 import struct
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -105,7 +104,7 @@ class EmbeddingCache:
     async def close(self) -> None:
         await self.redis.aclose()
 
-    def _usable(self, operation: str) -> bool:
+    def _usable(self) -> bool:
         if not self.settings.enabled:
             return False
         if self.breaker.allow():
@@ -118,17 +117,17 @@ class EmbeddingCache:
         CACHE_ERRORS.labels(self.service, operation).inc()
         log.warning("cache %s failed (%s): treated as a miss", operation, type(error).__name__)
 
-    async def get_many(self, kind: str, keys: list[str], decode: Callable[[bytes], Any] = decode_array) -> list[Any]:
+    async def get_many(self, kind: str, keys: list[str]) -> list[np.ndarray | None]:
         """One MGET for all keys; None where missing or unreadable."""
         if not keys:
             return []
         found: list[Any] = [None] * len(keys)
-        if self._usable("get"):
+        if self._usable():
             try:
                 blobs = await self.redis.mget(keys)
                 self.breaker.record(True)
                 for i, blob in enumerate(blobs):
-                    found[i] = decode(blob) if blob is not None else None
+                    found[i] = decode_array(blob) if blob is not None else None
             except (redis.RedisError, OSError, ValueError, KeyError) as error:
                 self._failed("get", error)
         hits = sum(value is not None for value in found)
@@ -136,32 +135,16 @@ class EmbeddingCache:
         CACHE_MISSES.labels(self.service, kind).inc(len(keys) - hits)
         return found
 
-    async def set_many(self, items: dict[str, Any], encode: Callable[[Any], bytes] | None = None) -> None:
-        """One pipelined round trip of SET key value EX ttl (arrays unless `encode` is given)."""
-        if not items or not self._usable("set"):
+    async def set_many(self, items: dict[str, np.ndarray]) -> None:
+        """One pipelined round trip of SET key value EX ttl."""
+        if not items or not self._usable():
             return
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for key, array in items.items():
-                    blob = encode(array) if encode else encode_array(array, self.settings.float16)
+                    blob = encode_array(array, self.settings.float16)
                     pipe.set(key, blob, ex=self.settings.ttl_seconds)
                 await pipe.execute()
             self.breaker.record(True)
         except (redis.RedisError, OSError) as error:
             self._failed("set", error)
-
-    async def delete_many(self, keys: list[str]) -> None:
-        """Drop keys (one DEL); failures are counted and ignored like every cache error."""
-        if not keys or not self._usable("delete"):
-            return
-        try:
-            await self.redis.delete(*keys)
-            self.breaker.record(True)
-        except (redis.RedisError, OSError) as error:
-            self._failed("delete", error)
-
-    async def ping(self) -> bool:
-        try:
-            return bool(await self.redis.ping())
-        except (redis.RedisError, OSError):
-            return False

@@ -29,12 +29,10 @@ HEALTH_POLL_SECONDS = 2.0
 
 @dataclass
 class RunningServer:
-    """A started server: the ports it bound and what stops it."""
+    """A started server and what stops it."""
 
     name: str
     server: grpc.aio.Server
-    port: int
-    metrics_port: int
     health: health.aio.HealthServicer
     service_names: list[str]
     grace_seconds: float
@@ -118,7 +116,7 @@ async def start_server(
         raise OSError(f"{name} could not bind {settings.host}:{settings.port}")
     metrics_port = serve_metrics(settings.metrics_port, settings.host)
     await server.start()
-    running = RunningServer(name, server, port, metrics_port, health_servicer, service_names, settings.grace_seconds)
+    running = RunningServer(name, server, health_servicer, service_names, settings.grace_seconds)
     await _set_serving(running, readiness is None)
     if readiness is not None:
         running._tasks.append(asyncio.create_task(_watch_readiness(running, readiness)))
