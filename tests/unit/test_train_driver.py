@@ -16,7 +16,7 @@ from models.train.__main__ import BUDGETS, chosen_composer, save_checkpoints
 
 def test_specs_follow_the_model_repository_contract() -> None:
     specs = model_specs(vocab_size=57)
-    assert set(specs) == {"text_encoder", "image_encoder", "keyword_tagger", "amc_rescorer", "composer"}
+    assert {"text_encoder", "image_encoder", "keyword_tagger", "amc_rescorer", "composer"} <= set(specs)
     image = specs["image_encoder"]
     assert [(t.name, t.dtype, t.dims) for t in image.inputs] == [("image", "UINT8", (128, 128, 3))]
     assert [t.name for t in image.outputs] == ["embedding__0", "regions__1"]
