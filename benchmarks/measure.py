@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
+from amcsearch.runtime.metrics import sample_total, samples
 
 
 @dataclass
@@ -52,21 +52,8 @@ def scrape(url: str) -> str:
         return response.read().decode()
 
 
-def samples(text: str, name: str, **labels: str) -> dict[tuple, float]:
-    """{sorted label items: value} of `name`'s samples whose labels include `labels`."""
-    found = {}
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        label_text = line[line.find("{") + 1: line.find("}")] if "{" in line else ""
-        parsed = dict(re.findall(r'(\w+)="([^"]*)"', label_text))
-        if all(parsed.get(k) == v for k, v in labels.items()):
-            found[tuple(sorted(parsed.items()))] = float(line.rsplit(" ", 1)[1])
-    return found
-
-
 def total(text: str, name: str, **labels: str) -> float:
-    return sum(samples(text, name, **labels).values())
+    return sample_total(text, name, **labels)
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import re
 import urllib.request
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from amcsearch.launcher import SERVICES, Stack
+from amcsearch.runtime.metrics import sample_total
 from PIL import Image
 
 from tests.integration.tiny_models import write_tiny_repository
@@ -45,15 +45,7 @@ def scrape(url: str) -> str:
 
 def metric_value(text: str, name: str, **labels: str) -> float:
     """Sum of the samples of `name` whose labels include `labels` (0 when absent)."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        label_text = line[line.find("{") + 1 : line.find("}")] if "{" in line else ""
-        found = dict(re.findall(r'(\w+)="([^"]*)"', label_text))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return sample_total(text, name, **labels)
 
 
 @pytest.fixture

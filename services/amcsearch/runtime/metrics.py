@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client.parser import text_string_to_metric_families
 
 LATENCY_BUCKETS = (
     0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
@@ -75,3 +76,20 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> int:
         return -1
     server, _thread = start_http_server(port, addr=host)
     return int(server.server_port)
+
+
+def samples(text: str, name: str, **labels: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """{sorted label items: value} of the samples named `name` in a /metrics exposition whose
+    labels include `labels` (prometheus_client's own parser; for tests and benchmarks)."""
+    found = {}
+    names = {name, f"{name}_total"}  # the parser names a counter's samples <name>_total (OpenMetrics)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in names and all(sample.labels.get(k) == v for k, v in labels.items()):
+                found[tuple(sorted(sample.labels.items()))] = float(sample.value)
+    return found
+
+
+def sample_total(text: str, name: str, **labels: str) -> float:
+    """The sum of those samples (0 when there are none)."""
+    return sum(samples(text, name, **labels).values())
