@@ -17,7 +17,13 @@ import torch
 from amcsearch.query_encoder.tokenize import Tokenizer
 
 from models.corpus import load_or_build_corpus
-from models.export.checkpoints import load_amc_models, load_composer_models, load_image_encoder, load_keyword_tagger
+from models.export.checkpoints import (
+    load_amc_models,
+    load_composer_models,
+    load_image_encoder,
+    load_keyword_tagger,
+    load_ynet_models,
+)
 from models.export.repository import export_repository
 from models.nets.text_encoder import load_text_encoder
 
@@ -33,10 +39,11 @@ def main(argv: list[str] | None = None) -> None:
     manifest = json.loads((folder / "manifest.json").read_text())
     vocab = manifest.get("keyword_vocabulary") or load_or_build_corpus(args.size, manifest["seed"]).keyword_vocab
     torch.manual_seed(manifest["seed"])
+    ynets = load_ynet_models(folder, len(vocab)) or {}  # older checkpoints: the five models only
     exports = export_repository(
         args.repository, vocab, load_text_encoder(), Tokenizer.default(), load_image_encoder(folder, "image_encoder"),
         load_keyword_tagger(folder, len(vocab)), load_amc_models(folder)["amc_full"],
-        load_composer_models(folder, manifest)["composer"])
+        load_composer_models(folder, manifest)["composer"], ynets.get("tag_ynet"), ynets.get("ctx_ynet"))
     for name, info in exports.items():
         print(f"  {name:<16} {info['model_pt_bytes'] / 1e6:6.2f} MB  {info['folder']}")
 

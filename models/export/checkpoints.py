@@ -12,6 +12,7 @@ from torch import nn
 from models.nets.amc import build_text_search_models
 from models.nets.image_encoder import ImageEncoder
 from models.nets.keyword_tagger import KeywordTagger
+from models.nets.ynet import CtxYNet, TagYNet
 from models.train.composer import load_composers
 
 AMC_CHECKPOINTS = {
@@ -61,3 +62,15 @@ def load_composer_models(folder: Path, manifest: dict[str, Any]) -> dict[str, nn
     if exported in composers:
         composers["composer"] = composers[exported]
     return composers
+
+
+def load_ynet_models(folder: Path, vocab_size: int) -> dict[str, nn.Module] | None:
+    """The cross-domain models (ynet_global: an ImageEncoder, tag_ynet, ctx_ynet), or None when
+    the checkpoints predate them."""
+    if not all((folder / f"{name}.pt").exists() for name in ("ynet_global", "tag_ynet", "ctx_ynet")):
+        return None
+    tag_ynet, ctx_ynet = TagYNet(vocab_size), CtxYNet(vocab_size)
+    tag_ynet.load_state_dict(state(folder, "tag_ynet"))
+    ctx_ynet.load_state_dict(state(folder, "ctx_ynet"))
+    return {"ynet_global": load_image_encoder(folder, "ynet_global"), "tag_ynet": tag_ynet.eval(),
+            "ctx_ynet": ctx_ynet.eval()}

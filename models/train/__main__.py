@@ -5,8 +5,10 @@
 
 Writes build/checkpoints/<size>/<name>.pt (state_dicts; eval loads them), manifest.json beside
 them, and model_repository/<model>/ for text_encoder, image_encoder, keyword_tagger,
-amc_rescorer (AMC Full) and composer (the variant train_composers chose on its TRAIN-split
-validation part). Stage timings are printed as they finish and gathered in the manifest.
+amc_rescorer (AMC Full), composer (the variant train_composers chose on its TRAIN-split
+validation part) and the cross-domain models ynet_shop, ynet_street and ctx_ynet (TagYNet and
+CtxYNet, trained on the street/shop corpus on top of the image encoder's frozen trunk). Stage
+timings are printed as they finish and gathered in the manifest.
 """
 
 from __future__ import annotations
@@ -26,31 +28,37 @@ from amcsearch.query_encoder.tokenize import Tokenizer
 from torch import nn
 
 from models.corpus import load_or_build_corpus
+from models.corpus.street_shop import load_or_build_street_shop
 from models.export.repository import export_repository
 from models.nets.image_encoder import ImageEncoder, count_parameters
 from models.nets.text_encoder import load_text_encoder
 from models.train.amc import train_amc
 from models.train.composer import train_composers
 from models.train.image_encoder import train_image_encoder, train_keyword_tagger
+from models.train.ynet import train_ynets
 
 # Per-size budgets, one dict per stage, read by each stage's own as_*_budget: the AMC stage takes
 # {"size": ...} to pick its own per-size defaults; the composer stage takes field overrides
-# (empty = its defaults); the image stage takes ImageBudget fields.
+# (empty = its defaults); the image stage takes ImageBudget fields; the cross-domain stage takes
+# YNetBudget fields (empty = its defaults, the demo size's).
 BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
     "ci": {
         "image_encoder": {"epochs": 6, "tagger_epochs": 15},
         "amc": {"size": "ci"},
         "composer": {"epochs": 8},
+        "ynet": {"global_epochs": 20, "tag_epochs": 15, "ctx_epochs": 15},
     },
     "demo": {
         "image_encoder": {"epochs": 8, "tagger_epochs": 30},
         "amc": {"size": "demo"},
         "composer": {},
+        "ynet": {},
     },
     "full": {
         "image_encoder": {"epochs": 25, "tagger_epochs": 40},
         "amc": {"size": "full"},
         "composer": {},
+        "ynet": {},
     },
 }
 
@@ -144,6 +152,13 @@ def main(argv: list[str] | None = None) -> None:
         lambda: train_composers(corpus, text_encoder, tokenizer, image_encoder, args.seed, budgets["composer"]),
     )
     composer_key, composer = chosen_composer(composers)
+    street_shop = stages.run(
+        "street_shop corpus",
+        lambda: load_or_build_street_shop(args.size, seed=args.seed, cache_dir=args.corpus_cache),
+    )
+    if street_shop.keyword_vocab != list(corpus.keyword_vocab):  # ynet_shop's tags.txt is keywords.txt
+        raise ValueError("the street/shop corpus's tag vocabulary differs from the scene corpus's")
+    ynets = stages.run("ynet train", lambda: train_ynets(street_shop, image_encoder, args.seed, budgets["ynet"]))
 
     torch.manual_seed(args.seed)
     untrained = ImageEncoder().eval()  # the seed-initialised reference of the query-by-image table
@@ -155,11 +170,13 @@ def main(argv: list[str] | None = None) -> None:
     }
     modules.update({f"amc_{k}" if not k.startswith("amc_") else k: m for k, m in amc.items()})
     modules.update({f"composer_{k}": m for k, m in composers.items() if k != "composer"})
+    modules.update(ynets.modules)
     checkpoints = stages.run("checkpoints", lambda: save_checkpoints(modules, checkpoint_dir))
 
     def export_all() -> dict[str, dict[str, Any]]:
         return export_repository(args.repository, list(corpus.keyword_vocab), text_encoder, tokenizer, image_encoder,
-                                 tagger, amc["amc_full"], composer)
+                                 tagger, amc["amc_full"], composer, ynets.modules["tag_ynet"],
+                                 ynets.modules["ctx_ynet"])
 
     exports = stages.run("export", export_all)
     total = round(time.perf_counter() - total_start, 2)
@@ -179,6 +196,13 @@ def main(argv: list[str] | None = None) -> None:
         "stage_seconds": stages.seconds,
         "total_seconds": total,
         "composer_exported": composer_key,
+        "street_shop": {
+            "train_products": len(street_shop.train.products),
+            "train_street_shots": len(street_shop.train.street_pixels),
+            "test_products": len(street_shop.test.products),
+            "test_street_shots": len(street_shop.test.street_pixels),
+        },
+        "cross_domain": ynets.report,
         "checkpoints": checkpoints,
         "exports": exports,
     }

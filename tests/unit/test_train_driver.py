@@ -48,7 +48,7 @@ def test_specs_follow_the_model_repository_contract() -> None:
 
 def test_every_size_has_a_budget_for_every_stage() -> None:
     for size in ("ci", "demo", "full"):
-        assert set(BUDGETS[size]) == {"image_encoder", "amc", "composer"}
+        assert set(BUDGETS[size]) == {"image_encoder", "amc", "composer", "ynet"}
 
 
 def test_chosen_composer_prefers_train_composers_own_pick() -> None:

@@ -18,7 +18,7 @@ TEXT_TOKENS = 32
 TOKEN_BUCKET = 8
 KEYWORD_SLOTS = 32
 IMAGE_SIZE = 128
-YNET_DIM = 128
+YNET_DIM = 64
 """Channels C of the cross-domain (street-to-shop) models' vectors and maps."""
 
 TEXT_ENCODER = "text_encoder"
