@@ -201,9 +201,13 @@ def test_rescorer_down_degrades_to_ann_order(search, indexed, real_stack):
     rescorer = real_stack.processes["attention_rescorer"]
     rescorer.stop()
     try:
-        reply = search.Search(search_pb2.SearchRequest(text="small blue square", top_k=5), timeout=30)
+        reply = search.Search(search_pb2.SearchRequest(text="small blue square", top_k=5,
+                                                       candidate_source=search_pb2.SearchRequest.CANDIDATES_VECTOR),
+                              timeout=30)
         assert reply.stages == ["encode", "ann"]
         assert reply.degradations[0].stage == "rescore"
+        hybrid = search.Search(search_pb2.SearchRequest(text="small blue square", top_k=5), timeout=30)
+        assert hybrid.stages == ["encode", "ann", "keyword_search", "merge"] and hybrid.degradations
         metrics = scrape(real_stack.processes["search"].endpoints["metrics"])
         assert metric_value(metrics, "amcsearch_search_degradations_total", stage="rescore") >= 1
         assert [r.score for r in reply.results] == sorted([r.ann_score for r in reply.results], reverse=True)

@@ -16,6 +16,8 @@ from amcsearch.query_encoder.queries import Encoded, Query
 from amcsearch.query_encoder.tokenize import Tokenizer
 from amcsearch.runtime import contract as c
 from amcsearch.runtime.cache import EmbeddingCache, content_key
+from amcsearch.runtime.cached import cached_batch
+from amcsearch.runtime.image_features import ImageFeatures
 from amcsearch.runtime.images import decode_images
 from amcsearch.runtime.metrics import stage
 from amcsearch.runtime.settings import ImageLimits
@@ -48,10 +50,15 @@ class QueryEncoder:
         self.executor = executor
         self.flight: SingleFlight[np.ndarray] = SingleFlight()
         self.builds: dict[str, str] = {}
+        self.image_features = ImageFeatures(triton, cache, SERVICE)
+        """The image_encoder path FeatureExtractor uses too (same cache keys): an indexed image sent
+        again as a query is not encoded again."""
 
     async def refresh_builds(self, models: list[str]) -> None:
         """Read the build_id of each model present; cache keys include them."""
         self.builds = {model: await self.triton.build_id(model) for model in models}
+        if c.IMAGE_ENCODER in self.builds:
+            self.image_features.build = self.builds[c.IMAGE_ENCODER]
 
     def _key(self, query: Query) -> str:
         model = {"text": c.TEXT_ENCODER, "image": c.IMAGE_ENCODER, "composed": c.COMPOSER}[query.kind]
@@ -61,37 +68,36 @@ class QueryEncoder:
         return content_key("query", model, build, query.cache_content())
 
     async def encode(self, queries: list[Query], timeout: float | None) -> list[Encoded]:
+        """Image queries given as bytes go through the shared image-features cache only; the
+        others (texts, composed queries, given features) through the query cache."""
         with stage(SERVICE, "tokenize"):
             truncated = self.tokenizer.truncated([q.text or "" for q in queries])
-        keys = [self._key(q) for q in queries]
-        unique = list(dict.fromkeys(keys))
-        with stage(SERVICE, "cache_get"):
-            cached = await self.cache.get_many("query", unique)
-        found = {key: value for key, value in zip(unique, cached) if value is not None}
-        hits = set(found)
-        missing = [key for key in unique if key not in hits]
-        if missing:
-            found.update(await self._compute_missing(missing, queries, keys, timeout))
+        by_image = [i for i, q in enumerate(queries) if q.kind == "image" and q.image is not None and q.image.data is not None]
+        others = [i for i in range(len(queries)) if i not in set(by_image)]
+        vectors: dict[int, tuple[np.ndarray, bool]] = {}
+        if by_image:
+            features = await self._image_features([queries[i] for i in by_image], timeout)
+            vectors.update((i, (f.embedding, f.cache_hit)) for i, f in zip(by_image, features, strict=True))
+        if others:
+            keys = [self._key(queries[i]) for i in others]
+            by_key = dict(zip(keys, (queries[i] for i in others), strict=True))
+
+            async def compute(missing: list[str]) -> dict[str, np.ndarray]:
+                return dict(zip(missing, await self._run_models([by_key[k] for k in missing], timeout), strict=True))
+
+            found, hits = await cached_batch(self.cache, self.flight, SERVICE, "query", keys, compute)
+            vectors.update((i, (found[key], key in hits)) for i, key in zip(others, keys, strict=True))
         return [
-            Encoded(found[key], key in hits, truncated[i] and query.text is not None, query.normalized_text())
-            for i, (query, key) in enumerate(zip(queries, keys))
+            Encoded(vectors[i][0], vectors[i][1], truncated[i] and query.text is not None, query.normalized_text())
+            for i, query in enumerate(queries)
         ]
 
-    async def _compute_missing(self, missing: list[str], queries: list[Query], keys: list[str],
-                               timeout: float | None) -> dict[str, np.ndarray]:
-        mine, theirs = self.flight.claim(missing)
-        try:
-            by_key = {key: query for query, key in zip(queries, keys)}
-            computed = await self._run_models([by_key[k] for k in mine], timeout) if mine else []
-            values = dict(zip(mine, computed))
-        except BaseException as error:
-            self.flight.fail(mine, error)
-            raise
-        self.flight.resolve(values)
-        with stage(SERVICE, "cache_set"):
-            await self.cache.set_many(values)
-        values.update(await SingleFlight.wait(theirs))
-        return values
+    async def _image_features(self, queries: list[Query], timeout: float | None):
+        """Decode the query images (bounded) and read or compute their features."""
+        with stage(SERVICE, "decode"):
+            names = ["image" if len(queries) == 1 else "a query image"] * len(queries)
+            pixels = await decode_images([q.image.data for q in queries], self.limits, self.executor, names)
+        return await self.image_features.of(pixels, timeout)
 
     async def _run_models(self, queries: list[Query], timeout: float | None) -> list[np.ndarray]:
         """Embeddings of `queries` (distinct misses), with one call per model."""
@@ -101,7 +107,7 @@ class QueryEncoder:
         composed = any(q.kind == "composed" for q in queries)
 
         text_out = await self._encode_texts([queries[i].text or "" for i in text_rows], composed, timeout)
-        image_out = await self._encode_images([queries[i] for i in image_rows], composed, timeout)
+        image_out = await self._encode_images([queries[i] for i in image_rows], timeout)
         text_at = {row: j for j, row in enumerate(text_rows)}
         image_at = {row: j for j, row in enumerate(image_rows)}
         for i, query in enumerate(queries):
@@ -141,7 +147,7 @@ class QueryEncoder:
             merged["mask"] = np.concatenate([_pad_to(p["mask"], length) for p in parts])
         return merged
 
-    async def _encode_images(self, queries: list[Query], with_regions: bool, timeout: float | None) -> dict:
+    async def _encode_images(self, queries: list[Query], timeout: float | None) -> dict:
         """Embedding (and regions) per query: given features pass through, bytes go to Triton once."""
         if not queries:
             return {}
@@ -154,16 +160,9 @@ class QueryEncoder:
                 embeddings[i] = _l2_normalize(query.image.embedding)
                 regions[i] = query.image.regions
         if to_decode:
-            with stage(SERVICE, "decode"):
-                names = ["image" if len(to_decode) == 1 else "a query image"] * len(to_decode)
-                pixels = await decode_images([queries[i].image.data for i in to_decode], self.limits, self.executor,
-                                             names)
-            outputs = [c.EMBEDDING_OUT, c.REGIONS_OUT] if with_regions else [c.EMBEDDING_OUT]
-            with stage(SERVICE, "triton_image_encoder"):
-                out = await self.triton.infer_chunked(c.IMAGE_ENCODER, {"image": pixels}, outputs, timeout)
-            embeddings[to_decode] = out[c.EMBEDDING_OUT]
-            if with_regions:
-                regions[to_decode] = out[c.REGIONS_OUT]
+            features = await self._image_features([queries[i] for i in to_decode], timeout)
+            embeddings[to_decode] = np.stack([f.embedding for f in features])
+            regions[to_decode] = np.stack([f.regions for f in features])
         return {c.EMBEDDING_OUT: embeddings, c.REGIONS_OUT: regions}
 
     async def _compose(self, rows: list[int], text_out: dict, text_at: dict, image_out: dict, image_at: dict,
