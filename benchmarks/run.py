@@ -331,56 +331,78 @@ async def measure_size(args, size: int) -> SizeFigures:
 
 def report(all_figures: list[SizeFigures], command: str, load: tuple[float, float, float],
            load_end: tuple[float, float, float]) -> str:
+    lines = header(command, load, load_end)
+    for section in (floor_section, served_section, scale_section, stage_sections, targets_section):
+        lines += section(all_figures)
+    lines += ["", "## GPU", "", "Not measured in this run: no GPU on this machine.", ""]
+    return "\n".join(lines)
+
+
+def header(command: str, load: tuple[float, float, float], load_end: tuple[float, float, float]) -> list[str]:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    loads = ", ".join(f"{x:.2f}" for x in load)
-    lines = ["# Serving benchmarks", "",
-             f"- date: {now}; command: `{command}` (commit {commit()})",
-             f"- machine: {machine()}",
-             f"- load average (1, 5, 15 min) at the start: {loads}; at the end: "
-             + ", ".join(f"{x:.2f}" for x in load_end) + " (other work on the machine shares its cores)",
-             "- index engine: embedded (SQLite + usearch HNSW, exact below 20,000 images); Search(text), top_k 10, "
-             f"{CANDIDATES} candidates rescored; every query text distinct (query-cache misses); scale corpora "
-             "rendered by models/corpus/scale.py, indexed through the Index RPC "
-             f"(batches of {INDEX_BATCH}, {INDEX_CONCURRENCY} in flight; the corpus's noisy keywords as the caller's "
-             "weighted keywords, plus KeywordTagger's automatic ones)", ""]
-    lines += ["## Compute floor (the model files in-process, same cores, same run)", "",
-              "| size | " + " | ".join(name for name, _ in all_figures[0].floor.rows()) + " | floor QPS (best batch) |",
-              "| --- " * (len(all_figures[0].floor.rows()) + 2) + "|"]
+    return ["# Serving benchmarks", "",
+            f"- date: {now}; command: `{command}` (commit {commit()})",
+            f"- machine: {machine()}",
+            "- load average (1, 5, 15 min) at the start: " + ", ".join(f"{x:.2f}" for x in load) + "; at the end: "
+            + ", ".join(f"{x:.2f}" for x in load_end) + " (other work on the machine shares its cores)",
+            "- index engine: embedded (SQLite + usearch HNSW, exact below 20,000 images); Search(text), top_k 10, "
+            f"{CANDIDATES} candidates rescored (hybrid: vector and keyword candidates merged by RRF); every query "
+            "text distinct (query-cache misses); scale corpora rendered by models/corpus/scale.py, indexed through "
+            f"the Index RPC (batches of {INDEX_BATCH}, {INDEX_CONCURRENCY} in flight; the corpus's noisy keywords "
+            "as the caller's weighted keywords, plus KeywordTagger's automatic ones)", ""]
+
+
+def floor_section(all_figures: list[SizeFigures]) -> list[str]:
+    rows = all_figures[0].floor.rows()
+    lines = ["## Compute floor (the model files in-process, same cores, same run)", "",
+             "| size | " + " | ".join(name for name, _ in rows) + " | floor QPS (best batch) |",
+             "| --- " * (len(rows) + 2) + "|"]
     for f in all_figures:
         lines.append(f"| {f.size:,} | " + " | ".join(fmt(v) for _, v in f.floor.rows())
                      + f" | {f.floor.best_qps:.1f} (batch {f.floor.best_qps_batch}) |")
-    lines += ["", "## Served Search against the floor", "",
-              "| size | ANN | p50 c=1 | p99 c=1 | p50 / floor | QPS c=1 | QPS c=4 | QPS c=16 | QPS c=16 / floor QPS |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    return lines
+
+
+def served_section(all_figures: list[SizeFigures]) -> list[str]:
+    lines = ["", "## Served Search against the floor", "",
+             "| size | ANN | p50 c=1 | p99 c=1 | p50 / floor | QPS c=1 | QPS c=4 | QPS c=16 | QPS c=16 / floor QPS |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for f in all_figures:
         one, sixteen = f.levels[1], f.levels[16]
         lines.append(f"| {f.size:,} | {f.ann_mode} | {fmt(one.p(50))} | {fmt(one.p(99))} | "
                      f"{one.p(50) / f.floor.search:.2f} | {one.qps:.1f} | {f.levels[4].qps:.1f} | {sixteen.qps:.1f} | "
                      f"{sixteen.qps / f.floor.best_qps:.2f} |")
-    lines += ["", "## Scale curve", "",
-              "| size | Search p50 | Search p99 | QPS c=1 | QPS c=16 | Index images/s | image models in-process images/s "
-              "| index bytes/image | Redis bytes/image | served NDCG@10 (whole index) |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    return lines
+
+
+def scale_section(all_figures: list[SizeFigures]) -> list[str]:
+    lines = ["", "## Scale curve", "",
+             "| size | Search p50 | Search p99 | QPS c=1 | QPS c=16 | Index images/s | image models in-process images/s "
+             "| index bytes/image | Redis bytes/image | served NDCG@10 (whole index) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for f in all_figures:
-        rate = f.size / f.index_seconds
         reused = " (earlier run)" if f.index_reused else ""
         lines.append(f"| {f.size:,} | {fmt(f.levels[1].p(50))} | {fmt(f.levels[1].p(99))} | {f.levels[1].qps:.1f} | "
-                     f"{f.levels[16].qps:.1f} | {rate:.1f}{reused} | {f.model_index_rate:.1f} | "
+                     f"{f.levels[16].qps:.1f} | {f.size / f.index_seconds:.1f}{reused} | {f.model_index_rate:.1f} | "
                      f"{f.index_bytes / f.size:,.0f} | {f.redis_bytes / f.size:,.0f} | {f.ndcg['all']:.4f} |")
     lines += ["", f"BatchSearch of {BATCH_SIZE} text queries (one QueryEncoder and one AttentionRescorer call, so "
               "one Triton request per model) against the same number of single Searches, one caller:", "",
               "| size | queries/s, BatchSearch | queries/s, single Searches | gain |", "| --- | --- | --- | --- |"]
-    for f in all_figures:
-        if f.batch:
-            lines.append(f"| {f.size:,} | {f.batch[0]:.1f} | {f.batch[1]:.1f} | {f.batch[0] / f.batch[1]:.2f}x |")
+    lines += [f"| {f.size:,} | {f.batch[0]:.1f} | {f.batch[1]:.1f} | {f.batch[0] / f.batch[1]:.2f}x |"
+              for f in all_figures if f.batch]
+    names = list(all_figures[0].rss)
     lines += ["", "Resident memory of every process after the run (tritonserver includes its Python model stubs):", "",
-              "| size | " + " | ".join(all_figures[0].rss) + " |", "| --- " * (len(all_figures[0].rss) + 1) + "|"]
-    for f in all_figures:
-        lines.append(f"| {f.size:,} | " + " | ".join(f"{v / 2**20:.0f} MiB" for v in f.rss.values()) + " |")
-    lines += ["", "Served NDCG@10 per query family:", "", "| size | " + " | ".join(all_figures[0].ndcg) + " |",
-              "| --- " * (len(all_figures[0].ndcg) + 1) + "|"]
-    for f in all_figures:
-        lines.append(f"| {f.size:,} | " + " | ".join(f"{v:.4f}" for v in f.ndcg.values()) + " |")
+              "| size | " + " | ".join(names) + " |", "| --- " * (len(names) + 1) + "|"]
+    lines += [f"| {f.size:,} | " + " | ".join(f"{v / 2**20:.0f} MiB" for v in f.rss.values()) + " |" for f in all_figures]
+    families = list(all_figures[0].ndcg)
+    lines += ["", "Served NDCG@10 per query family:", "", "| size | " + " | ".join(families) + " |",
+              "| --- " * (len(families) + 1) + "|"]
+    lines += [f"| {f.size:,} | " + " | ".join(f"{v:.4f}" for v in f.ndcg.values()) + " |" for f in all_figures]
+    return lines
+
+
+def stage_sections(all_figures: list[SizeFigures]) -> list[str]:
+    lines = []
     for f in all_figures:
         rpc = f.stages[("search", "Search RPC")]
         lines += ["", f"## Where a Search spends its time at {f.size:,} images (concurrency 1)", "",
@@ -388,40 +410,40 @@ def report(all_figures: list[SizeFigures], command: str, load: tuple[float, floa
                   "`ann` contains `vector_search` and `feature_read`; `encode` and `rescore` are the calls to "
                   "QueryEncoder and AttentionRescorer, whose own stages follow.", "",
                   "| service | stage | p50 | mean | share of Search mean |", "| --- | --- | --- | --- | --- |"]
-        for (service, name), h in f.stages.items():
-            if h.count:
-                lines.append(f"| {service} | {name} | {fmt(h.quantile(0.5))} | {fmt(h.mean)} | {h.sum / rpc.sum:.0%} |")
-        for model, seconds in f.triton_compute.items():
-            lines.append(f"| tritonserver | {model} {'wait' if 'queue' in model else 'compute'} per request | | "
-                         f"{fmt(seconds)} | |")
+        lines += [f"| {service} | {name} | {fmt(h.quantile(0.5))} | {fmt(h.mean)} | {h.sum / rpc.sum:.0%} |"
+                  for (service, name), h in f.stages.items() if h.count]
+        lines += [f"| tritonserver | {model} {'wait' if 'queue' in model else 'compute'} per request | | "
+                  f"{fmt(seconds)} | |" for model, seconds in f.triton_compute.items()]
         lines.append(f"| | bytes sent to Triton per Search | {f.triton_bytes_per_search:,.0f} | | |")
-    lines += ["", "## Targets", "", "| target | figure | met |", "| --- | --- | --- |"]
+    return lines
+
+
+def targets_section(all_figures: list[SizeFigures]) -> list[str]:
+    def row(target: str, figure: str, met: bool) -> str:
+        return f"| {target} | {figure} | {'yes' if met else 'no'} |"
+
+    lines = ["", "## Targets", "", "| target | figure | met |", "| --- | --- | --- |"]
     by_size = {f.size: f for f in all_figures}
     if 10_000 in by_size:
         f = by_size[10_000]
         ratio = f.levels[1].p(50) / f.floor.search
-        lines.append(f"| Search p50 at 10k <= 2x floor (c=1) | {ratio:.2f}x ({fmt(f.levels[1].p(50))} / "
-                     f"{fmt(f.floor.search)}) | {'yes' if ratio <= 2 else 'no'} |")
-    for f in all_figures:
-        ratio = f.levels[16].qps / f.floor.best_qps
-        lines.append(f"| QPS c=16 >= 0.7x floor QPS at {f.size:,} | {ratio:.2f} | {'yes' if ratio >= 0.7 else 'no'} |")
-    for f in all_figures:
-        encode = f.stages[("search", "encode")]
-        ratio = encode.mean / f.floor.text_encoder
-        lines.append(f"| QueryEncoder.Encode on a miss (as the gateway sees it) <= 1.5x text_encoder batch 1 at "
-                     f"{f.size:,} | {ratio:.2f}x ({fmt(encode.mean)} / {fmt(f.floor.text_encoder)}) | "
-                     f"{'yes' if ratio <= 1.5 else 'no'} |")
+        lines.append(row("Search p50 at 10k <= 2x floor (c=1)",
+                         f"{ratio:.2f}x ({fmt(f.levels[1].p(50))} / {fmt(f.floor.search)})", ratio <= 2))
     if 1_000 in by_size and 100_000 in by_size:
         ratio = by_size[100_000].levels[1].p(50) / by_size[1_000].levels[1].p(50)
-        lines.append(f"| p50 at 100k <= 1.3x p50 at 1k | {ratio:.2f} | {'yes' if ratio <= 1.3 else 'no'} |")
+        lines.append(row("p50 at 100k <= 1.3x p50 at 1k", f"{ratio:.2f}", ratio <= 1.3))
     for f in all_figures:
-        ratio = (f.size / f.index_seconds) / f.model_index_rate
-        lines.append(f"| Index throughput >= 0.7x in-process image models at {f.size:,} | {ratio:.2f} | "
-                     f"{'yes' if ratio >= 0.7 else 'no'} |")
-        lines.append(f"| bytes to Triton per Search <= 1 MB at {f.size:,} | {f.triton_bytes_per_search:,.0f} | "
-                     f"{'yes' if f.triton_bytes_per_search <= 1_000_000 else 'no'} |")
-    lines += ["", "## GPU", "", "Not measured in this run: no GPU on this machine.", ""]
-    return "\n".join(lines)
+        qps = f.levels[16].qps / f.floor.best_qps
+        encode = f.stages[("search", "encode")].mean / f.floor.text_encoder
+        index_rate = (f.size / f.index_seconds) / f.model_index_rate
+        lines += [row(f"QPS c=16 >= 0.7x floor QPS at {f.size:,}", f"{qps:.2f}", qps >= 0.7),
+                  row(f"QueryEncoder.Encode on a miss (as the gateway sees it) <= 1.5x text_encoder batch 1 at {f.size:,}",
+                      f"{encode:.2f}x", encode <= 1.5),
+                  row(f"Index throughput >= 0.7x in-process image models at {f.size:,}", f"{index_rate:.2f}",
+                      index_rate >= 0.7),
+                  row(f"bytes to Triton per Search <= 1 MB at {f.size:,}", f"{f.triton_bytes_per_search:,.0f}",
+                      f.triton_bytes_per_search <= 1_000_000)]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from grpc_interceptor.client import ClientCallDetails
 from locust import User
 from locust.exception import LocustError
 
-from loadtests.replies import IncompleteReply, reply_problem
+from loadtests.replies import IncompleteReplyError, reply_problem
 
 grpc_gevent.init_gevent()
 
@@ -52,7 +52,7 @@ class LocustInterceptor(ClientInterceptor):
             response_length = reply.ByteSize()
             problem = reply_problem(reply)
             if problem:
-                exception = IncompleteReply(problem)
+                exception = IncompleteReplyError(problem)
         except grpc.RpcError as error:
             exception = error
         self.env.events.request.fire(

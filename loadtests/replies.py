@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 
-class IncompleteReply(Exception):
+class IncompleteReplyError(Exception):
     """The RPC answered OK but not with the whole result."""
 
 

@@ -163,10 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(message)s")
     if args.target and not args.target.startswith(("127.", "localhost:", "[::1]:")):
         parser.error(f"--target {args.target}: load goes to loopback addresses only")
-    if args.shape == "step":
-        duration = StepPlan.from_env().duration
-    else:
-        duration = seconds(args.run_time)
+    duration = StepPlan.from_env().duration if args.shape == "step" else seconds(args.run_time)
 
     args.out.mkdir(parents=True, exist_ok=True)
     prefix = args.out / "amcsearch"

@@ -223,48 +223,66 @@ def main(argv: list[str] | None = None) -> int:
             return 1
 
 
-def run(args: argparse.Namespace, stub) -> int:
-    if args.command == "index":
-        indexed, failed = index_directory(stub, args.directory, args.batch_size, args.skip_auto_tags, collection=args.collection)
-        print(f"indexed {indexed} images, {len(failed)} failed")
-        for result in failed:
-            print(f"  {result.id}: {result.error_code} {result.error}")
-        return 0 if not failed else 3
-    if args.command == "search":
-        request = search_request(args)
-        reply = stub.Search(request, timeout=60)
-        print(results_table(reply))
-        if args.html:
-            write_html(args.html, request, reply)
-            print(f"wrote {args.html}")
-        return 0
-    if args.command == "rerank":
-        print(results_table(stub.Rerank(rerank_request(args), timeout=120)))
-        return 0
-    if args.command == "batch":
-        texts = [line.strip() for line in args.file.read_text().splitlines() if line.strip()]
-        searches = [search_pb2.SearchRequest(text=t, top_k=args.top_k, collection=args.collection) for t in texts]
-        reply = stub.BatchSearch(search_pb2.BatchSearchRequest(searches=searches), timeout=120)
-        for text, response in zip(texts, reply.responses, strict=True):
-            print(f"== {text}\n{results_table(response)}")
-        return 0
-    if args.command == "collections":
-        return collections_command(args, stub)
-    if args.command == "stats":
-        print(stub.Stats(search_pb2.StatsRequest(collection=args.collection), timeout=30))
-        return 0
-    if args.command == "get":
-        reply = stub.Get(search_pb2.GetRequest(ids=args.ids, collection=args.collection), timeout=30)
-        for image in reply.images:
-            keywords = ", ".join(f"{k.text}:{k.confidence:.2f}" for k in image.keywords)
-            print(f"{image.id}  {image.title}  [{keywords}]")
-        for missing in reply.missing_ids:
-            print(f"{missing}  (not in the index)")
-        return 0
+def index_command(args: argparse.Namespace, stub) -> int:
+    indexed, failed = index_directory(stub, args.directory, args.batch_size, args.skip_auto_tags,
+                                      collection=args.collection)
+    print(f"indexed {indexed} images, {len(failed)} failed")
+    for result in failed:
+        print(f"  {result.id}: {result.error_code} {result.error}")
+    return 0 if not failed else 3
+
+
+def search_command(args: argparse.Namespace, stub) -> int:
+    request = search_request(args)
+    reply = stub.Search(request, timeout=60)
+    print(results_table(reply))
+    if args.html:
+        write_html(args.html, request, reply)
+        print(f"wrote {args.html}")
+    return 0
+
+
+def rerank_command(args: argparse.Namespace, stub) -> int:
+    print(results_table(stub.Rerank(rerank_request(args), timeout=120)))
+    return 0
+
+
+def batch_command(args: argparse.Namespace, stub) -> int:
+    texts = [line.strip() for line in args.file.read_text().splitlines() if line.strip()]
+    searches = [search_pb2.SearchRequest(text=t, top_k=args.top_k, collection=args.collection) for t in texts]
+    reply = stub.BatchSearch(search_pb2.BatchSearchRequest(searches=searches), timeout=120)
+    for text, response in zip(texts, reply.responses, strict=True):
+        print(f"== {text}\n{results_table(response)}")
+    return 0
+
+
+def stats_command(args: argparse.Namespace, stub) -> int:
+    print(stub.Stats(search_pb2.StatsRequest(collection=args.collection), timeout=30))
+    return 0
+
+
+def get_command(args: argparse.Namespace, stub) -> int:
+    reply = stub.Get(search_pb2.GetRequest(ids=args.ids, collection=args.collection), timeout=30)
+    for image in reply.images:
+        keywords = ", ".join(f"{k.text}:{k.confidence:.2f}" for k in image.keywords)
+        print(f"{image.id}  {image.title}  [{keywords}]")
+    for missing in reply.missing_ids:
+        print(f"{missing}  (not in the index)")
+    return 0
+
+
+def delete_command(args: argparse.Namespace, stub) -> int:
     reply = stub.Delete(search_pb2.DeleteRequest(ids=args.ids, collection=args.collection), timeout=30,
                         metadata=auth_metadata())
     print(f"deleted {reply.deleted_count}; not found: {', '.join(reply.missing_ids) or 'none'}")
     return 0
+
+
+def run(args: argparse.Namespace, stub) -> int:
+    commands = {"index": index_command, "search": search_command, "rerank": rerank_command, "batch": batch_command,
+                "collections": collections_command, "stats": stats_command, "get": get_command,
+                "delete": delete_command}
+    return commands[args.command](args, stub)
 
 
 def collections_command(args: argparse.Namespace, stub) -> int:

@@ -39,7 +39,7 @@ def write_corpus_dir(size: str, seed: int, directory: Path):
     split = load_or_build_corpus(size, seed).test
     directory.mkdir(parents=True, exist_ok=True)
     with (directory / "metadata.jsonl").open("w") as metadata:
-        for record, pixels in zip(split.images, split.pixels):
+        for record, pixels in zip(split.images, split.pixels, strict=False):
             path = directory / f"{record.id}.png"
             if not path.exists():
                 Image.fromarray(pixels).save(path)

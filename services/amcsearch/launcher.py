@@ -37,7 +37,7 @@ CRASH_LOOP_WINDOW_SECONDS = 120.0
 """More than CRASH_LOOP_RESTARTS restarts of one child within the window is a crash loop."""
 
 
-class CrashLoop(RuntimeError):
+class CrashLoopError(RuntimeError):
     """A child keeps dying: the stack stops rather than restart it for ever."""
 
 
@@ -50,7 +50,7 @@ class Supervisor:
 
     def check(self, processes: dict[str, Process], now: float) -> list[str]:
         """Start again every dead child whose backoff has passed; returns the names restarted.
-        Raises CrashLoop for a child that died too often."""
+        Raises CrashLoopError for a child that died too often."""
         restarted = []
         for name, process in processes.items():
             if process.alive():
@@ -58,7 +58,7 @@ class Supervisor:
             if name not in self.due:
                 recent = [t for t in self.restarts.get(name, []) if now - t < CRASH_LOOP_WINDOW_SECONDS]
                 if len(recent) >= CRASH_LOOP_RESTARTS:
-                    raise CrashLoop(f"{name} died {len(recent) + 1} times within {CRASH_LOOP_WINDOW_SECONDS:.0f}s; "
+                    raise CrashLoopError(f"{name} died {len(recent) + 1} times within {CRASH_LOOP_WINDOW_SECONDS:.0f}s; "
                                     f"stopping the stack. Its log: {process.log_path}\n{process.log_tail(15)}")
                 self.restarts[name] = recent
                 self.due[name] = now + RESTART_BACKOFF_SECONDS[min(len(recent), len(RESTART_BACKOFF_SECONDS) - 1)]
@@ -127,7 +127,7 @@ class Stack:
         for spec in specs:
             process = self.processes[spec.module]
             remaining = max(5.0, timeout - (time.monotonic() - started))
-            wait_until(lambda: processes.grpc_serving(process.endpoints["grpc"]), remaining,
+            wait_until(lambda process=process: processes.grpc_serving(process.endpoints["grpc"]), remaining,
                        spec.module, process, interval=0.5)
         log.info("stack healthy in %.1fs", time.monotonic() - started)
 
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for name in stack.supervise(supervisor):
                     print(f"{name} had exited: started again", flush=True)
-            except CrashLoop as error:
+            except CrashLoopError as error:
                 print(f"crash loop: {error}", file=sys.stderr, flush=True)
                 status = 3
                 break

@@ -56,12 +56,11 @@ class Process:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_file = open(self.log_path, "ab")
-        self.popen = subprocess.Popen(
-            _die_with_parent(self.argv), env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-        log_file.close()
+        with open(self.log_path, "ab") as log_file:  # the child keeps its own copy of the descriptor
+            self.popen = subprocess.Popen(
+                _die_with_parent(self.argv), env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
 
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None

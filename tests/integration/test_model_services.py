@@ -31,7 +31,7 @@ from models.export.triton_repo import keyword_vocabulary
 from tests.integration.conftest import metric_value, png, run, scrape
 
 pytestmark = pytest.mark.integration
-TOLERANCE = dict(rtol=1e-4, atol=1e-5)  # float32 through the same TorchScript file; batching may reorder sums
+TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}  # float32 through the same TorchScript file; batching may reorder sums
 
 
 def array(tensor: common_pb2.Tensor) -> np.ndarray:
@@ -88,7 +88,7 @@ def test_tag_equals_in_process(stubs, local, ci_corpus):
                                 timeout=30)
     probabilities = run(local[0]["keyword_tagger"], pixels)[0]
     vocab = local[1]
-    for row, result in zip(probabilities, reply.results):
+    for row, result in zip(probabilities, reply.results, strict=False):
         order = np.argsort(-row, kind="stable")[:8]
         expected = [(vocab[i], float(row[i])) for i in order if row[i] >= 0.3]
         assert [k.text for k in result.keywords] == [t for t, _ in expected]

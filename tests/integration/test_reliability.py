@@ -68,7 +68,7 @@ def seeded(real_stack, ci_corpus):
     with grpc.insecure_channel(real_stack.address("search")) as channel:
         stub = search_pb2_grpc.SearchServiceStub(channel)
         items = [search_pb2.ImageItem(id=f"rel-{r.id}", image=png(p), keywords=[])
-                 for r, p in zip(ci_corpus.train.images[:48], ci_corpus.train.pixels[:48])]
+                 for r, p in zip(ci_corpus.train.images[:48], ci_corpus.train.pixels[:48], strict=False)]
         for start in range(0, len(items), 16):
             assert stub.Index(search_pb2.IndexRequest(items=items[start : start + 16]), timeout=120).indexed_count == 16
     yield
@@ -144,7 +144,7 @@ def test_search_killed_mid_indexing_loses_no_acknowledged_item(real_stack, ci_co
             stub = search_pb2_grpc.SearchServiceStub(channel)
             for start in range(0, len(images), 4):
                 ids = [f"crash-{start + i}" for i in range(4)]
-                items = [search_pb2.ImageItem(id=i, image=img) for i, img in zip(ids, images[start : start + 4])]
+                items = [search_pb2.ImageItem(id=i, image=img) for i, img in zip(ids, images[start : start + 4], strict=False)]
                 try:
                     reply = stub.Index(search_pb2.IndexRequest(items=items), timeout=10)
                     acknowledged.extend(r.id for r in reply.results if r.indexed)

@@ -37,7 +37,7 @@ def indexed(search, ci_corpus, tmp_path_factory):
     """The ci test split indexed through the CLI's path, with the simulated tagger's keywords."""
     directory = tmp_path_factory.mktemp("images")
     with (directory / "metadata.jsonl").open("w") as metadata:
-        for record, pixels in zip(ci_corpus.test.images, ci_corpus.test.pixels):
+        for record, pixels in zip(ci_corpus.test.images, ci_corpus.test.pixels, strict=False):
             (directory / f"{record.id}.png").write_bytes(png(pixels))
             metadata.write(json.dumps({"id": record.id, "title": record.caption,
                                        "keywords": record.noisy_keywords}) + "\n")
@@ -82,7 +82,7 @@ def test_served_text_ndcg_equals_offline(search, indexed, ci_corpus, local, mode
                                                        candidates=len(query.candidate_ids),
                                                        top_k=len(query.candidate_ids)), timeout=60)
         assert reply.stages == ["encode", "ann", "keyword_search", "merge", "rescore"] and not reply.degradations
-        relevance = dict(zip(query.candidate_ids, query.relevance))
+        relevance = dict(zip(query.candidate_ids, query.relevance, strict=False))
         served.append(ndcg_at_k([relevance[r.id] for r in reply.results], 10))
     offline = offline_text_ndcg(local, ci_corpus.test, queries, model_repository)
     print(f"text NDCG@10 served {np.mean(served):.4f} offline {offline:.4f} over {len(queries)} queries")

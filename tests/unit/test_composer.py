@@ -191,7 +191,7 @@ def test_synthetic_queries_follow_the_corpus_rules() -> None:
     assert extra.pixels.shape == (40, 128, 128, 3) and extra.pixels.dtype == np.uint8
     test_keys = {scene_key(r.objects) for r in corpus.test.images}
     train_labels = {scene_key(r.objects): r.label for r in corpus.train.images}
-    for src, text, label in zip(extra.source_rows, extra.modifications, extra.labels):
+    for src, text, label in zip(extra.source_rows, extra.modifications, extra.labels, strict=False):
         target = scenes.apply_modification(corpus.train.images[src].objects, scenes.parse_modification(text))
         assert scene_key(target) not in test_keys and scenes.respects_hold_out(target)
         assert train_labels.get(scene_key(target), label) == label

@@ -97,7 +97,7 @@ def test_every_stored_value_round_trips_and_filters_are_parameters(store):
     rng = np.random.default_rng(3)
     vectors = unit(rng, len(HOSTILE))
     records = [record(i, v, keywords=[(text, 1.0, 1)], metadata={text: text, "n": str(i)})
-               for i, (text, v) in enumerate(zip(HOSTILE, vectors))]
+               for i, (text, v) in enumerate(zip(HOSTILE, vectors, strict=False))]
     run(store.upsert("images", records))
     got = run(store.get("images", [r.id for r in records], False))
     for r in records:

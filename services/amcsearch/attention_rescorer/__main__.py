@@ -28,7 +28,7 @@ async def main() -> None:
             chunk = texts[start : start + settings.query_encoder_max_batch]
             request = query_encoder_pb2.EncodeRequest(queries=[query_encoder_pb2.QueryInput(text=t) for t in chunk])
             reply = await call(encoder.Encode, request, timeout, "QueryEncoder.Encode")
-            vectors.update((text, to_array(e.embedding)) for text, e in zip(chunk, reply.embeddings))
+            vectors.update((text, to_array(e.embedding)) for text, e in zip(chunk, reply.embeddings, strict=False))
         return vectors
 
     rescorer = AttentionRescorer(triton, embed_keywords)

@@ -118,7 +118,7 @@ class QueryEncoder:
         composed_rows = [i for i, q in enumerate(queries) if q.kind == "composed"]
         if composed_rows:
             embeddings = await self._compose(composed_rows, text_out, text_at, image_out, image_at, timeout)
-            for row, embedding in zip(composed_rows, embeddings):
+            for row, embedding in zip(composed_rows, embeddings, strict=False):
                 results[row] = embedding
         return [r for r in results if r is not None]
 

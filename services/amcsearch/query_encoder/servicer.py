@@ -59,7 +59,7 @@ class QueryEncoderServicer(query_encoder_pb2_grpc.QueryEncoderServicer):
 
     async def Encode(self, request: query_encoder_pb2.EncodeRequest, context: grpc.aio.ServicerContext):
         count = len(request.queries)
-        require(count > 0, "queries is empty: send 1 to %d queries" % self.settings.max_batch)
+        require(count > 0, f"queries is empty: send 1 to {self.settings.max_batch} queries")
         limit(count, self.settings.max_batch, "number of queries")
         BATCH_ITEMS.labels("query_encoder", "Encode").observe(count)
         models = set(self.encoder.builds)

@@ -22,10 +22,7 @@ FLOATS = (common_pb2.Tensor.FLOAT32, common_pb2.Tensor.FLOAT16)
 def to_tensor(array: np.ndarray, float16: bool = False) -> common_pb2.Tensor:
     """An int8, int32 or uint8 array keeps its type; any other becomes FLOAT32 (FLOAT16 with `float16`)."""
     integer = _INTEGER.get(np.asarray(array).dtype)
-    if integer is not None:
-        dtype = integer
-    else:
-        dtype = common_pb2.Tensor.FLOAT16 if float16 else common_pb2.Tensor.FLOAT32
+    dtype = integer if integer is not None else common_pb2.Tensor.FLOAT16 if float16 else common_pb2.Tensor.FLOAT32
     data = np.ascontiguousarray(array, dtype=_DTYPES[dtype])
     return common_pb2.Tensor(shape=list(data.shape), dtype=dtype, data=data.tobytes())
 
@@ -46,7 +43,7 @@ def from_tensor(tensor: common_pb2.Tensor, expected_shape: tuple[int, ...], what
         names = " or ".join(common_pb2.Tensor.DType.Name(d) for d in dtypes)
         raise InvalidArgument(f"{what}: dtype must be {names}")
     shape = tuple(int(d) for d in tensor.shape)
-    if len(shape) != len(expected_shape) or any(e not in (-1, s) for e, s in zip(expected_shape, shape)):
+    if len(shape) != len(expected_shape) or any(e not in (-1, s) for e, s in zip(expected_shape, shape, strict=False)):
         raise InvalidArgument(f"{what}: shape {list(shape)} is not {list(expected_shape)}")
     dtype = _DTYPES[tensor.dtype]
     if any(d < 0 for d in shape) or len(tensor.data) != int(np.prod(shape)) * dtype.itemsize:

@@ -172,7 +172,8 @@ class EmbeddedIndex:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.path.with_name(self.path.name + ".lock"), "w")
+        # held open (and locked) for the process's life: the lock is what keeps a second gateway out
+        self._lock_file = open(self.path.with_name(self.path.name + ".lock"), "w")  # noqa: SIM115
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as error:
@@ -457,7 +458,7 @@ class EmbeddedIndex:
                                                              compiled.params)), dtype=np.int64)
         keys, scores = vectors.search(vector, limit, allowed)
         rows = self._rows(db, keys.tolist(), with_features)
-        return [self._hit(rows[key], float(score), with_features) for key, score in zip(keys.tolist(), scores)
+        return [self._hit(rows[key], float(score), with_features) for key, score in zip(keys.tolist(), scores, strict=False)
                 if key in rows]  # a row deleted since the vector search is not a result
 
     async def keyword_search(self, collection: str, vector: np.ndarray, text: str, limit: int, condition: Filter,

@@ -61,7 +61,7 @@ class VectorIndex:
             self.matrix[slots] = vectors
             self.live[slots] = True
             self.used += keys.size
-            self.slot_of.update(zip(keys.tolist(), slots.tolist()))
+            self.slot_of.update(zip(keys.tolist(), slots.tolist(), strict=False))
             if self.graph is not None:
                 self.graph.add(keys.astype(np.uint64), vectors, threads=1)
             if self._building:
@@ -104,7 +104,7 @@ class VectorIndex:
         self.live[:] = False
         self.live[: alive.size] = True
         self.used = alive.size
-        self.slot_of = dict(zip(self.keys[: alive.size].tolist(), range(alive.size)))
+        self.slot_of = dict(zip(self.keys[: alive.size].tolist(), range(alive.size), strict=False))
 
     # --- the graph -------------------------------------------------------------------------------
 
