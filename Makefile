@@ -69,7 +69,7 @@ up: setup models ## start Triton, Redis and every service; Ctrl-C stops them all
 demo: setup models ## start the stack, index the demo corpus, run example searches
 	$(PY) -m amcsearch.demo --size $(MODEL_SIZE) --seed $(SEED)
 
-test: setup models ## unit and integration tests (real tritonserver, redis-server, services)
+test: lint models ## lint, then unit and integration tests (real tritonserver, redis-server, services)
 	$(PY) -m pytest tests -q
 
 test-unit: setup ## unit tests only
@@ -86,8 +86,11 @@ check-index: setup ## verify the embedded index (INDEX_URI, default var/index.sq
 loadtest: setup models ## bounded locust run on loopback, prints p50/p95/p99
 	$(PY) -m loadtests.run
 
-lint: setup ## ruff
-	$(VENV)/bin/ruff check services models tests
+LINTED := services models tests benchmarks loadtests deploy/docker
+lint: setup ## ruff (rules and format) and mypy, as CI runs them
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+	cd services && ../$(VENV)/bin/mypy --config-file ../pyproject.toml amcsearch
 
 clean: ## remove generated code, build outputs and logs (keeps the venv)
 	rm -rf services/amcsearch/v1/*_pb2*.py* build var model_repository/*/1 .pytest_cache

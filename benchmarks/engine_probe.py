@@ -53,8 +53,12 @@ def embed(size: int) -> None:
     vectors = []
     with torch.inference_mode():
         for start in range(0, size, 256):
-            pixels = np.stack([np.asarray(Image.open(io.BytesIO(p)).convert("RGB"))
-                               for p in corpus.pngs(start, min(start + 256, size))])
+            pixels = np.stack(
+                [
+                    np.asarray(Image.open(io.BytesIO(p)).convert("RGB"))
+                    for p in corpus.pngs(start, min(start + 256, size))
+                ]
+            )
             vectors.append(image_encoder(torch.from_numpy(pixels))[0].numpy())
         ids, mask, _ = Tokenizer.default().encode([q.text for q in corpus.text_queries])
         queries = text_encoder(torch.from_numpy(ids), torch.from_numpy(mask))[0].numpy()
@@ -123,8 +127,10 @@ def engine_embedded(vectors: np.ndarray, workdir: str):
     loop.run_until_complete(index.open())
     regions, scales = quantize_regions(np.zeros((36, 128), np.float32))
     for start in range(0, len(vectors), 1000):
-        records = [Record(str(start + i), v, regions, scales, "", [("red", 0.9, 2)], {})
-                   for i, v in enumerate(vectors[start : start + 1000])]
+        records = [
+            Record(str(start + i), v, regions, scales, "", [("red", 0.9, 2)], {})
+            for i, v in enumerate(vectors[start : start + 1000])
+        ]
         loop.run_until_complete(index.upsert("probe", records))
     started = time.perf_counter()
     index.vectors["probe"].wait_for_graph()
@@ -155,15 +161,21 @@ def _lance(vectors: np.ndarray, workdir: str, index_type: str | None):
 
     db = lancedb.connect(os.path.join(workdir, "lance"))
     ids = np.arange(len(vectors))
-    table = db.create_table("probe", pa.table({
-        "row": pa.array(ids, pa.int64()),
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), DIM),
-    }))
+    table = db.create_table(
+        "probe",
+        pa.table(
+            {
+                "row": pa.array(ids, pa.int64()),
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), DIM),
+            }
+        ),
+    )
     start = time.perf_counter()
     if index_type:
         partitions = max(1, int(np.sqrt(len(vectors))))
-        table.create_index(metric="cosine", vector_column_name="embedding", index_type=index_type,
-                           num_partitions=partitions)
+        table.create_index(
+            metric="cosine", vector_column_name="embedding", index_type=index_type, num_partitions=partitions
+        )
     build = time.perf_counter() - start
 
     def search(q):
@@ -194,8 +206,9 @@ def _milvus(client, vectors: np.ndarray, index_type: str, consistency: str):
     params.add_index("embedding", index_type=index_type, metric_type="COSINE", params=extra)
     client.create_collection("probe", schema=schema, index_params=params, consistency_level=consistency)
     for start in range(0, len(vectors), 5000):
-        client.insert("probe", [{"row": start + i, "embedding": v.tolist()}
-                                for i, v in enumerate(vectors[start : start + 5000])])
+        client.insert(
+            "probe", [{"row": start + i, "embedding": v.tolist()} for i, v in enumerate(vectors[start : start + 5000])]
+        )
     started = time.perf_counter()
     client.flush("probe")
     client.load_collection("probe")
@@ -250,7 +263,9 @@ def main() -> None:
         embed(args.embed)
         return
     real = real_vectors()
-    print(f"load average at start: {os.getloadavg()}; vectors: {'real (build/probe)' if real is not None else 'synthetic'}")
+    print(
+        f"load average at start: {os.getloadavg()}; vectors: {'real (build/probe)' if real is not None else 'synthetic'}"
+    )
     print("| engine | vectors | p50 | p99 | recall@100 | index build |")
     print("| --- | --- | --- | --- | --- | --- |")
     for size in (int(s) for s in args.sizes.split(",")):
@@ -268,6 +283,7 @@ def main() -> None:
             finally:
                 if name == "milvus-server":
                     from milvus import default_server
+
                     default_server.stop()
             recall = statistics.mean(len(truth[i] & set(a)) / TOP for i, a in enumerate(answers))
             p50, p99 = np.percentile(times, 50), np.percentile(times, 99)

@@ -22,8 +22,16 @@ from amcsearch.attention_rescorer.rescorer import build_inputs
 from amcsearch.query_encoder.tokenize import Tokenizer
 from amcsearch.runtime.rescoring import CandidateBatch
 
-AMC_INPUTS = ("query", "query_index", "regions", "region_scales", "keyword_table", "keyword_index", "keyword_mask",
-              "modality_bias")
+AMC_INPUTS = (
+    "query",
+    "query_index",
+    "regions",
+    "region_scales",
+    "keyword_table",
+    "keyword_index",
+    "keyword_mask",
+    "modality_bias",
+)
 
 
 def _p50(function, repeat: int) -> float:
@@ -51,10 +59,12 @@ class Floor:
         return self.text_encoder + self.rescorer + self.top_n
 
     def rows(self) -> list[tuple[str, float]]:
-        return [("text_encoder, batch 1", self.text_encoder),
-                (f"amc_rescorer over {self.candidates} candidates", self.rescorer),
-                (f"exact top-{self.candidates} over {self.vectors} vectors (numpy)", self.top_n),
-                ("floor of one Search (sum)", self.search)]
+        return [
+            ("text_encoder, batch 1", self.text_encoder),
+            (f"amc_rescorer over {self.candidates} candidates", self.rescorer),
+            (f"exact top-{self.candidates} over {self.vectors} vectors (numpy)", self.top_n),
+            ("floor of one Search (sum)", self.search),
+        ]
 
 
 class ComputeFloor:

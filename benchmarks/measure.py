@@ -47,6 +47,7 @@ async def closed_loop(call: Callable[[int], Awaitable[object]], count: int, conc
 
 # --- Prometheus text format ------------------------------------------------------------------
 
+
 def scrape(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as response:
         return response.read().decode()
@@ -93,6 +94,8 @@ def histogram_delta(before: str, after: str, name: str, **labels: str) -> Histog
 
     b0, b1 = buckets(before), buckets(after)
     cumulative = sorted((bound, b1[bound] - b0.get(bound, 0.0)) for bound in b1)
-    return HistogramDelta(cumulative,
-                          total(after, f"{name}_count", **labels) - total(before, f"{name}_count", **labels),
-                          total(after, f"{name}_sum", **labels) - total(before, f"{name}_sum", **labels))
+    return HistogramDelta(
+        cumulative,
+        total(after, f"{name}_count", **labels) - total(before, f"{name}_count", **labels),
+        total(after, f"{name}_sum", **labels) - total(before, f"{name}_sum", **labels),
+    )

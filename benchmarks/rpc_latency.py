@@ -62,7 +62,9 @@ def main() -> None:
         rescorer = attention_rescorer_pb2_grpc.AttentionRescorerStub(channel("attention_rescorer")).Rescore
 
         def text(i: int) -> query_encoder_pb2.EncodeRequest:
-            return query_encoder_pb2.EncodeRequest(queries=[query_encoder_pb2.QueryInput(text=f"red circle number {i}")])
+            return query_encoder_pb2.EncodeRequest(
+                queries=[query_encoder_pb2.QueryInput(text=f"red circle number {i}")]
+            )
 
         def extract(batch: list[bytes]) -> feature_extractor_pb2.ExtractRequest:
             return feature_extractor_pb2.ExtractRequest(images=batch)
@@ -74,16 +76,30 @@ def main() -> None:
         rows.append(row("Extract 1 image, hit", timed(extractor, [extract([img]) for img in images[: args.calls]])))
         batches = [images[i : i + 8] for i in range(args.calls, 2 * args.calls, 8)]
         rows.append(row("Extract 8 images, miss", timed(extractor, [extract(b) for b in batches])))
-        rows.append(row("Tag 1 image", timed(tagger, [keyword_tagger_pb2.TagRequest(images=[img]) for img in images[: args.calls]])))
+        rows.append(
+            row(
+                "Tag 1 image",
+                timed(tagger, [keyword_tagger_pb2.TagRequest(images=[img]) for img in images[: args.calls]]),
+            )
+        )
         features = extractor(extract(images[:50]), timeout=60).results
         quantized = [quantize_regions(np.frombuffer(f.features.regions.data, "<f4").reshape(36, 128)) for f in features]
-        batch = pack([r.id for r in split.images[:50]], [q for q, _ in quantized], [s for _, s in quantized],
-                     [r.noisy_keywords for r in split.images[:50]])
+        batch = pack(
+            [r.id for r in split.images[:50]],
+            [q for q, _ in quantized],
+            [s for _, s in quantized],
+            [r.noisy_keywords for r in split.images[:50]],
+        )
         query = np.frombuffer(encoder(text(0), timeout=60).embeddings[0].embedding.data, "<f4")
-        rows.append(row("Rescore 50 candidates (int8 regions)",
-                        timed(rescorer, [rescore_request(query, batch, False)] * args.calls)))
-        rows.append(row("Rescore 50 candidates, explain",
-                        timed(rescorer, [rescore_request(query, batch, True)] * args.calls)))
+        rows.append(
+            row(
+                "Rescore 50 candidates (int8 regions)",
+                timed(rescorer, [rescore_request(query, batch, False)] * args.calls),
+            )
+        )
+        rows.append(
+            row("Rescore 50 candidates, explain", timed(rescorer, [rescore_request(query, batch, True)] * args.calls))
+        )
         print("\n".join(rows))
     finally:
         stack.stop()

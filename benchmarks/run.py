@@ -67,17 +67,35 @@ def parse_size(text: str) -> int:
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    memory = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                      if line.startswith("MemTotal"))) / 2**20
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory = (
+        int(
+            next(
+                line.split()[1]
+                for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal")
+            )
+        )
+        / 2**20
+    )
     return f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB RAM, no GPU used ({platform.platform()})"
 
 
 def commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=10).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or "unknown"
+        )
     except OSError:
         return "unknown"
 
@@ -145,11 +163,16 @@ async def index_corpus(stub, corpus) -> float:
 
     async def one(start: int) -> None:
         stop = min(start + INDEX_BATCH, len(corpus.images))
-        items = [search_pb2.ImageItem(id=r.id, image=png, title=r.caption, keywords=[
-            common_pb2.Keyword(text=k, confidence=float(w)) for k, w in r.noisy_keywords])
-            for r, png in zip(corpus.images[start:stop], corpus.pngs(start, stop), strict=True)]
-        reply = await stub.Index(search_pb2.IndexRequest(items=items), timeout=600,
-                                 metadata=write_metadata())
+        items = [
+            search_pb2.ImageItem(
+                id=r.id,
+                image=png,
+                title=r.caption,
+                keywords=[common_pb2.Keyword(text=k, confidence=float(w)) for k, w in r.noisy_keywords],
+            )
+            for r, png in zip(corpus.images[start:stop], corpus.pngs(start, stop), strict=True)
+        ]
+        reply = await stub.Index(search_pb2.IndexRequest(items=items), timeout=600, metadata=write_metadata())
         if reply.failed_count:
             raise RuntimeError(f"indexing failed: {[r.error for r in reply.results if not r.indexed][:3]}")
 
@@ -175,8 +198,9 @@ def model_index_rate(repository: Path, corpus) -> float:
     torch.set_num_threads(2)
     encoder = torch.jit.load(str(repository / "image_encoder" / "1" / "model.pt")).eval()
     tagger = torch.jit.load(str(repository / "keyword_tagger" / "1" / "model.pt")).eval()
-    pixels = torch.from_numpy(np.stack([np.asarray(Image.open(io.BytesIO(p)).convert("RGB"))
-                                        for p in corpus.pngs(0, INDEX_BATCH)]))
+    pixels = torch.from_numpy(
+        np.stack([np.asarray(Image.open(io.BytesIO(p)).convert("RGB")) for p in corpus.pngs(0, INDEX_BATCH)])
+    )
     with torch.inference_mode():
         encoder(pixels), tagger(pixels)
         times = []
@@ -196,8 +220,12 @@ async def batch_gain(stub, corpus, requests: int) -> tuple[float, float]:
 
     async def batch(n: int) -> None:
         chunk = texts[n * BATCH_SIZE : (n + 1) * BATCH_SIZE]
-        await stub.BatchSearch(search_pb2.BatchSearchRequest(searches=[
-            search_pb2.SearchRequest(text=t, top_k=10, candidates=CANDIDATES) for t in chunk]), timeout=120)
+        await stub.BatchSearch(
+            search_pb2.BatchSearchRequest(
+                searches=[search_pb2.SearchRequest(text=t, top_k=10, candidates=CANDIDATES) for t in chunk]
+            ),
+            timeout=120,
+        )
 
     async def single(n: int) -> None:
         await stub.Search(search_pb2.SearchRequest(text=singles[n], top_k=10, candidates=CANDIDATES), timeout=60)
@@ -210,20 +238,25 @@ async def batch_gain(stub, corpus, requests: int) -> tuple[float, float]:
 async def floor_inputs(stub, texts: list[str]):
     """The index's vectors and the features of one real Search's candidates, read through Get."""
     stats = await stub.Stats(search_pb2.StatsRequest(), timeout=30)
-    reply = await stub.Search(search_pb2.SearchRequest(text=texts[0], top_k=CANDIDATES, candidates=CANDIDATES),
-                              timeout=60)
+    reply = await stub.Search(
+        search_pb2.SearchRequest(text=texts[0], top_k=CANDIDATES, candidates=CANDIDATES), timeout=60
+    )
     ids = [r.id for r in reply.results]
     got = await stub.Get(search_pb2.GetRequest(ids=ids, include_features=True), timeout=60)
     quantized = [quantize_regions(np.frombuffer(i.features.regions.data, "<f4").reshape(36, 128)) for i in got.images]
-    candidates = pack([i.id for i in got.images], [q for q, _ in quantized], [s for _, s in quantized],
-                      [[(k.text, k.confidence) for k in i.keywords] for i in got.images])
+    candidates = pack(
+        [i.id for i in got.images],
+        [q for q, _ in quantized],
+        [s for _, s in quantized],
+        [[(k.text, k.confidence) for k in i.keywords] for i in got.images],
+    )
     return stats.image_count, candidates
 
 
 async def index_vectors(stub, ids: list[str]) -> np.ndarray:
     vectors = []
     for start in range(0, len(ids), 100):
-        got = await stub.Get(search_pb2.GetRequest(ids=ids[start:start + 100], include_features=True), timeout=120)
+        got = await stub.Get(search_pb2.GetRequest(ids=ids[start : start + 100], include_features=True), timeout=120)
         vectors.extend(np.frombuffer(i.features.embedding.data, "<f4") for i in got.images)
     return np.stack(vectors)
 
@@ -232,10 +265,12 @@ def stage_deltas(stack, before: dict[str, str], after: dict[str, str]) -> dict:
     out = {}
     for service, names in STAGES.items():
         for name in names:
-            out[(service, name)] = histogram_delta(before[service], after[service], "amcsearch_stage_duration_seconds",
-                                                   service=service, stage=name)
-    out[("search", "Search RPC")] = histogram_delta(before["search"], after["search"], "amcsearch_rpc_duration_seconds",
-                                                    service="search", method="Search")
+            out[(service, name)] = histogram_delta(
+                before[service], after[service], "amcsearch_stage_duration_seconds", service=service, stage=name
+            )
+    out[("search", "Search RPC")] = histogram_delta(
+        before["search"], after["search"], "amcsearch_rpc_duration_seconds", service="search", method="Search"
+    )
     return out
 
 
@@ -243,12 +278,16 @@ def triton_compute(before: str, after: str) -> dict[str, float]:
     """Mean compute time per request, per model, from Triton's own counters."""
     out = {}
     for model in ("text_encoder", "amc_rescorer"):
-        requests = total(after, "nv_inference_request_success", model=model) - total(before, "nv_inference_request_success", model=model)
+        requests = total(after, "nv_inference_request_success", model=model) - total(
+            before, "nv_inference_request_success", model=model
+        )
         if requests > 0:
-            micros = (total(after, "nv_inference_compute_infer_duration_us", model=model)
-                      - total(before, "nv_inference_compute_infer_duration_us", model=model))
-            queue = (total(after, "nv_inference_queue_duration_us", model=model)
-                     - total(before, "nv_inference_queue_duration_us", model=model))
+            micros = total(after, "nv_inference_compute_infer_duration_us", model=model) - total(
+                before, "nv_inference_compute_infer_duration_us", model=model
+            )
+            queue = total(after, "nv_inference_queue_duration_us", model=model) - total(
+                before, "nv_inference_queue_duration_us", model=model
+            )
             out[model] = micros / requests / 1e6
             out[f"{model} queue"] = queue / requests / 1e6
     return out
@@ -261,8 +300,10 @@ def scrape_all(stack) -> dict[str, str]:
 
 
 def triton_bytes(texts: dict[str, str]) -> float:
-    return sum(total(texts[s], "amcsearch_triton_request_bytes_sum", service=s)
-               for s in ("query_encoder", "attention_rescorer"))
+    return sum(
+        total(texts[s], "amcsearch_triton_request_bytes_sum", service=s)
+        for s in ("query_encoder", "attention_rescorer")
+    )
 
 
 async def measure_size(args, size: int) -> SizeFigures:
@@ -271,15 +312,20 @@ async def measure_size(args, size: int) -> SizeFigures:
     corpus = load_or_build_scale_corpus(size, 0, args.scale_cache)
     work = (args.work / f"scale-{size}").resolve()
     marker = work / "indexed.json"
-    builds = {m: read_config(args.repository, m).parameters["build_id"].string_value
-              for m in ("image_encoder", "keyword_tagger", "text_encoder")}
+    builds = {
+        m: read_config(args.repository, m).parameters["build_id"].string_value
+        for m in ("image_encoder", "keyword_tagger", "text_encoder")
+    }
     identity = {"corpus": corpus.directory.name, "builds": builds}
     reuse = marker.exists() and json.loads(marker.read_text()).get("identity") == identity
     if not reuse:
         shutil.rmtree(work, ignore_errors=True)
     figures = SizeFigures(size)
-    stack = start_stack(args.repository, work / "stack", {"TRITON_CANARY_INTERVAL_SECONDS": "3600",
-                                                            "INDEX_URI": str(work / "index.sqlite")})
+    stack = start_stack(
+        args.repository,
+        work / "stack",
+        {"TRITON_CANARY_INTERVAL_SECONDS": "3600", "INDEX_URI": str(work / "index.sqlite")},
+    )
     try:
         async with grpc.aio.insecure_channel(stack.address("search")) as channel:
             stub = search_pb2_grpc.SearchServiceStub(channel)
@@ -297,7 +343,9 @@ async def measure_size(args, size: int) -> SizeFigures:
                 await asyncio.sleep(1)
 
             async def served(text: str) -> None:
-                reply = await stub.Search(search_pb2.SearchRequest(text=text, top_k=10, candidates=CANDIDATES), timeout=60)
+                reply = await stub.Search(
+                    search_pb2.SearchRequest(text=text, top_k=10, candidates=CANDIDATES), timeout=60
+                )
                 if reply.degradations:
                     raise RuntimeError(f"degraded search: {reply.degradations}")
 
@@ -312,8 +360,13 @@ async def measure_size(args, size: int) -> SizeFigures:
                     figures.stages = stage_deltas(stack, before, after)
                     figures.triton_compute = triton_compute(before["tritonserver"], after["tritonserver"])
                     figures.triton_bytes_per_search = (triton_bytes(after) - triton_bytes(before)) / len(texts)
-                log.info("size %d c=%d: %.1f QPS p50 %s", size, level, figures.levels[level].qps,
-                         fmt(figures.levels[level].p(50)))
+                log.info(
+                    "size %d c=%d: %.1f QPS p50 %s",
+                    size,
+                    level,
+                    figures.levels[level].qps,
+                    fmt(figures.levels[level].p(50)),
+                )
 
             figures.batch = await batch_gain(stub, corpus, args.requests)
             figures.ndcg = await whole_index_ndcg(stub, corpus, 10)
@@ -329,8 +382,9 @@ async def measure_size(args, size: int) -> SizeFigures:
     return figures
 
 
-def report(all_figures: list[SizeFigures], command: str, load: tuple[float, float, float],
-           load_end: tuple[float, float, float]) -> str:
+def report(
+    all_figures: list[SizeFigures], command: str, load: tuple[float, float, float], load_end: tuple[float, float, float]
+) -> str:
     lines = header(command, load, load_end)
     for section in (floor_section, served_section, scale_section, stage_sections, targets_section):
         lines += section(all_figures)
@@ -340,63 +394,108 @@ def report(all_figures: list[SizeFigures], command: str, load: tuple[float, floa
 
 def header(command: str, load: tuple[float, float, float], load_end: tuple[float, float, float]) -> list[str]:
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return ["# Serving benchmarks", "",
-            f"- date: {now}; command: `{command}` (commit {commit()})",
-            f"- machine: {machine()}",
-            "- load average (1, 5, 15 min) at the start: " + ", ".join(f"{x:.2f}" for x in load) + "; at the end: "
-            + ", ".join(f"{x:.2f}" for x in load_end) + " (other work on the machine shares its cores)",
-            "- index engine: embedded (SQLite + usearch HNSW, exact below 20,000 images); Search(text), top_k 10, "
-            f"{CANDIDATES} candidates rescored (hybrid: vector and keyword candidates merged by RRF); every query "
-            "text distinct (query-cache misses); scale corpora rendered by models/corpus/scale.py, indexed through "
-            f"the Index RPC (batches of {INDEX_BATCH}, {INDEX_CONCURRENCY} in flight; the corpus's noisy keywords "
-            "as the caller's weighted keywords, plus KeywordTagger's automatic ones)", ""]
+    return [
+        "# Serving benchmarks",
+        "",
+        f"- date: {now}; command: `{command}` (commit {commit()})",
+        f"- machine: {machine()}",
+        "- load average (1, 5, 15 min) at the start: "
+        + ", ".join(f"{x:.2f}" for x in load)
+        + "; at the end: "
+        + ", ".join(f"{x:.2f}" for x in load_end)
+        + " (other work on the machine shares its cores)",
+        "- index engine: embedded (SQLite + usearch HNSW, exact below 20,000 images); Search(text), top_k 10, "
+        f"{CANDIDATES} candidates rescored (hybrid: vector and keyword candidates merged by RRF); every query "
+        "text distinct (query-cache misses); scale corpora rendered by models/corpus/scale.py, indexed through "
+        f"the Index RPC (batches of {INDEX_BATCH}, {INDEX_CONCURRENCY} in flight; the corpus's noisy keywords "
+        "as the caller's weighted keywords, plus KeywordTagger's automatic ones)",
+        "",
+    ]
 
 
 def floor_section(all_figures: list[SizeFigures]) -> list[str]:
     rows = all_figures[0].floor.rows()
-    lines = ["## Compute floor (the model files in-process, same cores, same run)", "",
-             "| size | " + " | ".join(name for name, _ in rows) + " | floor QPS (best batch) |",
-             "| --- " * (len(rows) + 2) + "|"]
+    lines = [
+        "## Compute floor (the model files in-process, same cores, same run)",
+        "",
+        "| size | " + " | ".join(name for name, _ in rows) + " | floor QPS (best batch) |",
+        "| --- " * (len(rows) + 2) + "|",
+    ]
     for f in all_figures:
-        lines.append(f"| {f.size:,} | " + " | ".join(fmt(v) for _, v in f.floor.rows())
-                     + f" | {f.floor.best_qps:.1f} (batch {f.floor.best_qps_batch}) |")
+        lines.append(
+            f"| {f.size:,} | "
+            + " | ".join(fmt(v) for _, v in f.floor.rows())
+            + f" | {f.floor.best_qps:.1f} (batch {f.floor.best_qps_batch}) |"
+        )
     return lines
 
 
 def served_section(all_figures: list[SizeFigures]) -> list[str]:
-    lines = ["", "## Served Search against the floor", "",
-             "| size | ANN | p50 c=1 | p99 c=1 | p50 / floor | QPS c=1 | QPS c=4 | QPS c=16 | QPS c=16 / floor QPS |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "",
+        "## Served Search against the floor",
+        "",
+        "| size | ANN | p50 c=1 | p99 c=1 | p50 / floor | QPS c=1 | QPS c=4 | QPS c=16 | QPS c=16 / floor QPS |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for f in all_figures:
         one, sixteen = f.levels[1], f.levels[16]
-        lines.append(f"| {f.size:,} | {f.ann_mode} | {fmt(one.p(50))} | {fmt(one.p(99))} | "
-                     f"{one.p(50) / f.floor.search:.2f} | {one.qps:.1f} | {f.levels[4].qps:.1f} | {sixteen.qps:.1f} | "
-                     f"{sixteen.qps / f.floor.best_qps:.2f} |")
+        lines.append(
+            f"| {f.size:,} | {f.ann_mode} | {fmt(one.p(50))} | {fmt(one.p(99))} | "
+            f"{one.p(50) / f.floor.search:.2f} | {one.qps:.1f} | {f.levels[4].qps:.1f} | {sixteen.qps:.1f} | "
+            f"{sixteen.qps / f.floor.best_qps:.2f} |"
+        )
     return lines
 
 
 def scale_section(all_figures: list[SizeFigures]) -> list[str]:
-    lines = ["", "## Scale curve", "",
-             "| size | Search p50 | Search p99 | QPS c=1 | QPS c=16 | Index images/s | image models in-process images/s "
-             "| index bytes/image | Redis bytes/image | served NDCG@10 (whole index) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "",
+        "## Scale curve",
+        "",
+        "| size | Search p50 | Search p99 | QPS c=1 | QPS c=16 | Index images/s | image models in-process images/s "
+        "| index bytes/image | Redis bytes/image | served NDCG@10 (whole index) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for f in all_figures:
         reused = " (earlier run)" if f.index_reused else ""
-        lines.append(f"| {f.size:,} | {fmt(f.levels[1].p(50))} | {fmt(f.levels[1].p(99))} | {f.levels[1].qps:.1f} | "
-                     f"{f.levels[16].qps:.1f} | {f.size / f.index_seconds:.1f}{reused} | {f.model_index_rate:.1f} | "
-                     f"{f.index_bytes / f.size:,.0f} | {f.redis_bytes / f.size:,.0f} | {f.ndcg['all']:.4f} |")
-    lines += ["", f"BatchSearch of {BATCH_SIZE} text queries (one QueryEncoder and one AttentionRescorer call, so "
-              "one Triton request per model) against the same number of single Searches, one caller:", "",
-              "| size | queries/s, BatchSearch | queries/s, single Searches | gain |", "| --- | --- | --- | --- |"]
-    lines += [f"| {f.size:,} | {f.batch[0]:.1f} | {f.batch[1]:.1f} | {f.batch[0] / f.batch[1]:.2f}x |"
-              for f in all_figures if f.batch]
+        lines.append(
+            f"| {f.size:,} | {fmt(f.levels[1].p(50))} | {fmt(f.levels[1].p(99))} | {f.levels[1].qps:.1f} | "
+            f"{f.levels[16].qps:.1f} | {f.size / f.index_seconds:.1f}{reused} | {f.model_index_rate:.1f} | "
+            f"{f.index_bytes / f.size:,.0f} | {f.redis_bytes / f.size:,.0f} | {f.ndcg['all']:.4f} |"
+        )
+    lines += [
+        "",
+        f"BatchSearch of {BATCH_SIZE} text queries (one QueryEncoder and one AttentionRescorer call, so "
+        "one Triton request per model) against the same number of single Searches, one caller:",
+        "",
+        "| size | queries/s, BatchSearch | queries/s, single Searches | gain |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {f.size:,} | {f.batch[0]:.1f} | {f.batch[1]:.1f} | {f.batch[0] / f.batch[1]:.2f}x |"
+        for f in all_figures
+        if f.batch
+    ]
     names = list(all_figures[0].rss)
-    lines += ["", "Resident memory of every process after the run (tritonserver includes its Python model stubs):", "",
-              "| size | " + " | ".join(names) + " |", "| --- " * (len(names) + 1) + "|"]
-    lines += [f"| {f.size:,} | " + " | ".join(f"{v / 2**20:.0f} MiB" for v in f.rss.values()) + " |" for f in all_figures]
+    lines += [
+        "",
+        "Resident memory of every process after the run (tritonserver includes its Python model stubs):",
+        "",
+        "| size | " + " | ".join(names) + " |",
+        "| --- " * (len(names) + 1) + "|",
+    ]
+    lines += [
+        f"| {f.size:,} | " + " | ".join(f"{v / 2**20:.0f} MiB" for v in f.rss.values()) + " |" for f in all_figures
+    ]
     families = list(all_figures[0].ndcg)
-    lines += ["", "Served NDCG@10 per query family:", "", "| size | " + " | ".join(families) + " |",
-              "| --- " * (len(families) + 1) + "|"]
+    lines += [
+        "",
+        "Served NDCG@10 per query family:",
+        "",
+        "| size | " + " | ".join(families) + " |",
+        "| --- " * (len(families) + 1) + "|",
+    ]
     lines += [f"| {f.size:,} | " + " | ".join(f"{v:.4f}" for v in f.ndcg.values()) + " |" for f in all_figures]
     return lines
 
@@ -405,15 +504,26 @@ def stage_sections(all_figures: list[SizeFigures]) -> list[str]:
     lines = []
     for f in all_figures:
         rpc = f.stages[("search", "Search RPC")]
-        lines += ["", f"## Where a Search spends its time at {f.size:,} images (concurrency 1)", "",
-                  "Stage histograms of every service (p50 interpolated in the buckets, mean exact); the gateway's "
-                  "`ann` contains `vector_search` and `feature_read`; `encode` and `rescore` are the calls to "
-                  "QueryEncoder and AttentionRescorer, whose own stages follow.", "",
-                  "| service | stage | p50 | mean | share of Search mean |", "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {service} | {name} | {fmt(h.quantile(0.5))} | {fmt(h.mean)} | {h.sum / rpc.sum:.0%} |"
-                  for (service, name), h in f.stages.items() if h.count]
-        lines += [f"| tritonserver | {model} {'wait' if 'queue' in model else 'compute'} per request | | "
-                  f"{fmt(seconds)} | |" for model, seconds in f.triton_compute.items()]
+        lines += [
+            "",
+            f"## Where a Search spends its time at {f.size:,} images (concurrency 1)",
+            "",
+            "Stage histograms of every service (p50 interpolated in the buckets, mean exact); the gateway's "
+            "`ann` contains `vector_search` and `feature_read`; `encode` and `rescore` are the calls to "
+            "QueryEncoder and AttentionRescorer, whose own stages follow.",
+            "",
+            "| service | stage | p50 | mean | share of Search mean |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {service} | {name} | {fmt(h.quantile(0.5))} | {fmt(h.mean)} | {h.sum / rpc.sum:.0%} |"
+            for (service, name), h in f.stages.items()
+            if h.count
+        ]
+        lines += [
+            f"| tritonserver | {model} {'wait' if 'queue' in model else 'compute'} per request | | {fmt(seconds)} | |"
+            for model, seconds in f.triton_compute.items()
+        ]
         lines.append(f"| | bytes sent to Triton per Search | {f.triton_bytes_per_search:,.0f} | | |")
     return lines
 
@@ -427,8 +537,13 @@ def targets_section(all_figures: list[SizeFigures]) -> list[str]:
     if 10_000 in by_size:
         f = by_size[10_000]
         ratio = f.levels[1].p(50) / f.floor.search
-        lines.append(row("Search p50 at 10k <= 2x floor (c=1)",
-                         f"{ratio:.2f}x ({fmt(f.levels[1].p(50))} / {fmt(f.floor.search)})", ratio <= 2))
+        lines.append(
+            row(
+                "Search p50 at 10k <= 2x floor (c=1)",
+                f"{ratio:.2f}x ({fmt(f.levels[1].p(50))} / {fmt(f.floor.search)})",
+                ratio <= 2,
+            )
+        )
     if 1_000 in by_size and 100_000 in by_size:
         ratio = by_size[100_000].levels[1].p(50) / by_size[1_000].levels[1].p(50)
         lines.append(row("p50 at 100k <= 1.3x p50 at 1k", f"{ratio:.2f}", ratio <= 1.3))
@@ -436,21 +551,33 @@ def targets_section(all_figures: list[SizeFigures]) -> list[str]:
         qps = f.levels[16].qps / f.floor.best_qps
         encode = f.stages[("search", "encode")].mean / f.floor.text_encoder
         index_rate = (f.size / f.index_seconds) / f.model_index_rate
-        lines += [row(f"QPS c=16 >= 0.7x floor QPS at {f.size:,}", f"{qps:.2f}", qps >= 0.7),
-                  row(f"QueryEncoder.Encode on a miss (as the gateway sees it) <= 1.5x text_encoder batch 1 at {f.size:,}",
-                      f"{encode:.2f}x", encode <= 1.5),
-                  row(f"Index throughput >= 0.7x in-process image models at {f.size:,}", f"{index_rate:.2f}",
-                      index_rate >= 0.7),
-                  row(f"bytes to Triton per Search <= 1 MB at {f.size:,}", f"{f.triton_bytes_per_search:,.0f}",
-                      f.triton_bytes_per_search <= 1_000_000)]
+        lines += [
+            row(f"QPS c=16 >= 0.7x floor QPS at {f.size:,}", f"{qps:.2f}", qps >= 0.7),
+            row(
+                f"QueryEncoder.Encode on a miss (as the gateway sees it) <= 1.5x text_encoder batch 1 at {f.size:,}",
+                f"{encode:.2f}x",
+                encode <= 1.5,
+            ),
+            row(
+                f"Index throughput >= 0.7x in-process image models at {f.size:,}",
+                f"{index_rate:.2f}",
+                index_rate >= 0.7,
+            ),
+            row(
+                f"bytes to Triton per Search <= 1 MB at {f.size:,}",
+                f"{f.triton_bytes_per_search:,.0f}",
+                f.triton_bytes_per_search <= 1_000_000,
+            ),
+        ]
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
-    parser.add_argument("--repository", type=Path,
-                        default=Path(os.environ.get("MODEL_REPOSITORY", ROOT / "model_repository")))
+    parser.add_argument(
+        "--repository", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", ROOT / "model_repository"))
+    )
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench")
     parser.add_argument("--scale-cache", type=Path, default=ROOT / "build" / "scale")
     parser.add_argument("--scale", default=os.environ.get("SCALE", "1k,10k"), help="index sizes, e.g. 1k,10k,100k")

@@ -31,17 +31,25 @@ log = logging.getLogger("served_quality")
 def image_items(split, prefix: str = "") -> list[search_pb2.ImageItem]:
     """The split's images as the benchmarks index them: the corpus's noisy keywords as weighted
     keywords (no auto tags), the caption as the title."""
-    return [search_pb2.ImageItem(
-        id=f"{prefix}{r.id}", image=png(p), title=r.caption,
-        keywords=[common_pb2.Keyword(text=k, confidence=float(w)) for k, w in r.noisy_keywords])
-        for r, p in zip(split.images, split.pixels, strict=True)]
+    return [
+        search_pb2.ImageItem(
+            id=f"{prefix}{r.id}",
+            image=png(p),
+            title=r.caption,
+            keywords=[common_pb2.Keyword(text=k, confidence=float(w)) for k, w in r.noisy_keywords],
+        )
+        for r, p in zip(split.images, split.pixels, strict=True)
+    ]
 
 
 async def index_split(stub, split, prefix: str = "", batch: int = 32) -> None:
     items = image_items(split, prefix)
     for start in range(0, len(items), batch):
-        reply = await stub.Index(search_pb2.IndexRequest(items=items[start:start + batch], skip_auto_tags=True),
-                                 timeout=300, metadata=write_metadata())
+        reply = await stub.Index(
+            search_pb2.IndexRequest(items=items[start : start + batch], skip_auto_tags=True),
+            timeout=300,
+            metadata=write_metadata(),
+        )
         if reply.failed_count:
             raise RuntimeError(f"indexing failed: {[r.error for r in reply.results if not r.indexed][:3]}")
 
@@ -49,8 +57,16 @@ async def index_split(stub, split, prefix: str = "", batch: int = 32) -> None:
 SOURCES = {"default": 0, "vector": 1, "keyword": 2, "hybrid": 3}
 
 
-async def whole_index_ndcg(stub, split, k: int = 10, prefix: str = "", concurrency: int = 4,
-                           candidates: int = 0, source: str = "default", queries=None) -> dict[str, float]:
+async def whole_index_ndcg(
+    stub,
+    split,
+    k: int = 10,
+    prefix: str = "",
+    concurrency: int = 4,
+    candidates: int = 0,
+    source: str = "default",
+    queries=None,
+) -> dict[str, float]:
     """Mean NDCG@k per query family and over all, each query ranked over the whole index."""
     by_id = {f"{prefix}{r.id}": r for r in split.images}
     scores: dict[str, list[float]] = {}
@@ -59,8 +75,12 @@ async def whole_index_ndcg(stub, split, k: int = 10, prefix: str = "", concurren
     async def worker() -> None:
         while queue:
             query = queue.pop()
-            reply = await stub.Search(search_pb2.SearchRequest(text=query.text, top_k=k, candidates=candidates,
-                                                               candidate_source=SOURCES[source]), timeout=60)
+            reply = await stub.Search(
+                search_pb2.SearchRequest(
+                    text=query.text, top_k=k, candidates=candidates, candidate_source=SOURCES[source]
+                ),
+                timeout=60,
+            )
             if reply.degradations:
                 raise RuntimeError(f"degraded search: {reply.degradations}")
             ranked = [grade(query.spec, by_id[r.id]) for r in reply.results if r.id in by_id]
@@ -85,8 +105,9 @@ async def main_async(args) -> None:
 
     corpus = load_or_build_corpus(args.size, args.seed)
     split = corpus.test if args.split == "test" else corpus.train
-    stack = start_stack(args.repository, args.work, {"TRITON_CANARY_INTERVAL_SECONDS": "3600",
-                                                      "SEARCH_HYBRID_MERGE": args.merge})
+    stack = start_stack(
+        args.repository, args.work, {"TRITON_CANARY_INTERVAL_SECONDS": "3600", "SEARCH_HYBRID_MERGE": args.merge}
+    )
     try:
         async with grpc.aio.insecure_channel(stack.address("search")) as channel:
             stub = search_pb2_grpc.SearchServiceStub(channel)
@@ -94,7 +115,10 @@ async def main_async(args) -> None:
             print(f"load average {os.getloadavg()}; {len(split.images)} images, {len(split.text_queries)} queries")
             for source in args.sources.split(","):
                 result = await whole_index_ndcg(stub, split, args.k, source=source)
-                print(f"{source} (merge {args.merge}): " + " ".join(f"{family} {value:.4f}" for family, value in result.items()))
+                print(
+                    f"{source} (merge {args.merge}): "
+                    + " ".join(f"{family} {value:.4f}" for family, value in result.items())
+                )
     finally:
         stack.stop()
 

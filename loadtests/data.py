@@ -66,8 +66,10 @@ class LoadData:
         return cls(
             texts=payload["texts"],
             modifications=payload["modifications"],
-            seeded=[Seeded(s["id"], base64.b64decode(s["png"]), [tuple(k) for k in s["keywords"]], s["title"])
-                    for s in payload["seeded"]],
+            seeded=[
+                Seeded(s["id"], base64.b64decode(s["png"]), [tuple(k) for k in s["keywords"]], s["title"])
+                for s in payload["seeded"]
+            ],
             to_index=[(i, base64.b64decode(p)) for i, p in payload["to_index"]],
         )
 
@@ -88,9 +90,11 @@ def build(seeded: int = 60, to_index: int = 24, seed: int = 0) -> LoadData:
     return LoadData(
         texts=texts,
         modifications=modifications,
-        seeded=[Seeded(f"{ID_PREFIX}{r.id}", png(p), [(k, float(c)) for k, c in r.noisy_keywords], r.caption)
-                for r, p in records[:seeded]],
-        to_index=[(f"{ID_PREFIX}new-{r.id}", png(p)) for r, p in records[seeded:seeded + to_index]],
+        seeded=[
+            Seeded(f"{ID_PREFIX}{r.id}", png(p), [(k, float(c)) for k, c in r.noisy_keywords], r.caption)
+            for r, p in records[:seeded]
+        ],
+        to_index=[(f"{ID_PREFIX}new-{r.id}", png(p)) for r, p in records[seeded : seeded + to_index]],
     )
 
 
@@ -101,7 +105,7 @@ class Zipf:
         if not items:
             raise ValueError("Zipf needs at least one item")
         self.items = items
-        self.weights = [1.0 / (rank ** exponent) for rank in range(1, len(items) + 1)]
+        self.weights = [1.0 / (rank**exponent) for rank in range(1, len(items) + 1)]
         self.rng = rng or random.Random()
 
     def draw(self):
@@ -111,6 +115,8 @@ class Zipf:
 def data_path() -> Path:
     path = os.environ.get("LOADTEST_DATA")
     if not path:
-        raise RuntimeError("LOADTEST_DATA is not set: run `python -m loadtests.run`, or "
-                           "`python -m loadtests.run --prepare-only` and export the path it prints")
+        raise RuntimeError(
+            "LOADTEST_DATA is not set: run `python -m loadtests.run`, or "
+            "`python -m loadtests.run --prepare-only` and export the path it prints"
+        )
     return Path(path)

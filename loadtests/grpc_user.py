@@ -40,9 +40,14 @@ class LocustInterceptor(ClientInterceptor):
                 name = value
             else:
                 metadata.append((key, value))
-        details = ClientCallDetails(call_details.method, call_details.timeout, metadata or None,
-                                    call_details.credentials, call_details.wait_for_ready,
-                                    call_details.compression)
+        details = ClientCallDetails(
+            call_details.method,
+            call_details.timeout,
+            metadata or None,
+            call_details.credentials,
+            call_details.wait_for_ready,
+            call_details.compression,
+        )
         exception: Exception | None = None
         response_length = 0
         start = time.perf_counter()
@@ -82,8 +87,9 @@ class GrpcUser(User):
         channel = grpc.intercept_channel(self._channel, LocustInterceptor(environment))
         self.stub = self.stub_class(channel)
 
-    def call(self, rpc: str, request: Any, name: str | None = None,
-             metadata: list[tuple[str, str]] | None = None) -> Any:
+    def call(
+        self, rpc: str, request: Any, name: str | None = None, metadata: list[tuple[str, str]] | None = None
+    ) -> Any:
         """Call `rpc` on the stub; failures are recorded by the interceptor, not raised."""
         metadata = [*(metadata or []), *([(NAME_KEY, name)] if name else [])]
         try:

@@ -71,8 +71,9 @@ class ComposedSearchUser(SearchUser):
 
     @task
     def composed(self) -> None:
-        query = search_pb2.ComposedQuery(image=search_pb2.ImageQuery(id=self.images.draw().id),
-                                         modification=self.modifications.draw())
+        query = search_pb2.ComposedQuery(
+            image=search_pb2.ImageQuery(id=self.images.draw().id), modification=self.modifications.draw()
+        )
         self.search("Search composed", composed=query)
 
 
@@ -84,10 +85,12 @@ class FilteredSearchUser(SearchUser):
     @task
     def filtered(self) -> None:
         shop = f"shop-{self.rng.randrange(10)}"
-        metadata_filter = search_pb2.MetadataFilter(conditions=[
-            search_pb2.MetadataCondition(key="shop", equals=shop),
-            search_pb2.MetadataCondition(key="price", range=search_pb2.NumberRange(lte=50)),
-        ])
+        metadata_filter = search_pb2.MetadataFilter(
+            conditions=[
+                search_pb2.MetadataCondition(key="shop", equals=shop),
+                search_pb2.MetadataCondition(key="price", range=search_pb2.NumberRange(lte=50)),
+            ]
+        )
         self.search("Search text filtered", text=self.texts.draw(), metadata_filter=metadata_filter)
 
 
@@ -111,7 +114,8 @@ class IndexUser(GrpcUser):
 
     def on_start(self) -> None:
         self.batches = itertools.cycle(
-            [DATA.to_index[i:i + INDEX_BATCH] for i in range(0, len(DATA.to_index), INDEX_BATCH)])
+            [DATA.to_index[i : i + INDEX_BATCH] for i in range(0, len(DATA.to_index), INDEX_BATCH)]
+        )
 
     @task
     def index(self) -> None:

@@ -56,8 +56,9 @@ def read_stats(prefix: Path) -> list[Row]:
     with open(f"{prefix}_stats.csv", newline="") as handle:
         for record in csv.DictReader(handle):
             p50, p95, p99, rps = (_number(record.get(key, "")) for key in ("50%", "95%", "99%", "Requests/s"))
-            rows.append(Row(record["Name"], int(record["Request Count"]), int(record["Failure Count"]),
-                            p50, p95, p99, rps))
+            rows.append(
+                Row(record["Name"], int(record["Request Count"]), int(record["Failure Count"]), p50, p95, p99, rps)
+            )
     return rows
 
 
@@ -72,8 +73,10 @@ def read_failures(prefix: Path) -> list[tuple[str, str, int]]:
 def table(rows: list[Row]) -> str:
     lines = [f"{'request':<22} {'count':>7} {'fail':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'req/s':>7}"]
     for r in rows:
-        lines.append(f"{r.name or 'Aggregated':<22} {r.requests:>7} {r.failures:>5} {r.p50:>8.0f} {r.p95:>8.0f} "
-                     f"{r.p99:>8.0f} {r.rps:>7.2f}")
+        lines.append(
+            f"{r.name or 'Aggregated':<22} {r.requests:>7} {r.failures:>5} {r.p50:>8.0f} {r.p95:>8.0f} "
+            f"{r.p99:>8.0f} {r.rps:>7.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -88,11 +91,24 @@ def seed_index(target: str, load: loaddata.LoadData) -> None:
     with grpc.insecure_channel(target) as channel:
         stub = search_pb2_grpc.SearchServiceStub(channel)
         for start in range(0, len(load.seeded), SEED_BATCH):
-            batch = load.seeded[start:start + SEED_BATCH]
-            reply = stub.Index(search_pb2.IndexRequest(skip_auto_tags=True, items=[
-                search_pb2.ImageItem(id=s.id, image=s.png, title=s.title, metadata=seeded_metadata(start + i),
-                                     keywords=[common_pb2.Keyword(text=t, confidence=c) for t, c in s.keywords])
-                for i, s in enumerate(batch)]), timeout=120, metadata=write_metadata())
+            batch = load.seeded[start : start + SEED_BATCH]
+            reply = stub.Index(
+                search_pb2.IndexRequest(
+                    skip_auto_tags=True,
+                    items=[
+                        search_pb2.ImageItem(
+                            id=s.id,
+                            image=s.png,
+                            title=s.title,
+                            metadata=seeded_metadata(start + i),
+                            keywords=[common_pb2.Keyword(text=t, confidence=c) for t, c in s.keywords],
+                        )
+                        for i, s in enumerate(batch)
+                    ],
+                ),
+                timeout=120,
+                metadata=write_metadata(),
+            )
             if reply.failed_count:
                 raise RuntimeError(f"seeding failed: {[r.error for r in reply.results if not r.indexed][:3]}")
 
@@ -104,8 +120,9 @@ def remove_load_images(target: str, ids: list[str]) -> int:
     with grpc.insecure_channel(target) as channel:
         stub = search_pb2_grpc.SearchServiceStub(channel)
         for start in range(0, len(ids), 50):
-            removed += stub.Delete(search_pb2.DeleteRequest(ids=ids[start:start + 50]), timeout=60,
-                                   metadata=write_metadata()).deleted_count
+            removed += stub.Delete(
+                search_pb2.DeleteRequest(ids=ids[start : start + 50]), timeout=60, metadata=write_metadata()
+            ).deleted_count
     return removed
 
 
@@ -121,15 +138,41 @@ def query_cache_counts(metrics_url: str | None) -> tuple[float, float] | None:
     return total("amcsearch_cache_hits_total"), total("amcsearch_cache_misses_total")
 
 
-def run_locust(target: str, data_file: Path, prefix: Path, users: int, spawn_rate: float, run_time: str,
-               shape: str, hard_limit: float) -> int:
+def run_locust(
+    target: str,
+    data_file: Path,
+    prefix: Path,
+    users: int,
+    spawn_rate: float,
+    run_time: str,
+    shape: str,
+    hard_limit: float,
+) -> int:
     files = f"{LOCUSTFILE},{SHAPES}" if shape == "step" else str(LOCUSTFILE)
-    argv = [sys.executable, "-m", "locust", "-f", files, "--headless", "--host", target, "--csv", str(prefix),
-            "--only-summary", "--loglevel", "WARNING", "--stop-timeout", "15"]
+    argv = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        files,
+        "--headless",
+        "--host",
+        target,
+        "--csv",
+        str(prefix),
+        "--only-summary",
+        "--loglevel",
+        "WARNING",
+        "--stop-timeout",
+        "15",
+    ]
     if shape == "none":
         argv += ["-u", str(users), "-r", str(spawn_rate), "-t", run_time]
-    env = dict(os.environ, LOADTEST_DATA=str(data_file),
-               PYTHONPATH=os.pathsep.join([str(ROOT / "services"), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        LOADTEST_DATA=str(data_file),
+        PYTHONPATH=os.pathsep.join([str(ROOT / "services"), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
     log.info("locust: %s", " ".join(argv[2:]))
     try:
         return subprocess.run(argv, env=env, cwd=ROOT, timeout=hard_limit).returncode
@@ -147,18 +190,26 @@ def seconds(run_time: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", default=os.environ.get("LOADTEST_TARGET"),
-                        help="HOST:PORT of a running SearchService (loopback); default: start a stack")
+    parser.add_argument(
+        "--target",
+        default=os.environ.get("LOADTEST_TARGET"),
+        help="HOST:PORT of a running SearchService (loopback); default: start a stack",
+    )
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--spawn-rate", type=float, default=4.0)
     parser.add_argument("--run-time", default="60s")
-    parser.add_argument("--shape", choices=["none", "step"], default="none",
-                        help="step: loadtests/shapes.py (LOADTEST_STEP_* settings) instead of --users")
+    parser.add_argument(
+        "--shape",
+        choices=["none", "step"],
+        default="none",
+        help="step: loadtests/shapes.py (LOADTEST_STEP_* settings) instead of --users",
+    )
     parser.add_argument("--seeded", type=int, default=60, help="images indexed before the run")
     parser.add_argument("--to-index", type=int, default=24, help="images the indexing user cycles through")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "loadtest")
-    parser.add_argument("--repository", type=Path,
-                        default=Path(os.environ.get("MODEL_REPOSITORY", ROOT / "model_repository")))
+    parser.add_argument(
+        "--repository", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", ROOT / "model_repository"))
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(message)s")
     if args.target and not args.target.startswith(("127.", "localhost:", "[::1]:")):
@@ -189,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         seed_index(target, load)
         log.info("seeded %d images in %.1fs", len(load.seeded), time.monotonic() - started)
         before = query_cache_counts(metrics_url)
-        rc = run_locust(target, data_file, prefix, args.users, args.spawn_rate, args.run_time, args.shape,
-                        hard_limit=duration + 120)
+        rc = run_locust(
+            target, data_file, prefix, args.users, args.spawn_rate, args.run_time, args.shape, hard_limit=duration + 120
+        )
         after = query_cache_counts(metrics_url)
         removed = remove_load_images(target, load.all_ids())
         log.info("removed %d load-test images", removed)
@@ -201,14 +253,18 @@ def main(argv: list[str] | None = None) -> int:
     rows = read_stats(prefix)
     failures = read_failures(prefix)
     total = next((r for r in rows if r.name == "Aggregated"), None)
-    print(f"\nlocust: {args.shape if args.shape == 'step' else f'{args.users} users'}, {duration:.0f}s, "
-          f"target {target}; CSV: {prefix}_*.csv\n")
+    print(
+        f"\nlocust: {args.shape if args.shape == 'step' else f'{args.users} users'}, {duration:.0f}s, "
+        f"target {target}; CSV: {prefix}_*.csv\n"
+    )
     print(table(rows))
     if before and after:
         hits, misses = after[0] - before[0], after[1] - before[1]
         if hits + misses:
-            print(f"\nQueryEncoder cache hit ratio during the run (queries and the rescorer's keyword vectors): "
-                  f"{hits / (hits + misses):.2f} ({hits:.0f} hits, {misses:.0f} misses)")
+            print(
+                f"\nQueryEncoder cache hit ratio during the run (queries and the rescorer's keyword vectors): "
+                f"{hits / (hits + misses):.2f} ({hits:.0f} hits, {misses:.0f} misses)"
+            )
     if failures:
         print("\nfailures:")
         for name, error, count in failures:

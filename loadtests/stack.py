@@ -12,7 +12,8 @@ def start_stack(repository: Path, work: Path, extra_env: dict[str, str] | None =
     embedded index file under `work`, apart from `make up`'s var/."""
     work = work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    stack = Stack(repository.resolve(), work / "logs",
-                  extra_env={"INDEX_URI": str(work / "index.sqlite"), **(extra_env or {})})
+    stack = Stack(
+        repository.resolve(), work / "logs", extra_env={"INDEX_URI": str(work / "index.sqlite"), **(extra_env or {})}
+    )
     stack.start(timeout=300)
     return stack

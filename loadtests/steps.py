@@ -19,10 +19,12 @@ class StepPlan:
 
     @classmethod
     def from_env(cls) -> StepPlan:
-        return cls(int(os.environ.get("LOADTEST_STEP_USERS", "2")),
-                   float(os.environ.get("LOADTEST_STEP_SECONDS", "20")),
-                   int(os.environ.get("LOADTEST_STEPS", "4")),
-                   float(os.environ.get("LOADTEST_SPAWN_RATE", "2")))
+        return cls(
+            int(os.environ.get("LOADTEST_STEP_USERS", "2")),
+            float(os.environ.get("LOADTEST_STEP_SECONDS", "20")),
+            int(os.environ.get("LOADTEST_STEPS", "4")),
+            float(os.environ.get("LOADTEST_SPAWN_RATE", "2")),
+        )
 
     @property
     def duration(self) -> float:

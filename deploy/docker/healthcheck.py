@@ -17,7 +17,6 @@ from amcsearch.ports import BY_MODULE
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
-
 def address_of_pid1() -> str:
     argv = Path("/proc/1/cmdline").read_bytes().split(b"\0")
     modules = [a.decode() for a in argv if a.startswith(b"amcsearch.")]

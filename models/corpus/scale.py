@@ -91,8 +91,11 @@ def build_scale_corpus(n: int, seed: int, target: Path) -> None:
         np.save(tmp / "offsets.npy", np.asarray(offsets, dtype=np.int64))
         q_rng = np.random.default_rng([seed, 3, n, 11])
         text = queries.make_text_queries(images, QUERIES_PER_FAMILY, q_rng, f"scale{n}")
-        meta = {"images": [records.image_to_json(r) for r in images], "text_queries": [asdict(q) for q in text],
-                "distinct_scenes": len({scene_key(r.objects) for r in images})}
+        meta = {
+            "images": [records.image_to_json(r) for r in images],
+            "text_queries": [asdict(q) for q in text],
+            "distinct_scenes": len({scene_key(r.objects) for r in images}),
+        }
         (tmp / "records.json").write_text(json.dumps(meta))
         os.replace(tmp, target)
     finally:
@@ -105,5 +108,6 @@ def load_or_build_scale_corpus(n: int, seed: int = 0, directory: str | Path = "b
         log.info("rendering the scale corpus of %d images into %s", n, target)
         build_scale_corpus(n, seed, target)
     meta = json.loads((target / "records.json").read_text())
-    return ScaleCorpus([records.image_from_json(d) for d in meta["images"]],
-                       [TextQuery(**q) for q in meta["text_queries"]], target)
+    return ScaleCorpus(
+        [records.image_from_json(d) for d in meta["images"]], [TextQuery(**q) for q in meta["text_queries"]], target
+    )

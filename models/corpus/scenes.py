@@ -201,9 +201,8 @@ def parse_modification(text: str) -> Modification:
                 return Modification("size", cell, obj=SceneObject(shape, color, size, cell), value=new)
         elif words[0] == "make" and len(words) == 4 and words[2] == "object" and words[3] in COLORS:
             return Modification("color", CELLS.index(words[1]), value=words[3])
-        elif words[0] == "make" and len(words) == 5 and words[2:4] == ["object", "a"]:
-            if words[4] in SHAPES:
-                return Modification("shape", CELLS.index(words[1]), value=words[4])
+        elif words[0] == "make" and len(words) == 5 and words[2:4] == ["object", "a"] and words[4] in SHAPES:
+            return Modification("shape", CELLS.index(words[1]), value=words[4])
     except (IndexError, ValueError):
         pass
     raise ValueError(f"not a scene modification: {text!r}")

@@ -178,8 +178,11 @@ def shop_image(product: Product, rng: np.random.Generator) -> tuple[np.ndarray, 
     """(uint8 [128, 128, 3] clean render of the product and its accessories, float32 [36]
     coverage of the product's nominal shapes, the same for the accessories)."""
     pixels = render.render_scene(canonical(product.objects + product.accessories), rng)
-    return (pixels, region_coverage(_alpha(_object_layer(product.objects, None))),
-            region_coverage(_alpha(_object_layer(product.accessories, None))))
+    return (
+        pixels,
+        region_coverage(_alpha(_object_layer(product.objects, None))),
+        region_coverage(_alpha(_object_layer(product.accessories, None))),
+    )
 
 
 def _perspective_coefficients(source: np.ndarray, target: np.ndarray) -> tuple[float, ...]:
@@ -240,8 +243,7 @@ def _street_background(gap: DomainGap, rng: np.random.Generator) -> Image.Image:
     return Image.alpha_composite(image, clutter)
 
 
-def _distractor_layer(gap: DomainGap, scale: float, product_alpha: np.ndarray,
-                      rng: np.random.Generator) -> Image.Image:
+def _distractor_layer(gap: DomainGap, scale: float, product_alpha: np.ndarray, rng: np.random.Generator) -> Image.Image:
     """RGBA at 2x: 1-3 objects of any kind, at the product's scale, off the product's objects."""
     layer = Image.new("RGBA", (_SIDE, _SIDE), (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
@@ -317,8 +319,17 @@ def _accessories(objects: Scene, gap: DomainGap, rng: np.random.Generator) -> Sc
     empty = [c for c in range(9) if c not in {o.cell for o in objects}]
     n = min(len(empty), int(rng.integers(gap.shop_accessories[0], gap.shop_accessories[1] + 1)))
     cells = rng.choice(empty, size=n, replace=False) if n else []
-    return canonical([SceneObject(SHAPES[int(rng.integers(len(SHAPES)))], COLORS[int(rng.integers(len(COLORS)))],
-                                  SIZES[int(rng.integers(len(SIZES)))], int(c)) for c in cells])
+    return canonical(
+        [
+            SceneObject(
+                SHAPES[int(rng.integers(len(SHAPES)))],
+                COLORS[int(rng.integers(len(COLORS)))],
+                SIZES[int(rng.integers(len(SIZES)))],
+                int(c),
+            )
+            for c in cells
+        ]
+    )
 
 
 def _sample_products(name: str, n: int, seed: int, forbidden: set[str], gap: DomainGap) -> list[Product]:
@@ -334,8 +345,15 @@ def _sample_products(name: str, n: int, seed: int, forbidden: set[str], gap: Dom
             continue
         seen.add(key)
         theme = THEMES[int(rng.integers(len(THEMES)))]
-        products.append(Product(f"{name}-product-{len(products):05d}", objects, theme,
-                                scenes.true_keywords(objects, theme), _accessories(objects, gap, rng)))
+        products.append(
+            Product(
+                f"{name}-product-{len(products):05d}",
+                objects,
+                theme,
+                scenes.true_keywords(objects, theme),
+                _accessories(objects, gap, rng),
+            )
+        )
     return products
 
 
@@ -397,18 +415,31 @@ def fingerprint(gap: DomainGap = DEFAULT_GAP) -> str:
     return f"v{STREET_SHOP_VERSION}-{h.hexdigest()[:10]}"
 
 
-def street_shop_cache_path(size: str, seed: int, cache_dir: str | Path = "build/corpus",
-                           gap: DomainGap = DEFAULT_GAP) -> Path:
+def street_shop_cache_path(
+    size: str, seed: int, cache_dir: str | Path = "build/corpus", gap: DomainGap = DEFAULT_GAP
+) -> Path:
     return Path(cache_dir) / f"street_shop-{size}-{seed}-{fingerprint(gap)}"
 
 
-_ARRAYS = ("shop_pixels", "shop_product_coverage", "shop_accessory_coverage", "street_pixels", "street_product",
-           "street_product_coverage", "street_distractor_coverage")
+_ARRAYS = (
+    "shop_pixels",
+    "shop_product_coverage",
+    "shop_accessory_coverage",
+    "street_pixels",
+    "street_product",
+    "street_product_coverage",
+    "street_distractor_coverage",
+)
 
 
 def _product_to_json(p: Product) -> dict[str, object]:
-    return {"id": p.id, "objects": _scene_to_json(p.objects), "theme": p.theme, "tags": p.tags,
-            "accessories": _scene_to_json(p.accessories)}
+    return {
+        "id": p.id,
+        "objects": _scene_to_json(p.objects),
+        "theme": p.theme,
+        "tags": p.tags,
+        "accessories": _scene_to_json(p.accessories),
+    }
 
 
 def _scene_to_json(objects: Scene) -> list[list[object]]:
@@ -420,8 +451,13 @@ def _scene_from_json(rows: list[list[object]]) -> Scene:
 
 
 def _product_from_json(d: dict[str, object]) -> Product:
-    return Product(str(d["id"]), _scene_from_json(d["objects"]), str(d["theme"]), list(d["tags"]),  # type: ignore[arg-type]
-                   _scene_from_json(d["accessories"]))  # type: ignore[arg-type]
+    return Product(
+        str(d["id"]),
+        _scene_from_json(d["objects"]),
+        str(d["theme"]),
+        list(d["tags"]),  # type: ignore[arg-type]
+        _scene_from_json(d["accessories"]),
+    )  # type: ignore[arg-type]
 
 
 def save_street_shop(corpus: StreetShopCorpus, directory: Path) -> None:
@@ -453,8 +489,9 @@ def load_street_shop(directory: Path) -> StreetShopCorpus:
         for name in ("train", "test"):
             products = [_product_from_json(d) for d in meta["products"][name]]
             splits[name] = StreetShopSplit(name, products, **{a: arrays[f"{name}_{a}"] for a in _ARRAYS})
-    return StreetShopCorpus(meta["size"], int(meta["seed"]), splits["train"], splits["test"],
-                            list(meta["keyword_vocab"]))
+    return StreetShopCorpus(
+        meta["size"], int(meta["seed"]), splits["train"], splits["test"], list(meta["keyword_vocab"])
+    )
 
 
 def load_or_build_street_shop(size: str, seed: int = 0, cache_dir: str | Path = "build/corpus") -> StreetShopCorpus:

@@ -44,8 +44,9 @@ CROSS_DOMAIN_NOTE = (
 )
 
 
-def cross_domain_section(args: argparse.Namespace, manifest: dict, image_encoder: torch.nn.Module,
-                         vocab_size: int) -> str:
+def cross_domain_section(
+    args: argparse.Namespace, manifest: dict, image_encoder: torch.nn.Module, vocab_size: int
+) -> str:
     """The cross-domain tables, or a line saying the checkpoints predate the models."""
     folder = args.checkpoints / args.size
     ynets = load_ynet_models(folder, vocab_size)
@@ -53,8 +54,12 @@ def cross_domain_section(args: argparse.Namespace, manifest: dict, image_encoder
         return "Not evaluated: the checkpoints have no ynet_global / tag_ynet / ctx_ynet (rerun `make models`)."
     street_shop = load_or_build_street_shop(args.size, seed=args.seed, cache_dir=args.corpus_cache)
     result = cross_domain.evaluate_cross_domain(
-        street_shop.test, street_shop.keyword_vocab, image_encoder, ynets["ynet_global"], ynets["tag_ynet"],
-        ynets["ctx_ynet"]
+        street_shop.test,
+        street_shop.keyword_vocab,
+        image_encoder,
+        ynets["ynet_global"],
+        ynets["tag_ynet"],
+        ynets["ctx_ynet"],
     )
     return cross_domain.format_table(result, manifest.get("cross_domain"), manifest.get("exports", {}))
 

@@ -44,7 +44,7 @@ def composed_recall(
     q_all = F.normalize(queries.float(), dim=1)
     g = F.normalize(gallery.float(), dim=1)
     k_max = min(max(ks), g.shape[0] - 1)
-    hits = {k: 0 for k in ks}
+    hits = dict.fromkeys(ks, 0)
     for start in range(0, q_all.shape[0], chunk):
         q = q_all[start : start + chunk]
         sims = q @ g.T
@@ -93,9 +93,7 @@ def evaluate_composed(
         if key not in composers:
             continue
         vectors = compose_all(composers[key], feats, rows_all)
-        recall = composed_recall(
-            vectors, feats.image_emb, feats.labels, feats.source, feats.target_labels
-        )
+        recall = composed_recall(vectors, feats.image_emb, feats.labels, feats.source, feats.target_labels)
         row: dict[str, Any] = {"method": name, "key": key}
         row.update({f"R@{k}": round(v, 4) for k, v in recall.items()})
         row["queries"] = feats.n_queries
@@ -110,8 +108,5 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| method | R@1 | R@5 | R@10 | R@50 |", "| --- | --- | --- | --- | --- |"]
     for r in rows:
         mark = " (exported)" if r.get("exported") else ""
-        lines.append(
-            f"| {r['method']}{mark} | {r['R@1']:.3f} | {r['R@5']:.3f} | {r['R@10']:.3f} | {r['R@50']:.3f} |"
-        )
+        lines.append(f"| {r['method']}{mark} | {r['R@1']:.3f} | {r['R@5']:.3f} | {r['R@10']:.3f} | {r['R@50']:.3f} |")
     return "\n".join(lines)
-

@@ -155,7 +155,9 @@ def validation_score(ranks: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def attention_mass(attention: torch.Tensor, coverage: np.ndarray, threshold: float = TRUE_REGION) -> tuple[float, float]:
+def attention_mass(
+    attention: torch.Tensor, coverage: np.ndarray, threshold: float = TRUE_REGION
+) -> tuple[float, float]:
     """(mean attention mass on the regions where coverage >= threshold, the same for uniform
     attention): attention [N, 36], coverage [N, 36]."""
     inside = torch.from_numpy(coverage >= threshold).to(attention.dtype)
@@ -186,13 +188,27 @@ def evaluate_cross_domain(
         log.info("cross-domain %s: %s", name, rows[-1])
 
     untrained_feats = domain_features(image_encoder.trunk, split, keyword_vocab)
-    add("Global embedding, untrained (make-models image encoder)",
-        rank_of_truth(cosine_distances(global_vectors(image_encoder, untrained_feats.street_head),
-                                       global_vectors(image_encoder, untrained_feats.shop_head)), truth))
+    add(
+        "Global embedding, untrained (make-models image encoder)",
+        rank_of_truth(
+            cosine_distances(
+                global_vectors(image_encoder, untrained_feats.street_head),
+                global_vectors(image_encoder, untrained_feats.shop_head),
+            ),
+            truth,
+        ),
+    )
     trained_feats = domain_features(trained_global.trunk, split, keyword_vocab)
-    add("Global embedding, trained on street/shop",
-        rank_of_truth(cosine_distances(global_vectors(trained_global, trained_feats.street_head),
-                                       global_vectors(trained_global, trained_feats.shop_head)), truth))
+    add(
+        "Global embedding, trained on street/shop",
+        rank_of_truth(
+            cosine_distances(
+                global_vectors(trained_global, trained_feats.street_head),
+                global_vectors(trained_global, trained_feats.shop_head),
+            ),
+            truth,
+        ),
+    )
     street, shop, tag_attention = tag_ynet_vectors(tag_ynet, feats)
     first = cosine_distances(street, shop)
     add("TagYNet", rank_of_truth(first, truth))
@@ -220,8 +236,9 @@ def evaluate_cross_domain(
     }
 
 
-def format_table(result: dict[str, Any], training: dict[str, Any] | None = None,
-                 exports: dict[str, dict[str, Any]] | None = None) -> str:
+def format_table(
+    result: dict[str, Any], training: dict[str, Any] | None = None, exports: dict[str, dict[str, Any]] | None = None
+) -> str:
     """The markdown of the cross-domain section: accuracy, attention diagnostics, training and sizes."""
     lines = [f"{result['queries']} street queries, a gallery of {result['gallery']} shop images.", ""]
     lines += ["| method | " + " | ".join(f"top-{k}" for k in KS) + " |", "| --- |" + " --- |" * len(KS)]
@@ -247,13 +264,22 @@ def format_table(result: dict[str, Any], training: dict[str, Any] | None = None,
         names = {"global": "global embedding (head retrained)", "tag_ynet": "TagYNet", "ctx_ynet": "CtxYNet"}
         for key, name in names.items():
             info = models.get(key, {})
-            lines.append(f"| {name} | {info.get('parameters', 0):,} ({info.get('trained_parameters', 0):,})"
-                         f" | {info.get('seconds', 0):.0f} s |")
-        lines.append(f"\nTrunk features of the TRAIN images: {training.get('features_seconds', 0):.0f} s; "
-                     f"{training.get('train_products', 0)} products trained on, "
-                     f"{training.get('validation_products', 0)} held out for model selection.")
+            lines.append(
+                f"| {name} | {info.get('parameters', 0):,} ({info.get('trained_parameters', 0):,})"
+                f" | {info.get('seconds', 0):.0f} s |"
+            )
+        lines.append(
+            f"\nTrunk features of the TRAIN images: {training.get('features_seconds', 0):.0f} s; "
+            f"{training.get('train_products', 0)} products trained on, "
+            f"{training.get('validation_products', 0)} held out for model selection."
+        )
     served = {k: v for k, v in (exports or {}).items() if k in ("ynet_shop", "ynet_street", "ctx_ynet")}
     if served:
-        lines.append("Served: " + ", ".join(f"{k} {v['parameters']:,} parameters ({v['model_pt_bytes'] / 1e6:.2f} MB)"
-                                            for k, v in served.items()) + ".")
+        lines.append(
+            "Served: "
+            + ", ".join(
+                f"{k} {v['parameters']:,} parameters ({v['model_pt_bytes'] / 1e6:.2f} MB)" for k, v in served.items()
+            )
+            + "."
+        )
     return "\n".join(lines)

@@ -41,9 +41,17 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(manifest["seed"])
     ynets = load_ynet_models(folder, len(vocab)) or {}  # older checkpoints: the five models only
     exports = export_repository(
-        args.repository, vocab, load_text_encoder(), Tokenizer.default(), load_image_encoder(folder, "image_encoder"),
-        load_keyword_tagger(folder, len(vocab)), load_amc_models(folder)["amc_full"],
-        load_composer_models(folder, manifest)["composer"], ynets.get("tag_ynet"), ynets.get("ctx_ynet"))
+        args.repository,
+        vocab,
+        load_text_encoder(),
+        Tokenizer.default(),
+        load_image_encoder(folder, "image_encoder"),
+        load_keyword_tagger(folder, len(vocab)),
+        load_amc_models(folder)["amc_full"],
+        load_composer_models(folder, manifest)["composer"],
+        ynets.get("tag_ynet"),
+        ynets.get("ctx_ynet"),
+    )
     for name, info in exports.items():
         print(f"  {name:<16} {info['model_pt_bytes'] / 1e6:6.2f} MB  {info['folder']}")
 

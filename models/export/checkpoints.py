@@ -72,5 +72,8 @@ def load_ynet_models(folder: Path, vocab_size: int) -> dict[str, nn.Module] | No
     tag_ynet, ctx_ynet = TagYNet(vocab_size), CtxYNet(vocab_size)
     tag_ynet.load_state_dict(state(folder, "tag_ynet"))
     ctx_ynet.load_state_dict(state(folder, "ctx_ynet"))
-    return {"ynet_global": load_image_encoder(folder, "ynet_global"), "tag_ynet": tag_ynet.eval(),
-            "ctx_ynet": ctx_ynet.eval()}
+    return {
+        "ynet_global": load_image_encoder(folder, "ynet_global"),
+        "tag_ynet": tag_ynet.eval(),
+        "ctx_ynet": ctx_ynet.eval(),
+    }

@@ -17,10 +17,18 @@ from models.nets.text_encoder import embed_texts
 from models.nets.ynet import CtxYNet, ServedContextRescorer, ServedShop, ServedStreet, TagYNet
 
 
-def export_repository(repository: Path, vocab: list[str], text_encoder: nn.Module, tokenizer: Any,
-                      image_encoder: nn.Module, tagger: nn.Module, rescorer: nn.Module,
-                      composer: nn.Module, tag_ynet: TagYNet | None = None,
-                      ctx_ynet: CtxYNet | None = None) -> dict[str, dict[str, Any]]:
+def export_repository(
+    repository: Path,
+    vocab: list[str],
+    text_encoder: nn.Module,
+    tokenizer: Any,
+    image_encoder: nn.Module,
+    tagger: nn.Module,
+    rescorer: nn.Module,
+    composer: nn.Module,
+    tag_ynet: TagYNet | None = None,
+    ctx_ynet: CtxYNet | None = None,
+) -> dict[str, dict[str, Any]]:
     """Export every model; amc_rescorer carries the vocabulary's keyword vectors (embedded here
     with the text_encoder) and lists the vocabulary in its config; ynet_shop takes tags as a
     multi-hot over the same vocabulary (tags.txt, and its config's `tag_vocabulary`). Returns

@@ -25,8 +25,7 @@ class TritonPythonModel:
         self.batched = int(config.get("max_batch_size", 0)) > 0
         self.output_names = [tensor["name"] for tensor in config["output"]]
         self.output_dtypes = {
-            tensor["name"]: pb_utils.triton_string_to_numpy(tensor["data_type"])
-            for tensor in config["output"]
+            tensor["name"]: pb_utils.triton_string_to_numpy(tensor["data_type"]) for tensor in config["output"]
         }
         # One intra-op thread by default: every model is its own stub process, and on a few cores
         # several OpenMP pools fight (2 spinning threads per stub tripled Search latency on 2
@@ -67,7 +66,7 @@ class TritonPythonModel:
         """One response per request: its rows of each output (all rows when size is None)."""
         responses = []
         start = 0
-        for request, size in zip(requests, sizes):
+        for request, size in zip(requests, sizes, strict=True):
             wanted = request.requested_output_names() or self.output_names
             rows = slice(None) if size is None else slice(start, start + size)
             tensors = [pb_utils.Tensor(name, arrays[name][rows]) for name in wanted]

@@ -23,8 +23,9 @@ PYTHON_MODEL_SOURCE = Path(__file__).with_name("triton_python_model.py")
 _DATA_TYPE = {dtype: model_config_pb2.DataType.Value(f"TYPE_{dtype}") for dtype in DTYPES}
 
 
-def model_config(spec: ModelSpec, build_id: str, backend: str,
-                 parameters: dict[str, str] | None = None) -> model_config_pb2.ModelConfig:
+def model_config(
+    spec: ModelSpec, build_id: str, backend: str, parameters: dict[str, str] | None = None
+) -> model_config_pb2.ModelConfig:
     """Triton's ModelConfig for backend "libtorch" (config.pbtxt) or "python" (configs/pyt.pbtxt)."""
     config = model_config_pb2.ModelConfig(name=spec.name, max_batch_size=spec.max_batch_size)
     if backend == "libtorch":
@@ -38,8 +39,12 @@ def model_config(spec: ModelSpec, build_id: str, backend: str,
     for tensor in spec.inputs:
         config.input.add(name=tensor.name, data_type=_DATA_TYPE[tensor.dtype], dims=tensor.dims)
     for tensor in spec.outputs:
-        config.output.add(name=tensor.name, data_type=_DATA_TYPE[tensor.dtype], dims=tensor.dims,
-                          label_filename=spec.labels.get(tensor.name, ""))
+        config.output.add(
+            name=tensor.name,
+            data_type=_DATA_TYPE[tensor.dtype],
+            dims=tensor.dims,
+            label_filename=spec.labels.get(tensor.name, ""),
+        )
     if spec.batched:
         config.dynamic_batching.max_queue_delay_microseconds = spec.max_queue_delay_us
         config.dynamic_batching.preferred_batch_size.extend(spec.preferred_batch_sizes)
@@ -83,8 +88,9 @@ def export_model(
 
 
 def read_config(repository: Path, model: str) -> model_config_pb2.ModelConfig:
-    return text_format.Parse((Path(repository) / model / "configs" / "pyt.pbtxt").read_text(),
-                             model_config_pb2.ModelConfig())
+    return text_format.Parse(
+        (Path(repository) / model / "configs" / "pyt.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
 
 
 def keyword_vocabulary(repository: Path) -> dict[str, int]:

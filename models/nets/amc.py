@@ -194,7 +194,8 @@ class AMCRescorer(nn.Module):
             region_attention = torch.zeros(batch, self.grid * self.grid, dtype=dtype, device=device)
             return score, torch.cat([zeros, ones], dim=1), region_attention, keyword_attention
         visual, textual, q_match, weights, region_attention, keyword_attention = self.parts(
-            encoded_query, regions, keywords, keyword_mask)
+            encoded_query, regions, keywords, keyword_mask
+        )
         return self.fuse(q_match, visual, textual, weights), weights, region_attention, keyword_attention
 
     def parts(
@@ -220,8 +221,9 @@ class AMCRescorer(nn.Module):
         weights = torch.softmax(agreement * self.log_temperature.exp(), dim=1)
         return visual, textual, q_match, weights, region_attention, keyword_attention
 
-    def fuse(self, q_match: torch.Tensor, visual: torch.Tensor, textual: torch.Tensor,
-             weights: torch.Tensor) -> torch.Tensor:
+    def fuse(
+        self, q_match: torch.Tensor, visual: torch.Tensor, textual: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
         """score = cos(q^m, w_v v^q + w_k k^q)."""
         fused = weights[:, 0:1] * visual + weights[:, 1:2] * textual
         return _cosine(q_match, fused).unsqueeze(1)
@@ -360,7 +362,8 @@ class ServedRescorer(nn.Module):
         slots = keyword_index.shape[1]
         keywords = projected.index_select(0, keyword_index.reshape(-1).long()).view(-1, slots, projected.shape[1])
         visual, textual, q_match, learned, region_attention, keyword_attention = self.rescorer.parts(
-            encoded, grid, keywords, keyword_mask.to(dtype))
+            encoded, grid, keywords, keyword_mask.to(dtype)
+        )
         bias = modality_bias.to(dtype).index_select(0, rows)
         scaled = bias[:, 0] * learned[:, 1]
         keyword_weight = scaled / (learned[:, 0] + scaled).clamp(min=1e-6)

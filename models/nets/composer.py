@@ -65,8 +65,13 @@ class Concat(nn.Module):
         super().__init__()
         d2 = 2 * EMBED
         self.net = nn.Sequential(
-            nn.BatchNorm1d(d2), nn.ReLU(), nn.Linear(d2, d2),
-            nn.BatchNorm1d(d2), nn.ReLU(), nn.Dropout(0.1), nn.Linear(d2, EMBED),
+            nn.BatchNorm1d(d2),
+            nn.ReLU(),
+            nn.Linear(d2, d2),
+            nn.BatchNorm1d(d2),
+            nn.ReLU(),
+            nn.Dropout(0.1),
+            nn.Linear(d2, EMBED),
         )
 
     def forward(
@@ -87,9 +92,7 @@ class GatedResidual(nn.Module):
         super().__init__()
         dz = d + d_t
         self.gate = nn.Sequential(nn.BatchNorm1d(dz), nn.ReLU(), nn.Linear(dz, d))
-        self.res = nn.Sequential(
-            nn.BatchNorm1d(dz), nn.ReLU(), nn.Linear(dz, dz), nn.ReLU(), nn.Linear(dz, d)
-        )
+        self.res = nn.Sequential(nn.BatchNorm1d(dz), nn.ReLU(), nn.Linear(dz, dz), nn.ReLU(), nn.Linear(dz, d))
         self.a = nn.Parameter(torch.tensor([1.0, 10.0]))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -129,8 +132,8 @@ class Attention(nn.Module):
         self.scale = 1.0 / math.sqrt(self.head_dim)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
-        b, l, _ = x.shape
-        return x.view(b, l, self.heads, self.head_dim).transpose(1, 2)
+        b, length, _ = x.shape
+        return x.view(b, length, self.heads, self.head_dim).transpose(1, 2)
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
         b, lq, d = query.shape

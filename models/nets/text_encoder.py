@@ -60,17 +60,17 @@ class SelfAttention(nn.Module):
         self.scale = 1.0 / math.sqrt(self.head_dim)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, l, _ = x.shape
-        return x.view(b, l, self.heads, self.head_dim).transpose(1, 2)
+        b, length, _ = x.shape
+        return x.view(b, length, self.heads, self.head_dim).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        b, l, _ = x.shape
+        b, length, _ = x.shape
         q = self._heads(self.query(x))
         k = self._heads(self.key(x))
         v = self._heads(self.value(x))
         scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale + bias
         context = torch.matmul(torch.softmax(scores, dim=-1), v)
-        return context.transpose(1, 2).reshape(b, l, self.hidden)
+        return context.transpose(1, 2).reshape(b, length, self.hidden)
 
 
 class SelfOutput(nn.Module):
@@ -148,9 +148,7 @@ class TextEncoder(nn.Module):
         self.encoder = Encoder()
         self.masked = _MASKED
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.embeddings(input_ids)
         mask = attention_mask.to(x.dtype)
         bias = ((1.0 - mask) * self.masked)[:, None, None, :]

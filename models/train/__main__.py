@@ -62,6 +62,7 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+
 class Stages:
     """Times each stage and prints it as it ends."""
 
@@ -174,9 +175,18 @@ def main(argv: list[str] | None = None) -> None:
     checkpoints = stages.run("checkpoints", lambda: save_checkpoints(modules, checkpoint_dir))
 
     def export_all() -> dict[str, dict[str, Any]]:
-        return export_repository(args.repository, list(corpus.keyword_vocab), text_encoder, tokenizer, image_encoder,
-                                 tagger, amc["amc_full"], composer, ynets.modules["tag_ynet"],
-                                 ynets.modules["ctx_ynet"])
+        return export_repository(
+            args.repository,
+            list(corpus.keyword_vocab),
+            text_encoder,
+            tokenizer,
+            image_encoder,
+            tagger,
+            amc["amc_full"],
+            composer,
+            ynets.modules["tag_ynet"],
+            ynets.modules["ctx_ynet"],
+        )
 
     exports = stages.run("export", export_all)
     total = round(time.perf_counter() - total_start, 2)

@@ -96,7 +96,9 @@ class ComposedFeatures:
 
 
 @torch.no_grad()
-def image_features(image_encoder: nn.Module, pixels: np.ndarray, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def image_features(
+    image_encoder: nn.Module, pixels: np.ndarray, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(embedding [N, 384], regions [N, 36, 128]) of uint8 images, in eval mode."""
     image_encoder.eval()
     embs, regs = [], []
@@ -216,7 +218,9 @@ def holdout_rows(feats: ComposedFeatures, fraction: float, seed: int) -> tuple[t
 def heldout_r1(composer: nn.Module, feats: ComposedFeatures, rows: torch.Tensor) -> float:
     vectors = compose_all(composer, feats, rows)
     g = feats.n_gallery
-    recall = composed_recall(vectors, feats.image_emb[:g], feats.labels[:g], feats.source[rows], feats.target_labels[rows], ks=(1,))
+    recall = composed_recall(
+        vectors, feats.image_emb[:g], feats.labels[:g], feats.source[rows], feats.target_labels[rows], ks=(1,)
+    )
     return recall[1]
 
 
@@ -231,7 +235,12 @@ def batch_classification_loss(
 
 
 def fit_composer(
-    composer: nn.Module, feats: ComposedFeatures, train: torch.Tensor, held: torch.Tensor, cfg: ComposerBudget, seed: int
+    composer: nn.Module,
+    feats: ComposedFeatures,
+    train: torch.Tensor,
+    held: torch.Tensor,
+    cfg: ComposerBudget,
+    seed: int,
 ) -> tuple[nn.Module, float]:
     """Trains in place; returns the best-epoch copy (by held-out R@1) and that R@1."""
     torch.manual_seed(seed)
@@ -254,7 +263,9 @@ def fit_composer(
         for start in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
             rows = order[start : start + cfg.batch_size]
             composed = composer(*feats.inputs(rows))
-            loss = batch_classification_loss(composed, feats.image_emb[feats.target[rows]], feats.target_labels[rows], scale)
+            loss = batch_classification_loss(
+                composed, feats.image_emb[feats.target[rows]], feats.target_labels[rows], scale
+            )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -263,7 +274,13 @@ def fit_composer(
             step += 1
             total += float(loss.detach())
         r1 = heldout_r1(composer, feats, held)
-        log.info("epoch %d loss %.3f held-out R@1 %.3f (scale %.2f)", epoch, total / max(1, len(order) // cfg.batch_size), r1, float(scale.detach()))
+        log.info(
+            "epoch %d loss %.3f held-out R@1 %.3f (scale %.2f)",
+            epoch,
+            total / max(1, len(order) // cfg.batch_size),
+            r1,
+            float(scale.detach()),
+        )
         if r1 > best_r1:
             best, best_r1 = copy.deepcopy(composer), r1
     best.eval()
@@ -286,7 +303,12 @@ def train_composers(
     extra = synthesize_queries(corpus, n_extra, seed) if n_extra > 0 else None
     feats = precompute_features(corpus.train, image_encoder, text_encoder, tokenizer, extra)
     train, held = holdout_rows(feats, cfg.val_fraction, seed)
-    log.info("composer features in %.1fs: %d train / %d held-out queries", time.perf_counter() - started, len(train), len(held))
+    log.info(
+        "composer features in %.1fs: %d train / %d held-out queries",
+        time.perf_counter() - started,
+        len(train),
+        len(held),
+    )
     result: dict[str, nn.Module] = {}
     scores: dict[str, float] = {}
     for offset, name in enumerate(COMPOSERS):
@@ -326,7 +348,7 @@ def load_composers(checkpoints: dict[str, dict[str, torch.Tensor]]) -> dict[str,
             module.load_state_dict(checkpoints[name])
             result[name] = module.eval()
     if "composer" in checkpoints:
-        for name, module in result.items():
+        for module in result.values():
             if _same_weights(module.state_dict(), checkpoints["composer"]):
                 result["composer"] = module
                 break

@@ -185,16 +185,18 @@ def fit(
     return best.eval(), best_score
 
 
-def train_global(encoder: ImageEncoder, fit_feats: DomainFeatures, val: DomainFeatures, cfg: YNetBudget,
-                 seed: int) -> tuple[ImageEncoder, float]:
+def train_global(
+    encoder: ImageEncoder, fit_feats: DomainFeatures, val: DomainFeatures, cfg: YNetBudget, seed: int
+) -> tuple[ImageEncoder, float]:
     """The baseline: a copy of the image encoder whose global head retrains on street/shop pairs."""
     model = copy.deepcopy(encoder).eval()
     for p in model.trunk.parameters():
         p.requires_grad_(False)
 
     def distances(rows: torch.Tensor, products: torch.Tensor) -> torch.Tensor:
-        return cosine_distances(global_vectors(model, fit_feats.street_head[rows]),
-                                global_vectors(model, fit_feats.shop_head[products]))
+        return cosine_distances(
+            global_vectors(model, fit_feats.street_head[rows]), global_vectors(model, fit_feats.shop_head[products])
+        )
 
     @torch.no_grad()
     def validate() -> float:
@@ -206,8 +208,9 @@ def train_global(encoder: ImageEncoder, fit_feats: DomainFeatures, val: DomainFe
     return best, score  # type: ignore[return-value]
 
 
-def train_tag_ynet(encoder: ImageEncoder, vocab_size: int, fit_feats: DomainFeatures, val: DomainFeatures,
-                   cfg: YNetBudget, seed: int) -> tuple[TagYNet, float]:
+def train_tag_ynet(
+    encoder: ImageEncoder, vocab_size: int, fit_feats: DomainFeatures, val: DomainFeatures, cfg: YNetBudget, seed: int
+) -> tuple[TagYNet, float]:
     """TagYNet on the image encoder's frozen trunk."""
     torch.manual_seed(seed)
     model = TagYNet(vocab_size, cfg.dim).eval()
@@ -218,8 +221,9 @@ def train_tag_ynet(encoder: ImageEncoder, vocab_size: int, fit_feats: DomainFeat
 
     def distances(rows: torch.Tensor, products: torch.Tensor) -> torch.Tensor:
         street = street_embedding(branches.street_locations(fit_feats.street_regions[rows]))
-        shop, _ = branches.shop_embedding(branches.shop_locations(fit_feats.shop_regions[products]),
-                                          fit_feats.tags[products])
+        shop, _ = branches.shop_embedding(
+            branches.shop_locations(fit_feats.shop_regions[products]), fit_feats.tags[products]
+        )
         return cosine_distances(street, shop)
 
     def validate() -> float:
@@ -231,8 +235,9 @@ def train_tag_ynet(encoder: ImageEncoder, vocab_size: int, fit_feats: DomainFeat
     return best, score  # type: ignore[return-value]
 
 
-def train_ctx_ynet(tag_ynet: TagYNet, vocab_size: int, fit_feats: DomainFeatures, val: DomainFeatures,
-                   cfg: YNetBudget, seed: int) -> tuple[CtxYNet, float]:
+def train_ctx_ynet(
+    tag_ynet: TagYNet, vocab_size: int, fit_feats: DomainFeatures, val: DomainFeatures, cfg: YNetBudget, seed: int
+) -> tuple[CtxYNet, float]:
     """CtxYNet on the frozen trunk (its own Y); validated re-ranking TagYNet's validation top K."""
     torch.manual_seed(seed)
     model = CtxYNet(vocab_size, cfg.dim).eval()
@@ -248,8 +253,10 @@ def train_ctx_ynet(tag_ynet: TagYNet, vocab_size: int, fit_feats: DomainFeatures
     def validate() -> float:
         return validation_score(ctx_ynet_ranks(model, val, first, cfg.rerank_k))
 
-    groups = [{"params": list(model.branches.parameters()), "base_lr": cfg.ctx_lr},
-              {"params": list(model.score.parameters()), "base_lr": cfg.attention_lr, "weight_decay": 0.0}]
+    groups = [
+        {"params": list(model.branches.parameters()), "base_lr": cfg.ctx_lr},
+        {"params": list(model.score.parameters()), "base_lr": cfg.attention_lr, "weight_decay": 0.0},
+    ]
     best, score = fit("CtxYNet", model, groups, distances, validate, fit_feats, cfg.ctx_epochs, cfg, seed)
     return best, score  # type: ignore[return-value]
 
@@ -283,8 +290,12 @@ def train_ynets(
     fit_products, val_products = held_out_products(len(corpus.train.products), cfg.val_fraction, seed)
     fit_feats, val = product_subset(feats, fit_products), product_subset(feats, val_products)
     features_seconds = time.perf_counter() - started
-    log.info("street/shop features in %.1fs: %d fit / %d validation products", features_seconds,
-             len(fit_products), len(val_products))
+    log.info(
+        "street/shop features in %.1fs: %d fit / %d validation products",
+        features_seconds,
+        len(fit_products),
+        len(val_products),
+    )
     vocab_size = len(corpus.keyword_vocab)
     seconds: dict[str, float] = {}
 
@@ -295,10 +306,10 @@ def train_ynets(
         return result
 
     global_model, global_score = timed("global", lambda: train_global(image_encoder, fit_feats, val, cfg, seed))
-    tag_ynet, tag_score = timed("tag_ynet", lambda: train_tag_ynet(image_encoder, vocab_size, fit_feats, val, cfg,
-                                                                   seed + 1))
-    ctx_ynet, ctx_score = timed("ctx_ynet", lambda: train_ctx_ynet(tag_ynet, vocab_size, fit_feats, val, cfg,
-                                                                   seed + 2))  # type: ignore[arg-type]
+    tag_ynet, tag_score = timed(
+        "tag_ynet", lambda: train_tag_ynet(image_encoder, vocab_size, fit_feats, val, cfg, seed + 1)
+    )
+    ctx_ynet, ctx_score = timed("ctx_ynet", lambda: train_ctx_ynet(tag_ynet, vocab_size, fit_feats, val, cfg, seed + 2))  # type: ignore[arg-type]
     modules = {"ynet_global": global_model, "tag_ynet": tag_ynet, "ctx_ynet": ctx_ynet}
     report = {
         "budget": vars(cfg),
@@ -313,8 +324,11 @@ def train_ynets(
                 "trained_parameters": _trained_parameters(key, module),
                 "validation_score": round(score, 4),
             }
-            for key, module, score in (("global", global_model, global_score), ("tag_ynet", tag_ynet, tag_score),
-                                       ("ctx_ynet", ctx_ynet, ctx_score))
+            for key, module, score in (
+                ("global", global_model, global_score),
+                ("tag_ynet", tag_ynet, tag_score),
+                ("ctx_ynet", ctx_ynet, ctx_score),
+            )
         },
         "validation_top_k": validation_accuracy(modules, val, cfg.rerank_k),
     }

@@ -46,7 +46,10 @@ def image_items(directory: Path) -> Iterator[search_pb2.ImageItem]:
     for path in sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         entry = metadata.get(path.stem, {})
         yield search_pb2.ImageItem(
-            id=path.stem, image=path.read_bytes(), title=entry.get("title", ""), tags=entry.get("tags", []),
+            id=path.stem,
+            image=path.read_bytes(),
+            title=entry.get("title", ""),
+            tags=entry.get("tags", []),
             keywords=[common_pb2.Keyword(text=t, confidence=c) for t, c in entry.get("keywords", [])],
             metadata={"path": str(path.resolve()), **entry.get("metadata", {})},
         )
@@ -69,16 +72,24 @@ def auth_metadata() -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {token}")] if token else []
 
 
-def index_directory(stub, directory: Path, batch_size: int = 32, skip_auto_tags: bool = False,
-                    progress: bool = True, collection: str = "") -> tuple[int, list[search_pb2.IndexItemResult]]:
+def index_directory(
+    stub,
+    directory: Path,
+    batch_size: int = 32,
+    skip_auto_tags: bool = False,
+    progress: bool = True,
+    collection: str = "",
+) -> tuple[int, list[search_pb2.IndexItemResult]]:
     """Index every image of `directory`; returns (indexed count, failed results)."""
     total = sum(1 for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    indexed, failed = 0, []
+    indexed, failed = 0, list[search_pb2.IndexItemResult]()
     with tqdm(total=total, unit="img", disable=not progress, desc="indexing") as bar:
         for batch in batches(image_items(directory), batch_size):
-            reply = stub.Index(search_pb2.IndexRequest(items=batch, skip_auto_tags=skip_auto_tags, collection=collection),
-                               timeout=300,
-                               metadata=auth_metadata())
+            reply = stub.Index(
+                search_pb2.IndexRequest(items=batch, skip_auto_tags=skip_auto_tags, collection=collection),
+                timeout=300,
+                metadata=auth_metadata(),
+            )
             indexed += reply.indexed_count
             failed.extend(r for r in reply.results if not r.indexed)
             bar.update(len(batch))
@@ -95,8 +106,9 @@ def metadata_filter(args: argparse.Namespace) -> search_pb2.MetadataFilter:
         combined.conditions.append(search_pb2.MetadataCondition(key=key, equals=value))
     for clause in args.where_any or []:
         key, _, values = clause.partition("=")
-        combined.conditions.append(search_pb2.MetadataCondition(
-            key=key, any_of=search_pb2.StringList(values=values.split(","))))
+        combined.conditions.append(
+            search_pb2.MetadataCondition(key=key, any_of=search_pb2.StringList(values=values.split(",")))
+        )
     for clause in args.range or []:
         key, _, bounds = clause.partition("=")
         low, _, high = bounds.partition("..")
@@ -124,13 +136,22 @@ def modality_bias(args: argparse.Namespace) -> search_pb2.ModalityBias:
 
 
 def search_request(args: argparse.Namespace) -> search_pb2.SearchRequest:
-    request = search_pb2.SearchRequest(top_k=args.top_k, candidates=args.candidates, explain=args.explain,
-                                       keyword_filter=args.keyword or [], collection=args.collection,
-                                       offset=args.offset, metadata_filter=metadata_filter(args),
-                                       modality=modality_bias(args))
+    request = search_pb2.SearchRequest(
+        top_k=args.top_k,
+        candidates=args.candidates,
+        explain=args.explain,
+        keyword_filter=args.keyword or [],
+        collection=args.collection,
+        offset=args.offset,
+        metadata_filter=metadata_filter(args),
+        modality=modality_bias(args),
+    )
     if args.image or args.id:
-        image = (search_pb2.ImageQuery(data=Path(args.image).read_bytes()) if args.image
-                 else search_pb2.ImageQuery(id=args.id))
+        image = (
+            search_pb2.ImageQuery(data=Path(args.image).read_bytes())
+            if args.image
+            else search_pb2.ImageQuery(id=args.id)
+        )
         if args.modify:
             request.composed.CopyFrom(search_pb2.ComposedQuery(image=image, modification=args.modify))
         else:
@@ -144,17 +165,28 @@ def search_request(args: argparse.Namespace) -> search_pb2.SearchRequest:
 
 def rerank_request(args: argparse.Namespace) -> search_pb2.RerankRequest:
     candidates = [search_pb2.RerankCandidate(id=i) for i in args.ids or []]
-    candidates += [search_pb2.RerankCandidate(inline=search_pb2.InlineImage(id=path, image=Path(path).read_bytes()))
-                   for path in args.images or []]
-    return search_pb2.RerankRequest(text=args.text, candidates=candidates, top_k=args.top_k, explain=args.explain,
-                                    collection=args.collection, modality=modality_bias(args))
+    candidates += [
+        search_pb2.RerankCandidate(inline=search_pb2.InlineImage(id=path, image=Path(path).read_bytes()))
+        for path in args.images or []
+    ]
+    return search_pb2.RerankRequest(
+        text=args.text,
+        candidates=candidates,
+        top_k=args.top_k,
+        explain=args.explain,
+        collection=args.collection,
+        modality=modality_bias(args),
+    )
 
 
 def results_table(reply: search_pb2.SearchResponse) -> str:
     lines = [f"{'#':>2}  {'id':<24} {'score':>7} {'visual':>7} {'keyword':>8}  title"]
     for rank, r in enumerate(reply.results, 1):
-        weights = (f"{r.evidence.visual_weight:>7.2f} {r.evidence.keyword_weight:>8.2f}"
-                   if r.HasField("evidence") else f"{'-':>7} {'-':>8}")
+        weights = (
+            f"{r.evidence.visual_weight:>7.2f} {r.evidence.keyword_weight:>8.2f}"
+            if r.HasField("evidence")
+            else f"{'-':>7} {'-':>8}"
+        )
         lines.append(f"{rank:>2}  {r.id:<24} {r.score:>7.3f} {weights}  {r.title[:60]}")
         if r.HasField("evidence") and (r.evidence.keywords or r.evidence.regions):
             keywords = ", ".join(f"{k.keyword} {k.weight:.2f}" for k in r.evidence.keywords[:4])
@@ -167,8 +199,11 @@ def results_table(reply: search_pb2.SearchResponse) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="amcsearch", description="Index and search images with amcsearch.")
-    parser.add_argument("--addr", default=os.environ.get("SEARCH_ADDR", "127.0.0.1:50050"),
-                        help="SearchService address (default $SEARCH_ADDR or 127.0.0.1:50050)")
+    parser.add_argument(
+        "--addr",
+        default=os.environ.get("SEARCH_ADDR", "127.0.0.1:50050"),
+        help="SearchService address (default $SEARCH_ADDR or 127.0.0.1:50050)",
+    )
     parser.add_argument("--collection", default="", help="a named collection (default: the default one)")
     commands = parser.add_subparsers(dest="command", required=True)
     index = commands.add_parser("index", help="index every image of a folder")
@@ -224,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def index_command(args: argparse.Namespace, stub) -> int:
-    indexed, failed = index_directory(stub, args.directory, args.batch_size, args.skip_auto_tags,
-                                      collection=args.collection)
+    indexed, failed = index_directory(
+        stub, args.directory, args.batch_size, args.skip_auto_tags, collection=args.collection
+    )
     print(f"indexed {indexed} images, {len(failed)} failed")
     for result in failed:
         print(f"  {result.id}: {result.error_code} {result.error}")
@@ -272,16 +308,24 @@ def get_command(args: argparse.Namespace, stub) -> int:
 
 
 def delete_command(args: argparse.Namespace, stub) -> int:
-    reply = stub.Delete(search_pb2.DeleteRequest(ids=args.ids, collection=args.collection), timeout=30,
-                        metadata=auth_metadata())
+    reply = stub.Delete(
+        search_pb2.DeleteRequest(ids=args.ids, collection=args.collection), timeout=30, metadata=auth_metadata()
+    )
     print(f"deleted {reply.deleted_count}; not found: {', '.join(reply.missing_ids) or 'none'}")
     return 0
 
 
 def run(args: argparse.Namespace, stub) -> int:
-    commands = {"index": index_command, "search": search_command, "rerank": rerank_command, "batch": batch_command,
-                "collections": collections_command, "stats": stats_command, "get": get_command,
-                "delete": delete_command}
+    commands = {
+        "index": index_command,
+        "search": search_command,
+        "rerank": rerank_command,
+        "batch": batch_command,
+        "collections": collections_command,
+        "stats": stats_command,
+        "get": get_command,
+        "delete": delete_command,
+    }
     return commands[args.command](args, stub)
 
 
@@ -293,8 +337,9 @@ def collections_command(args: argparse.Namespace, stub) -> int:
     if not args.name:
         raise SystemExit(f"collections {args.action} needs a NAME")
     if args.action == "create":
-        reply = stub.CreateCollection(search_pb2.CreateCollectionRequest(name=args.name), timeout=30,
-                                      metadata=auth_metadata())
+        reply = stub.CreateCollection(
+            search_pb2.CreateCollectionRequest(name=args.name), timeout=30, metadata=auth_metadata()
+        )
         print("created" if reply.created else "exists already")
         return 0
     reply = stub.DropCollection(search_pb2.DropCollectionRequest(name=args.name), timeout=60, metadata=auth_metadata())

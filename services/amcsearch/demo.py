@@ -54,16 +54,22 @@ def run_examples(stub, out_dir: Path, composed_query) -> None:
     modification = composed_query.modification
     requests = [search_pb2.SearchRequest(text=t, top_k=5, explain=True) for t in TEXT_EXAMPLES]
     requests.append(search_pb2.SearchRequest(image=search_pb2.ImageQuery(id=first_id), top_k=5))
-    requests.append(search_pb2.SearchRequest(
-        composed=search_pb2.ComposedQuery(image=search_pb2.ImageQuery(id=first_id), modification=modification),
-        top_k=5))
+    requests.append(
+        search_pb2.SearchRequest(
+            composed=search_pb2.ComposedQuery(image=search_pb2.ImageQuery(id=first_id), modification=modification),
+            top_k=5,
+        )
+    )
     for number, request in enumerate(requests, 1):
         started = time.perf_counter()
         reply = stub.Search(request, timeout=60)
         took = (time.perf_counter() - started) * 1000
         kind = request.WhichOneof("query")
-        label = {"text": request.text, "image": f"like image {first_id}",
-                 "composed": f"image {first_id} + '{modification}' (target: {composed_query.target_id})"}[kind]
+        label = {
+            "text": request.text,
+            "image": f"like image {first_id}",
+            "composed": f"image {first_id} + '{modification}' (target: {composed_query.target_id})",
+        }[kind]
         print(f"\n== {kind} search: {label}  ({took:.0f} ms)")
         print(results_table(reply))
         write_html(out_dir / f"search-{number}.html", request, reply)
@@ -83,8 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"demo corpus: {len(split.images)} test-split images in {images}")
     index_path = var / f"demo-{args.size}.db"
     shutil.rmtree(index_path, ignore_errors=True)  # each demo indexes afresh
-    stack = Stack(ROOT / "model_repository", var / "log", redis_url=os.environ.get("REDIS_URL"),
-                  extra_env={"INDEX_URI": str(index_path)})
+    stack = Stack(
+        ROOT / "model_repository",
+        var / "log",
+        redis_url=os.environ.get("REDIS_URL"),
+        extra_env={"INDEX_URI": str(index_path)},
+    )
     try:
         stack.start(timeout=180)
         print(f"stack healthy in {time.monotonic() - started:.0f}s:\n{stack.table()}\n")
@@ -94,10 +104,14 @@ def main(argv: list[str] | None = None) -> int:
             indexed, failed = index_directory(stub, images, batch_size=32)
             print(f"indexed {indexed} images ({len(failed)} failed) in {time.monotonic() - began:.0f}s")
             run_examples(stub, var, split.composed_queries[0])
-            print(f"\nResult pages: {var}/search-*.html. Logs: {var / 'log'}. Metrics: "
-                  + ", ".join(p.endpoints['metrics'] for n, p in stack.processes.items() if 'metrics' in p.endpoints))
-            print(f"Try it yourself: `make up`, then `.venv/bin/amcsearch index {images}` and "
-                  "`.venv/bin/amcsearch search \"small blue square bottom-right\" --explain --html out.html`.")
+            print(
+                f"\nResult pages: {var}/search-*.html. Logs: {var / 'log'}. Metrics: "
+                + ", ".join(p.endpoints["metrics"] for n, p in stack.processes.items() if "metrics" in p.endpoints)
+            )
+            print(
+                f"Try it yourself: `make up`, then `.venv/bin/amcsearch index {images}` and "
+                '`.venv/bin/amcsearch search "small blue square bottom-right" --explain --html out.html`.'
+            )
             print(f"demo finished in {time.monotonic() - started:.0f}s")
             if args.keep_running:
                 print(f"stack still up (SearchService at {stack.address('search')}); Ctrl-C stops it")

@@ -58,12 +58,18 @@ class Supervisor:
             if name not in self.due:
                 recent = [t for t in self.restarts.get(name, []) if now - t < CRASH_LOOP_WINDOW_SECONDS]
                 if len(recent) >= CRASH_LOOP_RESTARTS:
-                    raise CrashLoopError(f"{name} died {len(recent) + 1} times within {CRASH_LOOP_WINDOW_SECONDS:.0f}s; "
-                                    f"stopping the stack. Its log: {process.log_path}\n{process.log_tail(15)}")
+                    raise CrashLoopError(
+                        f"{name} died {len(recent) + 1} times within {CRASH_LOOP_WINDOW_SECONDS:.0f}s; "
+                        f"stopping the stack. Its log: {process.log_path}\n{process.log_tail(15)}"
+                    )
                 self.restarts[name] = recent
                 self.due[name] = now + RESTART_BACKOFF_SECONDS[min(len(recent), len(RESTART_BACKOFF_SECONDS) - 1)]
-                log.warning("%s exited (code %s); starting it again in %.1fs", name,
-                            process.popen.returncode if process.popen else "?", self.due[name] - now)
+                log.warning(
+                    "%s exited (code %s); starting it again in %.1fs",
+                    name,
+                    process.popen.returncode if process.popen else "?",
+                    self.due[name] - now,
+                )
             if now >= self.due[name]:
                 del self.due[name]
                 self.restarts[name].append(now)
@@ -122,13 +128,21 @@ class Stack:
         wait_until(lambda: processes.triton_ready(http_port), timeout, "tritonserver", triton)
         for spec in specs:
             port, metrics = ports[spec.module]
-            self._launch(processes.service_process(spec.module, spec.prefix, port, metrics, self.env,
-                                                   self.log_dir, SERVICES_ROOT))
+            self._launch(
+                processes.service_process(
+                    spec.module, spec.prefix, port, metrics, self.env, self.log_dir, SERVICES_ROOT
+                )
+            )
         for spec in specs:
             process = self.processes[spec.module]
             remaining = max(5.0, timeout - (time.monotonic() - started))
-            wait_until(lambda process=process: processes.grpc_serving(process.endpoints["grpc"]), remaining,
-                       spec.module, process, interval=0.5)
+            wait_until(
+                lambda process=process: processes.grpc_serving(process.endpoints["grpc"]),
+                remaining,
+                spec.module,
+                process,
+                interval=0.5,
+            )
         log.info("stack healthy in %.1fs", time.monotonic() - started)
 
     def _launch(self, process: Process) -> None:
@@ -162,7 +176,9 @@ class Stack:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repository", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", ROOT / "model_repository")))
+    parser.add_argument(
+        "--repository", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", ROOT / "model_repository"))
+    )
     parser.add_argument("--log-dir", type=Path, default=ROOT / "var" / "log")
     parser.add_argument("--free-ports", action="store_true", help="pick free ports instead of the defaults")
     parser.add_argument("--timeout", type=float, default=120.0)
@@ -172,8 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if not any(args.repository.glob("*/configs/pyt.pbtxt")):
         print(f"no models in {args.repository}: run `make models` first", file=sys.stderr)
         return 2
-    stack = Stack(args.repository, args.log_dir, fixed_ports=not args.free_ports,
-                  redis_url=os.environ.get("REDIS_URL"))
+    stack = Stack(args.repository, args.log_dir, fixed_ports=not args.free_ports, redis_url=os.environ.get("REDIS_URL"))
     stopping = threading.Event()
 
     def request_stop(signum, _frame):

@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+
 def _die_with_parent(argv: list[str]) -> list[str]:
     """Prefix `argv` with util-linux's setpriv so the child gets SIGTERM if we die.
 
@@ -58,8 +59,12 @@ class Process:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log_file:  # the child keeps its own copy of the descriptor
             self.popen = subprocess.Popen(
-                _die_with_parent(self.argv), env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                _die_with_parent(self.argv),
+                env=self.env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
 
     def alive(self) -> bool:
@@ -109,6 +114,7 @@ def wait_until(check, timeout: float, what: str, process: Process | None = None,
 
 # --- tritonserver from the nvidia-pytriton wheel -------------------------------------------
 
+
 def pytriton_server_dir() -> Path:
     import pytriton  # the wheel ships the tritonserver binary and its backends
 
@@ -142,8 +148,15 @@ def triton_environment(server_dir: Path) -> dict[str, str]:
     return env
 
 
-def triton_process(repository: Path, log_dir: Path, grpc_port: int, http_port: int, metrics_port: int,
-                   models: list[str] | None = None, host: str = "127.0.0.1") -> Process:
+def triton_process(
+    repository: Path,
+    log_dir: Path,
+    grpc_port: int,
+    http_port: int,
+    metrics_port: int,
+    models: list[str] | None = None,
+    host: str = "127.0.0.1",
+) -> Process:
     server_dir = pytriton_server_dir()
     prepare_python_backend(server_dir)
     cache_dir = Path(tempfile.mkdtemp(prefix="amcsearch-triton-cache-"))
@@ -153,19 +166,31 @@ def triton_process(repository: Path, log_dir: Path, grpc_port: int, http_port: i
         f"--backend-directory={server_dir / 'backends'}",
         f"--cache-directory={cache_dir}",
         "--model-config-name=pyt",
-        f"--grpc-port={grpc_port}", f"--http-port={http_port}", f"--metrics-port={metrics_port}",
+        f"--grpc-port={grpc_port}",
+        f"--http-port={http_port}",
+        f"--metrics-port={metrics_port}",
         # loopback only: Triton listens on every interface unless told otherwise
-        f"--grpc-address={host}", f"--http-address={host}", f"--metrics-address={host}",
-        "--allow-metrics=true", "--log-verbose=0", "--exit-timeout-secs=10",
+        f"--grpc-address={host}",
+        f"--http-address={host}",
+        f"--metrics-address={host}",
+        "--allow-metrics=true",
+        "--log-verbose=0",
+        "--exit-timeout-secs=10",
     ]
     if models:
         argv.append("--model-control-mode=explicit")
         argv.extend(f"--load-model={model}" for model in models)
     return Process(
-        "tritonserver", argv, triton_environment(server_dir), log_dir / "tritonserver.log",
+        "tritonserver",
+        argv,
+        triton_environment(server_dir),
+        log_dir / "tritonserver.log",
         stop_signal=signal.SIGINT,
-        endpoints={"grpc": f"127.0.0.1:{grpc_port}", "http": f"127.0.0.1:{http_port}",
-                   "metrics": f"http://127.0.0.1:{metrics_port}/metrics"},
+        endpoints={
+            "grpc": f"127.0.0.1:{grpc_port}",
+            "http": f"127.0.0.1:{http_port}",
+            "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
+        },
     )
 
 
@@ -176,14 +201,33 @@ def triton_ready(http_port: int) -> bool:
 
 # --- redis-server ----------------------------------------------------------------------------
 
+
 def redis_process(port: int, log_dir: Path) -> Process:
     binary = shutil.which("redis-server")
     if binary is None:
         raise FileNotFoundError("redis-server is not installed: run `make setup` or set REDIS_URL")
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--maxmemory", "512mb", "--maxmemory-policy", "allkeys-lru"]
-    return Process("redis-server", argv, dict(os.environ), log_dir / "redis.log",
-                   endpoints={"redis": f"redis://127.0.0.1:{port}/0"})
+    argv = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--maxmemory",
+        "512mb",
+        "--maxmemory-policy",
+        "allkeys-lru",
+    ]
+    return Process(
+        "redis-server",
+        argv,
+        dict(os.environ),
+        log_dir / "redis.log",
+        endpoints={"redis": f"redis://127.0.0.1:{port}/0"},
+    )
 
 
 def redis_ready(port: int) -> bool:
@@ -194,18 +238,22 @@ def redis_ready(port: int) -> bool:
 
 # --- the amcsearch services ------------------------------------------------------------------
 
-def service_process(module: str, prefix: str, port: int, metrics_port: int, env: dict[str, str],
-                    log_dir: Path, services_root: Path) -> Process:
+
+def service_process(
+    module: str, prefix: str, port: int, metrics_port: int, env: dict[str, str], log_dir: Path, services_root: Path
+) -> Process:
     child_env = dict(os.environ)
     child_env.update(env)
     child_env[f"{prefix}_PORT"] = str(port)
     child_env[f"{prefix}_METRICS_PORT"] = str(metrics_port)
-    child_env["PYTHONPATH"] = os.pathsep.join(
-        p for p in [str(services_root), child_env.get("PYTHONPATH", "")] if p
+    child_env["PYTHONPATH"] = os.pathsep.join(p for p in [str(services_root), child_env.get("PYTHONPATH", "")] if p)
+    return Process(
+        module,
+        [sys.executable, "-m", f"amcsearch.{module}"],
+        child_env,
+        log_dir / f"{module}.log",
+        endpoints={"grpc": f"127.0.0.1:{port}", "metrics": f"http://127.0.0.1:{metrics_port}/metrics"},
     )
-    return Process(module, [sys.executable, "-m", f"amcsearch.{module}"], child_env,
-                   log_dir / f"{module}.log",
-                   endpoints={"grpc": f"127.0.0.1:{port}", "metrics": f"http://127.0.0.1:{metrics_port}/metrics"})
 
 
 def grpc_serving(address: str, service: str = "") -> bool:

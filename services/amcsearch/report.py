@@ -42,23 +42,30 @@ def result_card(rank: int, result: search_pb2.SearchResult) -> str:
     bar = ""
     if result.HasField("evidence"):
         visual = max(0.0, min(1.0, result.evidence.visual_weight)) * 100
-        bar = (f'<div class="bar" title="visual {visual:.0f}% / keyword {100 - visual:.0f}%">'
-               f'<div class="visual" style="width:{visual:.0f}%"></div>'
-               f'<div class="keyword" style="width:{100 - visual:.0f}%"></div></div>')
+        bar = (
+            f'<div class="bar" title="visual {visual:.0f}% / keyword {100 - visual:.0f}%">'
+            f'<div class="visual" style="width:{visual:.0f}%"></div>'
+            f'<div class="keyword" style="width:{100 - visual:.0f}%"></div></div>'
+        )
         keywords = ", ".join(html.escape(k.keyword) for k in result.evidence.keywords[:4])
         if keywords:
             bar += f'<div class="small">keywords: {keywords}</div>'
-    return (f'<div class="result">{image}<div>#{rank} <b>{html.escape(result.id)}</b> '
-            f'{result.score:.3f}</div>{bar}<div class="small">{html.escape(result.title)}</div></div>')
+    return (
+        f'<div class="result">{image}<div>#{rank} <b>{html.escape(result.id)}</b> '
+        f'{result.score:.3f}</div>{bar}<div class="small">{html.escape(result.title)}</div></div>'
+    )
 
 
 def write_html(path: Path, request: search_pb2.SearchRequest, reply: search_pb2.SearchResponse) -> None:
     cards = "\n".join(result_card(i, r) for i, r in enumerate(reply.results, 1))
-    degraded = "".join(f"<p><b>degraded</b> {html.escape(d.stage)}: {html.escape(d.reason)}</p>"
-                       for d in reply.degradations)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>amcsearch results</title>"
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(describe(request))}</h1>"
-            f"<p class='small'>stages: {' &rarr; '.join(reply.stages)}; bars: "
-            f"<span style='color:#3b7dd8'>visual</span> / <span style='color:#e8a33d'>keyword</span> weight</p>"
-            f"{degraded}<div>{cards}</div></body></html>")
+    degraded = "".join(
+        f"<p><b>degraded</b> {html.escape(d.stage)}: {html.escape(d.reason)}</p>" for d in reply.degradations
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>amcsearch results</title>"
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(describe(request))}</h1>"
+        f"<p class='small'>stages: {' &rarr; '.join(reply.stages)}; bars: "
+        f"<span style='color:#3b7dd8'>visual</span> / <span style='color:#e8a33d'>keyword</span> weight</p>"
+        f"{degraded}<div>{cards}</div></body></html>"
+    )
     Path(path).write_text(page, encoding="utf-8")

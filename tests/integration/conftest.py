@@ -25,8 +25,12 @@ def tiny_repository(tmp_path_factory) -> Path:
 
 
 def start_stack(repository: Path, log_dir: Path, **env: str) -> Stack:
-    stack = Stack(repository, log_dir, extra_env={"TRITON_CANARY_INTERVAL_SECONDS": "3600", **env},
-                  services=tuple(s for s in SERVICES if s.module == "query_encoder"))
+    stack = Stack(
+        repository,
+        log_dir,
+        extra_env={"TRITON_CANARY_INTERVAL_SECONDS": "3600", **env},
+        services=tuple(s for s in SERVICES if s.module == "query_encoder"),
+    )
     stack.start(timeout=120)
     return stack
 
@@ -80,12 +84,16 @@ def model_repository() -> Path:
 def real_stack(model_repository, tmp_path_factory):
     """Every service on the trained models, with its own Redis and embedded index file."""
     work = tmp_path_factory.mktemp("real-stack")
-    stack = Stack(model_repository, work / "logs", extra_env={
-        "TRITON_CANARY_INTERVAL_SECONDS": "3600",
-        "INDEX_URI": str(work / "index.sqlite"),
-        "FEATURE_EXTRACTOR_MAX_IMAGE_BYTES": "2000000",
-        "FEATURE_EXTRACTOR_MAX_IMAGE_PIXELS": "4000000",
-    })
+    stack = Stack(
+        model_repository,
+        work / "logs",
+        extra_env={
+            "TRITON_CANARY_INTERVAL_SECONDS": "3600",
+            "INDEX_URI": str(work / "index.sqlite"),
+            "FEATURE_EXTRACTOR_MAX_IMAGE_BYTES": "2000000",
+            "FEATURE_EXTRACTOR_MAX_IMAGE_PIXELS": "4000000",
+        },
+    )
     stack.start(timeout=300)
     yield stack
     stack.stop()

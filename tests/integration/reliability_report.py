@@ -14,15 +14,21 @@ ROWS: list[dict] = []
 def write_report() -> None:
     if not ROWS:
         return
-    lines = ["# Reliability under faults and hostile input", "",
-             f"Written by `make test` (tests/integration/test_reliability.py, test_hardening.py), "
-             f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, 2-core machine, no GPU; clients call on loopback while the "
-             "fault happens.", "",
-             "| fault or input | requests sent | failed | degraded (OK, ANN order) | lost writes | resurrected items "
-             "| failure codes | recovery | peak RSS |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "# Reliability under faults and hostile input",
+        "",
+        f"Written by `make test` (tests/integration/test_reliability.py, test_hardening.py), "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, 2-core machine, no GPU; clients call on loopback while the "
+        "fault happens.",
+        "",
+        "| fault or input | requests sent | failed | degraded (OK, ANN order) | lost writes | resurrected items "
+        "| failure codes | recovery | peak RSS |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for row in ROWS:
-        lines.append(f"| {row['fault']} | {row['sent']} | {row['failed']} | {row['degraded']} | {row['lost']} | "
-                     f"{row.get('resurrected', 0)} | {row['codes'] or '-'} | {row['recovery']} | "
-                     f"{row.get('peak_rss', '-')} |")
+        lines.append(
+            f"| {row['fault']} | {row['sent']} | {row['failed']} | {row['degraded']} | {row['lost']} | "
+            f"{row.get('resurrected', 0)} | {row['codes'] or '-'} | {row['recovery']} | "
+            f"{row.get('peak_rss', '-')} |"
+        )
     (ROOT / "benchmarks" / "RELIABILITY.md").write_text("\n".join(lines) + "\n")

@@ -31,15 +31,24 @@ def fresh(search) -> str:
 
 
 def items(split, count: int, metadata=lambda i: {}) -> list[search_pb2.ImageItem]:
-    return [search_pb2.ImageItem(id=r.id, image=png(p), title=r.caption, metadata=metadata(i), keywords=[
-        common_pb2.Keyword(text=k, confidence=c) for k, c in r.noisy_keywords])
-        for i, (r, p) in enumerate(zip(split.images[:count], split.pixels[:count], strict=True))]
+    return [
+        search_pb2.ImageItem(
+            id=r.id,
+            image=png(p),
+            title=r.caption,
+            metadata=metadata(i),
+            keywords=[common_pb2.Keyword(text=k, confidence=c) for k, c in r.noisy_keywords],
+        )
+        for i, (r, p) in enumerate(zip(split.images[:count], split.pixels[:count], strict=True))
+    ]
 
 
 def index(search, collection: str, batch: list[search_pb2.ImageItem]) -> None:
     for start in range(0, len(batch), 32):
-        reply = search.Index(search_pb2.IndexRequest(items=batch[start:start + 32], skip_auto_tags=True,
-                                                     collection=collection), timeout=120)
+        reply = search.Index(
+            search_pb2.IndexRequest(items=batch[start : start + 32], skip_auto_tags=True, collection=collection),
+            timeout=120,
+        )
         assert reply.failed_count == 0, [r.error for r in reply.results if not r.indexed]
 
 
@@ -67,6 +76,7 @@ def expect_error(call, code, fragment):
 
 # --- collections -----------------------------------------------------------------------------
 
+
 def test_collections_are_isolated_and_listed(search, ci_corpus):
     a, b = fresh(search), fresh(search)
     index(search, a, items(ci_corpus.test, 3))
@@ -76,40 +86,67 @@ def test_collections_are_isolated_and_listed(search, ci_corpus):
     reply = search.Search(search_pb2.SearchRequest(text="circle", top_k=10, collection=b), timeout=30)
     assert list(reply.results) == []
     assert search.Stats(search_pb2.StatsRequest(collection=a), timeout=30).image_count == 3
-    listed = {c.name: c.image_count for c in search.ListCollections(search_pb2.ListCollectionsRequest(), timeout=30).collections}
+    listed = {
+        c.name: c.image_count
+        for c in search.ListCollections(search_pb2.ListCollectionsRequest(), timeout=30).collections
+    }
     assert listed[a] == 3 and listed[b] == 0 and "" in listed
     assert not search.CreateCollection(search_pb2.CreateCollectionRequest(name=a), timeout=30).created
     assert search.DropCollection(search_pb2.DropCollectionRequest(name=a), timeout=30).deleted_images == 3
     expect_error(lambda: search.Stats(search_pb2.StatsRequest(collection=a), timeout=30), grpc.StatusCode.NOT_FOUND, a)
 
 
-@pytest.mark.parametrize(("name", "fragment"), [("1abc", "must be 1..63 characters"), ("a-b", "must be 1..63"),
-                                                ("x" * 64, "must be 1..63"), ("a b", "must be 1..63")])
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("1abc", "must be 1..63 characters"),
+        ("a-b", "must be 1..63"),
+        ("x" * 64, "must be 1..63"),
+        ("a b", "must be 1..63"),
+    ],
+)
 def test_bad_collection_names(search, name, fragment):
-    expect_error(lambda: search.Search(search_pb2.SearchRequest(text="x", collection=name), timeout=30),
-                 grpc.StatusCode.INVALID_ARGUMENT, fragment)
-    expect_error(lambda: search.CreateCollection(search_pb2.CreateCollectionRequest(name=name), timeout=30),
-                 grpc.StatusCode.INVALID_ARGUMENT, fragment)
+    expect_error(
+        lambda: search.Search(search_pb2.SearchRequest(text="x", collection=name), timeout=30),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        fragment,
+    )
+    expect_error(
+        lambda: search.CreateCollection(search_pb2.CreateCollectionRequest(name=name), timeout=30),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        fragment,
+    )
 
 
 def test_missing_collection_is_not_found_everywhere(search, ci_corpus):
     missing = f"nope_{uuid.uuid4().hex[:6]}"
-    for call in (lambda: search.Search(search_pb2.SearchRequest(text="x", collection=missing), timeout=30),
-                 lambda: search.Get(search_pb2.GetRequest(ids=["a"], collection=missing), timeout=30),
-                 lambda: search.Delete(search_pb2.DeleteRequest(ids=["a"], collection=missing), timeout=30),
-                 lambda: search.Index(search_pb2.IndexRequest(items=items(ci_corpus.test, 1), collection=missing),
-                                      timeout=30),
-                 lambda: search.DropCollection(search_pb2.DropCollectionRequest(name=missing), timeout=30)):
+    for call in (
+        lambda: search.Search(search_pb2.SearchRequest(text="x", collection=missing), timeout=30),
+        lambda: search.Get(search_pb2.GetRequest(ids=["a"], collection=missing), timeout=30),
+        lambda: search.Delete(search_pb2.DeleteRequest(ids=["a"], collection=missing), timeout=30),
+        lambda: search.Index(search_pb2.IndexRequest(items=items(ci_corpus.test, 1), collection=missing), timeout=30),
+        lambda: search.DropCollection(search_pb2.DropCollectionRequest(name=missing), timeout=30),
+    ):
         expect_error(call, grpc.StatusCode.NOT_FOUND, "does not exist")
-    expect_error(lambda: search.DropCollection(search_pb2.DropCollectionRequest(name=""), timeout=30),
-                 grpc.StatusCode.INVALID_ARGUMENT, "default collection cannot be dropped")
+    expect_error(
+        lambda: search.DropCollection(search_pb2.DropCollectionRequest(name=""), timeout=30),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "default collection cannot be dropped",
+    )
 
 
 # --- metadata filters ------------------------------------------------------------------------
 
+
 def filtered(search, collection, metadata_filter, top_k=100, **extra) -> list[search_pb2.SearchResult]:
-    request = search_pb2.SearchRequest(text="a picture", top_k=top_k, candidates=max(top_k, 100),
-                                       collection=collection, metadata_filter=metadata_filter, **extra)
+    request = search_pb2.SearchRequest(
+        text="a picture",
+        top_k=top_k,
+        candidates=max(top_k, 100),
+        collection=collection,
+        metadata_filter=metadata_filter,
+        **extra,
+    )
     return list(search.Search(request, timeout=60).results)
 
 
@@ -122,77 +159,133 @@ def test_metadata_filters_equality_in_range_exists_and_or(search, catalogue):
 
     one = filtered(search, catalogue, search_pb2.MetadataFilter(conditions=[Condition(key="bucket", equals="7")]))
     assert {r.metadata["bucket"] for r in one} == {"7"} and len(one) == 2
-    any_of = search_pb2.MetadataFilter(conditions=[Condition(key="bucket", any_of=search_pb2.StringList(values=["1", "2"]))])
+    any_of = search_pb2.MetadataFilter(
+        conditions=[Condition(key="bucket", any_of=search_pb2.StringList(values=["1", "2"]))]
+    )
     assert {r.metadata["bucket"] for r in filtered(search, catalogue, any_of)} == {"1", "2"}
-    ranged = filtered(search, catalogue, search_pb2.MetadataFilter(
-        conditions=[Condition(key="price", range=search_pb2.NumberRange(gte=15, lt=30))]))
+    ranged = filtered(
+        search,
+        catalogue,
+        search_pb2.MetadataFilter(conditions=[Condition(key="price", range=search_pb2.NumberRange(gte=15, lt=30))]),
+    )
     assert ranged and all(15 <= price(r) < 30 for r in ranged) and len(ranged) == 10
     flagged = ids(search_pb2.MetadataFilter(conditions=[Condition(key="flag", exists=True)]))
     assert len(flagged) == 12
-    either = search_pb2.MetadataFilter(combine=search_pb2.MetadataFilter.ANY, conditions=[
-        Condition(key="bucket", equals="7"), Condition(key="flag", exists=True)])
+    either = search_pb2.MetadataFilter(
+        combine=search_pb2.MetadataFilter.ANY,
+        conditions=[Condition(key="bucket", equals="7"), Condition(key="flag", exists=True)],
+    )
     assert ids(either) == flagged | {r.id for r in one}
-    both = search_pb2.MetadataFilter(conditions=[Condition(key="flag", exists=True)], groups=[search_pb2.MetadataFilter(
-        combine=search_pb2.MetadataFilter.ANY, conditions=[Condition(key="bucket", equals="0"),
-                                                            Condition(key="bucket", equals="10")])])
+    both = search_pb2.MetadataFilter(
+        conditions=[Condition(key="flag", exists=True)],
+        groups=[
+            search_pb2.MetadataFilter(
+                combine=search_pb2.MetadataFilter.ANY,
+                conditions=[Condition(key="bucket", equals="0"), Condition(key="bucket", equals="10")],
+            )
+        ],
+    )
     assert {r.metadata["bucket"] for r in filtered(search, catalogue, both)} <= {"0", "10"}
-    keyword = filtered(search, catalogue, search_pb2.MetadataFilter(conditions=[Condition(key="flag", exists=True)]),
-                       keyword_filter=["red"])
+    keyword = filtered(
+        search,
+        catalogue,
+        search_pb2.MetadataFilter(conditions=[Condition(key="flag", exists=True)]),
+        keyword_filter=["red"],
+    )
     assert all(r.metadata.get("flag") == "on" for r in keyword)
 
 
 def test_filter_values_are_escaped_and_never_change_another_filter(search, catalogue):
     for value in HOSTILE:
-        results = filtered(search, catalogue, search_pb2.MetadataFilter(conditions=[Condition(key="label", equals=value)]))
+        results = filtered(
+            search, catalogue, search_pb2.MetadataFilter(conditions=[Condition(key="label", equals=value)])
+        )
         assert results and {r.metadata["label"] for r in results} == {value}, value
-    assert filtered(search, catalogue, search_pb2.MetadataFilter(conditions=[Condition(key='label"] or true', exists=True)])) == []
+    assert (
+        filtered(
+            search, catalogue, search_pb2.MetadataFilter(conditions=[Condition(key='label"] or true', exists=True)])
+        )
+        == []
+    )
 
 
 def test_a_filter_matching_one_percent_still_returns_as_many_as_asked(search, catalogue):
     f = search_pb2.MetadataFilter(conditions=[Condition(key="bucket", equals="3")])  # 2 of 120
     assert len(filtered(search, catalogue, f, top_k=2)) == 2
     for kind in ("image",):
-        request = search_pb2.SearchRequest(image=search_pb2.ImageQuery(data=png(np.zeros((128, 128, 3), np.uint8))),
-                                           top_k=2, collection=catalogue, metadata_filter=f)
+        request = search_pb2.SearchRequest(
+            image=search_pb2.ImageQuery(data=png(np.zeros((128, 128, 3), np.uint8))),
+            top_k=2,
+            collection=catalogue,
+            metadata_filter=f,
+        )
         assert len(search.Search(request, timeout=60).results) == 2, kind
 
 
-@pytest.mark.parametrize(("condition", "fragment"), [
-    (Condition(key="", equals="x"), "metadata_filter.conditions[0]: key is empty"),
-    (Condition(key="price"), "metadata_filter.conditions[0] (key 'price'): set one of equals"),
-    (Condition(key="price", range=search_pb2.NumberRange()), "range needs at least one of"),
-    (Condition(key="price", range=search_pb2.NumberRange(gt=5, lt=1)), "range is empty"),
-    (Condition(key="price", range=search_pb2.NumberRange(gt=5, gte=1)), "both gt and gte"),
-    (Condition(key="price", range=search_pb2.NumberRange(lt=float("nan"))), "finite"),
-    (Condition(key="flag", exists=False), "exists must be true"),
-    (Condition(key="bucket", any_of=search_pb2.StringList()), "any_of has no values"),
-])
+@pytest.mark.parametrize(
+    ("condition", "fragment"),
+    [
+        (Condition(key="", equals="x"), "metadata_filter.conditions[0]: key is empty"),
+        (Condition(key="price"), "metadata_filter.conditions[0] (key 'price'): set one of equals"),
+        (Condition(key="price", range=search_pb2.NumberRange()), "range needs at least one of"),
+        (Condition(key="price", range=search_pb2.NumberRange(gt=5, lt=1)), "range is empty"),
+        (Condition(key="price", range=search_pb2.NumberRange(gt=5, gte=1)), "both gt and gte"),
+        (Condition(key="price", range=search_pb2.NumberRange(lt=float("nan"))), "finite"),
+        (Condition(key="flag", exists=False), "exists must be true"),
+        (Condition(key="bucket", any_of=search_pb2.StringList()), "any_of has no values"),
+    ],
+)
 def test_bad_filters_say_which_clause_and_why(search, catalogue, condition, fragment):
-    expect_error(lambda: filtered(search, catalogue, search_pb2.MetadataFilter(conditions=[condition])),
-                 grpc.StatusCode.INVALID_ARGUMENT, fragment)
+    expect_error(
+        lambda: filtered(search, catalogue, search_pb2.MetadataFilter(conditions=[condition])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        fragment,
+    )
 
 
 # --- rerank ----------------------------------------------------------------------------------
 
+
 def test_rerank_scores_indexed_ids_and_inline_images_without_indexing(search, catalogue, ci_corpus):
     split = ci_corpus.test
-    inline = search_pb2.InlineImage(id="mine/1 (not an index id)", image=png(split.pixels[200]),
-                                    keywords=[common_pb2.Keyword(text=k, confidence=c) for k, c in split.images[200].noisy_keywords])
+    inline = search_pb2.InlineImage(
+        id="mine/1 (not an index id)",
+        image=png(split.pixels[200]),
+        keywords=[common_pb2.Keyword(text=k, confidence=c) for k, c in split.images[200].noisy_keywords],
+    )
     candidates = [search_pb2.RerankCandidate(id=split.images[i].id) for i in range(5)]
     candidates.append(search_pb2.RerankCandidate(inline=inline))
-    reply = search.Rerank(search_pb2.RerankRequest(text=split.images[200].caption, candidates=candidates,
-                                                   collection=catalogue, explain=True, skip_auto_tags=True), timeout=60)
+    reply = search.Rerank(
+        search_pb2.RerankRequest(
+            text=split.images[200].caption,
+            candidates=candidates,
+            collection=catalogue,
+            explain=True,
+            skip_auto_tags=True,
+        ),
+        timeout=60,
+    )
     assert len(reply.results) == 6 and reply.stages == ["encode", "rescore"]
     scores = [r.score for r in reply.results]
     assert scores == sorted(scores, reverse=True)
-    assert all(len(r.evidence.regions) == 5 and r.evidence.visual_weight + r.evidence.keyword_weight == pytest.approx(1, abs=1e-4)
-               for r in reply.results)
+    assert all(
+        len(r.evidence.regions) == 5
+        and r.evidence.visual_weight + r.evidence.keyword_weight == pytest.approx(1, abs=1e-4)
+        for r in reply.results
+    )
     assert "mine/1 (not an index id)" in {r.id for r in reply.results}
     assert search.Get(search_pb2.GetRequest(ids=[split.images[200].id], collection=catalogue), timeout=30).missing_ids
     # the same candidates through Search (within_ids) get the same AMC scores
-    within = search.Search(search_pb2.SearchRequest(text=split.images[200].caption, top_k=5, candidates=5,
-                                                    within_ids=[split.images[i].id for i in range(5)],
-                                                    collection=catalogue), timeout=60)
+    within = search.Search(
+        search_pb2.SearchRequest(
+            text=split.images[200].caption,
+            top_k=5,
+            candidates=5,
+            within_ids=[split.images[i].id for i in range(5)],
+            collection=catalogue,
+        ),
+        timeout=60,
+    )
     by_id = {r.id: r.score for r in reply.results}
     for r in within.results:
         assert by_id[r.id] == pytest.approx(r.score, abs=1e-5)
@@ -200,52 +293,101 @@ def test_rerank_scores_indexed_ids_and_inline_images_without_indexing(search, ca
 
 def test_rerank_errors_name_the_candidate(search, catalogue, ci_corpus):
     bad = search_pb2.RerankCandidate(inline=search_pb2.InlineImage(id="x", image=b"not an image"))
-    expect_error(lambda: search.Rerank(search_pb2.RerankRequest(text="red", candidates=[
-        search_pb2.RerankCandidate(id=ci_corpus.test.images[0].id), bad], collection=catalogue), timeout=60),
-        grpc.StatusCode.INVALID_ARGUMENT, "inline candidate 0")
-    expect_error(lambda: search.Rerank(search_pb2.RerankRequest(text="red", candidates=[
-        search_pb2.RerankCandidate(id="never-indexed")], collection=catalogue), timeout=60),
-        grpc.StatusCode.NOT_FOUND, "never-indexed")
-    expect_error(lambda: search.Rerank(search_pb2.RerankRequest(text="red", candidates=[
-        search_pb2.RerankCandidate()] ), timeout=60), grpc.StatusCode.INVALID_ARGUMENT, "candidates[0]: set id or inline")
-    expect_error(lambda: search.Rerank(search_pb2.RerankRequest(text="red", candidates=[
-        search_pb2.RerankCandidate(id="a")] * 201), timeout=60), grpc.StatusCode.RESOURCE_EXHAUSTED, "limit is 200")
+    expect_error(
+        lambda: search.Rerank(
+            search_pb2.RerankRequest(
+                text="red",
+                candidates=[search_pb2.RerankCandidate(id=ci_corpus.test.images[0].id), bad],
+                collection=catalogue,
+            ),
+            timeout=60,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inline candidate 0",
+    )
+    expect_error(
+        lambda: search.Rerank(
+            search_pb2.RerankRequest(
+                text="red", candidates=[search_pb2.RerankCandidate(id="never-indexed")], collection=catalogue
+            ),
+            timeout=60,
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "never-indexed",
+    )
+    expect_error(
+        lambda: search.Rerank(
+            search_pb2.RerankRequest(text="red", candidates=[search_pb2.RerankCandidate()]), timeout=60
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "candidates[0]: set id or inline",
+    )
+    expect_error(
+        lambda: search.Rerank(
+            search_pb2.RerankRequest(text="red", candidates=[search_pb2.RerankCandidate(id="a")] * 201), timeout=60
+        ),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "limit is 200",
+    )
 
 
 # --- modality bias ---------------------------------------------------------------------------
+
 
 def test_modality_bias_keeps_learned_and_applied_weights(search, catalogue, ci_corpus):
     text = ci_corpus.test.images[0].caption
     plain = search.Search(search_pb2.SearchRequest(text=text, top_k=5, collection=catalogue), timeout=60).results
     for r in plain:
         assert r.evidence.visual_weight == pytest.approx(r.evidence.learned_visual_weight, abs=1e-6)
-    visual = search.Search(search_pb2.SearchRequest(text=text, top_k=5, collection=catalogue, modality=search_pb2.ModalityBias(
-        modalities=search_pb2.ModalityBias.VISUAL_ONLY)), timeout=60).results
+    visual = search.Search(
+        search_pb2.SearchRequest(
+            text=text,
+            top_k=5,
+            collection=catalogue,
+            modality=search_pb2.ModalityBias(modalities=search_pb2.ModalityBias.VISUAL_ONLY),
+        ),
+        timeout=60,
+    ).results
     assert all(r.evidence.keyword_weight == pytest.approx(0, abs=1e-6) for r in visual)
     assert all(0 < r.evidence.learned_keyword_weight < 1 for r in visual)
-    bounded = search.Search(search_pb2.SearchRequest(text=text, top_k=20, collection=catalogue, modality=search_pb2.ModalityBias(
-        keyword_scale=3.0, min_keyword_weight=0.3, max_keyword_weight=0.6)), timeout=60).results
+    bounded = search.Search(
+        search_pb2.SearchRequest(
+            text=text,
+            top_k=20,
+            collection=catalogue,
+            modality=search_pb2.ModalityBias(keyword_scale=3.0, min_keyword_weight=0.3, max_keyword_weight=0.6),
+        ),
+        timeout=60,
+    ).results
     for r in bounded:
         learned = r.evidence.learned_keyword_weight
         expected = min(max(3 * learned / (1 - learned + 3 * learned), 0.3), 0.6)
         assert r.evidence.keyword_weight == pytest.approx(expected, abs=1e-4)
 
 
-@pytest.mark.parametrize(("bias", "fragment"), [
-    (search_pb2.ModalityBias(keyword_scale=-1), "keyword_scale must be in [0, 100]"),
-    (search_pb2.ModalityBias(min_keyword_weight=0.8, max_keyword_weight=0.2), "exceeds max_keyword_weight"),
-    (search_pb2.ModalityBias(max_keyword_weight=2), "max_keyword_weight must be in [0, 1]"),
-])
+@pytest.mark.parametrize(
+    ("bias", "fragment"),
+    [
+        (search_pb2.ModalityBias(keyword_scale=-1), "keyword_scale must be in [0, 100]"),
+        (search_pb2.ModalityBias(min_keyword_weight=0.8, max_keyword_weight=0.2), "exceeds max_keyword_weight"),
+        (search_pb2.ModalityBias(max_keyword_weight=2), "max_keyword_weight must be in [0, 1]"),
+    ],
+)
 def test_bad_bias(search, bias, fragment):
-    expect_error(lambda: search.Search(search_pb2.SearchRequest(text="x", modality=bias), timeout=30),
-                 grpc.StatusCode.INVALID_ARGUMENT, fragment)
+    expect_error(
+        lambda: search.Search(search_pb2.SearchRequest(text="x", modality=bias), timeout=30),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        fragment,
+    )
 
 
 # --- batch and pages -------------------------------------------------------------------------
 
+
 def triton_requests(stack, model: str) -> float:
-    return metric_value(scrape(stack.processes["tritonserver"].endpoints["metrics"]), "nv_inference_request_success",
-                        model=model)
+    return metric_value(
+        scrape(stack.processes["tritonserver"].endpoints["metrics"]), "nv_inference_request_success", model=model
+    )
 
 
 def test_batch_search_equals_single_searches_with_one_call_per_model(search, catalogue, real_stack):
@@ -264,22 +406,40 @@ def test_batch_search_equals_single_searches_with_one_call_per_model(search, cat
 
 def test_batch_search_errors_name_the_search(search):
     good = search_pb2.SearchRequest(text="x")
-    expect_error(lambda: search.BatchSearch(search_pb2.BatchSearchRequest(searches=[good, search_pb2.SearchRequest(
-        text="x", top_k=-1)]), timeout=30), grpc.StatusCode.INVALID_ARGUMENT, "searches[1].top_k")
-    expect_error(lambda: search.BatchSearch(search_pb2.BatchSearchRequest(searches=[good] * 33), timeout=30),
-                 grpc.StatusCode.RESOURCE_EXHAUSTED, "limit is 32")
+    expect_error(
+        lambda: search.BatchSearch(
+            search_pb2.BatchSearchRequest(searches=[good, search_pb2.SearchRequest(text="x", top_k=-1)]), timeout=30
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "searches[1].top_k",
+    )
+    expect_error(
+        lambda: search.BatchSearch(search_pb2.BatchSearchRequest(searches=[good] * 33), timeout=30),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "limit is 32",
+    )
 
 
 def test_pages_are_stable_and_do_not_overlap(search, catalogue):
-    whole = search.Search(search_pb2.SearchRequest(text="small blue square", top_k=30, collection=catalogue), timeout=60)
-    pages = [search.Search(search_pb2.SearchRequest(text="small blue square", top_k=10, offset=o, collection=catalogue),
-                           timeout=60) for o in (0, 10, 20)]
+    whole = search.Search(
+        search_pb2.SearchRequest(text="small blue square", top_k=30, collection=catalogue), timeout=60
+    )
+    pages = [
+        search.Search(
+            search_pb2.SearchRequest(text="small blue square", top_k=10, offset=o, collection=catalogue), timeout=60
+        )
+        for o in (0, 10, 20)
+    ]
     assert [r.id for p in pages for r in p.results] == [r.id for r in whole.results]
-    again = search.Search(search_pb2.SearchRequest(text="small blue square", top_k=10, offset=10, collection=catalogue),
-                          timeout=60)
+    again = search.Search(
+        search_pb2.SearchRequest(text="small blue square", top_k=10, offset=10, collection=catalogue), timeout=60
+    )
     assert [r.id for r in again.results] == [r.id for r in pages[1].results]
-    expect_error(lambda: search.Search(search_pb2.SearchRequest(text="x", top_k=10, offset=95, candidates=100),
-                                       timeout=30), grpc.StatusCode.INVALID_ARGUMENT, "exceeds candidates")
+    expect_error(
+        lambda: search.Search(search_pb2.SearchRequest(text="x", top_k=10, offset=95, candidates=100), timeout=30),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "exceeds candidates",
+    )
 
 
 def test_the_cli_exposes_each_feature(real_stack, catalogue, ci_corpus, tmp_path, capsys):
@@ -289,13 +449,46 @@ def test_the_cli_exposes_each_feature(real_stack, catalogue, ci_corpus, tmp_path
     name = f"cli_{uuid.uuid4().hex[:8]}"
     assert main([*addr, "collections", "create", name]) == 0
     assert main([*addr, "--collection", catalogue, "search", "a picture", "--where", "bucket=5", "--top-k", "5"]) == 0
-    assert main([*addr, "--collection", catalogue, "search", "a picture", "--range", "price=0..3", "--has", "flag",
-                 "--filter", '{"combine": "ANY", "conditions": [{"key": "bucket", "equals": "0"}]}',
-                 "--offset", "0", "--keyword-only"]) == 0
+    assert (
+        main(
+            [
+                *addr,
+                "--collection",
+                catalogue,
+                "search",
+                "a picture",
+                "--range",
+                "price=0..3",
+                "--has",
+                "flag",
+                "--filter",
+                '{"combine": "ANY", "conditions": [{"key": "bucket", "equals": "0"}]}',
+                "--offset",
+                "0",
+                "--keyword-only",
+            ]
+        )
+        == 0
+    )
     image = tmp_path / "mine.png"
     image.write_bytes(png(ci_corpus.test.pixels[3]))
-    assert main([*addr, "--collection", catalogue, "rerank", "red", "--ids", ci_corpus.test.images[0].id,
-                 "--images", str(image), "--visual-only"]) == 0
+    assert (
+        main(
+            [
+                *addr,
+                "--collection",
+                catalogue,
+                "rerank",
+                "red",
+                "--ids",
+                ci_corpus.test.images[0].id,
+                "--images",
+                str(image),
+                "--visual-only",
+            ]
+        )
+        == 0
+    )
     queries = tmp_path / "queries.txt"
     queries.write_text("red circle\nblue square\n")
     assert main([*addr, "--collection", catalogue, "batch", str(queries)]) == 0
@@ -310,12 +503,17 @@ def test_the_cli_exposes_each_feature(real_stack, catalogue, ci_corpus, tmp_path
 
 def test_candidate_sources_vector_keyword_and_hybrid(search, catalogue, ci_corpus):
     text = "festive picture with a red circle"
-    replies = {source: search.Search(search_pb2.SearchRequest(text=text, top_k=10, collection=catalogue,
-                                                              candidate_source=value), timeout=60)
-               for source, value in (("vector", search_pb2.SearchRequest.CANDIDATES_VECTOR),
-                                     ("keyword", search_pb2.SearchRequest.CANDIDATES_KEYWORD),
-                                     ("hybrid", search_pb2.SearchRequest.CANDIDATES_HYBRID),
-                                     ("default", search_pb2.SearchRequest.CANDIDATES_DEFAULT))}
+    replies = {
+        source: search.Search(
+            search_pb2.SearchRequest(text=text, top_k=10, collection=catalogue, candidate_source=value), timeout=60
+        )
+        for source, value in (
+            ("vector", search_pb2.SearchRequest.CANDIDATES_VECTOR),
+            ("keyword", search_pb2.SearchRequest.CANDIDATES_KEYWORD),
+            ("hybrid", search_pb2.SearchRequest.CANDIDATES_HYBRID),
+            ("default", search_pb2.SearchRequest.CANDIDATES_DEFAULT),
+        )
+    }
     assert replies["vector"].stages == ["encode", "ann", "rescore"]
     assert replies["keyword"].stages == ["encode", "keyword_search", "rescore"]
     assert replies["hybrid"].stages == ["encode", "ann", "keyword_search", "merge", "rescore"]
@@ -323,5 +521,8 @@ def test_candidate_sources_vector_keyword_and_hybrid(search, catalogue, ci_corpu
     keywords = {r.id: {k for k, _ in r.noisy_keywords} for r in ci_corpus.test.images}
     words = {"festive", "picture", "with", "red", "circle"}
     assert all(keywords[r.id] & words for r in replies["keyword"].results)
-    expect_error(lambda: search.Search(search_pb2.SearchRequest(text="x", candidate_source=9), timeout=30),
-                 grpc.StatusCode.INVALID_ARGUMENT, "candidate_source")
+    expect_error(
+        lambda: search.Search(search_pb2.SearchRequest(text="x", candidate_source=9), timeout=30),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "candidate_source",
+    )

@@ -47,8 +47,12 @@ def test_redis_killed_calls_still_succeed_and_errors_are_counted(fault_stack):
     assert health, "a dead cache must not make the service NOT_SERVING"
     # Redis back: the breaker half-opens and caching resumes.
     redis.start()
-    processes.wait_until(lambda: processes.redis_ready(int(redis.endpoints["redis"].rsplit(":", 1)[1].split("/")[0])),
-                         20, "redis restart", redis)
+    processes.wait_until(
+        lambda: processes.redis_ready(int(redis.endpoints["redis"].rsplit(":", 1)[1].split("/")[0])),
+        20,
+        "redis restart",
+        redis,
+    )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         encode(fault_stack, "after the restart")
@@ -72,5 +76,6 @@ def test_triton_killed_gives_unavailable_within_the_deadline_then_service_resume
     triton.start()
     http_port = int(triton.endpoints["http"].rsplit(":", 1)[1])
     processes.wait_until(lambda: processes.triton_ready(http_port), 60, "tritonserver restart", triton)
-    processes.wait_until(lambda: len(encode(fault_stack, "computed again").embeddings) == 1, 30,
-                         "query_encoder to resume", interval=0.5)
+    processes.wait_until(
+        lambda: len(encode(fault_stack, "computed again").embeddings) == 1, 30, "query_encoder to resume", interval=0.5
+    )

@@ -41,7 +41,11 @@ def test_health_is_serving_for_server_and_service(tiny_stack, channel_to):
 def test_reflection_lists_the_service_health_and_reflection(tiny_stack, channel_to):
     database = ProtoReflectionDescriptorDatabase(channel_to(tiny_stack.address("query_encoder")))
     services = set(database.get_services())
-    assert {"amcsearch.v1.QueryEncoder", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
+    assert {
+        "amcsearch.v1.QueryEncoder",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= services
     method = database.FindFileContainingSymbol("amcsearch.v1.QueryEncoder")
     assert method.name == "amcsearch/v1/query_encoder.proto"
 
@@ -79,7 +83,10 @@ def test_long_text_is_truncated_and_reported(tiny_stack, channel_to):
 def test_metrics_exposition_after_a_call(tiny_stack, channel_to):
     encode(encoder_stub(tiny_stack, channel_to), "metrics please")
     text = scrape(tiny_stack.processes["query_encoder"].endpoints["metrics"])
-    assert metric_value(text, "amcsearch_rpc_duration_seconds_count", service="query_encoder", method="Encode", code="OK") >= 1
+    assert (
+        metric_value(text, "amcsearch_rpc_duration_seconds_count", service="query_encoder", method="Encode", code="OK")
+        >= 1
+    )
     assert "amcsearch_rpc_in_flight" in text
     assert metric_value(text, "amcsearch_stage_duration_seconds_count", stage="triton_text_encoder") >= 1
     assert metric_value(text, "amcsearch_cache_misses_total", kind="query") >= 1
@@ -93,8 +100,11 @@ def test_metrics_exposition_after_a_call(tiny_stack, channel_to):
         ([query_encoder_pb2.QueryInput()], grpc.StatusCode.INVALID_ARGUMENT, "set one of"),
         ([query_encoder_pb2.QueryInput(text="x" * 2001)], grpc.StatusCode.RESOURCE_EXHAUSTED, "limit is 2000"),
         ([query_encoder_pb2.QueryInput(text="ok")] * 257, grpc.StatusCode.RESOURCE_EXHAUSTED, "limit is 256"),
-        ([query_encoder_pb2.QueryInput(image=common_pb2.ImageInput(data=b"\x89PNG"))],
-         grpc.StatusCode.UNAVAILABLE, "image_encoder is not deployed"),
+        (
+            [query_encoder_pb2.QueryInput(image=common_pb2.ImageInput(data=b"\x89PNG"))],
+            grpc.StatusCode.UNAVAILABLE,
+            "image_encoder is not deployed",
+        ),
     ],
 )
 def test_bad_requests_get_clear_statuses_and_the_server_stays_healthy(tiny_stack, channel_to, queries, code, fragment):

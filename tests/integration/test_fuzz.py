@@ -26,10 +26,18 @@ from hypothesis import strategies as st
 from tests.integration.conftest import png
 
 pytestmark = pytest.mark.integration
-DOCUMENTED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
-              grpc.StatusCode.NOT_FOUND}
-FUZZ = settings(max_examples=25, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+DOCUMENTED = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.NOT_FOUND,
+}
+FUZZ = settings(
+    max_examples=25,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 texts = st.one_of(st.text(max_size=40), st.text(min_size=1500, max_size=2500), st.just(""), st.just(" \t\n"))
 blobs = st.one_of(st.binary(max_size=64), st.just(b""), st.just(b"\x89PNG\r\n\x1a\n" + b"\0" * 64))
@@ -46,61 +54,129 @@ def tensors(draw) -> common_pb2.Tensor:
     return common_pb2.Tensor(shape=shape, dtype=draw(st.integers(0, 5)), data=data)
 
 
-image_inputs = st.one_of(st.builds(common_pb2.ImageInput, data=blobs),
-                         st.builds(lambda e, r: common_pb2.ImageInput(features=common_pb2.ImageFeatures(
-                             embedding=e, regions=r)), tensors(), tensors()),
-                         st.just(common_pb2.ImageInput()))
-query_inputs = st.one_of(st.builds(query_encoder_pb2.QueryInput, text=texts),
-                         st.builds(query_encoder_pb2.QueryInput, image=image_inputs),
-                         st.builds(lambda i, m: query_encoder_pb2.QueryInput(
-                             composed=query_encoder_pb2.ComposedQueryInput(image=i, modification=m)), image_inputs, texts))
+image_inputs = st.one_of(
+    st.builds(common_pb2.ImageInput, data=blobs),
+    st.builds(
+        lambda e, r: common_pb2.ImageInput(features=common_pb2.ImageFeatures(embedding=e, regions=r)),
+        tensors(),
+        tensors(),
+    ),
+    st.just(common_pb2.ImageInput()),
+)
+query_inputs = st.one_of(
+    st.builds(query_encoder_pb2.QueryInput, text=texts),
+    st.builds(query_encoder_pb2.QueryInput, image=image_inputs),
+    st.builds(
+        lambda i, m: query_encoder_pb2.QueryInput(
+            composed=query_encoder_pb2.ComposedQueryInput(image=i, modification=m)
+        ),
+        image_inputs,
+        texts,
+    ),
+)
 keywords = st.builds(common_pb2.Keyword, text=texts, confidence=floats)
 grid = st.just(common_pb2.Tensor(shape=[1, 36, 128], dtype=common_pb2.Tensor.INT8, data=b"\1" * 4608))
-slot_tensors = st.one_of(tensors(), st.just(common_pb2.Tensor(shape=[1, 32], dtype=common_pb2.Tensor.INT32,
-                                                               data=np.zeros(32, "<i4").tobytes())))
+slot_tensors = st.one_of(
+    tensors(),
+    st.just(common_pb2.Tensor(shape=[1, 32], dtype=common_pb2.Tensor.INT32, data=np.zeros(32, "<i4").tobytes())),
+)
 rescore_requests = st.builds(
-    attention_rescorer_pb2.RescoreRequest, queries=tensors(), ids=st.lists(ids, max_size=3),
-    regions=st.one_of(tensors(), grid), region_scales=tensors(), query_index=tensors(),
-    keyword_texts=st.lists(texts, max_size=3), keyword_slots=slot_tensors, keyword_confidences=tensors(),
-    explain=st.booleans(), explain_top=numbers)
+    attention_rescorer_pb2.RescoreRequest,
+    queries=tensors(),
+    ids=st.lists(ids, max_size=3),
+    regions=st.one_of(tensors(), grid),
+    region_scales=tensors(),
+    query_index=tensors(),
+    keyword_texts=st.lists(texts, max_size=3),
+    keyword_slots=slot_tensors,
+    keyword_confidences=tensors(),
+    explain=st.booleans(),
+    explain_top=numbers,
+)
 image_queries = st.one_of(st.builds(search_pb2.ImageQuery, data=blobs), st.builds(search_pb2.ImageQuery, id=ids))
 doubles = st.floats(allow_nan=True, allow_infinity=True)
-number_ranges = st.builds(lambda gt, lte: search_pb2.NumberRange(
-    **({"gt": gt} if gt is not None else {}), **({"lte": lte} if lte is not None else {})),
-    st.none() | doubles, st.none() | doubles)
+number_ranges = st.builds(
+    lambda gt, lte: search_pb2.NumberRange(
+        **({"gt": gt} if gt is not None else {}), **({"lte": lte} if lte is not None else {})
+    ),
+    st.none() | doubles,
+    st.none() | doubles,
+)
 conditions = st.one_of(
     st.builds(search_pb2.MetadataCondition, key=texts, equals=texts),
-    st.builds(lambda k, v: search_pb2.MetadataCondition(key=k, any_of=search_pb2.StringList(values=v)),
-              texts, st.lists(texts, max_size=3)),
+    st.builds(
+        lambda k, v: search_pb2.MetadataCondition(key=k, any_of=search_pb2.StringList(values=v)),
+        texts,
+        st.lists(texts, max_size=3),
+    ),
     st.builds(search_pb2.MetadataCondition, key=texts, range=number_ranges),
     st.builds(search_pb2.MetadataCondition, key=texts, exists=st.booleans()),
-    st.builds(search_pb2.MetadataCondition, key=texts))
+    st.builds(search_pb2.MetadataCondition, key=texts),
+)
 metadata_filters = st.recursive(
     st.builds(search_pb2.MetadataFilter, combine=st.integers(0, 1), conditions=st.lists(conditions, max_size=3)),
-    lambda inner: st.builds(search_pb2.MetadataFilter, combine=st.integers(0, 1),
-                            conditions=st.lists(conditions, max_size=2), groups=st.lists(inner, max_size=2)),
-    max_leaves=6)
+    lambda inner: st.builds(
+        search_pb2.MetadataFilter,
+        combine=st.integers(0, 1),
+        conditions=st.lists(conditions, max_size=2),
+        groups=st.lists(inner, max_size=2),
+    ),
+    max_leaves=6,
+)
 collections = st.one_of(st.just(""), texts, st.from_regex(r"[A-Za-z][A-Za-z0-9_]{0,10}", fullmatch=True))
-biases = st.builds(search_pb2.ModalityBias, modalities=st.integers(0, 2), keyword_scale=floats,
-                   min_keyword_weight=floats, max_keyword_weight=floats)
+biases = st.builds(
+    search_pb2.ModalityBias,
+    modalities=st.integers(0, 2),
+    keyword_scale=floats,
+    min_keyword_weight=floats,
+    max_keyword_weight=floats,
+)
 search_requests = st.one_of(
-    st.builds(search_pb2.SearchRequest, text=texts, top_k=numbers, candidates=numbers,
-              keyword_filter=st.lists(texts, max_size=3), explain=st.booleans(), within_ids=st.lists(ids, max_size=3),
-              metadata_filter=metadata_filters, collection=collections, offset=numbers, modality=biases),
+    st.builds(
+        search_pb2.SearchRequest,
+        text=texts,
+        top_k=numbers,
+        candidates=numbers,
+        keyword_filter=st.lists(texts, max_size=3),
+        explain=st.booleans(),
+        within_ids=st.lists(ids, max_size=3),
+        metadata_filter=metadata_filters,
+        collection=collections,
+        offset=numbers,
+        modality=biases,
+    ),
     st.builds(search_pb2.SearchRequest, image=image_queries, top_k=numbers),
-    st.builds(lambda q, m, k: search_pb2.SearchRequest(composed=search_pb2.ComposedQuery(image=q, modification=m), top_k=k),
-              image_queries, texts, numbers),
+    st.builds(
+        lambda q, m, k: search_pb2.SearchRequest(composed=search_pb2.ComposedQuery(image=q, modification=m), top_k=k),
+        image_queries,
+        texts,
+        numbers,
+    ),
     st.just(search_pb2.SearchRequest()),
 )
-index_requests = st.builds(search_pb2.IndexRequest, items=st.lists(st.builds(
-    search_pb2.ImageItem, id=ids, image=blobs, title=texts, tags=st.lists(texts, max_size=3),
-    keywords=st.lists(keywords, max_size=3)), max_size=4), skip_auto_tags=st.booleans())
+index_requests = st.builds(
+    search_pb2.IndexRequest,
+    items=st.lists(
+        st.builds(
+            search_pb2.ImageItem,
+            id=ids,
+            image=blobs,
+            title=texts,
+            tags=st.lists(texts, max_size=3),
+            keywords=st.lists(keywords, max_size=3),
+        ),
+        max_size=4,
+    ),
+    skip_auto_tags=st.booleans(),
+)
 
 
 @pytest.fixture(scope="module")
 def stubs(real_stack):
-    channels = [grpc.insecure_channel(real_stack.address(m)) for m in
-                ("query_encoder", "keyword_tagger", "feature_extractor", "attention_rescorer", "search")]
+    channels = [
+        grpc.insecure_channel(real_stack.address(m))
+        for m in ("query_encoder", "keyword_tagger", "feature_extractor", "attention_rescorer", "search")
+    ]
     yield {
         "encode": query_encoder_pb2_grpc.QueryEncoderStub(channels[0]).Encode,
         "tag": keyword_tagger_pb2_grpc.KeywordTaggerStub(channels[1]).Tag,
@@ -153,16 +229,24 @@ def test_fuzz_batch_search(stubs, searches):
 
 rerank_candidates = st.one_of(
     st.builds(search_pb2.RerankCandidate, id=ids),
-    st.builds(lambda i, b, t, k: search_pb2.RerankCandidate(inline=search_pb2.InlineImage(id=i, image=b, tags=t, keywords=k)),
-              ids, blobs, st.lists(texts, max_size=2), st.lists(keywords, max_size=2)),
-    st.just(search_pb2.RerankCandidate()))
+    st.builds(
+        lambda i, b, t, k: search_pb2.RerankCandidate(inline=search_pb2.InlineImage(id=i, image=b, tags=t, keywords=k)),
+        ids,
+        blobs,
+        st.lists(texts, max_size=2),
+        st.lists(keywords, max_size=2),
+    ),
+    st.just(search_pb2.RerankCandidate()),
+)
 
 
 @FUZZ
 @given(texts, st.lists(rerank_candidates, max_size=3), numbers, collections, biases)
 def test_fuzz_rerank(stubs, text, cands, top_k, collection, bias):
-    answered_as_documented(stubs["search"].Rerank, search_pb2.RerankRequest(
-        text=text, candidates=cands, top_k=top_k, collection=collection, modality=bias))
+    answered_as_documented(
+        stubs["search"].Rerank,
+        search_pb2.RerankRequest(text=text, candidates=cands, top_k=top_k, collection=collection, modality=bias),
+    )
 
 
 @FUZZ
@@ -177,8 +261,9 @@ def test_fuzz_collections(stubs, name):
 def test_malformed_protobuf_is_invalid_argument(real_stack):
     """Bytes that are not a valid message: INVALID_ARGUMENT, not UNKNOWN 'Unexpected DecodeError'."""
     with grpc.insecure_channel(real_stack.address("search")) as channel:
-        raw = channel.unary_unary("/amcsearch.v1.SearchService/Search", request_serializer=None,
-                                  response_deserializer=None)
+        raw = channel.unary_unary(
+            "/amcsearch.v1.SearchService/Search", request_serializer=None, response_deserializer=None
+        )
         with pytest.raises(grpc.RpcError) as raised:
             raw(b"\x0a\xff\xff\xff\xff\x0f", timeout=10)  # a length-delimited field longer than the message
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
@@ -190,7 +275,9 @@ def test_malformed_protobuf_is_invalid_argument(real_stack):
 def test_fuzz_index_get_delete(stubs, index_request, some_ids, features):
     answered_as_documented(stubs["search"].Index, index_request)
     answered_as_documented(stubs["search"].Get, search_pb2.GetRequest(ids=some_ids, include_features=features))
-    answered_as_documented(stubs["search"].Delete, search_pb2.DeleteRequest(ids=[i for i in some_ids if i.startswith("zz")]))
+    answered_as_documented(
+        stubs["search"].Delete, search_pb2.DeleteRequest(ids=[i for i in some_ids if i.startswith("zz")])
+    )
     answered_as_documented(stubs["search"].Stats, search_pb2.StatsRequest())
 
 
@@ -203,11 +290,19 @@ PIXELS_PNG = png(np.full((16, 16, 3), 120, np.uint8))
 stored_texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30)
 stored_items = st.builds(
     lambda n, title, tags, weighted, metadata: search_pb2.ImageItem(
-        id=f"rt-{n}", image=PIXELS_PNG, title=title, tags=tags, metadata=metadata,
-        keywords=[common_pb2.Keyword(text=t, confidence=c) for t, c in weighted]),
-    st.integers(0, 10**6), st.text(max_size=50), st.lists(stored_texts, max_size=3),
+        id=f"rt-{n}",
+        image=PIXELS_PNG,
+        title=title,
+        tags=tags,
+        metadata=metadata,
+        keywords=[common_pb2.Keyword(text=t, confidence=c) for t, c in weighted],
+    ),
+    st.integers(0, 10**6),
+    st.text(max_size=50),
+    st.lists(stored_texts, max_size=3),
     st.lists(st.tuples(stored_texts, st.floats(0, 1)), max_size=2),
-    st.dictionaries(stored_texts, st.text(max_size=40), max_size=3))
+    st.dictionaries(stored_texts, st.text(max_size=40), max_size=3),
+)
 
 
 @FUZZ
@@ -229,14 +324,22 @@ def test_fuzz_whatever_index_accepts_round_trips_through_get_search_and_delete(s
         expected = {normalize_keyword(t) for t in [*item.tags, *(k.text for k in item.keywords)]} - {""}
         assert {k.text for k in stored.keywords} == expected
         for keyword in expected:
-            found = search.Search(search_pb2.SearchRequest(text="x", top_k=100, keyword_filter=[keyword],
-                                                           within_ids=[item.id]), timeout=30)
+            found = search.Search(
+                search_pb2.SearchRequest(text="x", top_k=100, keyword_filter=[keyword], within_ids=[item.id]),
+                timeout=30,
+            )
             assert [r.id for r in found.results] == [item.id], keyword
         for key, value in item.metadata.items():
             condition = search_pb2.MetadataCondition(key=key, equals=value)
-            found = search.Search(search_pb2.SearchRequest(text="x", top_k=10, within_ids=[item.id],
-                                                           metadata_filter=search_pb2.MetadataFilter(conditions=[condition])),
-                                  timeout=30)
+            found = search.Search(
+                search_pb2.SearchRequest(
+                    text="x",
+                    top_k=10,
+                    within_ids=[item.id],
+                    metadata_filter=search_pb2.MetadataFilter(conditions=[condition]),
+                ),
+                timeout=30,
+            )
             assert [r.id for r in found.results] == [item.id], key
     deleted = search.Delete(search_pb2.DeleteRequest(ids=[i.id for i in accepted]), timeout=30)
     assert deleted.deleted_count == len(accepted)

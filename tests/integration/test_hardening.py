@@ -66,11 +66,15 @@ def one_index(search, items, **request) -> search_pb2.IndexResponse:
 
 # --- poisoned values ---------------------------------------------------------------------------
 
+
 def test_an_id_with_a_trailing_newline_is_refused_everywhere(search, ci_corpus):
     reply = one_index(search, [item("bad\n", ci_corpus.test.pixels[0])])
     assert reply.results[0].error_code == "INVALID_ARGUMENT"
-    expect(lambda: search.Get(search_pb2.GetRequest(ids=["bad\n"]), timeout=10), grpc.StatusCode.INVALID_ARGUMENT,
-           "must be 1..128 characters")
+    expect(
+        lambda: search.Get(search_pb2.GetRequest(ids=["bad\n"]), timeout=10),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "must be 1..128 characters",
+    )
     expect(lambda: search.Delete(search_pb2.DeleteRequest(ids=["bad\n"]), timeout=10), grpc.StatusCode.INVALID_ARGUMENT)
 
 
@@ -80,8 +84,11 @@ def test_tag_and_metadata_limits_at_index(search, ci_corpus):
         "tag65": (item("h-tag65", pixels, tags=["x" * 65]), "RESOURCE_EXHAUSTED", "limit is 64"),
         "keys70": (item("h-keys", pixels, metadata={f"k{i}": "v" for i in range(70)}), "RESOURCE_EXHAUSTED", "70 keys"),
         "value1mb": (item("h-big", pixels, metadata={"k": "v" * 1_000_000}), "RESOURCE_EXHAUSTED", "the limit is 4096"),
-        "total": (item("h-total", pixels, metadata={f"k{i}": "v" * 4000 for i in range(5)}), "RESOURCE_EXHAUSTED",
-                  "bytes, the limit is 16384"),
+        "total": (
+            item("h-total", pixels, metadata={f"k{i}": "v" * 4000 for i in range(5)}),
+            "RESOURCE_EXHAUSTED",
+            "bytes, the limit is 16384",
+        ),
     }
     reply = one_index(search, [case[0] for case in cases.values()] + [item("h-ok", pixels, tags=["y" * 64])])
     for (name, (_, code, fragment)), result in zip(cases.items(), reply.results, strict=False):
@@ -89,9 +96,17 @@ def test_tag_and_metadata_limits_at_index(search, ci_corpus):
     assert reply.results[-1].indexed
     after = search.Search(search_pb2.SearchRequest(text="anything", top_k=5), timeout=60)
     assert not after.degradations
-    ROWS.append({"fault": "Index of a 65-character tag, 70 metadata keys, a 1 MB metadata value, 20 KB of metadata",
-                 "sent": 4, "failed": 4, "degraded": 0, "lost": 0, "codes": "RESOURCE_EXHAUSTED (per item)",
-                 "recovery": "the batch's good item indexed; searches unaffected"})
+    ROWS.append(
+        {
+            "fault": "Index of a 65-character tag, 70 metadata keys, a 1 MB metadata value, 20 KB of metadata",
+            "sent": 4,
+            "failed": 4,
+            "degraded": 0,
+            "lost": 0,
+            "codes": "RESOURCE_EXHAUSTED (per item)",
+            "recovery": "the batch's good item indexed; searches unaffected",
+        }
+    )
 
 
 def test_many_new_tags_and_a_flushed_cache_never_break_text_search(search, ci_corpus, real_stack):
@@ -102,18 +117,30 @@ def test_many_new_tags_and_a_flushed_cache_never_break_text_search(search, ci_co
     collection = f"tags_{uuid.uuid4().hex[:8]}"
     search.CreateCollection(search_pb2.CreateCollectionRequest(name=collection), timeout=30)
     split = ci_corpus.test
-    items = [item(f"t{i}", split.pixels[i % len(split.pixels)], tags=[f"brand {i} alpha", f"line {i} beta"])
-             for i in range(300)]
+    items = [
+        item(f"t{i}", split.pixels[i % len(split.pixels)], tags=[f"brand {i} alpha", f"line {i} beta"])
+        for i in range(300)
+    ]
     for start in range(0, 300, 64):
-        assert one_index(search, items[start:start + 64], collection=collection).indexed_count == len(items[start:start + 64])
+        assert one_index(search, items[start : start + 64], collection=collection).indexed_count == len(
+            items[start : start + 64]
+        )
     request = search_pb2.SearchRequest(text="brand alpha", top_k=10, candidates=300, collection=collection)
     assert not search.Search(request, timeout=60).degradations
     redis.Redis.from_url(real_stack.redis_url).flushall()
     reply = search.Search(request, timeout=60)
     assert reply.stages == ["encode", "ann", "keyword_search", "merge", "rescore"] and not reply.degradations
-    ROWS.append({"fault": "600 distinct keywords outside the vocabulary among 300 candidates, then Redis FLUSHALL",
-                 "sent": 2, "failed": 0, "degraded": 0, "lost": 0, "codes": "",
-                 "recovery": "keyword vectors embedded in chunks (256 an Encode, 64 a Triton call), rescored both times"})
+    ROWS.append(
+        {
+            "fault": "600 distinct keywords outside the vocabulary among 300 candidates, then Redis FLUSHALL",
+            "sent": 2,
+            "failed": 0,
+            "degraded": 0,
+            "lost": 0,
+            "codes": "",
+            "recovery": "keyword vectors embedded in chunks (256 an Encode, 64 a Triton call), rescored both times",
+        }
+    )
 
 
 @pytest.mark.parametrize("tag", ["café", 'quote"d', "back\\slash", "new line", "[0] or 1", "日本語"])
@@ -128,6 +155,7 @@ def test_keyword_filters_with_any_character(search, ci_corpus, tag):
 
 
 # --- the decode budget -------------------------------------------------------------------------
+
 
 def long_png(width: int, height: int) -> bytes:
     """A grey PNG of any size, compressed to a few KB (Pillow's own writer, streamed)."""
@@ -146,14 +174,17 @@ def truncated_jpeg(side: int) -> bytes:
     return buffer.getvalue()[:1300]
 
 
-@pytest.mark.parametrize(("name", "data", "code", "fragment"), [
-    ("40,000,000 x 1 PNG", long_png(40_000_000, 1), "RESOURCE_EXHAUSTED", "pixels, the limit is"),
-    ("8,000 x 100 PNG", long_png(8_000, 100), "RESOURCE_EXHAUSTED", "aspect ratio"),
-    ("20,000 x 20,000 PNG header", long_png(20_000, 20_000)[:200], "RESOURCE_EXHAUSTED", "pixels, the limit is"),
-    ("1.3 KB JPEG claiming 6000 x 6000", truncated_jpeg(6000), "RESOURCE_EXHAUSTED", "pixels, the limit is"),
-    ("1.3 KB JPEG claiming 3000 x 3000", truncated_jpeg(3000), "INVALID_ARGUMENT", "truncated"),
-    ("random bytes", os.urandom(2048), "INVALID_ARGUMENT", "cannot be decoded as JPEG, PNG or WebP"),
-])
+@pytest.mark.parametrize(
+    ("name", "data", "code", "fragment"),
+    [
+        ("40,000,000 x 1 PNG", long_png(40_000_000, 1), "RESOURCE_EXHAUSTED", "pixels, the limit is"),
+        ("8,000 x 100 PNG", long_png(8_000, 100), "RESOURCE_EXHAUSTED", "aspect ratio"),
+        ("20,000 x 20,000 PNG header", long_png(20_000, 20_000)[:200], "RESOURCE_EXHAUSTED", "pixels, the limit is"),
+        ("1.3 KB JPEG claiming 6000 x 6000", truncated_jpeg(6000), "RESOURCE_EXHAUSTED", "pixels, the limit is"),
+        ("1.3 KB JPEG claiming 3000 x 3000", truncated_jpeg(3000), "INVALID_ARGUMENT", "truncated"),
+        ("random bytes", os.urandom(2048), "INVALID_ARGUMENT", "cannot be decoded as JPEG, PNG or WebP"),
+    ],
+)
 def test_decode_bombs_and_truncated_images_are_refused_cheaply(search, real_stack, name, data, code, fragment):
     gateway = real_stack.processes["search"].popen.pid
     before = rss(gateway)
@@ -163,11 +194,23 @@ def test_decode_bombs_and_truncated_images_are_refused_cheaply(search, real_stac
     assert (result.error_code, fragment in result.error) == (code, True), result.error
     assert " at 0x" not in result.error
     peak = max(rss(gateway), before)
-    ROWS.append({"fault": f"Index of a {name} ({len(data):,} bytes)", "sent": 1, "failed": 1, "degraded": 0, "lost": 0,
-                 "codes": code, "recovery": f"answered in {time.monotonic() - started[1]:.2f} s",
-                 "peak_rss": f"gateway {peak / 2**20:.0f} MiB"})
-    expect(lambda: search.Search(search_pb2.SearchRequest(image=search_pb2.ImageQuery(data=data)), timeout=60),
-           getattr(grpc.StatusCode, code), fragment)
+    ROWS.append(
+        {
+            "fault": f"Index of a {name} ({len(data):,} bytes)",
+            "sent": 1,
+            "failed": 1,
+            "degraded": 0,
+            "lost": 0,
+            "codes": code,
+            "recovery": f"answered in {time.monotonic() - started[1]:.2f} s",
+            "peak_rss": f"gateway {peak / 2**20:.0f} MiB",
+        }
+    )
+    expect(
+        lambda: search.Search(search_pb2.SearchRequest(image=search_pb2.ImageQuery(data=data)), timeout=60),
+        getattr(grpc.StatusCode, code),
+        fragment,
+    )
 
 
 def test_a_large_photo_costs_little(search, real_stack):
@@ -179,14 +222,25 @@ def test_a_large_photo_costs_little(search, real_stack):
     extractor = real_stack.processes["feature_extractor"].popen.pid
     gateway = real_stack.processes["search"].popen.pid
     started = time.monotonic()
-    reply = search.Index(search_pb2.IndexRequest(items=[search_pb2.ImageItem(id="big-photo", image=data)],
-                                                 skip_auto_tags=True), timeout=60)
+    reply = search.Index(
+        search_pb2.IndexRequest(items=[search_pb2.ImageItem(id="big-photo", image=data)], skip_auto_tags=True),
+        timeout=60,
+    )
     assert reply.indexed_count == 1, reply.results[0].error
     elapsed = time.monotonic() - started
     peaks = {"gateway": peak_rss(gateway), "feature_extractor": peak_rss(extractor)}
-    ROWS.append({"fault": f"Index of a 4000 x 3000 JPEG ({len(data) / 2**20:.1f} MiB)", "sent": 1, "failed": 0,
-                 "degraded": 0, "lost": 0, "codes": "", "recovery": f"indexed in {elapsed:.2f} s",
-                 "peak_rss": ", ".join(f"{k} {v / 2**20:.0f} MiB (process peak)" for k, v in peaks.items())})
+    ROWS.append(
+        {
+            "fault": f"Index of a 4000 x 3000 JPEG ({len(data) / 2**20:.1f} MiB)",
+            "sent": 1,
+            "failed": 0,
+            "degraded": 0,
+            "lost": 0,
+            "codes": "",
+            "recovery": f"indexed in {elapsed:.2f} s",
+            "peak_rss": ", ".join(f"{k} {v / 2**20:.0f} MiB (process peak)" for k, v in peaks.items()),
+        }
+    )
     assert all(v < 512 * 2**20 for v in peaks.values()), peaks
     search.Delete(search_pb2.DeleteRequest(ids=["big-photo"]), timeout=30)
 
@@ -202,6 +256,7 @@ def peak_rss(pid: int) -> int:
 
 
 # --- hung dependencies -------------------------------------------------------------------------
+
 
 @pytest.fixture
 def private_gateway(real_stack, tmp_path):
@@ -229,23 +284,37 @@ def test_a_call_without_deadline_ends_at_the_default_deadline(private_gateway, c
         os.kill(processes["query_encoder"].popen.pid, signal.SIGSTOP)
         try:
             started = time.monotonic()
-            expect(lambda: stub.Search(search_pb2.SearchRequest(text="no deadline given")),  # no timeout
-                   grpc.StatusCode.DEADLINE_EXCEEDED)
+            expect(
+                lambda: stub.Search(search_pb2.SearchRequest(text="no deadline given")),  # no timeout
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
             elapsed = time.monotonic() - started
         finally:
             os.kill(processes["query_encoder"].popen.pid, signal.SIGCONT)
     assert 2.5 < elapsed < 4.5, elapsed
-    ROWS.append({"fault": "QueryEncoder SIGSTOPped, Search sent without a deadline", "sent": 1, "failed": 1,
-                 "degraded": 0, "lost": 0, "codes": "DEADLINE_EXCEEDED",
-                 "recovery": f"answered at {elapsed:.2f} s (SEARCH_DEFAULT_DEADLINE_SECONDS 3)"})
+    ROWS.append(
+        {
+            "fault": "QueryEncoder SIGSTOPped, Search sent without a deadline",
+            "sent": 1,
+            "failed": 1,
+            "degraded": 0,
+            "lost": 0,
+            "codes": "DEADLINE_EXCEEDED",
+            "recovery": f"answered at {elapsed:.2f} s (SEARCH_DEFAULT_DEADLINE_SECONDS 3)",
+        }
+    )
 
 
 def test_a_hung_rescorer_costs_its_budget_not_the_deadline(private_gateway, ci_corpus):
     processes, _ = private_gateway
     with grpc.insecure_channel(processes["search"].endpoints["grpc"]) as channel:
         stub = search_pb2_grpc.SearchServiceStub(channel)
-        reply = stub.Index(search_pb2.IndexRequest(items=[item(f"h{i}", ci_corpus.test.pixels[i]) for i in range(8)],
-                                                   skip_auto_tags=True), timeout=60)
+        reply = stub.Index(
+            search_pb2.IndexRequest(
+                items=[item(f"h{i}", ci_corpus.test.pixels[i]) for i in range(8)], skip_auto_tags=True
+            ),
+            timeout=60,
+        )
         assert reply.indexed_count == 8
         stub.Search(search_pb2.SearchRequest(text="warm"), timeout=10)
         os.kill(processes["attention_rescorer"].popen.pid, signal.SIGSTOP)
@@ -258,29 +327,54 @@ def test_a_hung_rescorer_costs_its_budget_not_the_deadline(private_gateway, ci_c
     assert [d.stage for d in reply.degradations] == ["rescore"] and len(reply.results) == 5
     assert "within its budget" in reply.degradations[0].reason
     assert elapsed < 3.0, elapsed
-    ROWS.append({"fault": "AttentionRescorer SIGSTOPped, Search with a 4 s deadline", "sent": 1, "failed": 0,
-                 "degraded": 1, "lost": 0, "codes": "",
-                 "recovery": f"ANN order at {elapsed:.2f} s (rescore budget: half the deadline left)"})
+    ROWS.append(
+        {
+            "fault": "AttentionRescorer SIGSTOPped, Search with a 4 s deadline",
+            "sent": 1,
+            "failed": 0,
+            "degraded": 1,
+            "lost": 0,
+            "codes": "",
+            "recovery": f"ANN order at {elapsed:.2f} s (rescore budget: half the deadline left)",
+        }
+    )
 
 
 # --- the index of record tells the truth -----------------------------------------------------------
+
 
 def test_a_deleted_store_makes_the_gateway_not_serving_and_refuses_writes(private_gateway, ci_corpus, tmp_path):
     processes, env = private_gateway
     address = processes["search"].endpoints["grpc"]
     with grpc.insecure_channel(address) as channel:
         stub = search_pb2_grpc.SearchServiceStub(channel)
-        assert stub.Index(search_pb2.IndexRequest(items=[item("d1", ci_corpus.test.pixels[0])], skip_auto_tags=True),
-                          timeout=60).indexed_count == 1
+        assert (
+            stub.Index(
+                search_pb2.IndexRequest(items=[item("d1", ci_corpus.test.pixels[0])], skip_auto_tags=True), timeout=60
+            ).indexed_count
+            == 1
+        )
         os.unlink(env["INDEX_URI"])
         wait_until(lambda: not grpc_serving(address), 10, "gateway NOT_SERVING after its store was deleted")
-        expect(lambda: stub.Index(search_pb2.IndexRequest(items=[item("d2", ci_corpus.test.pixels[1])],
-                                                          skip_auto_tags=True), timeout=60),
-               grpc.StatusCode.UNAVAILABLE, "deleted or replaced")
+        expect(
+            lambda: stub.Index(
+                search_pb2.IndexRequest(items=[item("d2", ci_corpus.test.pixels[1])], skip_auto_tags=True), timeout=60
+            ),
+            grpc.StatusCode.UNAVAILABLE,
+            "deleted or replaced",
+        )
         expect(lambda: stub.Delete(search_pb2.DeleteRequest(ids=["d1"]), timeout=30), grpc.StatusCode.UNAVAILABLE)
-    ROWS.append({"fault": "the embedded index file deleted under a running gateway", "sent": 2, "failed": 2,
-                 "degraded": 0, "lost": 0, "codes": "UNAVAILABLE",
-                 "recovery": "health NOT_SERVING within 2 s; writes refused, none acknowledged"})
+    ROWS.append(
+        {
+            "fault": "the embedded index file deleted under a running gateway",
+            "sent": 2,
+            "failed": 2,
+            "degraded": 0,
+            "lost": 0,
+            "codes": "UNAVAILABLE",
+            "recovery": "health NOT_SERVING within 2 s; writes refused, none acknowledged",
+        }
+    )
 
 
 def test_a_damaged_write_ahead_log_never_resurrects_deleted_items(real_stack, ci_corpus, tmp_path):
@@ -293,8 +387,15 @@ def test_a_damaged_write_ahead_log_never_resurrects_deleted_items(real_stack, ci
     gateway = start("search", env, tmp_path)
     with grpc.insecure_channel(gateway.endpoints["grpc"]) as channel:
         stub = search_pb2_grpc.SearchServiceStub(channel)
-        assert stub.Index(search_pb2.IndexRequest(items=[item(f"w{i}", ci_corpus.test.pixels[i]) for i in range(20)],
-                                                  skip_auto_tags=True), timeout=60).indexed_count == 20
+        assert (
+            stub.Index(
+                search_pb2.IndexRequest(
+                    items=[item(f"w{i}", ci_corpus.test.pixels[i]) for i in range(20)], skip_auto_tags=True
+                ),
+                timeout=60,
+            ).indexed_count
+            == 20
+        )
         for i in range(10):
             assert stub.Delete(search_pb2.DeleteRequest(ids=[f"w{i}"]), timeout=30).deleted_count == 1
     gateway.kill()
@@ -316,13 +417,22 @@ def test_a_damaged_write_ahead_log_never_resurrects_deleted_items(real_stack, ci
             back = len(stub.Get(search_pb2.GetRequest(ids=[f"w{i}" for i in range(10)]), timeout=30).images)
     finally:
         accepted.stop()
-    ROWS.append({"fault": "random bytes over the write-ahead log's last frames, gateway restarted", "sent": "-",
-                 "failed": "-", "degraded": 0, "lost": 0, "resurrected": f"0 served silently ({back} after --accept-loss)",
-                 "codes": "start refused",
-                 "recovery": "`make check-index` reports the missing writes; ACCEPT_LOSS=1 serves the store as it is"})
+    ROWS.append(
+        {
+            "fault": "random bytes over the write-ahead log's last frames, gateway restarted",
+            "sent": "-",
+            "failed": "-",
+            "degraded": 0,
+            "lost": 0,
+            "resurrected": f"0 served silently ({back} after --accept-loss)",
+            "codes": "start refused",
+            "recovery": "`make check-index` reports the missing writes; ACCEPT_LOSS=1 serves the store as it is",
+        }
+    )
 
 
 # --- closed internals --------------------------------------------------------------------------------
+
 
 def listening_addresses(port: int) -> set[str]:
     found = set()
@@ -336,7 +446,7 @@ def listening_addresses(port: int) -> set[str]:
                     if family == socket.AF_INET:
                         found.add(socket.inet_ntop(family, raw[::-1]))
                     else:
-                        found.add(socket.inet_ntop(family, b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))))
+                        found.add(socket.inet_ntop(family, b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))))
     return found
 
 
@@ -355,11 +465,20 @@ def test_internal_token_read_token_and_redis_password(real_stack, tmp_path):
     redis.argv += ["--requirepass", password]
     redis.start()
     try:
-        wait_until(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() is None, 20,
-                   "redis with a password", redis)
-        env = {**real_stack.env, "INTERNAL_AUTH_TOKEN": "internal-t0ken", "REDIS_URL": f"redis://:{password}@127.0.0.1:{port}/0",
-               "SEARCH_READ_TOKEN": "read-t0ken", "SEARCH_AUTH_TOKEN": "write-t0ken",
-               "INDEX_URI": str(tmp_path / "index.sqlite")}
+        wait_until(
+            lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() is None,
+            20,
+            "redis with a password",
+            redis,
+        )
+        env = {
+            **real_stack.env,
+            "INTERNAL_AUTH_TOKEN": "internal-t0ken",
+            "REDIS_URL": f"redis://:{password}@127.0.0.1:{port}/0",
+            "SEARCH_READ_TOKEN": "read-t0ken",
+            "SEARCH_AUTH_TOKEN": "write-t0ken",
+            "INDEX_URI": str(tmp_path / "index.sqlite"),
+        }
         encoder = start("query_encoder", env, tmp_path)
         env["QUERY_ENCODER_ADDR"] = encoder.endpoints["grpc"]
         rescorer = start("attention_rescorer", env, tmp_path)
@@ -370,8 +489,10 @@ def test_internal_token_read_token_and_redis_password(real_stack, tmp_path):
                 stub = query_encoder_pb2_grpc.QueryEncoderStub(channel)
                 request = query_encoder_pb2.EncodeRequest(queries=[query_encoder_pb2.QueryInput(text="token test")])
                 expect(lambda: stub.Encode(request, timeout=10), grpc.StatusCode.UNAUTHENTICATED)
-                expect(lambda: stub.Encode(request, timeout=10, metadata=[("authorization", "Bearer nope")]),
-                       grpc.StatusCode.PERMISSION_DENIED)
+                expect(
+                    lambda: stub.Encode(request, timeout=10, metadata=[("authorization", "Bearer nope")]),
+                    grpc.StatusCode.PERMISSION_DENIED,
+                )
                 good = [("authorization", "Bearer internal-t0ken")]
                 assert not stub.Encode(request, timeout=10, metadata=good).embeddings[0].cache_hit
                 assert stub.Encode(request, timeout=10, metadata=good).embeddings[0].cache_hit  # Redis with AUTH
@@ -382,10 +503,17 @@ def test_internal_token_read_token_and_redis_password(real_stack, tmp_path):
                 search = search_pb2.SearchRequest(text="red circle")
                 expect(lambda: stub.Search(search, timeout=10), grpc.StatusCode.UNAUTHENTICATED)
                 for token in ("read-t0ken", "write-t0ken"):
-                    assert not stub.Search(search, timeout=30, metadata=[("authorization", f"Bearer {token}")]).degradations
-                expect(lambda: stub.Index(search_pb2.IndexRequest(items=[item("a", np.zeros((8, 8, 3), np.uint8))]),
-                                          timeout=30, metadata=[("authorization", "Bearer read-t0ken")]),
-                       grpc.StatusCode.PERMISSION_DENIED)
+                    assert not stub.Search(
+                        search, timeout=30, metadata=[("authorization", f"Bearer {token}")]
+                    ).degradations
+                expect(
+                    lambda: stub.Index(
+                        search_pb2.IndexRequest(items=[item("a", np.zeros((8, 8, 3), np.uint8))]),
+                        timeout=30,
+                        metadata=[("authorization", "Bearer read-t0ken")],
+                    ),
+                    grpc.StatusCode.PERMISSION_DENIED,
+                )
                 expect(lambda: stub.Stats(search_pb2.StatsRequest(), timeout=10), grpc.StatusCode.UNAUTHENTICATED)
         finally:
             for process in (gateway, rescorer, encoder):
@@ -406,6 +534,7 @@ def test_internal_token_read_token_and_redis_password(real_stack, tmp_path):
 
 
 def test_keywords_and_ids_are_unicode_safe_in_messages(search):
-    details = expect(lambda: search.Get(search_pb2.GetRequest(ids=["é" * 200]), timeout=10),
-                     grpc.StatusCode.INVALID_ARGUMENT)
+    details = expect(
+        lambda: search.Get(search_pb2.GetRequest(ids=["é" * 200]), timeout=10), grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert len(details) < 300

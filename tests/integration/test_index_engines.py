@@ -25,8 +25,15 @@ def unit(seed: int, n: int) -> np.ndarray:
 
 def record(i: int, vector: np.ndarray, keywords=None, metadata=None) -> Record:
     regions, scales = quantize_regions(np.random.default_rng(i).standard_normal((36, 128)).astype(np.float32))
-    return Record(f"img-{i}", vector, regions, scales, f"title {i}", keywords or [("red", 0.9, 2), ("circle", 0.6, 2)],
-                  metadata if metadata is not None else {"n": str(i)})
+    return Record(
+        f"img-{i}",
+        vector,
+        regions,
+        scales,
+        f"title {i}",
+        keywords or [("red", 0.9, 2), ("circle", 0.6, 2)],
+        metadata if metadata is not None else {"n": str(i)},
+    )
 
 
 class Engine:
@@ -80,8 +87,10 @@ def test_upsert_get_search_delete(engine):
 def test_hostile_values_round_trip_and_filter_only_themselves(engine):
     c = engine.collection
     vectors = unit(1, len(HOSTILE))
-    records = [record(i, v, keywords=[(text, 1.0, 1)], metadata={"k": text, "n": str(i)})
-               for i, (text, v) in enumerate(zip(HOSTILE, vectors, strict=True))]
+    records = [
+        record(i, v, keywords=[(text, 1.0, 1)], metadata={"k": text, "n": str(i)})
+        for i, (text, v) in enumerate(zip(HOSTILE, vectors, strict=True))
+    ]
     engine.run(engine.index.upsert(c, records))
     got = engine.run(engine.index.get(c, [r.id for r in records], False))
     for r in records:
@@ -90,7 +99,9 @@ def test_hostile_values_round_trip_and_filter_only_themselves(engine):
         by_keyword = engine.run(engine.index.search(c, vectors[0], 20, Filter(keywords=(text,))))
         assert [h.id for h in by_keyword] == [f"img-{i}"], text
         group = MetadataFilter("and", (MetadataClause("k", "eq", (text,)),))
-        assert [h.id for h in engine.run(engine.index.search(c, vectors[0], 20, Filter(metadata=group)))] == [f"img-{i}"]
+        assert [h.id for h in engine.run(engine.index.search(c, vectors[0], 20, Filter(metadata=group)))] == [
+            f"img-{i}"
+        ]
     within = engine.run(engine.index.search(c, vectors[0], 20, Filter(within_ids=("img-1", "img-2"))))
     assert {h.id for h in within} == {"img-1", "img-2"}
 
@@ -98,17 +109,32 @@ def test_hostile_values_round_trip_and_filter_only_themselves(engine):
 def test_metadata_filters(engine):
     c = engine.collection
     vectors = unit(2, 30)
-    engine.run(engine.index.upsert(c, [
-        record(i, v, metadata={"n": str(i), "kind": "even" if i % 2 == 0 else "odd", **({"star": "1"} if i < 3 else {})})
-        for i, v in enumerate(vectors)]))
+    engine.run(
+        engine.index.upsert(
+            c,
+            [
+                record(
+                    i,
+                    v,
+                    metadata={"n": str(i), "kind": "even" if i % 2 == 0 else "odd", **({"star": "1"} if i < 3 else {})},
+                )
+                for i, v in enumerate(vectors)
+            ],
+        )
+    )
 
     def ids(group: MetadataFilter, keywords=()) -> set[str]:
         return {h.id for h in engine.run(engine.index.search(c, vectors[0], 100, Filter(keywords, metadata=group)))}
 
-    assert ids(MetadataFilter("and", (MetadataClause("n", "range", lower=10, upper=12),))) == {"img-10", "img-11", "img-12"}
+    assert ids(MetadataFilter("and", (MetadataClause("n", "range", lower=10, upper=12),))) == {
+        "img-10",
+        "img-11",
+        "img-12",
+    }
     assert ids(MetadataFilter("and", (MetadataClause("n", "range", lower=28, lower_inclusive=False),))) == {"img-29"}
-    assert ids(MetadataFilter("and", (MetadataClause("kind", "in", ("odd",)), MetadataClause("n", "range", upper=3)))) == {
-        "img-1", "img-3"}
+    assert ids(
+        MetadataFilter("and", (MetadataClause("kind", "in", ("odd",)), MetadataClause("n", "range", upper=3)))
+    ) == {"img-1", "img-3"}
     assert ids(MetadataFilter("and", (MetadataClause("star", "exists"),))) == {"img-0", "img-1", "img-2"}
     either = MetadataFilter("or", (MetadataClause("n", "eq", ("5",)), MetadataClause("star", "exists")))
     assert ids(either) == {"img-0", "img-1", "img-2", "img-5"}
@@ -129,8 +155,15 @@ def test_keyword_retrieval_finds_the_words_and_honours_filters(engine):
     c = engine.collection
     vectors = unit(5, 6)
     words = [["red", "circle"], ["blue", "square"], ["red", "square", "festive"], ["café"], ["green"], ["red"]]
-    engine.run(engine.index.upsert(c, [record(i, v, keywords=[(w, 1.0, 1) for w in ws], metadata={"n": str(i)})
-                                       for i, (v, ws) in enumerate(zip(vectors, words, strict=True))]))
+    engine.run(
+        engine.index.upsert(
+            c,
+            [
+                record(i, v, keywords=[(w, 1.0, 1) for w in ws], metadata={"n": str(i)})
+                for i, (v, ws) in enumerate(zip(vectors, words, strict=True))
+            ],
+        )
+    )
 
     def ids(text, condition=Filter()):
         return {h.id for h in engine.run(engine.index.keyword_search(c, vectors[0], text, 10, condition, True))}
@@ -177,14 +210,28 @@ def test_a_gateway_on_the_milvus_server_serves_the_same_search(real_stack, milvu
         with grpc.insecure_channel(process.endpoints["grpc"]) as channel:
             stub = search_pb2_grpc.SearchServiceStub(channel)
             records = ci_corpus.test.images[:24]
-            items = [search_pb2.ImageItem(id=r.id, image=png(p), title=r.caption, keywords=[
-                common_pb2.Keyword(text=k, confidence=c) for k, c in r.noisy_keywords])
-                for r, p in zip(records, ci_corpus.test.pixels[:24], strict=True)]
-            assert stub.Index(search_pb2.IndexRequest(items=items, skip_auto_tags=True), timeout=120).indexed_count == 24
+            items = [
+                search_pb2.ImageItem(
+                    id=r.id,
+                    image=png(p),
+                    title=r.caption,
+                    keywords=[common_pb2.Keyword(text=k, confidence=c) for k, c in r.noisy_keywords],
+                )
+                for r, p in zip(records, ci_corpus.test.pixels[:24], strict=True)
+            ]
+            assert (
+                stub.Index(search_pb2.IndexRequest(items=items, skip_auto_tags=True), timeout=120).indexed_count == 24
+            )
             reply = stub.Search(search_pb2.SearchRequest(text=records[0].caption, top_k=5, explain=True), timeout=60)
-            assert reply.stages == ["encode", "ann", "keyword_search", "merge", "rescore"] and not reply.degradations and len(reply.results) == 5
+            assert (
+                reply.stages == ["encode", "ann", "keyword_search", "merge", "rescore"]
+                and not reply.degradations
+                and len(reply.results) == 5
+            )
             keyword = records[0].noisy_keywords[0][0]
-            filtered = stub.Search(search_pb2.SearchRequest(text="anything", top_k=24, keyword_filter=[keyword]), timeout=60)
+            filtered = stub.Search(
+                search_pb2.SearchRequest(text="anything", top_k=24, keyword_filter=[keyword]), timeout=60
+            )
             expected = {r.id for r in records if keyword in {k for k, _ in r.noisy_keywords}}
             assert {r.id for r in filtered.results} == expected
             got = stub.Get(search_pb2.GetRequest(ids=[records[1].id], include_features=True), timeout=30)

@@ -45,9 +45,21 @@ def test_launcher_starts_everything_and_ctrl_c_stops_every_process(tiny_reposito
     env = dict(os.environ, PYTHONPATH=str(SERVICES_ROOT), TRITON_CANARY_INTERVAL_SECONDS="3600")
     env.pop("REDIS_URL", None)
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "amcsearch.launcher", "--free-ports", "--repository", str(tiny_repository),
-         "--log-dir", str(tmp_path / "logs")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "amcsearch.launcher",
+            "--free-ports",
+            "--repository",
+            str(tiny_repository),
+            "--log-dir",
+            str(tmp_path / "logs"),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = []
     started = time.monotonic()
     try:
@@ -107,9 +119,21 @@ def test_launcher_restarts_a_dead_child_and_stops_on_a_crash_loop(tiny_repositor
     env = dict(os.environ, PYTHONPATH=str(SERVICES_ROOT), TRITON_CANARY_INTERVAL_SECONDS="3600")
     env.pop("REDIS_URL", None)
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "amcsearch.launcher", "--free-ports", "--repository", str(tiny_repository),
-         "--log-dir", str(tmp_path / "logs")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "amcsearch.launcher",
+            "--free-ports",
+            "--repository",
+            str(tiny_repository),
+            "--log-dir",
+            str(tmp_path / "logs"),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
     try:
         for line in launcher.stdout:
@@ -122,8 +146,9 @@ def test_launcher_restarts_a_dead_child_and_stops_on_a_crash_loop(tiny_repositor
         def encode(text: str) -> bool:
             with grpc.insecure_channel(address) as channel:
                 stub = query_encoder_pb2_grpc.QueryEncoderStub(channel)
-                reply = stub.Encode(query_encoder_pb2.EncodeRequest(queries=[query_encoder_pb2.QueryInput(text=text)]),
-                                    timeout=10)
+                reply = stub.Encode(
+                    query_encoder_pb2.EncodeRequest(queries=[query_encoder_pb2.QueryInput(text=text)]), timeout=10
+                )
                 return len(reply.embeddings) == 1
 
         redis = pid_of(launcher.pid, "redis-server")
@@ -132,8 +157,11 @@ def test_launcher_restarts_a_dead_child_and_stops_on_a_crash_loop(tiny_repositor
         wait_for(lambda: (pid_of(launcher.pid, "redis-server") or redis) != redis, 30, "redis-server restart")
         assert encode("redis is back")
         for _ in range(8):  # kill the query encoder each time it comes back: a crash loop
-            pid = wait_for(lambda: pid_of(launcher.pid, "amcsearch.query_encoder") or launcher.poll() is not None,
-                           90, "query_encoder restart (or the launcher's exit)")
+            pid = wait_for(
+                lambda: pid_of(launcher.pid, "amcsearch.query_encoder") or launcher.poll() is not None,
+                90,
+                "query_encoder restart (or the launcher's exit)",
+            )
             if pid is True:
                 break  # the launcher stopped the stack
             os.kill(pid, signal.SIGKILL)

@@ -24,8 +24,12 @@ def test_degraded_or_partial_replies_count_as_failures():
     assert reply_problem(search_pb2.SearchResponse()) is None
     degraded = search_pb2.SearchResponse(degradations=[search_pb2.Degradation(stage="rescore", reason="down")])
     assert reply_problem(degraded) == "rescore: down"
-    partial = search_pb2.IndexResponse(failed_count=1, results=[
-        search_pb2.IndexItemResult(id="a", indexed=False, error_code="INVALID_ARGUMENT", error="not an image")])
+    partial = search_pb2.IndexResponse(
+        failed_count=1,
+        results=[
+            search_pb2.IndexItemResult(id="a", indexed=False, error_code="INVALID_ARGUMENT", error="not an image")
+        ],
+    )
     assert "INVALID_ARGUMENT not an image" in reply_problem(partial)
 
 
@@ -44,8 +48,24 @@ def test_query_distribution_repeats_popular_queries():
 
 def test_short_load_run_ends_with_zero_failures(real_stack, tmp_path):
     target = real_stack.address("search")
-    rc = main(["--target", target, "--users", "13", "--spawn-rate", "13", "--run-time", "20s",
-               "--seeded", "30", "--to-index", "8", "--out", str(tmp_path)])
+    rc = main(
+        [
+            "--target",
+            target,
+            "--users",
+            "13",
+            "--spawn-rate",
+            "13",
+            "--run-time",
+            "20s",
+            "--seeded",
+            "30",
+            "--to-index",
+            "8",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     rows = {r.name: r for r in read_stats(tmp_path / "amcsearch")}
     total = rows["Aggregated"]
     assert total.requests > 0 and total.failures == 0, f"{total.failures} of {total.requests} requests failed"

@@ -40,8 +40,10 @@ def array(tensor: common_pb2.Tensor) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def stubs(real_stack):
-    channels = {m: grpc.insecure_channel(real_stack.address(m)) for m in
-                ("query_encoder", "feature_extractor", "keyword_tagger", "attention_rescorer")}
+    channels = {
+        m: grpc.insecure_channel(real_stack.address(m))
+        for m in ("query_encoder", "feature_extractor", "keyword_tagger", "attention_rescorer")
+    }
     yield {
         "encoder": query_encoder_pb2_grpc.QueryEncoderStub(channels["query_encoder"]),
         "extractor": feature_extractor_pb2_grpc.FeatureExtractorStub(channels["feature_extractor"]),
@@ -54,14 +56,17 @@ def stubs(real_stack):
 
 def triton_counts(stack, model: str) -> tuple[float, float]:
     text = scrape(stack.processes["tritonserver"].endpoints["metrics"])
-    return (metric_value(text, "nv_inference_request_success", model=model),
-            metric_value(text, "nv_inference_count", model=model))
+    return (
+        metric_value(text, "nv_inference_request_success", model=model),
+        metric_value(text, "nv_inference_count", model=model),
+    )
 
 
 def test_text_encode_equals_in_process(stubs, local):
     texts = ["large red circle top-left", "festive images", "a small  Blue square"]
-    reply = stubs["encoder"].Encode(query_encoder_pb2.EncodeRequest(
-        queries=[query_encoder_pb2.QueryInput(text=t) for t in texts]), timeout=30)
+    reply = stubs["encoder"].Encode(
+        query_encoder_pb2.EncodeRequest(queries=[query_encoder_pb2.QueryInput(text=t) for t in texts]), timeout=30
+    )
     ids, mask, _ = Tokenizer.default().encode(texts)
     expected = run(local[0]["text_encoder"], ids, mask)[0]
     np.testing.assert_allclose(np.stack([array(e.embedding) for e in reply.embeddings]), expected, **TOLERANCE)
@@ -71,21 +76,26 @@ def test_extract_equals_in_process_and_is_one_triton_call(real_stack, stubs, loc
     pixels = ci_corpus.test.pixels[:4].copy()
     pixels[:, 0, 0, :] = os.getpid() % 251  # content never extracted before in this stack: a cache miss
     requests_before, items_before = triton_counts(real_stack, "image_encoder")
-    reply = stubs["extractor"].Extract(feature_extractor_pb2.ExtractRequest(images=[png(p) for p in pixels]), timeout=30)
+    reply = stubs["extractor"].Extract(
+        feature_extractor_pb2.ExtractRequest(images=[png(p) for p in pixels]), timeout=30
+    )
     requests_after, items_after = triton_counts(real_stack, "image_encoder")
     embedding, regions = run(local[0]["image_encoder"], pixels)
     np.testing.assert_allclose(np.stack([array(r.features.embedding) for r in reply.results]), embedding, **TOLERANCE)
     np.testing.assert_allclose(np.stack([array(r.features.regions) for r in reply.results]), regions, **TOLERANCE)
     assert (requests_after - requests_before, items_after - items_before) == (1, 4)
-    again = stubs["extractor"].Extract(feature_extractor_pb2.ExtractRequest(images=[png(p) for p in pixels]), timeout=30)
+    again = stubs["extractor"].Extract(
+        feature_extractor_pb2.ExtractRequest(images=[png(p) for p in pixels]), timeout=30
+    )
     assert all(r.cache_hit for r in again.results)
     assert triton_counts(real_stack, "image_encoder") == (requests_after, items_after)
 
 
 def test_tag_equals_in_process(stubs, local, ci_corpus):
     pixels = ci_corpus.test.pixels[:3]
-    reply = stubs["tagger"].Tag(keyword_tagger_pb2.TagRequest(images=[png(p) for p in pixels], threshold=0.3, top_k=8),
-                                timeout=30)
+    reply = stubs["tagger"].Tag(
+        keyword_tagger_pb2.TagRequest(images=[png(p) for p in pixels], threshold=0.3, top_k=8), timeout=30
+    )
     probabilities = run(local[0]["keyword_tagger"], pixels)[0]
     vocab = local[1]
     for row, result in zip(probabilities, reply.results, strict=False):
@@ -98,9 +108,18 @@ def test_tag_equals_in_process(stubs, local, ci_corpus):
 def test_composed_encode_equals_in_process(stubs, local, ci_corpus):
     pixels = ci_corpus.test.pixels[5]
     modification = "make the circle blue"
-    reply = stubs["encoder"].Encode(query_encoder_pb2.EncodeRequest(queries=[query_encoder_pb2.QueryInput(
-        composed=query_encoder_pb2.ComposedQueryInput(image=common_pb2.ImageInput(data=png(pixels)),
-                                                      modification=modification))]), timeout=30)
+    reply = stubs["encoder"].Encode(
+        query_encoder_pb2.EncodeRequest(
+            queries=[
+                query_encoder_pb2.QueryInput(
+                    composed=query_encoder_pb2.ComposedQueryInput(
+                        image=common_pb2.ImageInput(data=png(pixels)), modification=modification
+                    )
+                )
+            ]
+        ),
+        timeout=30,
+    )
     modules = local[0]
     embedding, regions = run(modules["image_encoder"], pixels[None])
     ids, mask, _ = Tokenizer.default().encode([modification])
@@ -137,9 +156,17 @@ def test_rescore_equals_in_process(stubs, local, ci_corpus, model_repository):
             index[row, j] = vocabulary[text] if text in vocabulary else len(vocabulary)
             masks[row, j] = confidence
     quantized, scales = quantize_regions(regions)
-    score, weights, region_attention, _, _ = run(modules["amc_rescorer"], query[None], np.zeros(3, np.int32),
-                                                 quantized, scales, table, index, masks,
-                                                 np.array([NO_BIAS], np.float32))
+    score, weights, region_attention, _, _ = run(
+        modules["amc_rescorer"],
+        query[None],
+        np.zeros(3, np.int32),
+        quantized,
+        scales,
+        table,
+        index,
+        masks,
+        np.array([NO_BIAS], np.float32),
+    )
     np.testing.assert_allclose([r.evidence.score for r in reply.results], score.reshape(-1), **TOLERANCE)
     np.testing.assert_allclose([r.evidence.visual_weight for r in reply.results], weights[:, 0], **TOLERANCE)
     top_region = [r.evidence.regions[0].index for r in reply.results]
@@ -149,8 +176,12 @@ def test_rescore_equals_in_process(stubs, local, ci_corpus, model_repository):
 
 def columns(n: int = 1, **changes) -> attention_rescorer_pb2.RescoreRequest:
     """A valid Rescore of n candidates, with some fields replaced."""
-    batch = pack([f"c{i}" for i in range(n)], [np.zeros((36, 128), np.int8)] * n, [np.ones(36, np.float32)] * n,
-                 [[("red", 0.9)]] * n)
+    batch = pack(
+        [f"c{i}" for i in range(n)],
+        [np.zeros((36, 128), np.int8)] * n,
+        [np.ones(36, np.float32)] * n,
+        [[("red", 0.9)]] * n,
+    )
     request = rescore_request(np.ones(384, np.float32), batch, explain=False)
     for name, value in changes.items():
         if value is None:
@@ -170,39 +201,92 @@ def bomb() -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize(("call", "code", "fragment"), [
-    (lambda s: s["extractor"].Extract(feature_extractor_pb2.ExtractRequest(images=[])),
-     grpc.StatusCode.INVALID_ARGUMENT, "images is empty"),
-    (lambda s: s["extractor"].Extract(feature_extractor_pb2.ExtractRequest(images=[png(np.zeros((8, 8, 3), np.uint8)), b"junk"])),
-     grpc.StatusCode.INVALID_ARGUMENT, "image 1"),
-    (lambda s: s["extractor"].Extract(feature_extractor_pb2.ExtractRequest(images=[b"x"] * 65)),
-     grpc.StatusCode.RESOURCE_EXHAUSTED, "limit is 64"),
-    (lambda s: s["extractor"].Extract(feature_extractor_pb2.ExtractRequest(images=[b"\x89PNG" + b"\0" * 2_000_001])),
-     grpc.StatusCode.RESOURCE_EXHAUSTED, "limit is 2000000 bytes"),
-    (lambda s: s["extractor"].Extract(feature_extractor_pb2.ExtractRequest(images=[bomb()])),
-     grpc.StatusCode.RESOURCE_EXHAUSTED, "pixels, the limit is 4000000"),
-    (lambda s: s["tagger"].Tag(keyword_tagger_pb2.TagRequest(images=[b"x"], threshold=2.0)),
-     grpc.StatusCode.INVALID_ARGUMENT, "threshold"),
-    (lambda s: s["tagger"].Tag(keyword_tagger_pb2.TagRequest(images=[b"GIF89a"])),
-     grpc.StatusCode.INVALID_ARGUMENT, "image cannot be decoded as JPEG, PNG or WebP"),
-    (lambda s: s["rescorer"].Rescore(attention_rescorer_pb2.RescoreRequest(queries=to_tensor(np.zeros((1, 384))))),
-     grpc.StatusCode.INVALID_ARGUMENT, "ids is empty"),
-    (lambda s: s["rescorer"].Rescore(columns(queries=to_tensor(np.zeros((1, 10))))),
-     grpc.StatusCode.INVALID_ARGUMENT, "queries: shape [1, 10] is not [-1, 384]"),
-    (lambda s: s["rescorer"].Rescore(columns(regions=None)),
-     grpc.StatusCode.INVALID_ARGUMENT, "regions: dtype must be"),
-    (lambda s: s["rescorer"].Rescore(columns(query_index=to_tensor(np.array([1], np.int32)))),
-     grpc.StatusCode.INVALID_ARGUMENT, "query_index has a row outside queries"),
-    (lambda s: s["rescorer"].Rescore(columns(keyword_slots=to_tensor(np.full((1, 32), 5, np.int32)))),
-     grpc.StatusCode.INVALID_ARGUMENT, "keyword_slots has an index outside"),
-    (lambda s: s["rescorer"].Rescore(columns(keyword_texts=["x" * 65])),
-     grpc.StatusCode.RESOURCE_EXHAUSTED, "the limit is 64 characters"),
-    (lambda s: s["rescorer"].Rescore(columns(8193)),
-     grpc.StatusCode.RESOURCE_EXHAUSTED, "limit is 8192"),
-    (lambda s: s["encoder"].Encode(query_encoder_pb2.EncodeRequest(queries=[query_encoder_pb2.QueryInput(
-        image=common_pb2.ImageInput(data=b"not an image"))])),
-     grpc.StatusCode.INVALID_ARGUMENT, "cannot be decoded"),
-])
+@pytest.mark.parametrize(
+    ("call", "code", "fragment"),
+    [
+        (
+            lambda s: s["extractor"].Extract(feature_extractor_pb2.ExtractRequest(images=[])),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "images is empty",
+        ),
+        (
+            lambda s: s["extractor"].Extract(
+                feature_extractor_pb2.ExtractRequest(images=[png(np.zeros((8, 8, 3), np.uint8)), b"junk"])
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "image 1",
+        ),
+        (
+            lambda s: s["extractor"].Extract(feature_extractor_pb2.ExtractRequest(images=[b"x"] * 65)),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "limit is 64",
+        ),
+        (
+            lambda s: s["extractor"].Extract(
+                feature_extractor_pb2.ExtractRequest(images=[b"\x89PNG" + b"\0" * 2_000_001])
+            ),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "limit is 2000000 bytes",
+        ),
+        (
+            lambda s: s["extractor"].Extract(feature_extractor_pb2.ExtractRequest(images=[bomb()])),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "pixels, the limit is 4000000",
+        ),
+        (
+            lambda s: s["tagger"].Tag(keyword_tagger_pb2.TagRequest(images=[b"x"], threshold=2.0)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "threshold",
+        ),
+        (
+            lambda s: s["tagger"].Tag(keyword_tagger_pb2.TagRequest(images=[b"GIF89a"])),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "image cannot be decoded as JPEG, PNG or WebP",
+        ),
+        (
+            lambda s: s["rescorer"].Rescore(
+                attention_rescorer_pb2.RescoreRequest(queries=to_tensor(np.zeros((1, 384))))
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "ids is empty",
+        ),
+        (
+            lambda s: s["rescorer"].Rescore(columns(queries=to_tensor(np.zeros((1, 10))))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "queries: shape [1, 10] is not [-1, 384]",
+        ),
+        (
+            lambda s: s["rescorer"].Rescore(columns(regions=None)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "regions: dtype must be",
+        ),
+        (
+            lambda s: s["rescorer"].Rescore(columns(query_index=to_tensor(np.array([1], np.int32)))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "query_index has a row outside queries",
+        ),
+        (
+            lambda s: s["rescorer"].Rescore(columns(keyword_slots=to_tensor(np.full((1, 32), 5, np.int32)))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "keyword_slots has an index outside",
+        ),
+        (
+            lambda s: s["rescorer"].Rescore(columns(keyword_texts=["x" * 65])),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "the limit is 64 characters",
+        ),
+        (lambda s: s["rescorer"].Rescore(columns(8193)), grpc.StatusCode.RESOURCE_EXHAUSTED, "limit is 8192"),
+        (
+            lambda s: s["encoder"].Encode(
+                query_encoder_pb2.EncodeRequest(
+                    queries=[query_encoder_pb2.QueryInput(image=common_pb2.ImageInput(data=b"not an image"))]
+                )
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "cannot be decoded",
+        ),
+    ],
+)
 def test_limits_and_bad_inputs_get_their_status_and_services_stay_healthy(real_stack, stubs, call, code, fragment):
     with pytest.raises(grpc.RpcError) as raised:
         call(stubs)

@@ -26,8 +26,10 @@ from tests.integration.conftest import scrape
 from tests.unit.test_dashboard import dashboard, metric_selectors, queries
 
 RULES = ROOT / "deploy" / "prometheus" / "rules"
-P99_RAW = ('histogram_quantile(0.99, sum by (le) (rate(amcsearch_rpc_duration_seconds_bucket'
-           '{service="search", method="Search"}[1m])))')
+P99_RAW = (
+    "histogram_quantile(0.99, sum by (le) (rate(amcsearch_rpc_duration_seconds_bucket"
+    '{service="search", method="Search"}[1m])))'
+)
 P99_RECORDED = 'service_method:amcsearch_rpc_duration_seconds:p99_1m{service="search", method="Search"}'
 IMAGES = 6
 
@@ -46,9 +48,11 @@ def prometheus_config(stack) -> dict:
             job = "triton" if name == "tritonserver" else f"amcsearch-{name.replace('_', '-')}"
             target = urllib.parse.urlparse(url).netloc
             jobs.append({"job_name": job, "static_configs": [{"targets": [target]}]})
-    return {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": rule_files(),
-            "scrape_configs": jobs}
+    return {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": rule_files(),
+        "scrape_configs": jobs,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -59,15 +63,23 @@ def prometheus(real_stack, tmp_path_factory):
     work = tmp_path_factory.mktemp("prometheus")
     (work / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(real_stack)))
     port = free_port()
-    process = Process("prometheus", [binary, f"--config.file={work / 'prometheus.yml'}",
-                                     f"--storage.tsdb.path={work / 'data'}",
-                                     f"--web.listen-address=127.0.0.1:{port}"],
-                      {"PATH": "/usr/bin:/bin"}, work / "prometheus.log")
+    process = Process(
+        "prometheus",
+        [
+            binary,
+            f"--config.file={work / 'prometheus.yml'}",
+            f"--storage.tsdb.path={work / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        {"PATH": "/usr/bin:/bin"},
+        work / "prometheus.log",
+    )
     process.start()
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: urllib.request.urlopen(f"{base}/-/ready", timeout=1).status == 200, 30,
-                   "prometheus", process)
+        wait_until(
+            lambda: urllib.request.urlopen(f"{base}/-/ready", timeout=1).status == 200, 30, "prometheus", process
+        )
         yield base
     finally:
         process.stop()
@@ -101,9 +113,12 @@ def searched(real_stack, ci_corpus):
     ids = [f"obs-{r.id}" for r in split.images[-IMAGES:]]
     with grpc.insecure_channel(real_stack.address("search")) as channel:
         stub = search_pb2_grpc.SearchServiceStub(channel)
-        items = [search_pb2.ImageItem(id=i, image=png(p), keywords=[common_pb2.Keyword(text=k, confidence=c)
-                                                                    for k, c in r.noisy_keywords])
-                 for i, r, p in zip(ids, split.images[-IMAGES:], split.pixels[-IMAGES:], strict=True)]
+        items = [
+            search_pb2.ImageItem(
+                id=i, image=png(p), keywords=[common_pb2.Keyword(text=k, confidence=c) for k, c in r.noisy_keywords]
+            )
+            for i, r, p in zip(ids, split.images[-IMAGES:], split.pixels[-IMAGES:], strict=True)
+        ]
         reply = stub.Index(search_pb2.IndexRequest(items=items), timeout=120, metadata=write_metadata())
         assert reply.indexed_count == IMAGES
 
@@ -145,7 +160,9 @@ def test_search_p99_is_a_finite_number_from_the_raw_histogram_and_the_recording_
     raw = value_when_finite(prometheus, P99_RAW)
     recorded = value_when_finite(prometheus, P99_RECORDED)
     assert 0 < raw <= 10 and 0 < recorded <= 10
-    stage = value_when_finite(prometheus, 'service_stage:amcsearch_stage_duration_seconds:p99_1m{service="search", stage="ann"}')
+    stage = value_when_finite(
+        prometheus, 'service_stage:amcsearch_stage_duration_seconds:p99_1m{service="search", stage="ann"}'
+    )
     assert 0 < stage <= 10
 
 

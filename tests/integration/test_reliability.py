@@ -22,8 +22,16 @@ from tests.integration.conftest import metric_value, png, scrape
 from tests.integration.reliability_report import ROWS
 
 pytestmark = pytest.mark.integration
-QUERIES = ["large red circle top-left", "festive images", "small blue square", "vintage green triangle",
-           "purple circle", "sale picture with a yellow rectangle"]
+QUERIES = [
+    "large red circle top-left",
+    "festive images",
+    "small blue square",
+    "vintage green triangle",
+    "purple circle",
+    "sale picture with a yellow rectangle",
+]
+
+
 class Load:
     """Client threads searching in a loop until stopped; counts outcomes (bounded in time)."""
 
@@ -67,13 +75,17 @@ class Load:
 def seeded(real_stack, ci_corpus):
     with grpc.insecure_channel(real_stack.address("search")) as channel:
         stub = search_pb2_grpc.SearchServiceStub(channel)
-        items = [search_pb2.ImageItem(id=f"rel-{r.id}", image=png(p), keywords=[])
-                 for r, p in zip(ci_corpus.train.images[:48], ci_corpus.train.pixels[:48], strict=False)]
+        items = [
+            search_pb2.ImageItem(id=f"rel-{r.id}", image=png(p), keywords=[])
+            for r, p in zip(ci_corpus.train.images[:48], ci_corpus.train.pixels[:48], strict=False)
+        ]
         for start in range(0, len(items), 16):
             assert stub.Index(search_pb2.IndexRequest(items=items[start : start + 16]), timeout=120).indexed_count == 16
     yield
     with grpc.insecure_channel(real_stack.address("search")) as channel:
-        search_pb2_grpc.SearchServiceStub(channel).Delete(search_pb2.DeleteRequest(ids=[i.id for i in items]), timeout=60)
+        search_pb2_grpc.SearchServiceStub(channel).Delete(
+            search_pb2.DeleteRequest(ids=[i.id for i in items]), timeout=60
+        )
 
 
 def hit_ratio(stack) -> tuple[float, float]:
@@ -95,9 +107,17 @@ def test_redis_killed_and_restarted_under_search_load(real_stack, seeded):
     hits_after, misses_after = hit_ratio(real_stack)
     recovered = (hits_after - hits_before) / max(1.0, (hits_after - hits_before) + (misses_after - misses_before))
     sent = sum(load.outcomes.values())
-    ROWS.append({"fault": "redis-server SIGKILL, restarted 4 s later", "sent": sent, "failed": sum(load.failures().values()),
-                 "degraded": load.outcomes["degraded"], "lost": 0, "codes": dict(load.failures()),
-                 "recovery": f"query-cache hit ratio {recovered:.2f} in the 5 s after the restart"})
+    ROWS.append(
+        {
+            "fault": "redis-server SIGKILL, restarted 4 s later",
+            "sent": sent,
+            "failed": sum(load.failures().values()),
+            "degraded": load.outcomes["degraded"],
+            "lost": 0,
+            "codes": dict(load.failures()),
+            "recovery": f"query-cache hit ratio {recovered:.2f} in the 5 s after the restart",
+        }
+    )
     assert sent > 0 and not load.failures(), load.outcomes
     assert recovered > 0.5
 
@@ -121,10 +141,19 @@ def test_triton_killed_under_search_load_fails_fast_and_resumes(real_stack, seed
                 break
     failures = load.failures()
     sent = sum(load.outcomes.values())
-    ROWS.append({"fault": "tritonserver SIGKILL, restarted 4 s later", "sent": sent, "failed": sum(failures.values()),
-                 "degraded": load.outcomes["degraded"], "lost": 0, "codes": dict(failures),
-                 "recovery": f"full searches again {resumed:.1f} s after Triton was ready" if resumed is not None
-                 else "did not resume"})
+    ROWS.append(
+        {
+            "fault": "tritonserver SIGKILL, restarted 4 s later",
+            "sent": sent,
+            "failed": sum(failures.values()),
+            "degraded": load.outcomes["degraded"],
+            "lost": 0,
+            "codes": dict(failures),
+            "recovery": f"full searches again {resumed:.1f} s after Triton was ready"
+            if resumed is not None
+            else "did not resume",
+        }
+    )
     assert set(failures) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}, failures
     assert resumed is not None, "searches did not resume by themselves"
 
@@ -144,7 +173,10 @@ def test_search_killed_mid_indexing_loses_no_acknowledged_item(real_stack, ci_co
             stub = search_pb2_grpc.SearchServiceStub(channel)
             for start in range(0, len(images), 4):
                 ids = [f"crash-{start + i}" for i in range(4)]
-                items = [search_pb2.ImageItem(id=i, image=img) for i, img in zip(ids, images[start : start + 4], strict=False)]
+                items = [
+                    search_pb2.ImageItem(id=i, image=img)
+                    for i, img in zip(ids, images[start : start + 4], strict=False)
+                ]
                 try:
                     reply = stub.Index(search_pb2.IndexRequest(items=items), timeout=10)
                     acknowledged.extend(r.id for r in reply.results if r.indexed)
@@ -161,9 +193,17 @@ def test_search_killed_mid_indexing_loses_no_acknowledged_item(real_stack, ci_co
     with grpc.insecure_channel(process.endpoints["grpc"]) as channel:
         search = search_pb2_grpc.SearchServiceStub(channel)
         reply = search.Get(search_pb2.GetRequest(ids=acknowledged), timeout=30)
-        ROWS.append({"fault": "SearchService SIGKILL while indexing (then restarted)", "sent": f"{len(images)} items",
-                     "failed": f"{len(failed)} items reported failed to the caller", "degraded": "-",
-                     "lost": len(reply.missing_ids), "codes": "UNAVAILABLE", "recovery": "restarted by the test"})
+        ROWS.append(
+            {
+                "fault": "SearchService SIGKILL while indexing (then restarted)",
+                "sent": f"{len(images)} items",
+                "failed": f"{len(failed)} items reported failed to the caller",
+                "degraded": "-",
+                "lost": len(reply.missing_ids),
+                "codes": "UNAVAILABLE",
+                "recovery": "restarted by the test",
+            }
+        )
         assert failed, "the kill landed after the loop: nothing was in flight"
         assert not reply.missing_ids, f"acknowledged but lost: {list(reply.missing_ids)}"
         search.Delete(search_pb2.DeleteRequest(ids=acknowledged), timeout=30)

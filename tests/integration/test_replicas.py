@@ -28,8 +28,9 @@ PREFIX = {s.module: s.prefix for s in SERVICES}
 def start_pair(module: str, env: dict[str, str], log_dir) -> list:
     pair = []
     for replica in range(2):
-        process = service_process(module, PREFIX[module], free_port(), free_port(), env, log_dir / f"{module}-{replica}",
-                                  SERVICES_ROOT)
+        process = service_process(
+            module, PREFIX[module], free_port(), free_port(), env, log_dir / f"{module}-{replica}", SERVICES_ROOT
+        )
         process.name = f"{module}-{replica}"
         process.start()
         pair.append(process)
@@ -55,9 +56,14 @@ def test_killing_one_replica_of_each_fails_no_search(real_stack, milvus_server, 
         gateway_target = target(",".join(g.endpoints["grpc"] for g in gateways))
         with grpc.insecure_channel(gateway_target, options=channel_options()) as channel:
             stub = search_pb2_grpc.SearchServiceStub(channel)
-            items = [search_pb2.ImageItem(id=r.id, image=png(p), keywords=[
-                common_pb2.Keyword(text=k, confidence=c) for k, c in r.noisy_keywords])
-                for r, p in zip(ci_corpus.test.images[:40], ci_corpus.test.pixels[:40], strict=True)]
+            items = [
+                search_pb2.ImageItem(
+                    id=r.id,
+                    image=png(p),
+                    keywords=[common_pb2.Keyword(text=k, confidence=c) for k, c in r.noisy_keywords],
+                )
+                for r, p in zip(ci_corpus.test.images[:40], ci_corpus.test.pixels[:40], strict=True)
+            ]
             assert stub.Index(search_pb2.IndexRequest(items=items), timeout=120).indexed_count == 40
             outcomes: Counter = Counter()
             stop = threading.Event()
@@ -67,7 +73,9 @@ def test_killing_one_replica_of_each_fails_no_search(real_stack, milvus_server, 
                 while not stop.is_set():
                     n += 1
                     try:
-                        reply = stub.Search(search_pb2.SearchRequest(text=f"red circle {worker} {n}", top_k=5), timeout=10)
+                        reply = stub.Search(
+                            search_pb2.SearchRequest(text=f"red circle {worker} {n}", top_k=5), timeout=10
+                        )
                         outcomes["degraded" if reply.degradations else "ok"] += 1
                     except grpc.RpcError as error:
                         outcomes[error.code().name] += 1
@@ -87,10 +95,17 @@ def test_killing_one_replica_of_each_fails_no_search(real_stack, milvus_server, 
                 thread.join(30)
         sent = sum(outcomes.values())
         failed = sent - outcomes["ok"] - outcomes["degraded"]
-        ROWS.append({"fault": "kill -9 of one replica of each model service and of the gateway (2 of each)",
-                     "sent": sent, "failed": failed, "degraded": outcomes["degraded"], "lost": 0,
-                     "codes": ", ".join(f"{k} {v}" for k, v in outcomes.items() if k not in ("ok", "degraded")),
-                     "recovery": f"no gap: round robin and retries on the surviving replicas ({time.monotonic() - killed_at:.0f} s observed)"})
+        ROWS.append(
+            {
+                "fault": "kill -9 of one replica of each model service and of the gateway (2 of each)",
+                "sent": sent,
+                "failed": failed,
+                "degraded": outcomes["degraded"],
+                "lost": 0,
+                "codes": ", ".join(f"{k} {v}" for k, v in outcomes.items() if k not in ("ok", "degraded")),
+                "recovery": f"no gap: round robin and retries on the surviving replicas ({time.monotonic() - killed_at:.0f} s observed)",
+            }
+        )
         assert all(spread[f"search-{i}"] > 0 for i in range(2)), f"both gateways took searches: {spread}"
         assert failed == 0, outcomes
         assert outcomes["degraded"] == 0, outcomes

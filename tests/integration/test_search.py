@@ -39,8 +39,9 @@ def indexed(search, ci_corpus, tmp_path_factory):
     with (directory / "metadata.jsonl").open("w") as metadata:
         for record, pixels in zip(ci_corpus.test.images, ci_corpus.test.pixels, strict=False):
             (directory / f"{record.id}.png").write_bytes(png(pixels))
-            metadata.write(json.dumps({"id": record.id, "title": record.caption,
-                                       "keywords": record.noisy_keywords}) + "\n")
+            metadata.write(
+                json.dumps({"id": record.id, "title": record.caption, "keywords": record.noisy_keywords}) + "\n"
+            )
     count, failed = index_directory(search, directory, batch_size=32, skip_auto_tags=True, progress=False)
     assert count == len(ci_corpus.test.images) and not failed
     return directory
@@ -67,8 +68,17 @@ def offline_text_ndcg(local, split, queries, repository) -> float:
             for j, (text, confidence) in enumerate(slots):
                 index[r, j] = vocabulary[text]
                 masks[r, j] = confidence
-        score = run(modules["amc_rescorer"], q[None], np.zeros(len(rows), np.int32), quantized[rows], scales[rows],
-                    no_extra, index, masks, np.array([NO_BIAS], np.float32))[0]
+        score = run(
+            modules["amc_rescorer"],
+            q[None],
+            np.zeros(len(rows), np.int32),
+            quantized[rows],
+            scales[rows],
+            no_extra,
+            index,
+            masks,
+            np.array([NO_BIAS], np.float32),
+        )[0]
         order = np.argsort(-score.reshape(-1), kind="stable")
         scores.append(ndcg_at_k(np.array(query.relevance)[order], 10))
     return float(np.mean(scores))
@@ -78,9 +88,15 @@ def test_served_text_ndcg_equals_offline(search, indexed, ci_corpus, local, mode
     queries = ci_corpus.test.text_queries[:MAX_TEXT_QUERIES]
     served = []
     for query in queries:
-        reply = search.Search(search_pb2.SearchRequest(text=query.text, within_ids=query.candidate_ids,
-                                                       candidates=len(query.candidate_ids),
-                                                       top_k=len(query.candidate_ids)), timeout=60)
+        reply = search.Search(
+            search_pb2.SearchRequest(
+                text=query.text,
+                within_ids=query.candidate_ids,
+                candidates=len(query.candidate_ids),
+                top_k=len(query.candidate_ids),
+            ),
+            timeout=60,
+        )
         assert reply.stages == ["encode", "ann", "keyword_search", "merge", "rescore"] and not reply.degradations
         relevance = dict(zip(query.candidate_ids, query.relevance, strict=False))
         served.append(ndcg_at_k([relevance[r.id] for r in reply.results], 10))
@@ -95,8 +111,15 @@ def test_served_composed_recall_equals_offline(search, indexed, ci_corpus, local
     labels = {r.id: r.label for r in split.images}
     served_hits = []
     for query in queries:
-        reply = search.Search(search_pb2.SearchRequest(composed=search_pb2.ComposedQuery(
-            image=search_pb2.ImageQuery(id=query.source_id), modification=query.modification), top_k=10), timeout=60)
+        reply = search.Search(
+            search_pb2.SearchRequest(
+                composed=search_pb2.ComposedQuery(
+                    image=search_pb2.ImageQuery(id=query.source_id), modification=query.modification
+                ),
+                top_k=10,
+            ),
+            timeout=60,
+        )
         assert query.source_id not in [r.id for r in reply.results]
         served_hits.append(any(labels[r.id] == query.target_label for r in reply.results))
     modules = local[0]
@@ -107,8 +130,14 @@ def test_served_composed_recall_equals_offline(search, indexed, ci_corpus, local
         row = split.index_of(query.source_id)
         ids, mask, _ = tokenizer.encode([query.modification])
         text_embedding, tokens = run(modules["text_encoder"], ids, mask)
-        composed = run(modules["composer"], embeddings[row : row + 1], regions[row : row + 1], text_embedding, tokens,
-                       mask.astype(np.float32))[0][0]
+        composed = run(
+            modules["composer"],
+            embeddings[row : row + 1],
+            regions[row : row + 1],
+            text_embedding,
+            tokens,
+            mask.astype(np.float32),
+        )[0][0]
         similarity = embeddings @ composed / np.linalg.norm(composed)
         similarity[row] = -np.inf
         top = np.argsort(-similarity, kind="stable")[:10]
@@ -154,11 +183,16 @@ def test_delete_then_search_never_returns_the_id(search, indexed, ci_corpus):
 
 def test_index_reports_bad_items_and_keeps_the_good_ones(search, ci_corpus):
     good = png(ci_corpus.test.pixels[0])
-    reply = search.Index(search_pb2.IndexRequest(items=[
-        search_pb2.ImageItem(id="good-one", image=good, tags=["Festive "]),
-        search_pb2.ImageItem(id="corrupt-one", image=b"\x89PNG\r\n\x1a\nbroken"),
-        search_pb2.ImageItem(id="bad id!", image=good),
-    ]), timeout=60)
+    reply = search.Index(
+        search_pb2.IndexRequest(
+            items=[
+                search_pb2.ImageItem(id="good-one", image=good, tags=["Festive "]),
+                search_pb2.ImageItem(id="corrupt-one", image=b"\x89PNG\r\n\x1a\nbroken"),
+                search_pb2.ImageItem(id="bad id!", image=good),
+            ]
+        ),
+        timeout=60,
+    )
     outcome = {r.id: r for r in reply.results}
     assert outcome["good-one"].indexed and "festive" in [k.text for k in outcome["good-one"].keywords]
     assert not outcome["corrupt-one"].indexed and outcome["corrupt-one"].error_code == "INVALID_ARGUMENT"
@@ -167,17 +201,27 @@ def test_index_reports_bad_items_and_keeps_the_good_ones(search, ci_corpus):
     assert search.Get(search_pb2.GetRequest(ids=["good-one"]), timeout=30).images[0].title == ""
 
 
-@pytest.mark.parametrize(("request_", "code", "fragment"), [
-    (search_pb2.SearchRequest(), grpc.StatusCode.INVALID_ARGUMENT, "set one of"),
-    (search_pb2.SearchRequest(text="  "), grpc.StatusCode.INVALID_ARGUMENT, "text is empty"),
-    (search_pb2.SearchRequest(text="x", top_k=1000), grpc.StatusCode.RESOURCE_EXHAUSTED, "limit is 100"),
-    (search_pb2.SearchRequest(text="x", top_k=-1), grpc.StatusCode.INVALID_ARGUMENT, "negative"),
-    (search_pb2.SearchRequest(text="x", candidates=100000), grpc.StatusCode.RESOURCE_EXHAUSTED, "limit is 500"),
-    (search_pb2.SearchRequest(image=search_pb2.ImageQuery(id="nope")), grpc.StatusCode.NOT_FOUND, "nope"),
-    (search_pb2.SearchRequest(image=search_pb2.ImageQuery(data=b"junk")), grpc.StatusCode.INVALID_ARGUMENT, "decoded"),
-    (search_pb2.SearchRequest(composed=search_pb2.ComposedQuery(image=search_pb2.ImageQuery(id="x"))),
-     grpc.StatusCode.INVALID_ARGUMENT, "modification is empty"),
-])
+@pytest.mark.parametrize(
+    ("request_", "code", "fragment"),
+    [
+        (search_pb2.SearchRequest(), grpc.StatusCode.INVALID_ARGUMENT, "set one of"),
+        (search_pb2.SearchRequest(text="  "), grpc.StatusCode.INVALID_ARGUMENT, "text is empty"),
+        (search_pb2.SearchRequest(text="x", top_k=1000), grpc.StatusCode.RESOURCE_EXHAUSTED, "limit is 100"),
+        (search_pb2.SearchRequest(text="x", top_k=-1), grpc.StatusCode.INVALID_ARGUMENT, "negative"),
+        (search_pb2.SearchRequest(text="x", candidates=100000), grpc.StatusCode.RESOURCE_EXHAUSTED, "limit is 500"),
+        (search_pb2.SearchRequest(image=search_pb2.ImageQuery(id="nope")), grpc.StatusCode.NOT_FOUND, "nope"),
+        (
+            search_pb2.SearchRequest(image=search_pb2.ImageQuery(data=b"junk")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "decoded",
+        ),
+        (
+            search_pb2.SearchRequest(composed=search_pb2.ComposedQuery(image=search_pb2.ImageQuery(id="x"))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "modification is empty",
+        ),
+    ],
+)
 def test_bad_searches_get_clear_statuses(search, real_stack, request_, code, fragment):
     with pytest.raises(grpc.RpcError) as raised:
         search.Search(request_, timeout=30)
@@ -188,9 +232,14 @@ def test_bad_searches_get_clear_statuses(search, real_stack, request_, code, fra
 def test_bad_index_requests(search):
     for request_, code in [
         (search_pb2.IndexRequest(), grpc.StatusCode.INVALID_ARGUMENT),
-        (search_pb2.IndexRequest(items=[search_pb2.ImageItem(id="a", image=b"x")] * 2), grpc.StatusCode.INVALID_ARGUMENT),
-        (search_pb2.IndexRequest(items=[search_pb2.ImageItem(id=f"i{n}", image=b"x") for n in range(65)]),
-         grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (
+            search_pb2.IndexRequest(items=[search_pb2.ImageItem(id="a", image=b"x")] * 2),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            search_pb2.IndexRequest(items=[search_pb2.ImageItem(id=f"i{n}", image=b"x") for n in range(65)]),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ),
     ]:
         with pytest.raises(grpc.RpcError) as raised:
             search.Index(request_, timeout=30)
@@ -201,9 +250,12 @@ def test_rescorer_down_degrades_to_ann_order(search, indexed, real_stack):
     rescorer = real_stack.processes["attention_rescorer"]
     rescorer.stop()
     try:
-        reply = search.Search(search_pb2.SearchRequest(text="small blue square", top_k=5,
-                                                       candidate_source=search_pb2.SearchRequest.CANDIDATES_VECTOR),
-                              timeout=30)
+        reply = search.Search(
+            search_pb2.SearchRequest(
+                text="small blue square", top_k=5, candidate_source=search_pb2.SearchRequest.CANDIDATES_VECTOR
+            ),
+            timeout=30,
+        )
         assert reply.stages == ["encode", "ann"]
         assert reply.degradations[0].stage == "rescore"
         hybrid = search.Search(search_pb2.SearchRequest(text="small blue square", top_k=5), timeout=30)
@@ -215,8 +267,12 @@ def test_rescorer_down_degrades_to_ann_order(search, indexed, real_stack):
         rescorer.start()
         wait_until(lambda: grpc_serving(rescorer.endpoints["grpc"]), 60, "rescorer restart", rescorer)
     # The gateway notices by itself: full rescoring is back within seconds, no restart needed.
-    wait_until(lambda: not search.Search(search_pb2.SearchRequest(text="small blue square", top_k=5),
-                                         timeout=30).degradations, 15, "rescoring to resume", interval=0.5)
+    wait_until(
+        lambda: not search.Search(search_pb2.SearchRequest(text="small blue square", top_k=5), timeout=30).degradations,
+        15,
+        "rescoring to resume",
+        interval=0.5,
+    )
 
 
 def test_restart_of_search_keeps_everything_indexed(search, indexed, real_stack, ci_corpus):
@@ -243,15 +299,33 @@ def test_html_results_page_renders_its_images_in_chromium(search, indexed, tmp_p
     reply = search.Search(request, timeout=60)
     page = tmp_path / "results.html"
     write_html(page, request, reply)
-    probe = page.read_text().replace("</body>", (
-        "<script>window.addEventListener('load', () => { const imgs = [...document.images];"
-        " document.title = 'rendered=' + imgs.filter(i => i.complete && i.naturalWidth > 0).length"
-        " + '/' + imgs.length; });</script></body>"))
+    probe = page.read_text().replace(
+        "</body>",
+        (
+            "<script>window.addEventListener('load', () => { const imgs = [...document.images];"
+            " document.title = 'rendered=' + imgs.filter(i => i.complete && i.naturalWidth > 0).length"
+            " + '/' + imgs.length; });</script></body>"
+        ),
+    )
     page.write_text(probe)
-    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                          f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
-                         capture_output=True, text=True, timeout=60).stdout
+    dom = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     assert "<title>rendered=4/4</title>" in dom
 
 
@@ -268,9 +342,11 @@ def test_write_rpcs_need_the_bearer_token_when_one_is_set(real_stack, ci_corpus,
         with grpc.insecure_channel(process.endpoints["grpc"]) as channel:
             stub = search_pb2_grpc.SearchServiceStub(channel)
             item = search_pb2.IndexRequest(items=[search_pb2.ImageItem(id="a1", image=png(ci_corpus.test.pixels[0]))])
-            for metadata, code in [((), grpc.StatusCode.UNAUTHENTICATED),
-                                   ((("authorization", "Basic abc"),), grpc.StatusCode.UNAUTHENTICATED),
-                                   ((("authorization", "Bearer wrong"),), grpc.StatusCode.PERMISSION_DENIED)]:
+            for metadata, code in [
+                ((), grpc.StatusCode.UNAUTHENTICATED),
+                ((("authorization", "Basic abc"),), grpc.StatusCode.UNAUTHENTICATED),
+                ((("authorization", "Bearer wrong"),), grpc.StatusCode.PERMISSION_DENIED),
+            ]:
                 for call, request in ((stub.Index, item), (stub.Delete, search_pb2.DeleteRequest(ids=["a1"]))):
                     with pytest.raises(grpc.RpcError) as raised:
                         call(request, timeout=30, metadata=metadata)
@@ -285,12 +361,15 @@ def test_write_rpcs_need_the_bearer_token_when_one_is_set(real_stack, ci_corpus,
         process.stop()
 
 
-
 def test_index_size_gauge_follows_the_index(search, indexed, real_stack):
     count = search.Stats(search_pb2.StatsRequest(), timeout=30).image_count
     metrics = real_stack.processes["search"].endpoints["metrics"]
-    wait_until(lambda: metric_value(scrape(metrics), "amcsearch_index_images") == count, 10,
-               "amcsearch_index_images to equal Stats.image_count", interval=0.5)
+    wait_until(
+        lambda: metric_value(scrape(metrics), "amcsearch_index_images") == count,
+        10,
+        "amcsearch_index_images to equal Stats.image_count",
+        interval=0.5,
+    )
 
 
 def test_stats_reports_every_models_build_before_any_search(real_stack, tmp_path, model_repository):
@@ -307,9 +386,13 @@ def test_stats_reports_every_models_build_before_any_search(real_stack, tmp_path
     try:
         wait_until(lambda: grpc_serving(process.endpoints["grpc"]), 90, "fresh search", process)
         with grpc.insecure_channel(process.endpoints["grpc"]) as channel:
-            builds = dict(search_pb2_grpc.SearchServiceStub(channel).Stats(search_pb2.StatsRequest(), timeout=30).model_builds)
-        expected = {m: read_config(model_repository, m).parameters["build_id"].string_value
-                    for m in ("text_encoder", "image_encoder", "keyword_tagger", "amc_rescorer", "composer")}
+            builds = dict(
+                search_pb2_grpc.SearchServiceStub(channel).Stats(search_pb2.StatsRequest(), timeout=30).model_builds
+            )
+        expected = {
+            m: read_config(model_repository, m).parameters["build_id"].string_value
+            for m in ("text_encoder", "image_encoder", "keyword_tagger", "amc_rescorer", "composer")
+        }
         assert builds == expected
     finally:
         process.stop()

@@ -23,20 +23,63 @@ def openssl(*args: str, cwd: Path) -> None:
 def pki(tmp_path_factory) -> Path:
     """A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl."""
     d = tmp_path_factory.mktemp("pki")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-            "-subj", "/CN=amcsearch-test-ca", cwd=d)
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=amcsearch-test-ca",
+        cwd=d,
+    )
     (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     for name, extra in (("server", ["-extfile", "san.ext"]), ("client", [])):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                "-subj", f"/CN=amcsearch-{name}", cwd=d)
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                "-out", f"{name}.pem", "-days", "2", *extra, cwd=d)
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN=amcsearch-{name}",
+            cwd=d,
+        )
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            *extra,
+            cwd=d,
+        )
     return d
 
 
 def start_encoder(stack, pki: Path, tmp_path: Path, mtls: bool):
-    env = {**stack.env, "QUERY_ENCODER_TLS_CERT_FILE": str(pki / "server.pem"),
-           "QUERY_ENCODER_TLS_KEY_FILE": str(pki / "server.key")}
+    env = {
+        **stack.env,
+        "QUERY_ENCODER_TLS_CERT_FILE": str(pki / "server.pem"),
+        "QUERY_ENCODER_TLS_KEY_FILE": str(pki / "server.key"),
+    }
     if mtls:
         env["QUERY_ENCODER_TLS_CLIENT_CA_FILE"] = str(pki / "ca.pem")
     process = service_process("query_encoder", "QUERY_ENCODER", free_port(), free_port(), env, tmp_path, SERVICES_ROOT)
@@ -62,6 +105,7 @@ def test_tls_and_mtls(tiny_stack, pki, tmp_path, mtls):
     process = start_encoder(tiny_stack, pki, tmp_path, mtls)
     address = process.endpoints["grpc"]
     try:
+
         def answers() -> bool:
             with grpc.secure_channel(address, credentials(pki, client_cert=True)) as channel:
                 return encode(channel) == 1

@@ -319,16 +319,36 @@ def test_served_rescorer_equals_the_dense_forward_on_the_same_inputs() -> None:
     keyword_mask[:, :3] = torch.tensor([0.9, 0.5, 1.0])
     with torch.inference_mode():
         no_bias = torch.tensor([[1.0, 0.0, 1.0]] * 2)
-        got = served(queries, query_index, torch.from_numpy(quantized), torch.from_numpy(scales), table,
-                     keyword_index, keyword_mask, no_bias)
+        got = served(
+            queries,
+            query_index,
+            torch.from_numpy(quantized),
+            torch.from_numpy(scales),
+            table,
+            keyword_index,
+            keyword_mask,
+            no_bias,
+        )
         dense_keywords = torch.cat([vocabulary, table.float()])[keyword_index.long()]
-        expected = module(queries[query_index.long()], torch.from_numpy(dequantize_regions(quantized, scales)),
-                          dense_keywords, keyword_mask)
+        expected = module(
+            queries[query_index.long()],
+            torch.from_numpy(dequantize_regions(quantized, scales)),
+            dense_keywords,
+            keyword_mask,
+        )
         for a, b in zip(got[:4], expected, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(got[4], expected[1])  # learned == applied without a bias
-        visual_only = served(queries, query_index, torch.from_numpy(quantized), torch.from_numpy(scales), table,
-                             keyword_index, keyword_mask, torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]]))
+        visual_only = served(
+            queries,
+            query_index,
+            torch.from_numpy(quantized),
+            torch.from_numpy(scales),
+            table,
+            keyword_index,
+            keyword_mask,
+            torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]]),
+        )
     weights = visual_only[1]
     torch.testing.assert_close(weights[:3], torch.tensor([[1.0, 0.0]] * 3))  # query 0: visual only
     torch.testing.assert_close(weights[3:], torch.tensor([[0.0, 1.0]] * 3))  # query 1: keywords only

@@ -129,7 +129,12 @@ def _fake_split(name: str, n: int, seed: int) -> SimpleNamespace:
     for q in range(n):
         src, tgt = rng.choice(n, size=2, replace=False)
         queries.append(
-            SimpleNamespace(source_id=f"{name}-{src}", target_id=f"{name}-{tgt}", modification=mods[q % 3], target_label=int(tgt) // 2)
+            SimpleNamespace(
+                source_id=f"{name}-{src}",
+                target_id=f"{name}-{tgt}",
+                modification=mods[q % 3],
+                target_label=int(tgt) // 2,
+            )
         )
     index = {r.id: i for i, r in enumerate(images)}
     return SimpleNamespace(

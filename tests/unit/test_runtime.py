@@ -19,8 +19,14 @@ from PIL import Image
 
 
 def test_settings_read_prefixed_and_shared_variables():
-    env = {"QUERY_ENCODER_PORT": "5005", "QUERY_ENCODER_MAX_BATCH": "7", "TRITON_URL": "triton:8001",
-           "REDIS_URL": "redis://cache:6379/1", "CACHE_FLOAT16": "true", "QUERY_ENCODER_MAX_IMAGE_BYTES": "10"}
+    env = {
+        "QUERY_ENCODER_PORT": "5005",
+        "QUERY_ENCODER_MAX_BATCH": "7",
+        "TRITON_URL": "triton:8001",
+        "REDIS_URL": "redis://cache:6379/1",
+        "CACHE_FLOAT16": "true",
+        "QUERY_ENCODER_MAX_IMAGE_BYTES": "10",
+    }
     settings = from_env(QueryEncoderSettings, "QUERY_ENCODER", env)
     assert settings.server.port == 5005
     assert settings.max_batch == 7
@@ -36,8 +42,15 @@ def test_defaults_work_without_any_variable():
     assert settings.cache.timeout_seconds == pytest.approx(0.05)
 
 
-@pytest.mark.parametrize(("variable", "value"), [("QUERY_ENCODER_PORT", "http"), ("QUERY_ENCODER_PORT", "70000"),
-                                                 ("CACHE_ENABLED", "maybe"), ("QUERY_ENCODER_MAX_BATCH", "0")])
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("QUERY_ENCODER_PORT", "http"),
+        ("QUERY_ENCODER_PORT", "70000"),
+        ("CACHE_ENABLED", "maybe"),
+        ("QUERY_ENCODER_MAX_BATCH", "0"),
+    ],
+)
 def test_bad_values_fail_fast_naming_the_variable(variable, value):
     with pytest.raises(SettingsError) as raised:
         from_env(QueryEncoderSettings, "QUERY_ENCODER", {variable: value})

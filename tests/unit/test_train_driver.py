@@ -22,8 +22,15 @@ def test_specs_follow_the_model_repository_contract() -> None:
     assert [t.name for t in image.outputs] == ["embedding__0", "regions__1"]
     assert specs["keyword_tagger"].outputs[0].dims == (57,)
     assert [t.name for t in specs["amc_rescorer"].inputs] == [
-        "query", "query_index", "regions", "region_scales", "keyword_table", "keyword_index", "keyword_mask",
-        "modality_bias"]
+        "query",
+        "query_index",
+        "regions",
+        "region_scales",
+        "keyword_table",
+        "keyword_index",
+        "keyword_mask",
+        "modality_bias",
+    ]
     assert specs["amc_rescorer"].max_batch_size == 0  # explicit shapes, no dynamic batching
     assert [t.name for t in specs["amc_rescorer"].outputs] == [
         "score__0",
@@ -41,7 +48,7 @@ def test_specs_follow_the_model_repository_contract() -> None:
     ]
     config = render_config(specs["keyword_tagger"], "abc123", "python")
     assert 'label_filename: "keywords.txt"' in config
-    rescorer = render_config(specs["amc_rescorer"], "abc123", "python", {"keyword_vocabulary": "red\ncafé \"x\""})
+    rescorer = render_config(specs["amc_rescorer"], "abc123", "python", {"keyword_vocabulary": 'red\ncafé "x"'})
     assert "dynamic_batching" not in rescorer and "TYPE_INT8" in rescorer
     assert 'string_value: "red\\ncaf' in rescorer
 

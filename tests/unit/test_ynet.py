@@ -136,9 +136,11 @@ def test_served_modules_script_and_follow_the_contract() -> None:
         street_out = street(images)
         query_index = torch.tensor([0, 0, 1, 1, 1], dtype=torch.int32)
         rescore_out = rescorer(street_out[1][:2], query_index, shop_out[2][[0, 1, 2, 0, 1]])
-        for module, args, eager in ((shop, (images, tags), shop_out), (street, (images,), street_out),
-                                    (rescorer, (street_out[1][:2], query_index, shop_out[2][[0, 1, 2, 0, 1]]),
-                                     rescore_out)):
+        for module, args, eager in (
+            (shop, (images, tags), shop_out),
+            (street, (images,), street_out),
+            (rescorer, (street_out[1][:2], query_index, shop_out[2][[0, 1, 2, 0, 1]]), rescore_out),
+        ):
             for a, b in zip(_scripted(module)(*args), eager, strict=True):
                 torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     _check_contract(YNET_SHOP, shop_out, 3)

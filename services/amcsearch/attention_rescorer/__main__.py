@@ -38,7 +38,8 @@ async def main() -> None:
 
     def add(server):
         attention_rescorer_pb2_grpc.add_AttentionRescorerServicer_to_server(
-            AttentionRescorerServicer(rescorer, settings), server)
+            AttentionRescorerServicer(rescorer, settings), server
+        )
         return [attention_rescorer_pb2.DESCRIPTOR.services_by_name["AttentionRescorer"].full_name]
 
     await run_service("attention_rescorer", settings.server, add, ready, [triton.close, encoder_channel.close])

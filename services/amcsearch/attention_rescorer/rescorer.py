@@ -34,8 +34,13 @@ class Scored:
     learned_keyword_weight: float = 0.0
 
 
-def build_inputs(queries: np.ndarray, batch: CandidateBatch, vocabulary: dict[str, int],
-                 extra: dict[str, np.ndarray], modality_bias: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def build_inputs(
+    queries: np.ndarray,
+    batch: CandidateBatch,
+    vocabulary: dict[str, int],
+    extra: dict[str, np.ndarray],
+    modality_bias: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """The amc_rescorer request: `vocabulary` maps the model's built-in keyword texts to their
     rows, `extra` holds the vectors of the batch's other texts (rows V, V + 1, ...);
     `modality_bias` [Q, 3] (None: the learned weights unchanged)."""
@@ -44,11 +49,15 @@ def build_inputs(queries: np.ndarray, batch: CandidateBatch, vocabulary: dict[st
         modality_bias = np.tile(np.asarray(c.NO_BIAS, dtype=np.float32), (queries.shape[0], 1))
     extra_texts = [t for t in batch.keyword_texts if t not in vocabulary]
     extra_row = {t: len(vocabulary) + i for i, t in enumerate(extra_texts)}
-    rows = np.asarray([vocabulary[t] if t in vocabulary else extra_row[t] for t in batch.keyword_texts] + [0],
-                      dtype=np.int32)
+    rows = np.asarray(
+        [vocabulary[t] if t in vocabulary else extra_row[t] for t in batch.keyword_texts] + [0], dtype=np.int32
+    )
     keyword_index = rows[batch.slots]  # -1 (empty) picks the trailing 0: row 0 with confidence 0
-    table = (np.stack([extra[t] for t in extra_texts]).astype(np.float16) if extra_texts
-             else np.zeros((0, c.EMBEDDING_DIM), dtype=np.float16))
+    table = (
+        np.stack([extra[t] for t in extra_texts]).astype(np.float16)
+        if extra_texts
+        else np.zeros((0, c.EMBEDDING_DIM), dtype=np.float16)
+    )
     return {
         "query": queries,
         "query_index": batch.query_index,
@@ -78,8 +87,14 @@ class AttentionRescorer:
         text = parameters.get("keyword_vocabulary", {}).get("string_value", "")
         return {word: i for i, word in enumerate(text.split("\n")) if word}
 
-    async def rescore(self, queries: np.ndarray, batch: CandidateBatch, explain_top: int,
-                      timeout: float | None, modality_bias: np.ndarray | None = None) -> list[Scored]:
+    async def rescore(
+        self,
+        queries: np.ndarray,
+        batch: CandidateBatch,
+        explain_top: int,
+        timeout: float | None,
+        modality_bias: np.ndarray | None = None,
+    ) -> list[Scored]:
         vocabulary = await self.vocabulary()
         outside = [t for t in batch.keyword_texts if t not in vocabulary]
         extra = await self.embed_keywords(outside, timeout) if outside else {}
@@ -100,8 +115,19 @@ class AttentionRescorer:
             if explain_top:
                 regions = top_attention(out[c.REGION_ATTENTION_OUT][i], explain_top)
                 texts = batch.slot_texts(i)
-                keywords = [(texts[j], w) for j, w in top_attention(out[c.KEYWORD_ATTENTION_OUT][i][: len(texts)],
-                                                                    explain_top)]
-            results.append(Scored(candidate_id, float(scores[i]), float(weights[i, 0]), float(weights[i, 1]),
-                                  regions, keywords, float(learned[i, 0]), float(learned[i, 1])))
+                keywords = [
+                    (texts[j], w) for j, w in top_attention(out[c.KEYWORD_ATTENTION_OUT][i][: len(texts)], explain_top)
+                ]
+            results.append(
+                Scored(
+                    candidate_id,
+                    float(scores[i]),
+                    float(weights[i, 0]),
+                    float(weights[i, 1]),
+                    regions,
+                    keywords,
+                    float(learned[i, 0]),
+                    float(learned[i, 1]),
+                )
+            )
         return results

@@ -23,10 +23,15 @@ INT32 = (common_pb2.Tensor.INT32,)
 
 def evidence(scored: Scored) -> common_pb2.Evidence:
     return common_pb2.Evidence(
-        score=scored.score, visual_weight=scored.visual_weight, keyword_weight=scored.keyword_weight,
-        learned_visual_weight=scored.learned_visual_weight, learned_keyword_weight=scored.learned_keyword_weight,
-        regions=[common_pb2.RegionAttention(index=i, row=i // c.REGION_GRID, column=i % c.REGION_GRID, weight=w)
-                 for i, w in scored.regions],
+        score=scored.score,
+        visual_weight=scored.visual_weight,
+        keyword_weight=scored.keyword_weight,
+        learned_visual_weight=scored.learned_visual_weight,
+        learned_keyword_weight=scored.learned_keyword_weight,
+        regions=[
+            common_pb2.RegionAttention(index=i, row=i // c.REGION_GRID, column=i % c.REGION_GRID, weight=w)
+            for i, w in scored.regions
+        ],
         keywords=[common_pb2.KeywordAttention(keyword=k, weight=w) for k, w in scored.keywords],
     )
 
@@ -46,8 +51,10 @@ class AttentionRescorerServicer(attention_rescorer_pb2_grpc.AttentionRescorerSer
             regions, scales = quantize_regions(regions)
         if request.HasField("query_index") and request.query_index.shape:
             query_index = from_tensor(request.query_index, (n,), "query_index", INT32)
-            require(bool(((query_index >= 0) & (query_index < query_count)).all()),
-                    f"query_index has a row outside queries (0..{query_count - 1})")
+            require(
+                bool(((query_index >= 0) & (query_index < query_count)).all()),
+                f"query_index has a row outside queries (0..{query_count - 1})",
+            )
         else:
             query_index = np.zeros(n, dtype=np.int32)
         texts = [normalize_keyword(t) for t in request.keyword_texts]
@@ -57,8 +64,10 @@ class AttentionRescorerServicer(attention_rescorer_pb2_grpc.AttentionRescorerSer
         require(len(set(texts)) == len(texts), "keyword_texts must be distinct (after normalisation)")
         slot_shape = (n, c.KEYWORD_SLOTS)
         slots = from_tensor(request.keyword_slots, slot_shape, "keyword_slots", INT32)
-        require(bool(((slots >= -1) & (slots < len(texts))).all()),
-                f"keyword_slots has an index outside -1..{len(texts) - 1}")
+        require(
+            bool(((slots >= -1) & (slots < len(texts))).all()),
+            f"keyword_slots has an index outside -1..{len(texts) - 1}",
+        )
         confidences = from_tensor(request.keyword_confidences, slot_shape, "keyword_confidences")
         require(bool(((confidences >= 0) & (confidences <= 1)).all()), "keyword_confidences must be in [0, 1]")
         return CandidateBatch(list(request.ids), regions, scales, query_index, texts, slots, confidences)
@@ -68,8 +77,14 @@ class AttentionRescorerServicer(attention_rescorer_pb2_grpc.AttentionRescorerSer
         if not request.HasField("modality_bias") or not request.modality_bias.shape:
             return None
         bias = from_tensor(request.modality_bias, (query_count, 3), "modality_bias")
-        require(bool((bias[:, 0] >= 0).all() and (bias[:, 0] <= 100).all()), "modality_bias: keyword scale must be in [0, 100]")
-        require(bool(((bias[:, 1:] >= 0) & (bias[:, 1:] <= 1)).all()), "modality_bias: keyword weight bounds must be in [0, 1]")
+        require(
+            bool((bias[:, 0] >= 0).all() and (bias[:, 0] <= 100).all()),
+            "modality_bias: keyword scale must be in [0, 100]",
+        )
+        require(
+            bool(((bias[:, 1:] >= 0) & (bias[:, 1:] <= 1)).all()),
+            "modality_bias: keyword weight bounds must be in [0, 1]",
+        )
         require(bool((bias[:, 1] <= bias[:, 2]).all()), "modality_bias: the min keyword weight exceeds the max")
         return bias
 
@@ -86,6 +101,6 @@ class AttentionRescorerServicer(attention_rescorer_pb2_grpc.AttentionRescorerSer
         bias = self._bias(request, queries.shape[0])
         explain_top = (request.explain_top or 5) if request.explain else 0
         scored = await self.rescorer.rescore(queries, batch, explain_top, time_left(), bias)
-        return attention_rescorer_pb2.RescoreResponse(results=[
-            attention_rescorer_pb2.RescoredCandidate(id=s.id, evidence=evidence(s)) for s in scored
-        ])
+        return attention_rescorer_pb2.RescoreResponse(
+            results=[attention_rescorer_pb2.RescoredCandidate(id=s.id, evidence=evidence(s)) for s in scored]
+        )

@@ -28,7 +28,8 @@ async def main() -> None:
 
     def add(server):
         feature_extractor_pb2_grpc.add_FeatureExtractorServicer_to_server(
-            FeatureExtractorServicer(extractor, settings), server)
+            FeatureExtractorServicer(extractor, settings), server
+        )
         return [feature_extractor_pb2.DESCRIPTOR.services_by_name["FeatureExtractor"].full_name]
 
     await run_service("feature_extractor", settings.server, add, ready, [triton.close, cache.close])

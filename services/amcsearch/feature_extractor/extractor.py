@@ -18,8 +18,9 @@ SERVICE = "feature_extractor"
 
 
 class FeatureExtractor:
-    def __init__(self, triton: TritonModels, cache: EmbeddingCache, limits: ImageLimits,
-                 executor: Executor | None = None) -> None:
+    def __init__(
+        self, triton: TritonModels, cache: EmbeddingCache, limits: ImageLimits, executor: Executor | None = None
+    ) -> None:
         self.features = ImageFeatures(triton, cache, SERVICE)
         self.limits = limits
         self.executor = executor

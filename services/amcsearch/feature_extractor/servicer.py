@@ -22,10 +22,13 @@ class FeatureExtractorServicer(feature_extractor_pb2_grpc.FeatureExtractorServic
         images = decoded_or_encoded(request, self.settings.max_batch, self.settings.images)
         BATCH_ITEMS.labels("feature_extractor", "Extract").observe(len(images))
         features = await self.extractor.extract(images, time_left())
-        return feature_extractor_pb2.ExtractResponse(results=[
-            feature_extractor_pb2.ExtractedImage(
-                features=common_pb2.ImageFeatures(embedding=to_tensor(f.embedding), regions=to_tensor(f.regions)),
-                cache_hit=f.cache_hit, content_sha256=f.sha256,
-            )
-            for f in features
-        ])
+        return feature_extractor_pb2.ExtractResponse(
+            results=[
+                feature_extractor_pb2.ExtractedImage(
+                    features=common_pb2.ImageFeatures(embedding=to_tensor(f.embedding), regions=to_tensor(f.regions)),
+                    cache_hit=f.cache_hit,
+                    content_sha256=f.sha256,
+                )
+                for f in features
+            ]
+        )

@@ -28,9 +28,14 @@ class KeywordTaggerServicer(keyword_tagger_pb2_grpc.KeywordTaggerServicer):
         top_k = request.top_k or self.settings.default_top_k
         BATCH_ITEMS.labels("keyword_tagger", "Tag").observe(count)
         tags = await self.tagger.tag(images, threshold, top_k, time_left())
-        return keyword_tagger_pb2.TagResponse(results=[
-            keyword_tagger_pb2.ImageKeywords(keywords=[
-                common_pb2.Keyword(text=t.text, confidence=t.confidence, source=common_pb2.Keyword.AUTO) for t in image
-            ])
-            for image in tags
-        ])
+        return keyword_tagger_pb2.TagResponse(
+            results=[
+                keyword_tagger_pb2.ImageKeywords(
+                    keywords=[
+                        common_pb2.Keyword(text=t.text, confidence=t.confidence, source=common_pb2.Keyword.AUTO)
+                        for t in image
+                    ]
+                )
+                for image in tags
+            ]
+        )

@@ -43,8 +43,9 @@ class KeywordTagger:
         self.limits = limits
         self.executor = executor
 
-    async def tag(self, images: list[bytes] | np.ndarray, threshold: float, top_k: int,
-                  timeout: float | None) -> list[list[Tag]]:
+    async def tag(
+        self, images: list[bytes] | np.ndarray, threshold: float, top_k: int, timeout: float | None
+    ) -> list[list[Tag]]:
         """`images`: encoded bytes, or decoded uint8 pixels [B, size, size, 3]."""
         if isinstance(images, np.ndarray):
             pixels = images
@@ -52,7 +53,12 @@ class KeywordTagger:
             with stage(SERVICE, "decode"):
                 pixels = await decode_images(images, self.limits, self.executor)
         with stage(SERVICE, "triton"):
-            result = await self.triton.infer(c.KEYWORD_TAGGER, {"image": pixels}, [c.PROBABILITIES_OUT], timeout,
-                                             class_counts={c.PROBABILITIES_OUT: top_k})
+            result = await self.triton.infer(
+                c.KEYWORD_TAGGER,
+                {"image": pixels},
+                [c.PROBABILITIES_OUT],
+                timeout,
+                class_counts={c.PROBABILITIES_OUT: top_k},
+            )
         classes = result[c.PROBABILITIES_OUT].reshape(len(images), -1)
         return [parse_classes(list(row), threshold) for row in classes]

@@ -41,8 +41,14 @@ def _l2_normalize(vectors: np.ndarray) -> np.ndarray:
 
 
 class QueryEncoder:
-    def __init__(self, triton: TritonModels, cache: EmbeddingCache, tokenizer: Tokenizer,
-                 limits: ImageLimits, executor: Executor | None = None) -> None:
+    def __init__(
+        self,
+        triton: TritonModels,
+        cache: EmbeddingCache,
+        tokenizer: Tokenizer,
+        limits: ImageLimits,
+        executor: Executor | None = None,
+    ) -> None:
         self.triton = triton
         self.cache = cache
         self.tokenizer = tokenizer
@@ -72,7 +78,9 @@ class QueryEncoder:
         others (texts, composed queries, given features) through the query cache."""
         with stage(SERVICE, "tokenize"):
             truncated = self.tokenizer.truncated([q.text or "" for q in queries])
-        by_image = [i for i, q in enumerate(queries) if q.kind == "image" and q.image is not None and q.image.data is not None]
+        by_image = [
+            i for i, q in enumerate(queries) if q.kind == "image" and q.image is not None and q.image.data is not None
+        ]
         others = [i for i in range(len(queries)) if i not in set(by_image)]
         vectors: dict[int, tuple[np.ndarray, bool]] = {}
         if by_image:
@@ -96,7 +104,8 @@ class QueryEncoder:
         """Decode the query images (bounded) and read or compute their features."""
         with stage(SERVICE, "decode"):
             names = ["image" if len(queries) == 1 else "a query image"] * len(queries)
-            pixels = await decode_images([q.image.data for q in queries], self.limits, self.executor, names)
+            data = [q.image.data for q in queries if q.image is not None and q.image.data is not None]
+            pixels = await decode_images(data, self.limits, self.executor, names)
         return await self.image_features.of(pixels, timeout)
 
     async def _run_models(self, queries: list[Query], timeout: float | None) -> list[np.ndarray]:
@@ -134,8 +143,9 @@ class QueryEncoder:
             with stage(SERVICE, "tokenize"):
                 ids, mask, _ = self.tokenizer.encode(texts[start : start + step])
             with stage(SERVICE, "triton_text_encoder"):
-                out = await self.triton.infer(c.TEXT_ENCODER, {"input_ids": ids, "attention_mask": mask}, outputs,
-                                              timeout)
+                out = await self.triton.infer(
+                    c.TEXT_ENCODER, {"input_ids": ids, "attention_mask": mask}, outputs, timeout
+                )
             out["mask"] = mask.astype(np.float32)
             parts.append(out)
         if len(parts) == 1:
@@ -156,7 +166,7 @@ class QueryEncoder:
         to_decode = [i for i, q in enumerate(queries) if q.image is not None and q.image.data is not None]
         for i, query in enumerate(queries):
             if i not in to_decode:
-                assert query.image is not None
+                assert query.image is not None and query.image.embedding is not None
                 embeddings[i] = _l2_normalize(query.image.embedding)
                 regions[i] = query.image.regions
         if to_decode:
@@ -165,8 +175,9 @@ class QueryEncoder:
             regions[to_decode] = np.stack([f.regions for f in features])
         return {c.EMBEDDING_OUT: embeddings, c.REGIONS_OUT: regions}
 
-    async def _compose(self, rows: list[int], text_out: dict, text_at: dict, image_out: dict, image_at: dict,
-                       timeout: float | None) -> np.ndarray:
+    async def _compose(
+        self, rows: list[int], text_out: dict, text_at: dict, image_out: dict, image_at: dict, timeout: float | None
+    ) -> np.ndarray:
         t = [text_at[r] for r in rows]
         v = [image_at[r] for r in rows]
         inputs = {

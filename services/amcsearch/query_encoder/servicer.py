@@ -44,8 +44,9 @@ class QueryEncoderServicer(query_encoder_pb2_grpc.QueryEncoderServicer):
         if kind == "composed":
             self._check_model(c.COMPOSER, models, what)
             self._check_text(message.composed.modification, f"{what}.composed.modification")
-            return Query(text=message.composed.modification,
-                         image=image_source(message.composed.image, f"{what}.composed.image"))
+            return Query(
+                text=message.composed.modification, image=image_source(message.composed.image, f"{what}.composed.image")
+            )
         raise InvalidArgument(f"{what}: set one of text, image, composed")
 
     def _check_text(self, text: str, what: str) -> None:
@@ -68,8 +69,10 @@ class QueryEncoderServicer(query_encoder_pb2_grpc.QueryEncoderServicer):
         return query_encoder_pb2.EncodeResponse(
             embeddings=[
                 query_encoder_pb2.EncodedQuery(
-                    embedding=to_tensor(e.embedding), cache_hit=e.cache_hit,
-                    truncated=e.truncated, normalized_text=e.normalized_text,
+                    embedding=to_tensor(e.embedding),
+                    cache_hit=e.cache_hit,
+                    truncated=e.truncated,
+                    normalized_text=e.normalized_text,
                 )
                 for e in encoded
             ],

@@ -21,6 +21,7 @@ from amcsearch.runtime.keywords import normalize_keyword
 SEQ_LEN = TEXT_TOKENS
 """Longest encoded text; longer ones are cut."""
 
+
 def normalize_text(text: str) -> str:
     """Query texts are normalised like keywords (runtime/keywords.py), for cache keys and tokens."""
     return normalize_keyword(text)

@@ -8,8 +8,12 @@ from collections.abc import Iterable
 from amcsearch.runtime.errors import PermissionDenied, Unauthenticated
 
 
-def check_bearer(metadata: Iterable[tuple[str, str | bytes]] | None, token: str | tuple[str, ...], method: str,
-                 purpose: str = "write operations") -> None:
+def check_bearer(
+    metadata: Iterable[tuple[str, str | bytes]] | None,
+    token: str | tuple[str, ...],
+    method: str,
+    purpose: str = "write operations",
+) -> None:
     """Pass when no token is set (auth off) or the call carries `authorization: Bearer <t>` with
     one of the tokens (`token` may be several: e.g. the read token or the write token)."""
     tokens = tuple(t for t in ((token,) if isinstance(token, str) else token) if t)

@@ -127,7 +127,9 @@ class EmbeddingCache:
                 blobs = await self.redis.mget(keys)
                 self.breaker.record(True)
                 for i, blob in enumerate(blobs):
-                    found[i] = decode_array(blob) if blob is not None else None
+                    found[i] = (
+                        decode_array(blob if isinstance(blob, bytes) else blob.encode()) if blob is not None else None
+                    )
             except (redis.RedisError, OSError, ValueError, KeyError) as error:
                 self._failed("get", error)
         hits = sum(value is not None for value in found)

@@ -20,9 +20,15 @@ from amcsearch.runtime.singleflight import SingleFlight
 Compute = Callable[[list[str]], Awaitable[dict[str, np.ndarray]]]
 
 
-async def cached_batch(cache: EmbeddingCache, flight: SingleFlight[np.ndarray], service: str, kind: str,
-                       keys: list[str], compute: Compute,
-                       valid: Callable[[np.ndarray], bool] = lambda value: True) -> tuple[dict[str, np.ndarray], set[str]]:
+async def cached_batch(
+    cache: EmbeddingCache,
+    flight: SingleFlight[np.ndarray],
+    service: str,
+    kind: str,
+    keys: list[str],
+    compute: Compute,
+    valid: Callable[[np.ndarray], bool] = lambda value: True,
+) -> tuple[dict[str, np.ndarray], set[str]]:
     """(value of every key, the keys that were cache hits). `compute(missing_keys)` returns the
     value of each key it is given; `valid` rejects a cached value of the wrong form (a miss)."""
     unique = list(dict.fromkeys(keys))

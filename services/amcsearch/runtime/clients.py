@@ -28,15 +28,24 @@ def channel_credentials(tls: ClientTLSSettings) -> grpc.ChannelCredentials | Non
     return grpc.ssl_channel_credentials(read(tls.ca_file), read(tls.key_file), read(tls.cert_file))
 
 
-SERVICE_CONFIG = json.dumps({
-    "loadBalancingConfig": [{"round_robin": {}}],
-    "healthCheckConfig": {"serviceName": ""},
-    "methodConfig": [{
-        "name": [{}],
-        "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.05s", "maxBackoff": "0.5s", "backoffMultiplier": 2,
-                        "retryableStatusCodes": ["UNAVAILABLE"]},
-    }],
-})
+SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": ""},
+        "methodConfig": [
+            {
+                "name": [{}],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
 """Every channel: round robin over the peer's replicas, only to replicas whose health service
 says SERVING, and an UNAVAILABLE call tried again (on another replica) within its deadline.
 Every RPC of the project may be retried: searches read, Index upserts, Delete is idempotent."""
@@ -82,7 +91,7 @@ class BearerToken(grpc.aio.UnaryUnaryClientInterceptor):
     def __init__(self, token: str) -> None:
         self.header = ("authorization", f"Bearer {token}")
 
-    async def intercept_unary_unary(self, continuation, client_call_details, request):
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()), self.header)
         details = client_call_details._replace(metadata=metadata)
         return await continuation(details, request)

@@ -100,17 +100,23 @@ def model_specs(vocab_size: int) -> dict[str, ModelSpec]:
     return {
         TEXT_ENCODER: ModelSpec(
             TEXT_ENCODER,
-            inputs=[TensorSpec("input_ids", "INT64", (-1,), f"WordPiece ids, at most {TEXT_TOKENS}"),
-                    TensorSpec("attention_mask", "INT64", (-1,), "1 = token, 0 = padding")],
-            outputs=[TensorSpec(EMBEDDING_OUT, "FP32", (emb,), "mean-pooled, L2-normalised"),
-                     TensorSpec(TOKENS_OUT, "FP32", (-1, emb), "last hidden states")],
+            inputs=[
+                TensorSpec("input_ids", "INT64", (-1,), f"WordPiece ids, at most {TEXT_TOKENS}"),
+                TensorSpec("attention_mask", "INT64", (-1,), "1 = token, 0 = padding"),
+            ],
+            outputs=[
+                TensorSpec(EMBEDDING_OUT, "FP32", (emb,), "mean-pooled, L2-normalised"),
+                TensorSpec(TOKENS_OUT, "FP32", (-1, emb), "last hidden states"),
+            ],
             doc="all-MiniLM-L6-v2; sequences padded to the batch's longest",
         ),
         IMAGE_ENCODER: ModelSpec(
             IMAGE_ENCODER,
             inputs=[image],
-            outputs=[TensorSpec(EMBEDDING_OUT, "FP32", (emb,), "L2-normalised"),
-                     TensorSpec(REGIONS_OUT, "FP32", (regions, REGION_DIM), "row-major 6 x 6 grid")],
+            outputs=[
+                TensorSpec(EMBEDDING_OUT, "FP32", (emb,), "L2-normalised"),
+                TensorSpec(REGIONS_OUT, "FP32", (regions, REGION_DIM), "row-major 6 x 6 grid"),
+            ],
         ),
         KEYWORD_TAGGER: ModelSpec(
             KEYWORD_TAGGER,
@@ -154,16 +160,20 @@ def model_specs(vocab_size: int) -> dict[str, ModelSpec]:
         YNET_SHOP: ModelSpec(
             YNET_SHOP,
             inputs=[image, TensorSpec("tags", "FP32", (vocab_size,), "multi-hot, V = lines of tags.txt")],
-            outputs=[TensorSpec(EMBEDDING_OUT, "FP32", (YNET_DIM,), "TagYNet, tag-attended, L2-normalised"),
-                     TensorSpec(ATTENTION_OUT, "FP32", (regions,), "tag attention over the 6 x 6 grid"),
-                     TensorSpec(CONTEXT_OUT, "FP32", (YNET_DIM,), "CtxYNet context, stored per item")],
+            outputs=[
+                TensorSpec(EMBEDDING_OUT, "FP32", (YNET_DIM,), "TagYNet, tag-attended, L2-normalised"),
+                TensorSpec(ATTENTION_OUT, "FP32", (regions,), "tag attention over the 6 x 6 grid"),
+                TensorSpec(CONTEXT_OUT, "FP32", (YNET_DIM,), "CtxYNet context, stored per item"),
+            ],
             doc="index time, per shop image with its tags",
         ),
         YNET_STREET: ModelSpec(
             YNET_STREET,
             inputs=[image],
-            outputs=[TensorSpec(EMBEDDING_OUT, "FP32", (YNET_DIM,), "TagYNet, average-pooled, L2-normalised"),
-                     TensorSpec(LOCATIONS_OUT, "FP32", (regions, YNET_DIM), "CtxYNet street map, row-major")],
+            outputs=[
+                TensorSpec(EMBEDDING_OUT, "FP32", (YNET_DIM,), "TagYNet, average-pooled, L2-normalised"),
+                TensorSpec(LOCATIONS_OUT, "FP32", (regions, YNET_DIM), "CtxYNet street map, row-major"),
+            ],
             doc="query time, per street image",
         ),
         CTX_YNET: ModelSpec(
@@ -173,8 +183,10 @@ def model_specs(vocab_size: int) -> dict[str, ModelSpec]:
                 TensorSpec("query_index", "INT32", (-1,), "per candidate: its query's row"),
                 TensorSpec("context", "FP32", (-1, YNET_DIM), "N candidates' contexts"),
             ],
-            outputs=[TensorSpec(DISTANCE_OUT, "FP32", (-1,), "squared L2, smaller is closer"),
-                     TensorSpec(ATTENTION_OUT, "FP32", (-1, regions), "street attention per candidate")],
+            outputs=[
+                TensorSpec(DISTANCE_OUT, "FP32", (-1,), "squared L2, smaller is closer"),
+                TensorSpec(ATTENTION_OUT, "FP32", (-1, regions), "street attention per candidate"),
+            ],
             max_batch_size=0,
             doc="re-ranks the N candidates of Q street queries (TagYNet's top 100)",
         ),
@@ -183,6 +195,7 @@ def model_specs(vocab_size: int) -> dict[str, ModelSpec]:
 
 def contract_table() -> str:
     """The markdown table of model_repository/README.md."""
+
     def dims(spec: ModelSpec, tensor: TensorSpec) -> str:
         shown = (["B"] if spec.batched else []) + ["*" if d == -1 else str(d) for d in tensor.dims]
         return "[" + ", ".join(shown) + "]"

@@ -32,7 +32,8 @@ class Features:
 
 
 def pack(embedding: np.ndarray, regions: np.ndarray) -> np.ndarray:
-    return np.concatenate([embedding.reshape(-1), regions.reshape(-1)]).astype(np.float32)
+    packed: np.ndarray = np.concatenate([embedding.reshape(-1), regions.reshape(-1)]).astype(np.float32)
+    return packed
 
 
 def unpack(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -64,10 +65,15 @@ class ImageFeatures:
 
         async def compute(missing: list[str]) -> dict[str, np.ndarray]:
             with stage(self.service, "triton_image_encoder"):
-                out = await self.triton.infer_chunked(c.IMAGE_ENCODER, {"image": pixels[[first[k] for k in missing]]},
-                                                      [c.EMBEDDING_OUT, c.REGIONS_OUT], timeout)
+                out = await self.triton.infer_chunked(
+                    c.IMAGE_ENCODER,
+                    {"image": pixels[[first[k] for k in missing]]},
+                    [c.EMBEDDING_OUT, c.REGIONS_OUT],
+                    timeout,
+                )
             return {k: pack(e, r) for k, e, r in zip(missing, out[c.EMBEDDING_OUT], out[c.REGIONS_OUT], strict=True)}
 
-        found, hits = await cached_batch(self.cache, self.flight, self.service, "features", keys, compute,
-                                         valid=lambda value: value.size == PACKED)
+        found, hits = await cached_batch(
+            self.cache, self.flight, self.service, "features", keys, compute, valid=lambda value: value.size == PACKED
+        )
         return [Features(*unpack(found[key]), key in hits, digest) for key, digest in zip(keys, digests, strict=True)]

@@ -17,6 +17,7 @@ import asyncio
 import io
 import re
 from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -47,8 +48,9 @@ def check_dimensions(width: int, height: int, limits: ImageLimits, what: str) ->
         raise ResourceExhausted(f"{what} is {width}x{height}: a side is longer than {limits.max_image_side} pixels")
     ratio = max(width, height) / min(width, height)
     if ratio > limits.max_aspect_ratio:
-        raise ResourceExhausted(f"{what} is {width}x{height}: aspect ratio {ratio:.0f}:1, the limit is "
-                                f"{limits.max_aspect_ratio:g}:1")
+        raise ResourceExhausted(
+            f"{what} is {width}x{height}: aspect ratio {ratio:.0f}:1, the limit is {limits.max_aspect_ratio:g}:1"
+        )
 
 
 def decode_image(data: bytes, limits: ImageLimits, what: str = "image") -> np.ndarray:
@@ -74,8 +76,9 @@ def decode_image(data: bytes, limits: ImageLimits, what: str = "image") -> np.nd
         raise InvalidArgument(f"{what} is truncated or corrupt: {reason}") from error
 
 
-async def decode_images(images: list[bytes], limits: ImageLimits, executor: Executor | None = None,
-                        names: list[str] | None = None) -> np.ndarray:
+async def decode_images(
+    images: list[bytes], limits: ImageLimits, executor: Executor | None = None, names: list[str] | None = None
+) -> np.ndarray:
     """Decode a batch in the decode pool; returns uint8 [B, size, size, 3].
 
     `names` name the items in messages; by default "image" for a batch of one, else "image i".
@@ -83,15 +86,18 @@ async def decode_images(images: list[bytes], limits: ImageLimits, executor: Exec
     loop = asyncio.get_running_loop()
     if names is None:
         names = ["image"] if len(images) == 1 else [f"image {i}" for i in range(len(images))]
-    arrays = await asyncio.gather(*[
-        loop.run_in_executor(executor, decode_image, data, limits, name) for name, data in zip(names, images, strict=True)
-    ])
+    arrays = await asyncio.gather(
+        *[
+            loop.run_in_executor(executor, decode_image, data, limits, name)
+            for name, data in zip(names, images, strict=True)
+        ]
+    )
     if not arrays:
         return np.zeros((0, limits.image_size, limits.image_size, 3), dtype=np.uint8)
     return np.stack(arrays)
 
 
-def decoded_or_encoded(request, max_batch: int, limits: ImageLimits) -> list[bytes] | np.ndarray:
+def decoded_or_encoded(request: Any, max_batch: int, limits: ImageLimits) -> list[bytes] | np.ndarray:
     """The images of an Extract or Tag request: `pixels` (decoded by the caller) or `images`
     (encoded), checked: one of them, 1..max_batch images, sizes within the limits."""
     if request.HasField("pixels") and request.pixels.shape:

@@ -51,8 +51,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
-    def _wrap(self, behavior: Callable[..., Awaitable[Any]], method: str,
-              required_token: str) -> Callable[..., Awaitable[Any]]:
+    def _wrap(
+        self, behavior: Callable[..., Awaitable[Any]], method: str, required_token: str
+    ) -> Callable[..., Awaitable[Any]]:
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
             in_flight = RPC_IN_FLIGHT.labels(self.service, method)
             in_flight.inc()

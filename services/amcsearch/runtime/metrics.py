@@ -10,8 +10,30 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 LATENCY_BUCKETS = (
-    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
-    0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    7.5,
+    10.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -21,18 +43,14 @@ RPC_SECONDS = Histogram(
     ["service", "method", "code"],
     buckets=LATENCY_BUCKETS,
 )
-RPC_IN_FLIGHT = Gauge(
-    "amcsearch_rpc_in_flight", "RPCs being handled now.", ["service", "method"]
-)
+RPC_IN_FLIGHT = Gauge("amcsearch_rpc_in_flight", "RPCs being handled now.", ["service", "method"])
 STAGE_SECONDS = Histogram(
     "amcsearch_stage_duration_seconds",
     "Duration of one stage of a request (decode, tokenize, cache, triton, ann, ...).",
     ["service", "stage"],
     buckets=LATENCY_BUCKETS,
 )
-BATCH_ITEMS = Histogram(
-    "amcsearch_batch_items", "Items per request.", ["service", "method"], buckets=BATCH_BUCKETS
-)
+BATCH_ITEMS = Histogram("amcsearch_batch_items", "Items per request.", ["service", "method"], buckets=BATCH_BUCKETS)
 CACHE_HITS = Counter("amcsearch_cache_hits_total", "Cache lookups that found a value.", ["service", "kind"])
 CACHE_MISSES = Counter("amcsearch_cache_misses_total", "Cache lookups that found nothing.", ["service", "kind"])
 CACHE_ERRORS = Counter(
@@ -54,10 +72,16 @@ TRITON_REQUEST_BYTES = Histogram(
     buckets=BYTE_BUCKETS,
 )
 READY = Gauge("amcsearch_ready", "1 while the service's dependencies answer (its health is SERVING).", ["service"])
-DEGRADATIONS = Counter("amcsearch_search_degradations_total",
-                       "Searches answered OK with a stage skipped (e.g. rescoring), by stage.", ["stage"])
-INDEX_IMAGES = Gauge("amcsearch_index_images", "Images in the index of record (refreshed by the gateway's readiness poll every 2 s and by Stats).",
-                     ["collection"])
+DEGRADATIONS = Counter(
+    "amcsearch_search_degradations_total",
+    "Searches answered OK with a stage skipped (e.g. rescoring), by stage.",
+    ["stage"],
+)
+INDEX_IMAGES = Gauge(
+    "amcsearch_index_images",
+    "Images in the index of record (refreshed by the gateway's readiness poll every 2 s and by Stats).",
+    ["collection"],
+)
 
 
 @contextmanager

@@ -42,8 +42,13 @@ class CandidateBatch:
         return [self.keyword_texts[j] for j in self.slots[i] if j >= 0]
 
 
-def pack(ids: list[str], regions: list[np.ndarray], scales: list[np.ndarray],
-         keywords: list[list[tuple[str, float]]], query_index: list[int] | None = None) -> CandidateBatch:
+def pack(
+    ids: list[str],
+    regions: list[np.ndarray],
+    scales: list[np.ndarray],
+    keywords: list[list[tuple[str, float]]],
+    query_index: list[int] | None = None,
+) -> CandidateBatch:
     """Columns of N candidates; each keeps its KEYWORD_SLOTS most confident keywords."""
     n = len(ids)
     row_of: dict[str, int] = {}
@@ -59,18 +64,32 @@ def pack(ids: list[str], regions: list[np.ndarray], scales: list[np.ndarray],
         np.stack(regions).astype(np.int8, copy=False) if n else np.zeros((0, c.REGION_COUNT, c.REGION_DIM), np.int8),
         np.stack(scales).astype(np.float32, copy=False) if n else empty,
         np.asarray(query_index if query_index is not None else [0] * n, dtype=np.int32),
-        list(row_of), slots, confidences)
+        list(row_of),
+        slots,
+        confidences,
+    )
 
 
-def rescore_request(queries: np.ndarray, batch: CandidateBatch, explain: bool, explain_top: int = 0,
-                    modality_bias: np.ndarray | None = None) -> attention_rescorer_pb2.RescoreRequest:
+def rescore_request(
+    queries: np.ndarray,
+    batch: CandidateBatch,
+    explain: bool,
+    explain_top: int = 0,
+    modality_bias: np.ndarray | None = None,
+) -> attention_rescorer_pb2.RescoreRequest:
     """`modality_bias` [Q, 3]: per query (keyword scale, min, max keyword weight); None: none."""
     request = attention_rescorer_pb2.RescoreRequest(
         queries=to_tensor(np.asarray(queries, dtype=np.float32).reshape(-1, c.EMBEDDING_DIM)),
-        ids=batch.ids, regions=to_tensor(batch.regions), region_scales=to_tensor(batch.region_scales),
-        query_index=to_tensor(batch.query_index), keyword_texts=batch.keyword_texts,
-        keyword_slots=to_tensor(batch.slots), keyword_confidences=to_tensor(batch.confidences),
-        explain=explain, explain_top=explain_top)
+        ids=batch.ids,
+        regions=to_tensor(batch.regions),
+        region_scales=to_tensor(batch.region_scales),
+        query_index=to_tensor(batch.query_index),
+        keyword_texts=batch.keyword_texts,
+        keyword_slots=to_tensor(batch.slots),
+        keyword_confidences=to_tensor(batch.confidences),
+        explain=explain,
+        explain_top=explain_top,
+    )
     if modality_bias is not None:
         request.modality_bias.CopyFrom(to_tensor(np.asarray(modality_bias, dtype=np.float32).reshape(-1, 3)))
     return request

@@ -79,7 +79,8 @@ def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | Non
     client_ca = _read(settings.tls_client_ca_file) if settings.tls_client_ca_file else None
     return grpc.ssl_server_credentials(
         [(_read(settings.tls_key_file), _read(settings.tls_cert_file))],
-        root_certificates=client_ca, require_client_auth=client_ca is not None,
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
     )
 
 

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from amcsearch.runtime.errors import InvalidArgument
 from amcsearch.v1 import common_pb2
 
-_DTYPES = {
+_DTYPES: dict[Any, np.dtype] = {
     common_pb2.Tensor.FLOAT32: np.dtype("<f4"),
     common_pb2.Tensor.FLOAT16: np.dtype("<f2"),
     common_pb2.Tensor.INT8: np.dtype("i1"),
     common_pb2.Tensor.INT32: np.dtype("<i4"),
     common_pb2.Tensor.UINT8: np.dtype("u1"),
 }
-_INTEGER = {np.dtype("i1"): common_pb2.Tensor.INT8, np.dtype("int32"): common_pb2.Tensor.INT32,
-            np.dtype("u1"): common_pb2.Tensor.UINT8}
+_INTEGER: dict[np.dtype, Any] = {
+    np.dtype("i1"): common_pb2.Tensor.INT8,
+    np.dtype("int32"): common_pb2.Tensor.INT32,
+    np.dtype("u1"): common_pb2.Tensor.UINT8,
+}
 FLOATS = (common_pb2.Tensor.FLOAT32, common_pb2.Tensor.FLOAT16)
 
 
@@ -35,8 +40,9 @@ def to_array(tensor: common_pb2.Tensor) -> np.ndarray:
     return array if dtype.kind in "iu" else array.astype(np.float32)
 
 
-def from_tensor(tensor: common_pb2.Tensor, expected_shape: tuple[int, ...], what: str,
-                dtypes: tuple[int, ...] = FLOATS) -> np.ndarray:
+def from_tensor(
+    tensor: common_pb2.Tensor, expected_shape: tuple[int, ...], what: str, dtypes: tuple[int, ...] = FLOATS
+) -> np.ndarray:
     """The array of `expected_shape` (-1 = any), float32 (or the integer type of an allowed INT8 /
     INT32), or InvalidArgument saying what is wrong."""
     if tensor.dtype not in dtypes:

@@ -107,22 +107,25 @@ class TritonModels:
         """Rows one request may carry (0: the model has no batch dimension, no limit here)."""
         return int((await self.config(model)).get("max_batch_size", 0))
 
-    async def infer_chunked(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str],
-                            timeout_seconds: float | None = None) -> dict[str, np.ndarray]:
+    async def infer_chunked(
+        self, model: str, inputs: dict[str, np.ndarray], outputs: list[str], timeout_seconds: float | None = None
+    ) -> dict[str, np.ndarray]:
         """infer() in as many calls as the model's max_batch_size needs, outputs concatenated.
         Every input must have the same (batch) first dimension and fixed other dimensions."""
         step = await self.max_batch_size(model)
         rows = next(iter(inputs.values())).shape[0]
         if step <= 0 or rows <= step:
             return await self.infer(model, inputs, outputs, timeout_seconds)
-        parts = [await self.infer(model, {k: v[s : s + step] for k, v in inputs.items()}, outputs, timeout_seconds)
-                 for s in range(0, rows, step)]
+        parts = [
+            await self.infer(model, {k: v[s : s + step] for k, v in inputs.items()}, outputs, timeout_seconds)
+            for s in range(0, rows, step)
+        ]
         return {name: np.concatenate([p[name] for p in parts]) for name in outputs}
 
     async def build_id(self, model: str) -> str:
         """The model's build_id parameter (sha256 prefix of model.pt), for cache keys."""
         parameters = (await self.config(model)).get("parameters", {})
-        return parameters.get("build_id", {}).get("string_value", "unversioned")
+        return str(parameters.get("build_id", {}).get("string_value", "unversioned"))
 
     async def has_model(self, model: str) -> bool:
         """Whether Triton has `model` loaded and ready (no inference)."""

@@ -29,11 +29,19 @@ MODELS = (c.TEXT_ENCODER, c.IMAGE_ENCODER, c.KEYWORD_TAGGER, c.AMC_RESCORER, c.C
 
 async def main() -> None:
     settings = load_settings()
-    index = open_index(settings.index_uri, settings.collection, settings.index_token, settings.hnsw_min_rows,
-                       settings.ef_search)
+    index = open_index(
+        settings.index_uri, settings.collection, settings.index_token, settings.hnsw_min_rows, settings.ef_search
+    )
     await index.open()
-    channels = [open_channel(a, settings.client_tls) for a in (settings.query_encoder_addr, settings.keyword_tagger_addr,
-                                          settings.feature_extractor_addr, settings.attention_rescorer_addr)]
+    channels = [
+        open_channel(a, settings.client_tls)
+        for a in (
+            settings.query_encoder_addr,
+            settings.keyword_tagger_addr,
+            settings.feature_extractor_addr,
+            settings.attention_rescorer_addr,
+        )
+    ]
     services = ModelServices(
         encoder=query_encoder_pb2_grpc.QueryEncoderStub(channels[0]),
         tagger=keyword_tagger_pb2_grpc.KeywordTaggerStub(channels[1]),
@@ -41,9 +49,16 @@ async def main() -> None:
         rescorer=attention_rescorer_pb2_grpc.AttentionRescorerStub(channels[3]),
     )
     encoder_health = health_pb2_grpc.HealthStub(channels[0])
-    pipeline = SearchPipeline(index, services, settings.tagger_threshold, settings.query_encoder_max_batch,
-                              settings.rescorer_max_candidates, settings.images, settings.rescore_budget_share,
-                              settings.hybrid_merge)
+    pipeline = SearchPipeline(
+        index,
+        services,
+        settings.tagger_threshold,
+        settings.query_encoder_max_batch,
+        settings.rescorer_max_candidates,
+        settings.images,
+        settings.rescore_budget_share,
+        settings.hybrid_merge,
+    )
 
     triton = TritonModels(settings.triton, "search")
 

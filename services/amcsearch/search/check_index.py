@@ -30,7 +30,8 @@ SCALE_BYTES = 4 * c.REGION_COUNT
 
 def check(path: Path) -> tuple[list[str], list[str]]:
     """(findings that are problems, facts), for the store at `path`."""
-    problems, facts = [], []
+    problems: list[str] = []
+    facts: list[str] = []
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         integrity = [row[0] for row in db.execute("PRAGMA integrity_check")]
@@ -69,13 +70,17 @@ def _item_problems(db: sqlite3.Connection) -> list[str]:
     metadata_rows: dict[int, dict[str, str]] = {}
     for row, key, value in db.execute("SELECT row, key, value FROM item_metadata"):
         metadata_rows.setdefault(row, {})[key] = value
-    query = ("SELECT row, collection, id, length(embedding), length(regions), length(region_scales), keywords, metadata "
-             "FROM items")
+    query = (
+        "SELECT row, collection, id, length(embedding), length(regions), length(region_scales), keywords, metadata "
+        "FROM items"
+    )
     for row, collection, image_id, embedding, regions, scales, keywords, metadata in db.execute(query):
         where = f"item {image_id!r} of {collection}"
         if (embedding, regions, scales) != (EMBEDDING_BYTES, REGION_BYTES, SCALE_BYTES):
-            problems.append(f"{where}: feature blobs of {embedding}/{regions}/{scales} bytes, "
-                            f"expected {EMBEDDING_BYTES}/{REGION_BYTES}/{SCALE_BYTES}")
+            problems.append(
+                f"{where}: feature blobs of {embedding}/{regions}/{scales} bytes, "
+                f"expected {EMBEDDING_BYTES}/{REGION_BYTES}/{SCALE_BYTES}"
+            )
         try:
             texts = {k[0] for k in json.loads(keywords)}
             pairs = json.loads(metadata)
@@ -92,8 +97,11 @@ def _item_problems(db: sqlite3.Connection) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--uri", type=Path, default=Path("var/index.sqlite"), help="the embedded index file")
-    parser.add_argument("--accept-loss", action="store_true",
-                        help="record the store's own generation as acknowledged (serve it as it is)")
+    parser.add_argument(
+        "--accept-loss",
+        action="store_true",
+        help="record the store's own generation as acknowledged (serve it as it is)",
+    )
     args = parser.parse_args(argv)
     if not args.uri.exists():
         print(f"no index at {args.uri}", file=sys.stderr)

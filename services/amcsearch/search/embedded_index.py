@@ -24,6 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -108,6 +109,7 @@ class SqlFilter:
 
 
 def _clause_sql(clause: MetadataClause) -> tuple[str, list[object]]:
+    params: list[object]
     head = "row IN (SELECT row FROM item_metadata WHERE key = ?"
     if clause.op == "exists":
         return head + ")", [clause.key]
@@ -126,7 +128,8 @@ def _clause_sql(clause: MetadataClause) -> tuple[str, list[object]]:
 
 
 def _metadata_sql(group: MetadataFilter) -> tuple[str, list[object]]:
-    parts, params = [], []
+    parts: list[str] = []
+    params: list[object] = []
     for clause in group.clauses:
         sql, values = _clause_sql(clause)
         parts.append(sql)
@@ -144,8 +147,9 @@ def _metadata_sql(group: MetadataFilter) -> tuple[str, list[object]]:
 class EmbeddedIndex:
     backend = "embedded"
 
-    def __init__(self, path: str | Path, default_collection: str, hnsw_min_rows: int = 20_000,
-                 ef_search: int = 256) -> None:
+    def __init__(
+        self, path: str | Path, default_collection: str, hnsw_min_rows: int = 20_000, ef_search: int = 256
+    ) -> None:
         self.path = Path(path)
         self.default_collection = default_collection
         self.hnsw_min_rows = hnsw_min_rows
@@ -154,7 +158,7 @@ class EmbeddedIndex:
         self.reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-read")
         self._write_db: sqlite3.Connection | None = None
         self._read_db: sqlite3.Connection | None = None
-        self._lock_file = None
+        self._lock_file: TextIO | None = None
         self._inode: int | None = None
         self.vectors: dict[str, VectorIndex] = {}
         self.generation = 0
@@ -177,26 +181,35 @@ class EmbeddedIndex:
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as error:
-            raise Unavailable(f"another process holds the index at {self.path}: one gateway per index file; "
-                              "run several gateways on the Milvus server engine") from error
+            raise Unavailable(
+                f"another process holds the index at {self.path}: one gateway per index file; "
+                "run several gateways on the Milvus server engine"
+            ) from error
         self._write_db = self._connect()
         self._write_db.executescript(SCHEMA)
         version = self._write_db.execute("SELECT value FROM store_info WHERE key = 'schema'").fetchone()
         if version is None:
             self._write_db.execute("INSERT INTO store_info VALUES ('schema', ?)", (SCHEMA_VERSION,))
         elif version[0] != SCHEMA_VERSION:
-            raise Unavailable(f"index at {self.path} has schema version {version[0]}, this server reads "
-                              f"{SCHEMA_VERSION}: re-index into a new INDEX_URI")
+            raise Unavailable(
+                f"index at {self.path} has schema version {version[0]}, this server reads "
+                f"{SCHEMA_VERSION}: re-index into a new INDEX_URI"
+            )
         self._write_db.execute("INSERT OR IGNORE INTO store_info VALUES ('generation', '0')")
-        self._write_db.execute("INSERT OR IGNORE INTO collections VALUES (?, ?)", (self.default_collection, time.time()))
-        self.generation = int(self._write_db.execute("SELECT value FROM store_info WHERE key = 'generation'").fetchone()[0])
+        self._write_db.execute(
+            "INSERT OR IGNORE INTO collections VALUES (?, ?)", (self.default_collection, time.time())
+        )
+        self.generation = int(
+            self._write_db.execute("SELECT value FROM store_info WHERE key = 'generation'").fetchone()[0]
+        )
         recorded = read_generation(self.generation_path)
         if recorded is not None and recorded > self.generation:
             raise Unavailable(
                 f"the index at {self.path} is at write {self.generation} but write {recorded} was acknowledged: "
                 f"{recorded - self.generation} acknowledged writes are missing (a damaged write-ahead log?). Refusing "
                 "to serve an index that could show deleted items again; restore it from a backup, or run "
-                "`make check-index ACCEPT_LOSS=1` to serve it as it is")
+                "`make check-index ACCEPT_LOSS=1` to serve it as it is"
+            )
         write_generation(self.generation_path, self.generation)
         self._backfill_text()
         self._read_db = self._connect()
@@ -215,7 +228,9 @@ class EmbeddedIndex:
         with self._transaction() as tx:
             tx.execute("DELETE FROM item_text")
             for row, keywords in tx.execute("SELECT row, keywords FROM items").fetchall():
-                tx.execute("INSERT INTO item_text (rowid, keywords) VALUES (?, ?)", (row, keyword_text(_keywords(keywords))))
+                tx.execute(
+                    "INSERT INTO item_text (rowid, keywords) VALUES (?, ?)", (row, keyword_text(_keywords(keywords)))
+                )
 
     def _new_vector_index(self) -> VectorIndex:
         return VectorIndex(c.EMBEDDING_DIM, self.hnsw_min_rows, self.ef_search)
@@ -242,8 +257,13 @@ class EmbeddedIndex:
             if not (index.count >= self.hnsw_min_rows and snapshot.exists() and index.restore_graph(snapshot)):
                 index.ensure_graph()
             self.vectors[name] = index
-        log.info("index %s: %d collections, %d vectors loaded in %.1fs", self.path, len(names),
-                 sum(v.count for v in self.vectors.values()), time.monotonic() - started)
+        log.info(
+            "index %s: %d collections, %d vectors loaded in %.1fs",
+            self.path,
+            len(names),
+            sum(v.count for v in self.vectors.values()),
+            time.monotonic() - started,
+        )
 
     @staticmethod
     def _add_loaded(index: VectorIndex, keys: list[int], vectors: list[np.ndarray]) -> None:
@@ -314,8 +334,10 @@ class EmbeddedIndex:
         except FileNotFoundError:
             inode = None
         if inode != self._inode:
-            raise Unavailable(f"the index file {self.path} was deleted or replaced while the gateway ran; "
-                              "writes are refused (restart the gateway to open the store again)")
+            raise Unavailable(
+                f"the index file {self.path} was deleted or replaced while the gateway ran; "
+                "writes are refused (restart the gateway to open the store again)"
+            )
 
     async def healthy(self) -> bool:
         def check() -> bool:
@@ -343,9 +365,12 @@ class EmbeddedIndex:
 
     async def create_collection(self, name: str) -> bool:
         """True when it was created, False when it already existed."""
+
         def create() -> bool:
             with self._transaction() as db:
-                created = bool(db.execute("INSERT OR IGNORE INTO collections VALUES (?, ?)", (name, time.time())).rowcount)
+                created = bool(
+                    db.execute("INSERT OR IGNORE INTO collections VALUES (?, ?)", (name, time.time())).rowcount
+                )
             if created:
                 self.vectors[name] = self._new_vector_index()
             return created
@@ -354,6 +379,7 @@ class EmbeddedIndex:
 
     async def drop_collection(self, name: str) -> int:
         """Deletes the collection and its items; returns how many items it held."""
+
         def drop() -> int:
             self._vectors_of(name)
             with self._transaction() as db:
@@ -386,14 +412,25 @@ class EmbeddedIndex:
                 cursor = db.execute(
                     "INSERT INTO items (collection, id, embedding, regions, region_scales, title, keywords, metadata)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (collection, r.id, np.asarray(r.embedding, dtype="<f4").tobytes(),
-                     np.asarray(r.regions, dtype=np.int8).tobytes(), np.asarray(r.region_scales, dtype="<f4").tobytes(),
-                     r.title, json.dumps([[t, float(conf), int(s)] for t, conf, s in r.keywords]),
-                     json.dumps(r.metadata, sort_keys=True)))
+                    (
+                        collection,
+                        r.id,
+                        np.asarray(r.embedding, dtype="<f4").tobytes(),
+                        np.asarray(r.regions, dtype=np.int8).tobytes(),
+                        np.asarray(r.region_scales, dtype="<f4").tobytes(),
+                        r.title,
+                        json.dumps([[t, float(conf), int(s)] for t, conf, s in r.keywords]),
+                        json.dumps(r.metadata, sort_keys=True),
+                    ),
+                )
                 row = cursor.lastrowid
-                db.executemany("INSERT OR IGNORE INTO item_keywords VALUES (?, ?)", [(t, row) for t, _, _ in r.keywords])
-                db.executemany("INSERT INTO item_metadata VALUES (?, ?, ?, ?)",
-                               [(k, v, row, _number(v)) for k, v in r.metadata.items()])
+                db.executemany(
+                    "INSERT OR IGNORE INTO item_keywords VALUES (?, ?)", [(t, row) for t, _, _ in r.keywords]
+                )
+                db.executemany(
+                    "INSERT INTO item_metadata VALUES (?, ?, ?, ?)",
+                    [(k, v, row, _number(v)) for k, v in r.metadata.items()],
+                )
                 db.execute("INSERT INTO item_text (rowid, keywords) VALUES (?, ?)", (row, keyword_text(r.keywords)))
                 added.append((row, r.embedding))
         vectors.remove(replaced)
@@ -408,6 +445,7 @@ class EmbeddedIndex:
 
     async def delete(self, collection: str, ids: list[str]) -> list[str]:
         """Deletes the ids that exist; returns them."""
+
         def delete() -> list[str]:
             vectors = self._vectors_of(collection)
             with self._transaction() as db:
@@ -434,41 +472,51 @@ class EmbeddedIndex:
         def count() -> int:
             self._vectors_of(collection)
             assert self._read_db is not None
-            return int(self._read_db.execute("SELECT count(*) FROM items WHERE collection = ?",
-                                             (collection,)).fetchone()[0])
+            return int(
+                self._read_db.execute("SELECT count(*) FROM items WHERE collection = ?", (collection,)).fetchone()[0]
+            )
 
         return await self._read(count)
 
     async def ann_mode(self, collection: str) -> str:
         return self._vectors_of(collection).mode
 
-    async def search(self, collection: str, vector: np.ndarray, limit: int, condition: Filter,
-                     with_features: bool = False) -> list[Hit]:
+    async def search(
+        self, collection: str, vector: np.ndarray, limit: int, condition: Filter, with_features: bool = False
+    ) -> list[Hit]:
         return await self._read(self._search, collection, vector, limit, condition, with_features)
 
-    def _search(self, collection: str, vector: np.ndarray, limit: int, condition: Filter,
-                with_features: bool) -> list[Hit]:
+    def _search(
+        self, collection: str, vector: np.ndarray, limit: int, condition: Filter, with_features: bool
+    ) -> list[Hit]:
         vectors = self._vectors_of(collection)
         db = self._read_db
         assert db is not None
         allowed = None
         if not condition.empty:
             compiled = SqlFilter.compile(collection, condition)
-            allowed = np.fromiter((r[0] for r in db.execute(f"SELECT row FROM items WHERE {compiled.where}",
-                                                             compiled.params)), dtype=np.int64)
+            allowed = np.fromiter(
+                (r[0] for r in db.execute(f"SELECT row FROM items WHERE {compiled.where}", compiled.params)),
+                dtype=np.int64,
+            )
         keys, scores = vectors.search(vector, limit, allowed)
         rows = self._rows(db, keys.tolist(), with_features)
-        return [self._hit(rows[key], float(score), with_features) for key, score in zip(keys.tolist(), scores, strict=False)
-                if key in rows]  # a row deleted since the vector search is not a result
+        return [
+            self._hit(rows[key], float(score), with_features)
+            for key, score in zip(keys.tolist(), scores, strict=False)
+            if key in rows
+        ]  # a row deleted since the vector search is not a result
 
-    async def keyword_search(self, collection: str, vector: np.ndarray, text: str, limit: int, condition: Filter,
-                             with_features: bool = False) -> list[Hit]:
+    async def keyword_search(
+        self, collection: str, vector: np.ndarray, text: str, limit: int, condition: Filter, with_features: bool = False
+    ) -> list[Hit]:
         """BM25 over the indexed keywords (SQLite FTS5) of the query text's words, best first;
         each hit's ann_score is still the cosine of the query and its embedding."""
         return await self._read(self._keyword_search, collection, vector, text, limit, condition, with_features)
 
-    def _keyword_search(self, collection: str, vector: np.ndarray, text: str, limit: int, condition: Filter,
-                        with_features: bool) -> list[Hit]:
+    def _keyword_search(
+        self, collection: str, vector: np.ndarray, text: str, limit: int, condition: Filter, with_features: bool
+    ) -> list[Hit]:
         vectors = self._vectors_of(collection)
         terms = sorted({t for t in FTS_TERM.findall(text.lower()) if len(t) > 1})
         if not terms:
@@ -477,18 +525,23 @@ class EmbeddedIndex:
         compiled = SqlFilter.compile(collection, condition)
         db = self._read_db
         assert db is not None
-        query = (f"SELECT rowid FROM item_text WHERE item_text MATCH ? AND rowid IN "
-                 f"(SELECT row FROM items WHERE {compiled.where}) ORDER BY bm25(item_text) LIMIT ?")
+        query = (
+            f"SELECT rowid FROM item_text WHERE item_text MATCH ? AND rowid IN "
+            f"(SELECT row FROM items WHERE {compiled.where}) ORDER BY bm25(item_text) LIMIT ?"
+        )
         keys = [r[0] for r in db.execute(query, (match, *compiled.params, limit))]
         scores = vectors.scores(np.asarray(keys, dtype=np.int64), vector)
         rows = self._rows(db, keys, with_features)
-        return [self._hit(rows[key], float(score), with_features) for key, score in zip(keys, scores, strict=True)
-                if key in rows]
+        return [
+            self._hit(rows[key], float(score), with_features)
+            for key, score in zip(keys, scores, strict=True)
+            if key in rows
+        ]
 
     @staticmethod
     def _rows(db: sqlite3.Connection, rows: list[int], with_features: bool) -> dict[int, tuple]:
         columns = "row, id, title, metadata, keywords" + (", regions, region_scales" if with_features else "")
-        found = {}
+        found: dict[int, tuple] = {}
         for start in range(0, len(rows), 500):
             chunk = rows[start : start + 500]
             query = f"SELECT {columns} FROM items WHERE row IN ({', '.join('?' * len(chunk))})"
@@ -511,16 +564,22 @@ class EmbeddedIndex:
             records = {}
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
-                query = ("SELECT id, title, keywords, metadata, embedding, regions, region_scales FROM items"
-                         f" WHERE collection = ? AND id IN ({', '.join('?' * len(chunk))})")
+                query = (
+                    "SELECT id, title, keywords, metadata, embedding, regions, region_scales FROM items"
+                    f" WHERE collection = ? AND id IN ({', '.join('?' * len(chunk))})"
+                )
                 for row in db.execute(query, (collection, *chunk)):
                     records[row[0]] = Record(
                         row[0],
                         np.frombuffer(row[4], dtype="<f4") if with_features else np.zeros(0, np.float32),
                         np.frombuffer(row[5], dtype=np.int8).reshape(c.REGION_COUNT, c.REGION_DIM)
-                        if with_features else np.zeros(0, np.int8),
+                        if with_features
+                        else np.zeros(0, np.int8),
                         np.frombuffer(row[6], dtype="<f4") if with_features else np.zeros(0, np.float32),
-                        row[1], _keywords(row[2]), json.loads(row[3]))
+                        row[1],
+                        _keywords(row[2]),
+                        json.loads(row[3]),
+                    )
             return records
 
         return await self._read(get)

@@ -34,10 +34,12 @@ class Index(Protocol):
     async def delete(self, collection: str, ids: list[str]) -> list[str]: ...
     async def count(self, collection: str) -> int: ...
     async def ann_mode(self, collection: str) -> str: ...
-    async def search(self, collection: str, vector: np.ndarray, limit: int, condition: Filter,
-                     with_features: bool = False) -> list[Hit]: ...
-    async def keyword_search(self, collection: str, vector: np.ndarray, text: str, limit: int, condition: Filter,
-                             with_features: bool = False) -> list[Hit]: ...
+    async def search(
+        self, collection: str, vector: np.ndarray, limit: int, condition: Filter, with_features: bool = False
+    ) -> list[Hit]: ...
+    async def keyword_search(
+        self, collection: str, vector: np.ndarray, text: str, limit: int, condition: Filter, with_features: bool = False
+    ) -> list[Hit]: ...
     async def get(self, collection: str, ids: list[str], with_features: bool) -> dict[str, Record]: ...
 
 
@@ -45,8 +47,9 @@ def is_server_uri(uri: str) -> bool:
     return uri.startswith(("http://", "https://", "tcp://"))
 
 
-def open_index(uri: str, default_collection: str, token: str = "", hnsw_min_rows: int = 20_000,
-               ef_search: int = 256) -> Index:
+def open_index(
+    uri: str, default_collection: str, token: str = "", hnsw_min_rows: int = 20_000, ef_search: int = 256
+) -> Index:
     """The engine for `uri` (not opened yet)."""
     if is_server_uri(uri):
         from amcsearch.search.milvus_index import MilvusIndex

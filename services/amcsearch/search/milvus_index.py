@@ -40,8 +40,9 @@ HIT_FIELDS = ["title", "metadata", "keywords"]
 
 def quote(value: str) -> str:
     """A Milvus expression string literal holding exactly `value`."""
-    escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-               .replace("\t", "\\t"))
+    escaped = (
+        value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    )
     return f'"{escaped}"'
 
 
@@ -103,8 +104,10 @@ def encode_features(regions: np.ndarray, scales: np.ndarray) -> str:
 def decode_features(text: str) -> tuple[np.ndarray, np.ndarray]:
     blob = base64.b64decode(text)
     split = c.REGION_COUNT * c.REGION_DIM
-    return (np.frombuffer(blob[:split], dtype=np.int8).reshape(c.REGION_COUNT, c.REGION_DIM),
-            np.frombuffer(blob[split:], dtype="<f4"))
+    return (
+        np.frombuffer(blob[:split], dtype=np.int8).reshape(c.REGION_COUNT, c.REGION_DIM),
+        np.frombuffer(blob[split:], dtype="<f4"),
+    )
 
 
 class MilvusIndex:
@@ -134,8 +137,10 @@ class MilvusIndex:
             self.client.load_collection(self.default_collection)
             fields = {f["name"] for f in self.client.describe_collection(self.default_collection)["fields"]}
             if "features" not in fields:
-                raise Unavailable(f"collection {self.default_collection} has an older schema (regions apart): "
-                                  "re-index into a new INDEX_COLLECTION")
+                raise Unavailable(
+                    f"collection {self.default_collection} has an older schema (regions apart): "
+                    "re-index into a new INDEX_COLLECTION"
+                )
             self.known = {self.default_collection}
 
         await self._run(connect)
@@ -146,19 +151,27 @@ class MilvusIndex:
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=128)
         schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=c.EMBEDDING_DIM)
         schema.add_field("title", DataType.VARCHAR, max_length=4096)
-        schema.add_field("keyword_texts", DataType.ARRAY, element_type=DataType.VARCHAR,
-                         max_capacity=MAX_KEYWORDS, max_length=4 * MAX_KEYWORD_CHARS)
+        schema.add_field(
+            "keyword_texts",
+            DataType.ARRAY,
+            element_type=DataType.VARCHAR,
+            max_capacity=MAX_KEYWORDS,
+            max_length=4 * MAX_KEYWORD_CHARS,
+        )
         schema.add_field("keywords", DataType.JSON)
         schema.add_field("metadata", DataType.JSON)
-        schema.add_field("metadata_keys", DataType.ARRAY, element_type=DataType.VARCHAR,
-                         max_capacity=256, max_length=1024)
+        schema.add_field(
+            "metadata_keys", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=256, max_length=1024
+        )
         schema.add_field("numbers", DataType.JSON)
-        schema.add_field("number_keys", DataType.ARRAY, element_type=DataType.VARCHAR,
-                         max_capacity=256, max_length=1024)
+        schema.add_field(
+            "number_keys", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=256, max_length=1024
+        )
         schema.add_field("features", DataType.VARCHAR, max_length=2 * FEATURE_BYTES)
         index_params = self.client.prepare_index_params()
-        index_params.add_index("embedding", index_type="HNSW", metric_type="COSINE",
-                               params={"M": 16, "efConstruction": 128})
+        index_params.add_index(
+            "embedding", index_type="HNSW", metric_type="COSINE", params={"M": 16, "efConstruction": 128}
+        )
         self.client.create_collection(name, schema=schema, index_params=index_params, consistency_level=CONSISTENCY)
 
     async def close(self) -> None:
@@ -212,18 +225,20 @@ class MilvusIndex:
         rows = []
         for r in records:
             numbers = {k: n for k, v in r.metadata.items() if (n := _number(v)) is not None}
-            rows.append({
-                "id": r.id,
-                "embedding": np.asarray(r.embedding, dtype=np.float32).tolist(),
-                "title": r.title,
-                "keyword_texts": [k[0] for k in r.keywords][:MAX_KEYWORDS],
-                "keywords": {"list": [[k[0], float(k[1]), int(k[2])] for k in r.keywords][:MAX_KEYWORDS]},
-                "metadata": dict(r.metadata),
-                "metadata_keys": sorted(r.metadata),
-                "numbers": numbers,
-                "number_keys": sorted(numbers),
-                "features": encode_features(r.regions, r.region_scales),
-            })
+            rows.append(
+                {
+                    "id": r.id,
+                    "embedding": np.asarray(r.embedding, dtype=np.float32).tolist(),
+                    "title": r.title,
+                    "keyword_texts": [k[0] for k in r.keywords][:MAX_KEYWORDS],
+                    "keywords": {"list": [[k[0], float(k[1]), int(k[2])] for k in r.keywords][:MAX_KEYWORDS]},
+                    "metadata": dict(r.metadata),
+                    "metadata_keys": sorted(r.metadata),
+                    "numbers": numbers,
+                    "number_keys": sorted(numbers),
+                    "features": encode_features(r.regions, r.region_scales),
+                }
+            )
         assert self.client is not None
         await self._run(self.client.upsert, collection, rows)
 
@@ -232,8 +247,13 @@ class MilvusIndex:
         if present:
             assert self.client is not None
             await self._run(self.client.delete, collection, ids=present)
-            left = await self._run(self.client.query, collection, filter=f"id in {_strings(present)}",
-                                   output_fields=["id"], consistency_level="Strong")
+            left = await self._run(
+                self.client.query,
+                collection,
+                filter=f"id in {_strings(present)}",
+                output_fields=["id"],
+                consistency_level="Strong",
+            )
             if left:
                 raise Unavailable(f"index (milvus) still holds {len(left)} deleted ids; retry the Delete")
         return [i for i in ids if i in set(present)]
@@ -243,40 +263,54 @@ class MilvusIndex:
     async def count(self, collection: str) -> int:
         await self._require(collection)
         assert self.client is not None
-        rows = await self._run(self.client.query, collection, filter="", output_fields=["count(*)"],
-                               consistency_level="Strong")
+        rows = await self._run(
+            self.client.query, collection, filter="", output_fields=["count(*)"], consistency_level="Strong"
+        )
         return int(rows[0]["count(*)"])
 
     async def ann_mode(self, collection: str) -> str:
         return "hnsw"
 
-    async def search(self, collection: str, vector: np.ndarray, limit: int, condition: Filter,
-                     with_features: bool = False) -> list[Hit]:
+    async def search(
+        self, collection: str, vector: np.ndarray, limit: int, condition: Filter, with_features: bool = False
+    ) -> list[Hit]:
         return await self._search(collection, vector, limit, filter_expression(condition), with_features)
 
-    async def _search(self, collection: str, vector: np.ndarray, limit: int, expression: str,
-                      with_features: bool) -> list[Hit]:
+    async def _search(
+        self, collection: str, vector: np.ndarray, limit: int, expression: str, with_features: bool
+    ) -> list[Hit]:
         await self._require(collection)
         assert self.client is not None
         fields = HIT_FIELDS + (["features"] if with_features else [])
         result = await self._run(
-            self.client.search, collection, [np.asarray(vector, dtype=np.float32).tolist()], anns_field="embedding",
-            limit=limit, filter=expression, output_fields=fields,
+            self.client.search,
+            collection,
+            [np.asarray(vector, dtype=np.float32).tolist()],
+            anns_field="embedding",
+            limit=limit,
+            filter=expression,
+            output_fields=fields,
             search_params={"metric_type": "COSINE", "params": {"ef": max(self.ef_search, limit)}},
             consistency_level=CONSISTENCY,
         )
         hits = []
         for h in result[0]:
             entity = h["entity"]
-            hit = Hit(h["id"], float(h["distance"]), entity.get("title", ""), entity.get("metadata") or {},
-                      _keywords(entity.get("keywords")))
+            hit = Hit(
+                h["id"],
+                float(h["distance"]),
+                entity.get("title", ""),
+                entity.get("metadata") or {},
+                _keywords(entity.get("keywords")),
+            )
             if with_features:
                 hit.regions, hit.region_scales = decode_features(entity["features"])
             hits.append(hit)
         return hits
 
-    async def keyword_search(self, collection: str, vector: np.ndarray, text: str, limit: int, condition: Filter,
-                             with_features: bool = False) -> list[Hit]:
+    async def keyword_search(
+        self, collection: str, vector: np.ndarray, text: str, limit: int, condition: Filter, with_features: bool = False
+    ) -> list[Hit]:
         """Milvus 2.3 has no full-text search: images having any of the query's words as a keyword,
         ranked by the vector (on Milvus 2.5+, its BM25 function would be the engine's own)."""
         terms = sorted({t for t in re.findall(r"\w+", text.lower()) if len(t) > 1})
@@ -294,16 +328,28 @@ class MilvusIndex:
         records = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            rows = await self._run(self.client.query, collection, filter=f"id in {_strings(chunk)}",
-                                   output_fields=fields, consistency_level=CONSISTENCY)
+            rows = await self._run(
+                self.client.query,
+                collection,
+                filter=f"id in {_strings(chunk)}",
+                output_fields=fields,
+                consistency_level=CONSISTENCY,
+            )
             for row in rows:
                 if with_features:
                     regions, scales = decode_features(row["features"])
                     embedding = np.asarray(row["embedding"], dtype=np.float32)
                 else:
                     regions, scales, embedding = np.zeros(0, np.int8), np.zeros(0, np.float32), np.zeros(0, np.float32)
-                records[row["id"]] = Record(row["id"], embedding, regions, scales, row.get("title", ""),
-                                            _keywords(row.get("keywords")), row.get("metadata") or {})
+                records[row["id"]] = Record(
+                    row["id"],
+                    embedding,
+                    regions,
+                    scales,
+                    row.get("title", ""),
+                    _keywords(row.get("keywords")),
+                    row.get("metadata") or {},
+                )
         return records
 
 

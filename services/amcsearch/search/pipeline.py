@@ -10,6 +10,7 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -44,13 +45,15 @@ GIVEN = common_pb2.Keyword.GIVEN
 AUTO = common_pb2.Keyword.AUTO
 
 
-def merge_keywords(tags: list[str], weighted: list[tuple[str, float]],
-                   auto: list[tuple[str, float]]) -> list[tuple[str, float, int]]:
+def merge_keywords(
+    tags: list[str], weighted: list[tuple[str, float]], auto: list[tuple[str, float]]
+) -> list[tuple[str, float, int]]:
     """Tags (confidence 1), then the caller's weighted keywords, then automatic ones; the first
     occurrence of a text wins."""
     merged: dict[str, tuple[str, float, int]] = {}
-    for text, confidence, source in ([(t, 1.0, GIVEN) for t in tags] + [(t, c, GIVEN) for t, c in weighted]
-                                     + [(t, c, AUTO) for t, c in auto]):
+    for text, confidence, source in (
+        [(t, 1.0, GIVEN) for t in tags] + [(t, c, GIVEN) for t, c in weighted] + [(t, c, AUTO) for t, c in auto]
+    ):
         text = normalize_keyword(text)
         if text:
             merged.setdefault(text, (text, float(confidence), source))
@@ -136,19 +139,26 @@ class Candidate:
 
 @dataclass
 class ModelServices:
-    """Stubs of the four model services."""
+    """Stubs of the four model services (their generated *Stub classes)."""
 
-    encoder: object
-    tagger: object
-    extractor: object
-    rescorer: object
+    encoder: Any
+    tagger: Any
+    extractor: Any
+    rescorer: Any
 
 
 class SearchPipeline:
-    def __init__(self, index: Index, services: ModelServices, tagger_threshold: float,
-                 encoder_max_batch: int = 256, rescorer_max_candidates: int = 8192,
-                 image_limits: ImageLimits | None = None, rescore_budget_share: float = 0.5,
-                 hybrid_merge: str = "rrf") -> None:
+    def __init__(
+        self,
+        index: Index,
+        services: ModelServices,
+        tagger_threshold: float,
+        encoder_max_batch: int = 256,
+        rescorer_max_candidates: int = 8192,
+        image_limits: ImageLimits | None = None,
+        rescore_budget_share: float = 0.5,
+        hybrid_merge: str = "rrf",
+    ) -> None:
         self.index = index
         self.hybrid_merge = hybrid_merge
         self.rescore_budget_share = rescore_budget_share
@@ -165,8 +175,9 @@ class SearchPipeline:
 
     # --- indexing ------------------------------------------------------------------------------
 
-    async def index_items(self, collection: str, items: list[IndexItem], auto_tags: bool,
-                          timeout_of) -> list[ItemOutcome]:
+    async def index_items(
+        self, collection: str, items: list[IndexItem], auto_tags: bool, timeout_of
+    ) -> list[ItemOutcome]:
         """Each image decoded once, here; features and keywords for the whole batch in one call
         each; a bad image fails alone. `timeout_of()` gives the remaining deadline."""
         outcomes: dict[str, ItemOutcome] = {}
@@ -178,8 +189,17 @@ class SearchPipeline:
         records = []
         for item, f, kws in zip(good, features, keywords, strict=True):
             regions, scales = quantize_regions(to_array(f.regions))
-            records.append(Record(item.id, to_array(f.embedding), regions, scales, item.title,
-                                  merge_keywords(item.tags, item.keywords, kws), item.metadata))
+            records.append(
+                Record(
+                    item.id,
+                    to_array(f.embedding),
+                    regions,
+                    scales,
+                    item.title,
+                    merge_keywords(item.tags, item.keywords, kws),
+                    item.metadata,
+                )
+            )
         if records:
             with stage(SERVICE, "index_write"):
                 await self.index.upsert(collection, records)
@@ -188,7 +208,9 @@ class SearchPipeline:
             outcomes[record.id] = ItemOutcome(record.id, True, keywords=record.keywords)
         return [outcomes[item.id] for item in items]
 
-    async def _decode(self, items: list[IndexItem], outcomes: dict[str, ItemOutcome]) -> tuple[list[IndexItem], np.ndarray]:
+    async def _decode(
+        self, items: list[IndexItem], outcomes: dict[str, ItemOutcome]
+    ) -> tuple[list[IndexItem], np.ndarray]:
         """The items whose image decodes within the budget, and their pixels; the others get
         their outcome."""
         loop = asyncio.get_running_loop()
@@ -215,16 +237,23 @@ class SearchPipeline:
 
         async def extract():
             with stage(SERVICE, "extract"):
-                return await call(self.services.extractor.Extract, feature_extractor_pb2.ExtractRequest(pixels=tensor),
-                                  timeout, "FeatureExtractor")
+                return await call(
+                    self.services.extractor.Extract,
+                    feature_extractor_pb2.ExtractRequest(pixels=tensor),
+                    timeout,
+                    "FeatureExtractor",
+                )
 
         async def tag():
             if not auto_tags:
                 return None
             with stage(SERVICE, "tag"):
-                return await call(self.services.tagger.Tag,
-                                  keyword_tagger_pb2.TagRequest(pixels=tensor, threshold=self.tagger_threshold),
-                                  timeout, "KeywordTagger")
+                return await call(
+                    self.services.tagger.Tag,
+                    keyword_tagger_pb2.TagRequest(pixels=tensor, threshold=self.tagger_threshold),
+                    timeout,
+                    "KeywordTagger",
+                )
 
         extracted, tagged = await asyncio.gather(extract(), tag())
         features = [r.features for r in extracted.results]
@@ -232,8 +261,14 @@ class SearchPipeline:
             return features, [[] for _ in pixels]
         return features, [[(k.text, k.confidence) for k in r.keywords] for r in tagged.results]
 
-    async def _analyse_one_by_one(self, items: list[IndexItem], pixels: np.ndarray, outcomes: dict[str, ItemOutcome],
-                                  auto_tags: bool, timeout: float | None):
+    async def _analyse_one_by_one(
+        self,
+        items: list[IndexItem],
+        pixels: np.ndarray,
+        outcomes: dict[str, ItemOutcome],
+        auto_tags: bool,
+        timeout: float | None,
+    ):
         """The rare path after a batch was refused: isolate the bad items, keep the good ones."""
         good, features, keywords = [], [], []
         for item, image in zip(items, pixels, strict=True):
@@ -255,8 +290,12 @@ class SearchPipeline:
         try:
             with stage(SERVICE, "warm_keywords"):
                 for start in range(0, len(queries), self.encoder_max_batch):
-                    await call(self.services.encoder.Encode, query_encoder_pb2.EncodeRequest(
-                        queries=queries[start : start + self.encoder_max_batch]), timeout, "QueryEncoder")
+                    await call(
+                        self.services.encoder.Encode,
+                        query_encoder_pb2.EncodeRequest(queries=queries[start : start + self.encoder_max_batch]),
+                        timeout,
+                        "QueryEncoder",
+                    )
         except (Unavailable, DeadlineExceeded, InvalidArgument, ResourceExhausted) as error:
             log.warning("keyword vectors not warmed: %s", error)
 
@@ -271,11 +310,13 @@ class SearchPipeline:
             raise NotFound(f"image id {image_id!r} is not in the index")
         record = records[image_id]
         regions = dequantize_regions(record.regions, record.region_scales)
-        return common_pb2.ImageInput(features=common_pb2.ImageFeatures(
-            embedding=to_tensor(record.embedding), regions=to_tensor(regions)))
+        return common_pb2.ImageInput(
+            features=common_pb2.ImageFeatures(embedding=to_tensor(record.embedding), regions=to_tensor(regions))
+        )
 
-    async def search(self, collection: str, query: query_encoder_pb2.QueryInput, options: SearchOptions,
-                     timeout_of) -> SearchOutcome:
+    async def search(
+        self, collection: str, query: query_encoder_pb2.QueryInput, options: SearchOptions, timeout_of
+    ) -> SearchOutcome:
         """`timeout_of()` gives the caller's remaining deadline before each downstream call."""
         return (await self.search_many([SearchQuery(collection, query, options)], timeout_of))[0]
 
@@ -291,14 +332,21 @@ class SearchPipeline:
             budget = None if remaining is None else remaining * self.rescore_budget_share
             try:
                 scored = await self._rescore(
-                    vectors[rescored], [hits[i] for i in rescored], any(searches[i].options.explain for i in rescored),
-                    [searches[i].options.modality_bias for i in rescored], budget)
+                    vectors[rescored],
+                    [hits[i] for i in rescored],
+                    any(searches[i].options.explain for i in rescored),
+                    [searches[i].options.modality_bias for i in rescored],
+                    budget,
+                )
                 for i, evidence in zip(rescored, scored, strict=True):
                     results[i] = apply_scores(results[i], evidence)
             except (Unavailable, NotFound, DeadlineExceeded) as error:
                 log.warning("rescoring skipped: %s", error)
-                reason = (f"AttentionRescorer did not answer within its budget ({budget:.2f} s)"
-                          if isinstance(error, DeadlineExceeded) else f"AttentionRescorer failed ({error})")
+                reason = (
+                    f"AttentionRescorer did not answer within its budget ({budget:.2f} s)"
+                    if isinstance(error, DeadlineExceeded)
+                    else f"AttentionRescorer failed ({error})"
+                )
                 degradations.append(("rescore", f"{reason}: ANN order returned"))
                 DEGRADATIONS.labels("rescore").inc()
         outcomes = []
@@ -325,12 +373,14 @@ class SearchPipeline:
         keyword_hits: list[Hit] = []
         if o.source in ("vector", "hybrid"):
             with stage(SERVICE, "ann"):
-                vector_hits = await self.index.search(search.collection, vector, o.candidates, o.condition,
-                                                      with_features=True)
+                vector_hits = await self.index.search(
+                    search.collection, vector, o.candidates, o.condition, with_features=True
+                )
         if o.source in ("keyword", "hybrid"):
             with stage(SERVICE, "keyword_search"):
-                keyword_hits = await self.index.keyword_search(search.collection, vector, o.text, o.candidates,
-                                                               o.condition, with_features=True)
+                keyword_hits = await self.index.keyword_search(
+                    search.collection, vector, o.text, o.candidates, o.condition, with_features=True
+                )
         if o.source == "vector":
             return vector_hits
         if o.source == "keyword":
@@ -340,31 +390,50 @@ class SearchPipeline:
 
     async def encode_many(self, queries: list[query_encoder_pb2.QueryInput], timeout: float | None) -> np.ndarray:
         """Embeddings [Q, 384] of the queries, in QueryEncoder calls of at most its batch limit."""
-        embeddings = []
+        embeddings: list[np.ndarray] = []
         with stage(SERVICE, "encode"):
             for start in range(0, len(queries), self.encoder_max_batch):
-                reply = await call(self.services.encoder.Encode, query_encoder_pb2.EncodeRequest(
-                    queries=queries[start : start + self.encoder_max_batch]), timeout, "QueryEncoder")
+                reply = await call(
+                    self.services.encoder.Encode,
+                    query_encoder_pb2.EncodeRequest(queries=queries[start : start + self.encoder_max_batch]),
+                    timeout,
+                    "QueryEncoder",
+                )
                 self.model_builds.update(reply.model_builds)
                 embeddings.extend(to_array(e.embedding) for e in reply.embeddings)
         return np.stack(embeddings)
 
-    async def _rescore(self, vectors: np.ndarray, candidates: list[list], explain: bool,
-                       biases: list[tuple[float, float, float] | None], timeout: float | None) -> list[list]:
+    async def _rescore(
+        self,
+        vectors: np.ndarray,
+        candidates: list[list],
+        explain: bool,
+        biases: list[tuple[float, float, float] | None],
+        timeout: float | None,
+    ) -> list[list]:
         """One Rescore for the candidates of every query; per query, the Evidence of each candidate
         in order. `candidates` items have id, regions, region_scales and keywords (Hit, Candidate)."""
         flat = [(q, c) for q, found in enumerate(candidates) for c in found]
         bias = None
         if any(b is not None for b in biases):
             bias = np.asarray([b if b is not None else NO_BIAS for b in biases], dtype=np.float32)
-        evidence = []
+        evidence: list[common_pb2.Evidence] = []
         with stage(SERVICE, "rescore"):
             for start in range(0, len(flat), self.rescorer_max_candidates):  # one call unless huge
                 part = flat[start : start + self.rescorer_max_candidates]
-                batch = pack([c.id for _, c in part], [c.regions for _, c in part], [c.region_scales for _, c in part],
-                             [usable_keywords(c.keywords) for _, c in part], [q for q, _ in part])
-                reply = await call(self.services.rescorer.Rescore, rescore_request(vectors, batch, explain, 0, bias),
-                                   timeout, "AttentionRescorer")
+                batch = pack(
+                    [c.id for _, c in part],
+                    [c.regions for _, c in part],
+                    [c.region_scales for _, c in part],
+                    [usable_keywords(c.keywords) for _, c in part],
+                    [q for q, _ in part],
+                )
+                reply = await call(
+                    self.services.rescorer.Rescore,
+                    rescore_request(vectors, batch, explain, 0, bias),
+                    timeout,
+                    "AttentionRescorer",
+                )
                 evidence.extend(r.evidence for r in reply.results)
         out, start = [], 0
         for found in candidates:
@@ -374,9 +443,19 @@ class SearchPipeline:
 
     # --- rerank --------------------------------------------------------------------------------
 
-    async def rerank(self, collection: str, text: str, ids: list[str], inline: list[IndexItem], order: list[tuple[str, int]],
-                     auto_tags: bool, top_k: int, explain: bool, modality_bias: tuple[float, float, float] | None,
-                     timeout_of) -> SearchOutcome:
+    async def rerank(
+        self,
+        collection: str,
+        text: str,
+        ids: list[str],
+        inline: list[IndexItem],
+        order: list[tuple[str, int]],
+        auto_tags: bool,
+        top_k: int,
+        explain: bool,
+        modality_bias: tuple[float, float, float] | None,
+        timeout_of,
+    ) -> SearchOutcome:
         """AMC scores of caller-supplied candidates: indexed ids (`ids`) and inline images
         (`inline`, analysed now, never stored), in the caller's `order` of ("id"|"inline", i)."""
         by_id = await self.index.get(collection, ids, with_features=True) if ids else {}
@@ -388,10 +467,20 @@ class SearchPipeline:
             features, keywords = await self._analyse_inline(inline, auto_tags, timeout_of())
             for item, f, kws in zip(inline, features, keywords, strict=True):
                 regions, scales = quantize_regions(to_array(f.regions))
-                analysed.append(Candidate(item.id, item.title, item.metadata, regions, scales,
-                                          merge_keywords(item.tags, item.keywords, kws)))
-        candidates = [Candidate(r.id, r.title, r.metadata, r.regions, r.region_scales, r.keywords)
-                      for r in (by_id[i] for i in ids)]
+                analysed.append(
+                    Candidate(
+                        item.id,
+                        item.title,
+                        item.metadata,
+                        regions,
+                        scales,
+                        merge_keywords(item.tags, item.keywords, kws),
+                    )
+                )
+        candidates = [
+            Candidate(r.id, r.title, r.metadata, r.regions, r.region_scales, r.keywords)
+            for r in (by_id[i] for i in ids)
+        ]
         chosen = [candidates[i] if kind == "id" else analysed[i] for kind, i in order]
         vectors = await self.encode_many([query_encoder_pb2.QueryInput(text=text)], timeout_of())
         (evidence,) = await self._rescore(vectors, [chosen], explain, [modality_bias], timeout_of())

@@ -27,8 +27,10 @@ def collection_name(name: str, default: str, what: str = "collection") -> str:
     """The engine's name of a collection: the default one for "", else <default>__<name>."""
     if not name:
         return default
-    require(bool(COLLECTION_PATTERN.fullmatch(name)),
-            f"{what} {name[:70]!r} must be 1..63 characters of [A-Za-z0-9_] starting with a letter")
+    require(
+        bool(COLLECTION_PATTERN.fullmatch(name)),
+        f"{what} {name[:70]!r} must be 1..63 characters of [A-Za-z0-9_] starting with a letter",
+    )
     return f"{default}{COLLECTION_SEPARATOR}{name}"
 
 
@@ -37,7 +39,7 @@ def public_collection_name(internal: str, default: str) -> str | None:
     if internal == default:
         return ""
     prefix = f"{default}{COLLECTION_SEPARATOR}"
-    return internal[len(prefix):] if internal.startswith(prefix) else None
+    return internal[len(prefix) :] if internal.startswith(prefix) else None
 
 
 def metadata_filter(message: search_pb2.MetadataFilter, what: str = "metadata_filter") -> MetadataFilter | None:
@@ -90,8 +92,9 @@ def _range(key: str, message: search_pb2.NumberRange, what: str) -> MetadataClau
     upper = bounds.get("lt", bounds.get("lte"))
     if lower is not None and upper is not None:
         require(lower <= upper, f"{what}: range is empty (lower bound {lower} > upper bound {upper})")
-    return MetadataClause(key, "range", lower=lower, upper=upper, lower_inclusive="gt" not in bounds,
-                          upper_inclusive="lt" not in bounds)
+    return MetadataClause(
+        key, "range", lower=lower, upper=upper, lower_inclusive="gt" not in bounds, upper_inclusive="lt" not in bounds
+    )
 
 
 def modality_bias(message: search_pb2.ModalityBias, what: str = "modality") -> tuple[float, float, float] | None:

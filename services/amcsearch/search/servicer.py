@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import grpc
 
 from amcsearch.runtime.auth import check_bearer
@@ -27,22 +29,31 @@ from amcsearch.search.settings import SearchSettings
 from amcsearch.v1 import common_pb2, query_encoder_pb2, search_pb2, search_pb2_grpc
 
 DEFAULT_TOP_K = 10
-SOURCES = {search_pb2.SearchRequest.CANDIDATES_VECTOR: "vector", search_pb2.SearchRequest.CANDIDATES_KEYWORD: "keyword",
-           search_pb2.SearchRequest.CANDIDATES_HYBRID: "hybrid"}
+SOURCES = {
+    search_pb2.SearchRequest.CANDIDATES_VECTOR: "vector",
+    search_pb2.SearchRequest.CANDIDATES_KEYWORD: "keyword",
+    search_pb2.SearchRequest.CANDIDATES_HYBRID: "hybrid",
+}
 
 
 def keyword_messages(keywords: list[tuple[str, float, int]]) -> list[common_pb2.Keyword]:
-    return [common_pb2.Keyword(text=t, confidence=c, source=s) for t, c, s in keywords]
+    return [common_pb2.Keyword(text=t, confidence=c, source=cast(Any, s)) for t, c, s in keywords]
 
 
 def check_id(image_id: str, what: str) -> None:
-    require(bool(ID_PATTERN.fullmatch(image_id)), f"{what} {image_id[:40]!r} must be 1..128 characters of [A-Za-z0-9_.:-]")
+    require(
+        bool(ID_PATTERN.fullmatch(image_id)), f"{what} {image_id[:40]!r} must be 1..128 characters of [A-Za-z0-9_.:-]"
+    )
 
 
 def search_response(outcome: SearchOutcome) -> search_pb2.SearchResponse:
     return search_pb2.SearchResponse(
-        results=[search_pb2.SearchResult(id=r.id, score=r.score, ann_score=r.ann_score, title=r.title,
-                                         metadata=r.metadata, evidence=r.evidence) for r in outcome.results],
+        results=[
+            search_pb2.SearchResult(
+                id=r.id, score=r.score, ann_score=r.ann_score, title=r.title, metadata=r.metadata, evidence=r.evidence
+            )
+            for r in outcome.results
+        ],
         stages=outcome.stages,
         degradations=[search_pb2.Degradation(stage=s, reason=why) for s, why in outcome.degradations],
     )
@@ -62,8 +73,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     def _check_read(self, context: grpc.aio.ServicerContext, method: str) -> None:
         if self.settings.read_token:
-            check_bearer(context.invocation_metadata(), (self.settings.read_token, self.settings.auth_token), method,
-                         "reading")
+            check_bearer(
+                context.invocation_metadata(), (self.settings.read_token, self.settings.auth_token), method, "reading"
+            )
 
     # --- Index ---------------------------------------------------------------------------------
 
@@ -75,20 +87,36 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         if not item.image:
             return ItemOutcome(item.id, False, "INVALID_ARGUMENT", "image is empty")
         if len(item.image) > s.images.max_image_bytes:
-            return ItemOutcome(item.id, False, "RESOURCE_EXHAUSTED",
-                               f"image is {len(item.image)} bytes, the limit is {s.images.max_image_bytes} bytes")
+            return ItemOutcome(
+                item.id,
+                False,
+                "RESOURCE_EXHAUSTED",
+                f"image is {len(item.image)} bytes, the limit is {s.images.max_image_bytes} bytes",
+            )
         if len(item.tags) + len(item.keywords) > s.max_tags:
-            return ItemOutcome(item.id, False, "RESOURCE_EXHAUSTED",
-                               f"{len(item.tags) + len(item.keywords)} tags and keywords, the limit is {s.max_tags}")
+            return ItemOutcome(
+                item.id,
+                False,
+                "RESOURCE_EXHAUSTED",
+                f"{len(item.tags) + len(item.keywords)} tags and keywords, the limit is {s.max_tags}",
+            )
         longest = max((len(normalize_keyword(t)) for t in [*item.tags, *(k.text for k in item.keywords)]), default=0)
         if longest > s.max_keyword_chars:
-            return ItemOutcome(item.id, False, "RESOURCE_EXHAUSTED",
-                               f"a tag or keyword is {longest} characters, the limit is {s.max_keyword_chars}")
+            return ItemOutcome(
+                item.id,
+                False,
+                "RESOURCE_EXHAUSTED",
+                f"a tag or keyword is {longest} characters, the limit is {s.max_keyword_chars}",
+            )
         if any(not 0 <= k.confidence <= 1 for k in item.keywords):
             return ItemOutcome(item.id, False, "INVALID_ARGUMENT", "keyword confidences must be in [0, 1]")
         if len(item.title) > s.max_title_chars:
-            return ItemOutcome(item.id, False, "RESOURCE_EXHAUSTED",
-                               f"title is {len(item.title)} characters, the limit is {s.max_title_chars}")
+            return ItemOutcome(
+                item.id,
+                False,
+                "RESOURCE_EXHAUSTED",
+                f"title is {len(item.title)} characters, the limit is {s.max_title_chars}",
+            )
         return self._metadata_problem(item)
 
     def _metadata_problem(self, item: search_pb2.ImageItem) -> ItemOutcome | None:
@@ -118,16 +146,25 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         require(not duplicates, f"ids must be distinct within a request; repeated: {', '.join(duplicates[:5])}")
         BATCH_ITEMS.labels("search", "Index").observe(count)
         problems = {item.id: p for item in request.items if (p := self._item_problem(item)) is not None}
-        items = [IndexItem(i.id, i.image, i.title, list(i.tags), dict(i.metadata),
-                           [(k.text, k.confidence) for k in i.keywords])
-                 for i in request.items if i.id not in problems]
+        items = [
+            IndexItem(
+                i.id, i.image, i.title, list(i.tags), dict(i.metadata), [(k.text, k.confidence) for k in i.keywords]
+            )
+            for i in request.items
+            if i.id not in problems
+        ]
         await self.pipeline.index.count(collection)  # NOT_FOUND before any model work
         auto_tags = not request.skip_auto_tags
         outcomes = await self.pipeline.index_items(collection, items, auto_tags, time_left) if items else []
         by_id = {o.id: o for o in [*outcomes, *problems.values()]}
         results = [
-            search_pb2.IndexItemResult(id=o.id, indexed=o.indexed, error_code=o.error_code, error=o.error,
-                                       keywords=keyword_messages(o.keywords))
+            search_pb2.IndexItemResult(
+                id=o.id,
+                indexed=o.indexed,
+                error_code=o.error_code,
+                error=o.error,
+                keywords=keyword_messages(o.keywords),
+            )
             for o in (by_id[i] for i in ids)
         ]
         indexed = sum(r.indexed for r in results)
@@ -140,8 +177,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         limit(len(text), self.settings.max_text_chars, f"{what} length", "characters")
         return text
 
-    async def _image_input(self, collection: str, image: search_pb2.ImageQuery,
-                           what: str) -> tuple[common_pb2.ImageInput, list[str]]:
+    async def _image_input(
+        self, collection: str, image: search_pb2.ImageQuery, what: str
+    ) -> tuple[common_pb2.ImageInput, list[str]]:
         """The query image for QueryEncoder, and the ids to leave out of the results."""
         source = image.WhichOneof("source")
         if source == "data":
@@ -155,8 +193,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def _search_query(self, request: search_pb2.SearchRequest, what: str = "") -> SearchQuery:
         """One search request as plain values; `what` prefixes messages ("searches[3].")."""
         s = self.settings
-        require(request.top_k >= 0 and request.candidates >= 0 and request.offset >= 0,
-                f"{what}top_k, candidates and offset must not be negative")
+        require(
+            request.top_k >= 0 and request.candidates >= 0 and request.offset >= 0,
+            f"{what}top_k, candidates and offset must not be negative",
+        )
         top_k = request.top_k or DEFAULT_TOP_K
         limit(top_k, s.max_top_k, f"{what}top_k")
         limit(request.offset, s.max_candidates, f"{what}offset")
@@ -165,8 +205,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         needed = request.offset + top_k
         if request.candidates:
             candidates = max(request.candidates, top_k)
-            require(kind != "text" or needed <= candidates,
-                    f"{what}offset + top_k ({needed}) exceeds candidates ({candidates}): raise candidates")
+            require(
+                kind != "text" or needed <= candidates,
+                f"{what}offset + top_k ({needed}) exceeds candidates ({candidates}): raise candidates",
+            )
         else:
             candidates = max(s.default_candidates, needed)
         limit(candidates, s.max_candidates, f"{what}candidates")
@@ -187,15 +229,24 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             modification = self._text(request.composed.modification, f"{what}composed.modification")
             image, exclude = await self._image_input(collection, request.composed.image, f"{what}composed.image")
             query = query_encoder_pb2.QueryInput(
-                composed=query_encoder_pb2.ComposedQueryInput(image=image, modification=modification))
+                composed=query_encoder_pb2.ComposedQueryInput(image=image, modification=modification)
+            )
         else:
             raise InvalidArgument(f"{what}set one of text, image, composed")
         condition = Filter(tuple(keyword_filter), tuple(request.within_ids), tuple(exclude), metadata)
         source = SOURCES.get(request.candidate_source)
         require(source is not None or request.candidate_source == 0, f"{what}candidate_source is not a known value")
-        options = SearchOptions(top_k, candidates, rescore=kind == "text", condition=condition,
-                                explain=request.explain, offset=request.offset, modality_bias=bias,
-                                source=source or s.candidate_source, text=request.text if kind == "text" else "")
+        options = SearchOptions(
+            top_k,
+            candidates,
+            rescore=kind == "text",
+            condition=condition,
+            explain=request.explain,
+            offset=request.offset,
+            modality_bias=bias,
+            source=source or s.candidate_source,
+            text=request.text if kind == "text" else "",
+        )
         return SearchQuery(collection, query, options)
 
     async def Search(self, request: search_pb2.SearchRequest, context: grpc.aio.ServicerContext):
@@ -239,21 +290,43 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             else:
                 raise InvalidArgument(f"candidates[{i}]: set id or inline")
         BATCH_ITEMS.labels("search", "Rerank").observe(count)
-        outcome = await self.pipeline.rerank(collection, text, ids, inline, order, not request.skip_auto_tags,
-                                             request.top_k, request.explain, bias, time_left)
+        outcome = await self.pipeline.rerank(
+            collection,
+            text,
+            ids,
+            inline,
+            order,
+            not request.skip_auto_tags,
+            request.top_k,
+            request.explain,
+            bias,
+            time_left,
+        )
         return search_response(outcome)
 
     def _inline(self, image: search_pb2.InlineImage, what: str) -> IndexItem:
         """An inline candidate, checked like an item to index (its id is the caller's, any text)."""
         require(0 < len(image.id) <= 128, f"{what}.id must be 1..128 characters")
-        item = search_pb2.ImageItem(id="inline", image=image.image, title=image.title, tags=image.tags,
-                                    metadata=image.metadata, keywords=image.keywords)
+        item = search_pb2.ImageItem(
+            id="inline",
+            image=image.image,
+            title=image.title,
+            tags=image.tags,
+            metadata=image.metadata,
+            keywords=image.keywords,
+        )
         problem = self._item_problem(item)
         if problem is not None:
             error = InvalidArgument if problem.error_code == "INVALID_ARGUMENT" else ResourceExhausted
             raise error(f"{what}: {problem.error}")
-        return IndexItem(image.id, image.image, image.title, list(image.tags), dict(image.metadata),
-                         [(k.text, k.confidence) for k in image.keywords])
+        return IndexItem(
+            image.id,
+            image.image,
+            image.title,
+            list(image.tags),
+            dict(image.metadata),
+            [(k.text, k.confidence) for k in image.keywords],
+        )
 
     # --- Get, Delete, Stats --------------------------------------------------------------------
 
@@ -273,11 +346,22 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             if i not in records:
                 continue
             r = records[i]
-            features = (common_pb2.ImageFeatures(embedding=to_tensor(r.embedding),
-                                                 regions=to_tensor(dequantize_regions(r.regions, r.region_scales)))
-                        if request.include_features else None)
-            images.append(search_pb2.IndexedImage(id=r.id, title=r.title, keywords=keyword_messages(r.keywords),
-                                                  metadata=r.metadata, features=features))
+            features = (
+                common_pb2.ImageFeatures(
+                    embedding=to_tensor(r.embedding), regions=to_tensor(dequantize_regions(r.regions, r.region_scales))
+                )
+                if request.include_features
+                else None
+            )
+            images.append(
+                search_pb2.IndexedImage(
+                    id=r.id,
+                    title=r.title,
+                    keywords=keyword_messages(r.keywords),
+                    metadata=r.metadata,
+                    features=features,
+                )
+            )
         return search_pb2.GetResponse(images=images, missing_ids=[i for i in ids if i not in records])
 
     async def Delete(self, request: search_pb2.DeleteRequest, context: grpc.aio.ServicerContext):
@@ -292,9 +376,14 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         collection = self._collection(request.collection)
         count = await index.count(collection)
         INDEX_IMAGES.labels(collection).set(count)
-        return search_pb2.StatsResponse(image_count=count, collection=collection,
-                                        index_backend=index.backend, model_builds=self.pipeline.model_builds,
-                                        index_version=INDEX_VERSION, ann_mode=await index.ann_mode(collection))
+        return search_pb2.StatsResponse(
+            image_count=count,
+            collection=collection,
+            index_backend=index.backend,
+            model_builds=self.pipeline.model_builds,
+            index_version=INDEX_VERSION,
+            ann_mode=await index.ann_mode(collection),
+        )
 
     # --- collections ---------------------------------------------------------------------------
 

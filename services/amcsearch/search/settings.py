@@ -85,8 +85,10 @@ class SearchSettings:
         if not 1 <= self.default_candidates <= self.max_candidates:
             raise SettingsError("SEARCH_DEFAULT_CANDIDATES must be in 1..SEARCH_MAX_CANDIDATES")
         if self.max_candidates > self.rescorer_max_candidates:
-            raise SettingsError("SEARCH_MAX_CANDIDATES must not exceed ATTENTION_RESCORER_MAX_CANDIDATES "
-                                "(one search's candidates go to the rescorer in one call)")
+            raise SettingsError(
+                "SEARCH_MAX_CANDIDATES must not exceed ATTENTION_RESCORER_MAX_CANDIDATES "
+                "(one search's candidates go to the rescorer in one call)"
+            )
         if self.candidate_source not in ("vector", "keyword", "hybrid"):
             raise SettingsError("SEARCH_CANDIDATE_SOURCE must be vector, keyword or hybrid")
         if self.hybrid_merge not in ("rrf", "union"):

@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 
 
 class VectorIndex:
-    def __init__(self, dim: int, hnsw_min_rows: int, ef_search: int, connectivity: int = 16,
-                 ef_construction: int = 128) -> None:
+    def __init__(
+        self, dim: int, hnsw_min_rows: int, ef_search: int, connectivity: int = 16, ef_construction: int = 128
+    ) -> None:
         self.dim = dim
         self.hnsw_min_rows = hnsw_min_rows
         self.ef_search = ef_search
@@ -42,7 +43,7 @@ class VectorIndex:
         self.slot_of: dict[int, int] = {}
         self.graph: UsearchIndex | None = None
         self._building = False
-        self._pending: list[tuple[str, np.ndarray, np.ndarray | None]] = []
+        self._pending: list[tuple[str, np.ndarray, np.ndarray]] = []
         """Changes made while the graph is built in the background, replayed onto it."""
 
     # --- writes ----------------------------------------------------------------------------------
@@ -80,7 +81,7 @@ class VectorIndex:
             if self.graph is not None and present:
                 self.graph.remove(np.asarray(present, dtype=np.uint64))
             if self._building and present:
-                self._pending.append(("remove", np.asarray(present, dtype=np.int64), None))
+                self._pending.append(("remove", np.asarray(present, dtype=np.int64), np.zeros(0)))
             if self.used > 1024 and self.count < self.used // 2:
                 self._compact()
 
@@ -120,8 +121,14 @@ class VectorIndex:
         return len(self.slot_of)
 
     def _new_graph(self) -> UsearchIndex:
-        return UsearchIndex(ndim=self.dim, metric="cos", dtype="f16", connectivity=self.connectivity,
-                            expansion_add=self.ef_construction, expansion_search=self.ef_search)
+        return UsearchIndex(
+            ndim=self.dim,
+            metric="cos",
+            dtype="f16",
+            connectivity=self.connectivity,
+            expansion_add=self.ef_construction,
+            expansion_search=self.ef_search,
+        )
 
     def ensure_graph(self, background: bool = True) -> None:
         """Start building the graph when the collection is large enough and has none."""
@@ -183,8 +190,7 @@ class VectorIndex:
                 slots = [self.slot_of[k] for k in missing]
                 graph.add(np.asarray(missing, dtype=np.uint64), self.matrix[slots], threads=2)
             self.graph = graph
-        log.info("HNSW snapshot restored: %d vectors, %d stale removed, %d added", len(saved), len(stale),
-                 len(missing))
+        log.info("HNSW snapshot restored: %d vectors, %d stale removed, %d added", len(saved), len(stale), len(missing))
         return True
 
     # --- search ----------------------------------------------------------------------------------
