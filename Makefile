@@ -7,7 +7,7 @@ export PYTHONPATH := $(CURDIR)/services:$(CURDIR)
 # Corpus/model size: the demo size locally, the tiny one in CI (same code path).
 MODEL_SIZE ?= $(if $(CI),ci,demo)
 SEED ?= 0
-MODELS := text_encoder image_encoder keyword_tagger amc_rescorer composer
+MODELS := text_encoder image_encoder keyword_tagger amc_rescorer composer ynet_shop ynet_street ctx_ynet
 MODEL_FILES := $(foreach m,$(MODELS),model_repository/$(m)/1/model.pt)
 STAMP := $(VENV)/.installed-$(shell sha256sum requirements.lock | cut -c1-12)
 

@@ -156,6 +156,8 @@ def search_request(args: argparse.Namespace) -> search_pb2.SearchRequest:
             request.composed.CopyFrom(search_pb2.ComposedQuery(image=image, modification=args.modify))
         else:
             request.image.CopyFrom(image)
+            if args.cross_domain:
+                request.image_match = search_pb2.SearchRequest.CROSS_DOMAIN
     elif args.text:
         request.text = args.text
     else:
@@ -188,11 +190,17 @@ def results_table(reply: search_pb2.SearchResponse) -> str:
             else f"{'-':>7} {'-':>8}"
         )
         lines.append(f"{rank:>2}  {r.id:<24} {r.score:>7.3f} {weights}  {r.title[:60]}")
-        if r.HasField("evidence") and (r.evidence.keywords or r.evidence.regions):
+        if r.HasField("evidence") and r.evidence.candidate_regions:
+            query = ", ".join(f"({g.row},{g.column}) {g.weight:.2f}" for g in r.evidence.regions[:3])
+            candidate = ", ".join(f"({g.row},{g.column}) {g.weight:.2f}" for g in r.evidence.candidate_regions[:3])
+            lines.append(f"{'':>4}query regions(row,col): {query}   candidate regions: {candidate}")
+        elif r.HasField("evidence") and (r.evidence.keywords or r.evidence.regions):
             keywords = ", ".join(f"{k.keyword} {k.weight:.2f}" for k in r.evidence.keywords[:4])
             regions = ", ".join(f"({g.row},{g.column}) {g.weight:.2f}" for g in r.evidence.regions[:3])
             lines.append(f"{'':>4}keywords: {keywords}   regions(row,col): {regions}")
     lines.append(f"stages: {' -> '.join(reply.stages)}")
+    if reply.explanation:
+        lines.append(f"explain: {reply.explanation}")
     lines.extend(f"DEGRADED {d.stage}: {d.reason}" for d in reply.degradations)
     return "\n".join(lines)
 
@@ -219,7 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     search.add_argument("--candidates", type=int, default=0)
     search.add_argument("--keyword", action="append", help="keep results having this keyword (repeatable)")
     search.add_argument("--explain", action="store_true")
-    search.add_argument("--html", type=Path, help="write a results page with thumbnails and weight bars")
+    search.add_argument("--html", type=Path, help="write a results page with thumbnails and attention heatmaps")
+    search.add_argument(
+        "--cross-domain",
+        action="store_true",
+        help="--image is a snapshot of a product: find its clean catalogue image (TagYNet + CtxYNet)",
+    )
     search.add_argument("--offset", type=int, default=0, help="ranks to skip (paging)")
     search.add_argument("--where", action="append", metavar="KEY=VALUE", help="metadata equals (repeatable)")
     search.add_argument("--where-any", action="append", metavar="KEY=V1,V2", help="metadata is one of")

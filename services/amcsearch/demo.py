@@ -2,7 +2,9 @@
 
 Starts the stack (Triton, Redis, the five services), indexes the demo corpus's test split, runs
 example searches of each kind (text, image, image + modification), prints the results with their
-modality weights, writes an HTML page, and says where to look next. Ctrl-C stops everything.
+modality weights, writes an HTML page, and says where to look next. Then cross-domain search: a
+catalogue of clean, tagged product images in its own collection, and street snapshots of those
+products as queries (TagYNet + CtxYNet, attention heatmaps in the pages). Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -75,6 +77,61 @@ def run_examples(stub, out_dir: Path, composed_query) -> None:
         write_html(out_dir / f"search-{number}.html", request, reply)
 
 
+CATALOGUE = "catalogue"
+CATALOGUE_PRODUCTS = 200
+STREET_EXAMPLES = 3
+
+
+def write_catalogue_dir(size: str, seed: int, directory: Path):
+    """The street/shop corpus's held-out products: shop images as PNG files with their tags in
+    metadata.jsonl, and the street snapshots beside them (queries, not indexed)."""
+    from PIL import Image
+
+    from models.corpus.street_shop import load_or_build_street_shop
+
+    split = load_or_build_street_shop(size, seed).test
+    shop, street = directory / "shop", directory / "street"
+    shop.mkdir(parents=True, exist_ok=True)
+    street.mkdir(parents=True, exist_ok=True)
+    count = min(CATALOGUE_PRODUCTS, len(split.products))
+    with (shop / "metadata.jsonl").open("w") as metadata:
+        for i, product in enumerate(split.products[:count]):
+            Image.fromarray(split.shop_pixels[i]).save(shop / f"{product.id}.png")
+            metadata.write(json.dumps({"id": product.id, "title": " ".join(product.tags), "tags": product.tags}) + "\n")
+    queries: list[tuple[Path, str]] = []
+    for shot in range(len(split.street_pixels)):
+        row = int(split.street_product[shot])
+        if row < count and len(queries) < STREET_EXAMPLES and all(q[1] != split.products[row].id for q in queries):
+            path = street / f"street-{shot}.png"
+            Image.fromarray(split.street_pixels[shot]).save(path)
+            queries.append((path, split.products[row].id))
+    return shop, queries
+
+
+def run_cross_domain(stub, shop: Path, queries, out_dir: Path) -> None:
+    stub.CreateCollection(search_pb2.CreateCollectionRequest(name=CATALOGUE), timeout=30)
+    indexed, failed = index_directory(
+        stub, shop, batch_size=32, skip_auto_tags=True, progress=False, collection=CATALOGUE
+    )
+    print(f"\n== cross-domain: catalogue of {indexed} clean product images with their tags ({len(failed)} failed)")
+    for number, (path, product) in enumerate(queries, 1):
+        request = search_pb2.SearchRequest(
+            image=search_pb2.ImageQuery(data=path.read_bytes()),
+            image_match=search_pb2.SearchRequest.CROSS_DOMAIN,
+            top_k=5,
+            explain=True,
+            collection=CATALOGUE,
+        )
+        started = time.perf_counter()
+        reply = stub.Search(request, timeout=60)
+        took = (time.perf_counter() - started) * 1000
+        rank = next((i for i, r in enumerate(reply.results, 1) if r.id == product), None)
+        found = f"found at rank {rank}" if rank else "not in the top 5"
+        print(f"\n== street snapshot {path.name} of product {product}: {found}  ({took:.0f} ms)")
+        print(results_table(reply))
+        write_html(out_dir / f"cross-domain-{number}.html", request, reply)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="demo")
@@ -104,8 +161,10 @@ def main(argv: list[str] | None = None) -> int:
             indexed, failed = index_directory(stub, images, batch_size=32)
             print(f"indexed {indexed} images ({len(failed)} failed) in {time.monotonic() - began:.0f}s")
             run_examples(stub, var, split.composed_queries[0])
+            shop, street_queries = write_catalogue_dir(args.size, args.seed, var / f"demo-catalogue-{args.size}")
+            run_cross_domain(stub, shop, street_queries, var)
             print(
-                f"\nResult pages: {var}/search-*.html. Logs: {var / 'log'}. Metrics: "
+                f"\nResult pages: {var}/search-*.html, {var}/cross-domain-*.html. Logs: {var / 'log'}. Metrics: "
                 + ", ".join(p.endpoints["metrics"] for n, p in stack.processes.items() if "metrics" in p.endpoints)
             )
             print(

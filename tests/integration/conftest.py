@@ -66,7 +66,16 @@ def channel_to():
         channel.close()
 
 
-MODELS = ("text_encoder", "image_encoder", "keyword_tagger", "amc_rescorer", "composer")
+MODELS = (
+    "text_encoder",
+    "image_encoder",
+    "keyword_tagger",
+    "amc_rescorer",
+    "composer",
+    "ynet_shop",
+    "ynet_street",
+    "ctx_ynet",
+)
 
 
 @pytest.fixture(scope="session")
@@ -148,3 +157,49 @@ def reliability_report():
     from tests.integration.reliability_report import write_report
 
     write_report()
+
+
+def chromium_dom(page: Path, probe_js: str, profile: Path, screenshot: Path | None = None) -> str:
+    """The DOM of `page` in headless Chromium after `probe_js` ran on load (it sets
+    document.title to what the test checks); with `screenshot`, a PNG of the page too."""
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is not installed: `make setup` installs it (Debian package chromium)"
+    page.write_text(
+        page.read_text().replace(
+            "</body>", f"<script>window.addEventListener('load', () => {{ {probe_js} }});</script></body>"
+        )
+    )
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+    ]
+    if screenshot is not None:
+        subprocess.run(
+            [chromium, *flags, f"--screenshot={screenshot}", "--window-size=1400,900", page.as_uri()],
+            capture_output=True,
+            timeout=60,
+        )
+    return subprocess.run(
+        [chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=60
+    ).stdout
+
+
+HEATMAP_PROBE = (
+    "const imgs = [...document.images];"
+    " const heats = [...document.querySelectorAll('.heat')];"
+    " const drawn = heats.filter(h => [...h.children].some(c => parseFloat(getComputedStyle(c).opacity) > 0"
+    " && c.getBoundingClientRect().width > 0)).length;"
+    " document.title = 'rendered=' + imgs.filter(i => i.complete && i.naturalWidth > 0).length + '/' + imgs.length"
+    " + ' heatmaps=' + drawn + '/' + heats.length"
+    " + ' keywordbars=' + document.querySelectorAll('.kw .fill').length;"
+)
+"""Sets the title to rendered=<loaded images>/<images> heatmaps=<with a visible cell>/<overlays>."""

@@ -96,6 +96,7 @@ def test_tag_and_metadata_limits_at_index(search, ci_corpus):
     assert reply.results[-1].indexed
     after = search.Search(search_pb2.SearchRequest(text="anything", top_k=5), timeout=60)
     assert not after.degradations
+    search.Delete(search_pb2.DeleteRequest(ids=["h-ok"]), timeout=30)  # the shared index holds the corpus only
     ROWS.append(
         {
             "fault": "Index of a 65-character tag, 70 metadata keys, a 1 MB metadata value, 20 KB of metadata",

@@ -12,7 +12,7 @@ import pytest
 from amcsearch.runtime.errors import NotFound
 from amcsearch.runtime.quantize import quantize_regions
 from amcsearch.search.index import open_index
-from amcsearch.search.records import Filter, MetadataClause, MetadataFilter, Record
+from amcsearch.search.records import Filter, MetadataClause, MetadataFilter, Record, Shop
 
 pytestmark = pytest.mark.integration
 HOSTILE = ['a"b', "it's", "x') or 1 == 1 --", "[0]", 'id in ["x"]', "back\\slash", "new\nline", "café ☕", "tab\there"]
@@ -178,6 +178,38 @@ def test_keyword_retrieval_finds_the_words_and_honours_filters(engine):
     assert {h.id: h.ann_score for h in hits}["img-0"] == pytest.approx(1.0, abs=1e-3)  # still the vector cosine
 
 
+def shop(i: int, vector: np.ndarray) -> Shop:
+    rng = np.random.default_rng(100 + i)
+    attention = rng.random(36).astype(np.float32)
+    return Shop(vector, rng.standard_normal(64).astype(np.float32), attention / attention.sum())
+
+
+def test_cross_domain_vectors_search_filter_replace_and_delete(engine):
+    c = engine.collection
+    vectors, shop_vectors = unit(5, 12), unit(6, 12)[:, :64]
+    shop_vectors = shop_vectors / np.linalg.norm(shop_vectors, axis=1, keepdims=True)
+    records = [record(i, v) for i, v in enumerate(vectors)]
+    for i in range(10):  # the last two have no cross-domain features
+        records[i].shop = shop(i, shop_vectors[i])
+    engine.run(engine.index.upsert(c, records))
+    hits = engine.run(engine.index.search_shop(c, shop_vectors[2], 20, Filter()))
+    assert hits[0].id == "img-2" and hits[0].ann_score == pytest.approx(1.0, abs=1e-3)
+    assert {h.id for h in hits} == {f"img-{i}" for i in range(10)}
+    expected = shop(2, shop_vectors[2])
+    np.testing.assert_allclose(hits[0].shop.context, expected.context, rtol=1e-6)
+    np.testing.assert_allclose(hits[0].shop.attention, expected.attention, rtol=1e-6)
+    assert hits[0].title == "title 2" and hits[0].keywords == records[2].keywords
+    within = engine.run(engine.index.search_shop(c, shop_vectors[0], 20, Filter(within_ids=("img-3", "img-11"))))
+    assert [h.id for h in within] == ["img-3"]
+    got = engine.run(engine.index.get(c, ["img-4", "img-11"], True))
+    np.testing.assert_allclose(got["img-4"].shop.embedding, shop_vectors[4], rtol=1e-6)
+    assert got["img-11"].shop is None
+    engine.run(engine.index.upsert(c, [record(2, vectors[2])]))  # replaced without features: gone from cross-domain
+    engine.run(engine.index.delete(c, ["img-3"]))
+    left = {h.id for h in engine.run(engine.index.search_shop(c, shop_vectors[2], 20, Filter()))}
+    assert left == {f"img-{i}" for i in range(10)} - {"img-2", "img-3"}
+
+
 def test_collections_are_isolated(engine):
     other = f"{engine.collection}_b"
     assert engine.run(engine.index.create_collection(other))
@@ -243,3 +275,22 @@ def test_a_gateway_on_the_milvus_server_serves_the_same_search(real_stack, milvu
             assert (stats.image_count, stats.index_backend, stats.collection) == (23, "milvus", collection)
     finally:
         process.stop()
+
+
+def test_embedded_cross_domain_vectors_survive_a_restart(tmp_path):
+    uri = str(tmp_path / "index.sqlite")
+    first = Engine(uri)
+    vectors = unit(7, 30)[:, :64]
+    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    records = [record(i, v) for i, v in enumerate(unit(8, 30))]
+    for i, r in enumerate(records):
+        r.shop = shop(i, vectors[i])
+    first.run(first.index.upsert(first.collection, records))
+    first.close()
+    second = Engine(uri)
+    second.collection = first.collection
+    try:
+        hits = second.run(second.index.search_shop(second.collection, vectors[7], 3, Filter()))
+        assert hits[0].id == "img-7"
+    finally:
+        second.close()

@@ -4,8 +4,6 @@ indexed is lost across a restart, deletes are final, bad requests get clear stat
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 
 import grpc
 import numpy as np
@@ -19,7 +17,7 @@ from amcsearch.v1 import search_pb2, search_pb2_grpc
 
 from models.eval.metrics import ndcg_at_k
 from models.export.triton_repo import keyword_vocabulary
-from tests.integration.conftest import metric_value, png, run, scrape
+from tests.integration.conftest import HEATMAP_PROBE, chromium_dom, metric_value, png, run, scrape
 
 pytestmark = pytest.mark.integration
 MAX_TEXT_QUERIES = 60
@@ -290,43 +288,17 @@ def test_restart_of_search_keeps_everything_indexed(search, indexed, real_stack,
     assert search.Stats(search_pb2.StatsRequest(), timeout=30).image_count == count
 
 
-def test_html_results_page_renders_its_images_in_chromium(search, indexed, tmp_path):
+def test_html_results_page_renders_its_images_and_heatmaps_in_chromium(search, indexed, tmp_path):
     from amcsearch.report import write_html
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "chromium is not installed: `make setup` installs it (Debian package chromium)"
     request = search_pb2.SearchRequest(text="large red circle top-left", top_k=4, explain=True)
     reply = search.Search(request, timeout=60)
     page = tmp_path / "results.html"
     write_html(page, request, reply)
-    probe = page.read_text().replace(
-        "</body>",
-        (
-            "<script>window.addEventListener('load', () => { const imgs = [...document.images];"
-            " document.title = 'rendered=' + imgs.filter(i => i.complete && i.naturalWidth > 0).length"
-            " + '/' + imgs.length; });</script></body>"
-        ),
-    )
-    page.write_text(probe)
-    dom = subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--dump-dom",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
-    assert "<title>rendered=4/4</title>" in dom
+    dom = chromium_dom(page, HEATMAP_PROBE, tmp_path / "profile", tmp_path / "results.png")
+    keyword_count = sum(len(r.evidence.keywords) for r in reply.results)
+    assert f"<title>rendered=4/4 heatmaps=4/4 keywordbars={keyword_count}</title>" in dom
+    assert keyword_count > 0
 
 
 def test_write_rpcs_need_the_bearer_token_when_one_is_set(real_stack, ci_corpus, tmp_path):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from amcsearch.runtime import contract as c
+from amcsearch.runtime.errors import Unavailable
 from amcsearch.runtime.metrics import stage
 from amcsearch.runtime.rescoring import CandidateBatch
 from amcsearch.runtime.triton import TritonModels
@@ -75,6 +76,13 @@ def top_attention(weights: np.ndarray, count: int) -> list[tuple[int, float]]:
     return [(int(i), float(weights[i])) for i in order]
 
 
+@dataclass
+class CrossDomainScored:
+    id: str
+    distance: float
+    regions: list[tuple[int, float]]
+
+
 class AttentionRescorer:
     def __init__(self, triton: TritonModels, embed_keywords: EmbedKeywords) -> None:
         """`embed_keywords(texts, timeout)` -> {text: vector} for texts outside the vocabulary."""
@@ -131,3 +139,34 @@ class AttentionRescorer:
                 )
             )
         return results
+
+    async def rescore_cross_domain(
+        self,
+        locations: np.ndarray,
+        ids: list[str],
+        query_index: np.ndarray,
+        contexts: np.ndarray,
+        explain_top: int,
+        timeout: float | None,
+    ) -> list[CrossDomainScored]:
+        """CtxYNet: each candidate's squared distance to its street query attended with the
+        candidate's context; one ctx_ynet call for every candidate of every query."""
+        if not await self.triton.has_model(c.CTX_YNET):
+            raise Unavailable(f"model {c.CTX_YNET} is not deployed in this model repository")
+        inputs = {
+            "locations": np.asarray(locations, dtype=np.float32),
+            "query_index": np.asarray(query_index, dtype=np.int32),
+            "context": np.asarray(contexts, dtype=np.float32),
+        }
+        outputs = [c.DISTANCE_OUT] + ([c.ATTENTION_OUT] if explain_top else [])
+        with stage(SERVICE, "triton_ctx_ynet"):
+            out = await self.triton.infer(c.CTX_YNET, inputs, outputs, timeout)
+        distances = out[c.DISTANCE_OUT].reshape(-1)
+        return [
+            CrossDomainScored(
+                candidate_id,
+                float(distances[i]),
+                top_attention(out[c.ATTENTION_OUT][i], explain_top) if explain_top else [],
+            )
+            for i, candidate_id in enumerate(ids)
+        ]

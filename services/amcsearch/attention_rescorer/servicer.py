@@ -21,6 +21,13 @@ INT8 = (common_pb2.Tensor.INT8,)
 INT32 = (common_pb2.Tensor.INT32,)
 
 
+def region_attention(regions: list[tuple[int, float]]) -> list[common_pb2.RegionAttention]:
+    return [
+        common_pb2.RegionAttention(index=i, row=i // c.REGION_GRID, column=i % c.REGION_GRID, weight=w)
+        for i, w in regions
+    ]
+
+
 def evidence(scored: Scored) -> common_pb2.Evidence:
     return common_pb2.Evidence(
         score=scored.score,
@@ -28,10 +35,7 @@ def evidence(scored: Scored) -> common_pb2.Evidence:
         keyword_weight=scored.keyword_weight,
         learned_visual_weight=scored.learned_visual_weight,
         learned_keyword_weight=scored.learned_keyword_weight,
-        regions=[
-            common_pb2.RegionAttention(index=i, row=i // c.REGION_GRID, column=i % c.REGION_GRID, weight=w)
-            for i, w in scored.regions
-        ],
+        regions=region_attention(scored.regions),
         keywords=[common_pb2.KeywordAttention(keyword=k, weight=w) for k, w in scored.keywords],
     )
 
@@ -103,4 +107,35 @@ class AttentionRescorerServicer(attention_rescorer_pb2_grpc.AttentionRescorerSer
         scored = await self.rescorer.rescore(queries, batch, explain_top, time_left(), bias)
         return attention_rescorer_pb2.RescoreResponse(
             results=[attention_rescorer_pb2.RescoredCandidate(id=s.id, evidence=evidence(s)) for s in scored]
+        )
+
+    async def RescoreCrossDomain(
+        self, request: attention_rescorer_pb2.CrossDomainRequest, context: grpc.aio.ServicerContext
+    ):
+        count = len(request.ids)
+        require(count > 0, f"ids is empty: send 1 to {self.settings.max_candidates} candidates")
+        limit(count, self.settings.max_candidates, "number of candidates")
+        require(0 <= request.explain_top <= c.REGION_COUNT, f"explain_top must be in 0..{c.REGION_COUNT}")
+        locations = from_tensor(request.locations, (-1, c.REGION_COUNT, c.YNET_DIM), "locations")
+        queries = locations.shape[0]
+        require(queries > 0, "locations is empty: send at least one street map")
+        limit(queries, self.settings.max_candidates, "number of queries")
+        query_index = from_tensor(request.query_index, (count,), "query_index", INT32)
+        require(
+            bool(((query_index >= 0) & (query_index < queries)).all()),
+            f"query_index has a row outside locations (0..{queries - 1})",
+        )
+        contexts = from_tensor(request.contexts, (count, c.YNET_DIM), "contexts")
+        BATCH_ITEMS.labels("attention_rescorer", "RescoreCrossDomain").observe(count)
+        explain_top = (request.explain_top or 5) if request.explain else 0
+        scored = await self.rescorer.rescore_cross_domain(
+            locations, list(request.ids), query_index, contexts, explain_top, time_left()
+        )
+        return attention_rescorer_pb2.CrossDomainResponse(
+            results=[
+                attention_rescorer_pb2.CrossDomainCandidate(
+                    id=s.id, distance=s.distance, regions=region_attention(s.regions)
+                )
+                for s in scored
+            ]
         )

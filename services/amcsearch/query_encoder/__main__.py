@@ -14,7 +14,7 @@ from amcsearch.runtime.server import run_service
 from amcsearch.runtime.triton import TritonModels
 from amcsearch.v1 import query_encoder_pb2, query_encoder_pb2_grpc
 
-OPTIONAL_MODELS = (c.IMAGE_ENCODER, c.COMPOSER)
+OPTIONAL_MODELS = (c.IMAGE_ENCODER, c.COMPOSER, c.YNET_STREET)
 
 
 async def main() -> None:

@@ -1,8 +1,8 @@
 """Encode a batch of queries: one MGET, then at most one Triton call per model for the misses.
 
 Text -> text_encoder. Image -> image_encoder (or the given features). Image + modification ->
-image_encoder + text_encoder (with token states) + composer. Identical misses of concurrent
-requests are computed once (SingleFlight).
+image_encoder + text_encoder (with token states) + composer. Street shot (cross-domain) ->
+ynet_street. Identical misses of concurrent requests are computed once (SingleFlight).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from amcsearch.query_encoder.tokenize import Tokenizer
 from amcsearch.runtime import contract as c
 from amcsearch.runtime.cache import EmbeddingCache, content_key
 from amcsearch.runtime.cached import cached_batch
-from amcsearch.runtime.image_features import ImageFeatures
+from amcsearch.runtime.image_features import ImageFeatures, pixels_digest
 from amcsearch.runtime.images import decode_images
 from amcsearch.runtime.metrics import stage
 from amcsearch.runtime.settings import ImageLimits
@@ -27,6 +27,7 @@ from amcsearch.runtime.triton import TritonModels
 log = logging.getLogger(__name__)
 
 SERVICE = "query_encoder"
+STREET_PACKED = c.YNET_DIM + c.REGION_COUNT * c.YNET_DIM
 
 
 def _pad_to(array: np.ndarray, length: int) -> np.ndarray:
@@ -81,8 +82,16 @@ class QueryEncoder:
         by_image = [
             i for i, q in enumerate(queries) if q.kind == "image" and q.image is not None and q.image.data is not None
         ]
-        others = [i for i in range(len(queries)) if i not in set(by_image)]
+        street = [i for i, q in enumerate(queries) if q.kind == "street"]
+        others = [i for i in range(len(queries)) if i not in set(by_image) | set(street)]
         vectors: dict[int, tuple[np.ndarray, bool]] = {}
+        locations: dict[int, np.ndarray] = {}
+        if street:
+            for i, (embedding, where, hit) in zip(
+                street, await self._street([queries[i] for i in street], timeout), strict=True
+            ):
+                vectors[i] = (embedding, hit)
+                locations[i] = where
         if by_image:
             features = await self._image_features([queries[i] for i in by_image], timeout)
             vectors.update((i, (f.embedding, f.cache_hit)) for i, f in zip(by_image, features, strict=True))
@@ -96,9 +105,43 @@ class QueryEncoder:
             found, hits = await cached_batch(self.cache, self.flight, SERVICE, "query", keys, compute)
             vectors.update((i, (found[key], key in hits)) for i, key in zip(others, keys, strict=True))
         return [
-            Encoded(vectors[i][0], vectors[i][1], truncated[i] and query.text is not None, query.normalized_text())
+            Encoded(
+                vectors[i][0],
+                vectors[i][1],
+                truncated[i] and query.text is not None,
+                query.normalized_text(),
+                locations.get(i),
+            )
             for i, query in enumerate(queries)
         ]
+
+    async def _street(self, queries: list[Query], timeout: float | None) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+        """(TagYNet street vector, CtxYNet street map, cache hit) per street shot: decoded, then
+        one MGET and one ynet_street call for the misses, keyed by pixels and build."""
+        with stage(SERVICE, "decode"):
+            names = ["image" if len(queries) == 1 else "a query image"] * len(queries)
+            data = [q.image.data for q in queries if q.image is not None and q.image.data is not None]
+            pixels = await decode_images(data, self.limits, self.executor, names)
+        build = self.builds.get(c.YNET_STREET, "missing")
+        keys = [content_key("street", c.YNET_STREET, build, pixels_digest(p)) for p in pixels]
+        first = {key: i for i, key in reversed(list(enumerate(keys)))}
+
+        async def compute(missing: list[str]) -> dict[str, np.ndarray]:
+            with stage(SERVICE, "triton_ynet_street"):
+                out = await self.triton.infer_chunked(
+                    c.YNET_STREET,
+                    {"image": pixels[[first[k] for k in missing]]},
+                    [c.EMBEDDING_OUT, c.LOCATIONS_OUT],
+                    timeout,
+                )
+            packed = np.concatenate([out[c.EMBEDDING_OUT], out[c.LOCATIONS_OUT].reshape(len(missing), -1)], axis=1)
+            return dict(zip(missing, packed.astype(np.float32), strict=True))
+
+        found, hits = await cached_batch(
+            self.cache, self.flight, SERVICE, "street", keys, compute, valid=lambda value: value.size == STREET_PACKED
+        )
+        d = c.YNET_DIM
+        return [(found[k][:d], found[k][d:].reshape(c.REGION_COUNT, d), k in hits) for k in keys]
 
     async def _image_features(self, queries: list[Query], timeout: float | None):
         """Decode the query images (bounded) and read or compute their features."""

@@ -30,16 +30,20 @@ class ImageSource:
 
 @dataclass(frozen=True)
 class Query:
-    """Exactly one of: text; image; image + modification (composed)."""
+    """Exactly one of: text; image; image + modification (composed); a street shot (an image
+    given as bytes, encoded for cross-domain search)."""
 
     text: str | None = None
     image: ImageSource | None = None
+    cross_domain: bool = False
 
     @property
     def kind(self) -> str:
         if self.image is None:
             return "text"
-        return "composed" if self.text is not None else "image"
+        if self.text is not None:
+            return "composed"
+        return "street" if self.cross_domain else "image"
 
     def normalized_text(self) -> str:
         return normalize_text(self.text or "")
@@ -60,3 +64,5 @@ class Encoded:
     cache_hit: bool
     truncated: bool
     normalized_text: str
+    locations: np.ndarray | None = None
+    """Street queries: the CtxYNet street map [36, 64]."""

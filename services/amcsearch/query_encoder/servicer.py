@@ -38,6 +38,13 @@ class QueryEncoderServicer(query_encoder_pb2_grpc.QueryEncoderServicer):
         if kind == "text":
             self._check_text(message.text, what)
             return Query(text=message.text)
+        if kind == "image" and message.cross_domain:
+            self._check_model(c.YNET_STREET, models, what)
+            require(
+                message.image.WhichOneof("source") == "data",
+                f"{what}: a cross-domain query needs the image bytes (features of an indexed image are not a street shot)",
+            )
+            return Query(image=image_source(message.image, f"{what}.image"), cross_domain=True)
         if kind == "image":
             self._check_model(c.IMAGE_ENCODER, models, what)
             return Query(image=image_source(message.image, f"{what}.image"))
@@ -48,6 +55,18 @@ class QueryEncoderServicer(query_encoder_pb2_grpc.QueryEncoderServicer):
                 text=message.composed.modification, image=image_source(message.composed.image, f"{what}.composed.image")
             )
         raise InvalidArgument(f"{what}: set one of text, image, composed")
+
+    @staticmethod
+    def _encoded(e) -> query_encoder_pb2.EncodedQuery:
+        encoded = query_encoder_pb2.EncodedQuery(
+            embedding=to_tensor(e.embedding),
+            cache_hit=e.cache_hit,
+            truncated=e.truncated,
+            normalized_text=e.normalized_text,
+        )
+        if e.locations is not None:
+            encoded.locations.CopyFrom(to_tensor(e.locations))
+        return encoded
 
     def _check_text(self, text: str, what: str) -> None:
         require(bool(text.strip()), f"{what}: text is empty")
@@ -67,14 +86,5 @@ class QueryEncoderServicer(query_encoder_pb2_grpc.QueryEncoderServicer):
         queries = [self._query(q, i, models) for i, q in enumerate(request.queries)]
         encoded = await self.encoder.encode(queries, time_left())
         return query_encoder_pb2.EncodeResponse(
-            embeddings=[
-                query_encoder_pb2.EncodedQuery(
-                    embedding=to_tensor(e.embedding),
-                    cache_hit=e.cache_hit,
-                    truncated=e.truncated,
-                    normalized_text=e.normalized_text,
-                )
-                for e in encoded
-            ],
-            model_builds=self.encoder.builds,
+            embeddings=[self._encoded(e) for e in encoded], model_builds=self.encoder.builds
         )

@@ -30,7 +30,7 @@ import numpy as np
 
 from amcsearch.runtime import contract as c
 from amcsearch.runtime.errors import NotFound, Unavailable
-from amcsearch.search.records import Filter, Hit, MetadataClause, MetadataFilter, Record
+from amcsearch.search.records import Filter, Hit, MetadataClause, MetadataFilter, Record, Shop
 from amcsearch.search.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,9 @@ CREATE TABLE IF NOT EXISTS item_metadata (
 CREATE INDEX IF NOT EXISTS item_metadata_by_row ON item_metadata (row);
 CREATE INDEX IF NOT EXISTS item_metadata_by_number ON item_metadata (key, number);
 CREATE VIRTUAL TABLE IF NOT EXISTS item_text USING fts5 (keywords, tokenize = 'porter unicode61');
+CREATE TABLE IF NOT EXISTS item_shop (row INTEGER PRIMARY KEY, features BLOB NOT NULL);
 """
+SHOP_SNAPSHOT = "shop.hnsw"
 GENERATION_SUFFIX = ".generation"
 """A file beside the store with the generation of its last acknowledged write (see _commit)."""
 
@@ -161,6 +163,8 @@ class EmbeddedIndex:
         self._lock_file: TextIO | None = None
         self._inode: int | None = None
         self.vectors: dict[str, VectorIndex] = {}
+        self.shop_vectors: dict[str, VectorIndex] = {}
+        """Per collection, the cross-domain (TagYNet) vectors of the items that have them."""
         self.generation = 0
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -235,28 +239,32 @@ class EmbeddedIndex:
     def _new_vector_index(self) -> VectorIndex:
         return VectorIndex(c.EMBEDDING_DIM, self.hnsw_min_rows, self.ef_search)
 
-    def _snapshot_path(self, collection: str) -> Path:
-        return self.path.with_name(f"{self.path.name}.{collection}.hnsw")
+    def _new_shop_index(self) -> VectorIndex:
+        return VectorIndex(c.YNET_DIM, self.hnsw_min_rows, self.ef_search)
+
+    def _snapshot_path(self, collection: str, suffix: str = "hnsw") -> Path:
+        return self.path.with_name(f"{self.path.name}.{collection}.{suffix}")
 
     def _load_vectors(self) -> None:
         assert self._write_db is not None
         started = time.monotonic()
         names = [r[0] for r in self._write_db.execute("SELECT name FROM collections")]
         for name in names:
-            index = self._new_vector_index()
-            rows = self._write_db.execute("SELECT row, embedding FROM items WHERE collection = ? ORDER BY row", (name,))
-            batch_keys, batch_vectors = [], []
-            for row, blob in rows:
-                batch_keys.append(row)
-                batch_vectors.append(np.frombuffer(blob, dtype="<f4"))
-                if len(batch_keys) == 10_000:
-                    self._add_loaded(index, batch_keys, batch_vectors)
-                    batch_keys, batch_vectors = [], []
-            self._add_loaded(index, batch_keys, batch_vectors)
-            snapshot = self._snapshot_path(name)
-            if not (index.count >= self.hnsw_min_rows and snapshot.exists() and index.restore_graph(snapshot)):
-                index.ensure_graph()
-            self.vectors[name] = index
+            self.vectors[name] = self._loaded(
+                self._new_vector_index(),
+                "SELECT row, embedding FROM items WHERE collection = ? ORDER BY row",
+                name,
+                self._snapshot_path(name),
+                lambda blob: np.frombuffer(blob, dtype="<f4"),
+            )
+            self.shop_vectors[name] = self._loaded(
+                self._new_shop_index(),
+                "SELECT s.row, s.features FROM item_shop s JOIN items i ON i.row = s.row"
+                " WHERE i.collection = ? ORDER BY s.row",
+                name,
+                self._snapshot_path(name, SHOP_SNAPSHOT),
+                lambda blob: Shop.unpack(blob).embedding,
+            )
         log.info(
             "index %s: %d collections, %d vectors loaded in %.1fs",
             self.path,
@@ -264,6 +272,22 @@ class EmbeddedIndex:
             sum(v.count for v in self.vectors.values()),
             time.monotonic() - started,
         )
+
+    def _loaded(self, index: VectorIndex, query: str, collection: str, snapshot: Path, vector_of) -> VectorIndex:
+        """`index` filled with the (row, blob) rows of `query`, its graph restored from `snapshot`
+        when that is current, else rebuilt."""
+        assert self._write_db is not None
+        batch_keys, batch_vectors = [], []
+        for row, blob in self._write_db.execute(query, (collection,)):
+            batch_keys.append(row)
+            batch_vectors.append(vector_of(blob))
+            if len(batch_keys) == 10_000:
+                self._add_loaded(index, batch_keys, batch_vectors)
+                batch_keys, batch_vectors = [], []
+        self._add_loaded(index, batch_keys, batch_vectors)
+        if not (index.count >= self.hnsw_min_rows and snapshot.exists() and index.restore_graph(snapshot)):
+            index.ensure_graph()
+        return index
 
     @staticmethod
     def _add_loaded(index: VectorIndex, keys: list[int], vectors: list[np.ndarray]) -> None:
@@ -276,11 +300,14 @@ class EmbeddedIndex:
         self.reader.shutdown(wait=True)
 
     def _close(self) -> None:
-        for name, index in self.vectors.items():
+        snapshots = [(self._snapshot_path(n), v) for n, v in self.vectors.items()] + [
+            (self._snapshot_path(n, SHOP_SNAPSHOT), v) for n, v in self.shop_vectors.items()
+        ]
+        for path, index in snapshots:
             try:
-                index.save_graph(self._snapshot_path(name))
+                index.save_graph(path)
             except (OSError, RuntimeError) as error:
-                log.warning("HNSW snapshot of %s not saved: %s", name, error)
+                log.warning("HNSW snapshot %s not saved: %s", path, error)
         for db in (self._read_db, self._write_db):
             if db is not None:
                 db.close()
@@ -373,6 +400,7 @@ class EmbeddedIndex:
                 )
             if created:
                 self.vectors[name] = self._new_vector_index()
+                self.shop_vectors[name] = self._new_shop_index()
             return created
 
         return await self._write(create)
@@ -385,12 +413,15 @@ class EmbeddedIndex:
             with self._transaction() as db:
                 rows = "SELECT row FROM items WHERE collection = ?"
                 db.execute(f"DELETE FROM item_text WHERE rowid IN ({rows})", (name,))
+                db.execute(f"DELETE FROM item_shop WHERE row IN ({rows})", (name,))
                 db.execute(f"DELETE FROM item_keywords WHERE row IN ({rows})", (name,))
                 db.execute(f"DELETE FROM item_metadata WHERE row IN ({rows})", (name,))
                 count = db.execute("DELETE FROM items WHERE collection = ?", (name,)).rowcount
                 db.execute("DELETE FROM collections WHERE name = ?", (name,))
             self.vectors.pop(name, None)
+            self.shop_vectors.pop(name, None)
             self._snapshot_path(name).unlink(missing_ok=True)
+            self._snapshot_path(name, SHOP_SNAPSHOT).unlink(missing_ok=True)
             return count
 
         return await self._write(drop)
@@ -402,7 +433,8 @@ class EmbeddedIndex:
 
     def _upsert(self, collection: str, records: list[Record]) -> None:
         vectors = self._vectors_of(collection)
-        replaced, added = [], []
+        shop_vectors = self.shop_vectors[collection]
+        replaced, added, added_shop = [], [], []
         with self._transaction() as db:
             for r in records:
                 old = db.execute("SELECT row FROM items WHERE collection = ? AND id = ?", (collection, r.id)).fetchone()
@@ -432,15 +464,22 @@ class EmbeddedIndex:
                     [(k, v, row, _number(v)) for k, v in r.metadata.items()],
                 )
                 db.execute("INSERT INTO item_text (rowid, keywords) VALUES (?, ?)", (row, keyword_text(r.keywords)))
+                if r.shop is not None:
+                    db.execute("INSERT INTO item_shop VALUES (?, ?)", (row, r.shop.packed().tobytes()))
+                    added_shop.append((row, r.shop.embedding))
                 added.append((row, r.embedding))
         vectors.remove(replaced)
         vectors.add(np.asarray([row for row, _ in added]), np.stack([e for _, e in added]))
+        shop_vectors.remove(replaced)
+        if added_shop:
+            shop_vectors.add(np.asarray([row for row, _ in added_shop]), np.stack([e for _, e in added_shop]))
 
     @staticmethod
     def _delete_row(db: sqlite3.Connection, row: int) -> None:
         db.execute("DELETE FROM item_text WHERE rowid = ?", (row,))
         db.execute("DELETE FROM item_keywords WHERE row = ?", (row,))
         db.execute("DELETE FROM item_metadata WHERE row = ?", (row,))
+        db.execute("DELETE FROM item_shop WHERE row = ?", (row,))
         db.execute("DELETE FROM items WHERE row = ?", (row,))
 
     async def delete(self, collection: str, ids: list[str]) -> list[str]:
@@ -453,6 +492,7 @@ class EmbeddedIndex:
                 for row in found.values():
                     self._delete_row(db, row)
             vectors.remove(found.values())
+            self.shop_vectors[collection].remove(found.values())
             return [i for i in ids if i in found]
 
         return await self._write(delete)
@@ -487,9 +527,16 @@ class EmbeddedIndex:
         return await self._read(self._search, collection, vector, limit, condition, with_features)
 
     def _search(
-        self, collection: str, vector: np.ndarray, limit: int, condition: Filter, with_features: bool
+        self,
+        collection: str,
+        vector: np.ndarray,
+        limit: int,
+        condition: Filter,
+        with_features: bool,
+        shop: bool = False,
     ) -> list[Hit]:
-        vectors = self._vectors_of(collection)
+        main = self._vectors_of(collection)
+        vectors = self.shop_vectors[collection] if shop else main
         db = self._read_db
         assert db is not None
         allowed = None
@@ -500,12 +547,15 @@ class EmbeddedIndex:
                 dtype=np.int64,
             )
         keys, scores = vectors.search(vector, limit, allowed)
-        rows = self._rows(db, keys.tolist(), with_features)
+        rows = self._rows(db, keys.tolist(), with_features, shop)
         return [
-            self._hit(rows[key], float(score), with_features)
+            self._hit(rows[key], float(score), with_features, shop)
             for key, score in zip(keys.tolist(), scores, strict=False)
             if key in rows
         ]  # a row deleted since the vector search is not a result
+
+    async def search_shop(self, collection: str, vector: np.ndarray, limit: int, condition: Filter) -> list[Hit]:
+        return await self._read(self._search, collection, vector, limit, condition, False, True)
 
     async def keyword_search(
         self, collection: str, vector: np.ndarray, text: str, limit: int, condition: Filter, with_features: bool = False
@@ -539,21 +589,29 @@ class EmbeddedIndex:
         ]
 
     @staticmethod
-    def _rows(db: sqlite3.Connection, rows: list[int], with_features: bool) -> dict[int, tuple]:
-        columns = "row, id, title, metadata, keywords" + (", regions, region_scales" if with_features else "")
+    def _rows(db: sqlite3.Connection, rows: list[int], with_features: bool, shop: bool = False) -> dict[int, tuple]:
+        columns = "i.row, i.id, i.title, i.metadata, i.keywords" + (
+            ", i.regions, i.region_scales" if with_features else ""
+        )
+        source = "items i"
+        if shop:
+            columns += ", s.features"
+            source = "items i JOIN item_shop s ON s.row = i.row"
         found: dict[int, tuple] = {}
         for start in range(0, len(rows), 500):
             chunk = rows[start : start + 500]
-            query = f"SELECT {columns} FROM items WHERE row IN ({', '.join('?' * len(chunk))})"
+            query = f"SELECT {columns} FROM {source} WHERE i.row IN ({', '.join('?' * len(chunk))})"
             found.update((r[0], r) for r in db.execute(query, chunk))
         return found
 
     @staticmethod
-    def _hit(row: tuple, score: float, with_features: bool) -> Hit:
+    def _hit(row: tuple, score: float, with_features: bool, shop: bool = False) -> Hit:
         hit = Hit(row[1], score, row[2], json.loads(row[3]), _keywords(row[4]))
         if with_features:
             hit.regions = np.frombuffer(row[5], dtype=np.int8).reshape(c.REGION_COUNT, c.REGION_DIM)
             hit.region_scales = np.frombuffer(row[6], dtype="<f4")
+        if shop:
+            hit.shop = Shop.unpack(row[-1])
         return hit
 
     async def get(self, collection: str, ids: list[str], with_features: bool) -> dict[str, Record]:
@@ -565,8 +623,9 @@ class EmbeddedIndex:
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 query = (
-                    "SELECT id, title, keywords, metadata, embedding, regions, region_scales FROM items"
-                    f" WHERE collection = ? AND id IN ({', '.join('?' * len(chunk))})"
+                    "SELECT i.id, i.title, i.keywords, i.metadata, i.embedding, i.regions, i.region_scales, s.features"
+                    " FROM items i LEFT JOIN item_shop s ON s.row = i.row"
+                    f" WHERE i.collection = ? AND i.id IN ({', '.join('?' * len(chunk))})"
                 )
                 for row in db.execute(query, (collection, *chunk)):
                     records[row[0]] = Record(
@@ -579,6 +638,7 @@ class EmbeddedIndex:
                         row[1],
                         _keywords(row[2]),
                         json.loads(row[3]),
+                        Shop.unpack(row[7]) if with_features and row[7] is not None else None,
                     )
             return records
 

@@ -40,6 +40,10 @@ class Index(Protocol):
     async def keyword_search(
         self, collection: str, vector: np.ndarray, text: str, limit: int, condition: Filter, with_features: bool = False
     ) -> list[Hit]: ...
+    async def search_shop(self, collection: str, vector: np.ndarray, limit: int, condition: Filter) -> list[Hit]:
+        """Cross-domain: the images whose TagYNet vector is nearest `vector`, with their Shop."""
+        ...
+
     async def get(self, collection: str, ids: list[str], with_features: bool) -> dict[str, Record]: ...
 
 

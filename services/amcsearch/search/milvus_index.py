@@ -11,6 +11,12 @@ Searches and reads use Session consistency: this gateway sees its own acknowledg
 once, without Strong consistency's wait for every channel (~270 ms a search on 2 cores).
 pymilvus does not carry a delete's timestamp into the session (seen with Milvus 2.3.5), so Delete
 returns only after a Strong read no longer finds the ids: from then on no read shows them.
+
+Cross-domain search needs a second vector per image (TagYNet's, 64-d), and Milvus 2.3 allows one
+vector field per collection: those images also get a row in a companion collection
+("xd_<collection>": the same filter fields, that vector, and the CtxYNet context and attention).
+An upsert writes the main row first, a delete removes the companion row too and then checks
+both; an Index or Delete that fails half-way returns an error and is safe to retry.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from pymilvus.exceptions import MilvusException
 
 from amcsearch.runtime import contract as c
 from amcsearch.runtime.errors import NotFound, Unavailable
-from amcsearch.search.records import Filter, Hit, MetadataClause, MetadataFilter, Record
+from amcsearch.search.records import Filter, Hit, MetadataClause, MetadataFilter, Record, Shop
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,13 @@ MAX_KEYWORD_CHARS = 64
 FEATURE_BYTES = c.REGION_COUNT * c.REGION_DIM + 4 * c.REGION_COUNT
 CONSISTENCY = "Session"
 HIT_FIELDS = ["title", "metadata", "keywords"]
+SHOP_PREFIX = "xd_"
+"""Companion collections of cross-domain vectors: "xd_<collection>" (never an API collection,
+whose engine names all start with the default collection's name)."""
+
+
+def shop_collection(name: str) -> str:
+    return SHOP_PREFIX + name
 
 
 def quote(value: str) -> str:
@@ -101,6 +114,14 @@ def encode_features(regions: np.ndarray, scales: np.ndarray) -> str:
     return base64.b64encode(blob).decode("ascii")
 
 
+def encode_shop(shop: Shop) -> str:
+    return base64.b64encode(shop.packed().tobytes()).decode("ascii")
+
+
+def decode_shop(text: str) -> Shop:
+    return Shop.unpack(base64.b64decode(text))
+
+
 def decode_features(text: str) -> tuple[np.ndarray, np.ndarray]:
     blob = base64.b64decode(text)
     split = c.REGION_COUNT * c.REGION_DIM
@@ -134,7 +155,10 @@ class MilvusIndex:
             self.client = MilvusClient(self.uri, token=self.token) if self.token else MilvusClient(self.uri)
             if not self.client.has_collection(self.default_collection):
                 self._create(self.default_collection)
+            if not self.client.has_collection(shop_collection(self.default_collection)):
+                self._create_shop(self.default_collection)  # a deployment from before cross-domain search
             self.client.load_collection(self.default_collection)
+            self.client.load_collection(shop_collection(self.default_collection))
             fields = {f["name"] for f in self.client.describe_collection(self.default_collection)["fields"]}
             if "features" not in fields:
                 raise Unavailable(
@@ -146,10 +170,19 @@ class MilvusIndex:
         await self._run(connect)
 
     def _create(self, name: str) -> None:
+        self._create_collection(name, c.EMBEDDING_DIM, "features", 2 * FEATURE_BYTES)
+        self._create_shop(name)
+
+    def _create_shop(self, name: str) -> None:
+        self._create_collection(shop_collection(name), c.YNET_DIM, "shop", 2 * 4 * (2 * c.YNET_DIM + c.REGION_COUNT))
+
+    def _create_collection(self, name: str, dim: int, blob_field: str, blob_length: int) -> None:
+        """A collection of one row per image: its id, one vector, the filter fields, and a base64
+        text field of what search needs back (`blob_field`)."""
         assert self.client is not None
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=128)
-        schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=c.EMBEDDING_DIM)
+        schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=dim)
         schema.add_field("title", DataType.VARCHAR, max_length=4096)
         schema.add_field(
             "keyword_texts",
@@ -167,7 +200,7 @@ class MilvusIndex:
         schema.add_field(
             "number_keys", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=256, max_length=1024
         )
-        schema.add_field("features", DataType.VARCHAR, max_length=2 * FEATURE_BYTES)
+        schema.add_field(blob_field, DataType.VARCHAR, max_length=blob_length)
         index_params = self.client.prepare_index_params()
         index_params.add_index(
             "embedding", index_type="HNSW", metric_type="COSINE", params={"M": 16, "efConstruction": 128}
@@ -196,11 +229,14 @@ class MilvusIndex:
         if not await self._run(self.client.has_collection, collection):
             raise NotFound(f"collection {collection!r} does not exist")
         await self._run(self.client.load_collection, collection)
+        if not await self._run(self.client.has_collection, shop_collection(collection)):
+            await self._run(self._create_shop, collection)
+        await self._run(self.client.load_collection, shop_collection(collection))
         self.known.add(collection)
 
     async def collections(self) -> list[str]:
         assert self.client is not None
-        return sorted(await self._run(self.client.list_collections))
+        return sorted(n for n in await self._run(self.client.list_collections) if not n.startswith(SHOP_PREFIX))
 
     async def create_collection(self, name: str) -> bool:
         assert self.client is not None
@@ -215,6 +251,8 @@ class MilvusIndex:
         count = await self.count(name)
         assert self.client is not None
         await self._run(self.client.drop_collection, name)
+        if await self._run(self.client.has_collection, shop_collection(name)):
+            await self._run(self.client.drop_collection, shop_collection(name))
         self.known.discard(name)
         return count
 
@@ -222,40 +260,58 @@ class MilvusIndex:
 
     async def upsert(self, collection: str, records: list[Record]) -> None:
         await self._require(collection)
-        rows = []
+        rows, shop_rows = [], []
         for r in records:
             numbers = {k: n for k, v in r.metadata.items() if (n := _number(v)) is not None}
+            fields = {
+                "id": r.id,
+                "title": r.title,
+                "keyword_texts": [k[0] for k in r.keywords][:MAX_KEYWORDS],
+                "keywords": {"list": [[k[0], float(k[1]), int(k[2])] for k in r.keywords][:MAX_KEYWORDS]},
+                "metadata": dict(r.metadata),
+                "metadata_keys": sorted(r.metadata),
+                "numbers": numbers,
+                "number_keys": sorted(numbers),
+            }
             rows.append(
-                {
-                    "id": r.id,
+                fields
+                | {
                     "embedding": np.asarray(r.embedding, dtype=np.float32).tolist(),
-                    "title": r.title,
-                    "keyword_texts": [k[0] for k in r.keywords][:MAX_KEYWORDS],
-                    "keywords": {"list": [[k[0], float(k[1]), int(k[2])] for k in r.keywords][:MAX_KEYWORDS]},
-                    "metadata": dict(r.metadata),
-                    "metadata_keys": sorted(r.metadata),
-                    "numbers": numbers,
-                    "number_keys": sorted(numbers),
                     "features": encode_features(r.regions, r.region_scales),
                 }
             )
+            if r.shop is not None:
+                shop_rows.append(
+                    fields
+                    | {
+                        "embedding": np.asarray(r.shop.embedding, dtype=np.float32).tolist(),
+                        "shop": encode_shop(r.shop),
+                    }
+                )
         assert self.client is not None
         await self._run(self.client.upsert, collection, rows)
+        if shop_rows:
+            await self._run(self.client.upsert, shop_collection(collection), shop_rows)
+        without = [r.id for r in records if r.shop is None]
+        if without:  # a replaced image that had cross-domain features loses them
+            await self._run(self.client.delete, shop_collection(collection), ids=without)
 
     async def delete(self, collection: str, ids: list[str]) -> list[str]:
         present = list(await self.get(collection, ids, with_features=False))
         if present:
             assert self.client is not None
-            await self._run(self.client.delete, collection, ids=present)
-            left = await self._run(
-                self.client.query,
-                collection,
-                filter=f"id in {_strings(present)}",
-                output_fields=["id"],
-                consistency_level="Strong",
-            )
-            if left:
-                raise Unavailable(f"index (milvus) still holds {len(left)} deleted ids; retry the Delete")
+            for name in (collection, shop_collection(collection)):
+                await self._run(self.client.delete, name, ids=present)
+            for name in (collection, shop_collection(collection)):
+                left = await self._run(
+                    self.client.query,
+                    name,
+                    filter=f"id in {_strings(present)}",
+                    output_fields=["id"],
+                    consistency_level="Strong",
+                )
+                if left:
+                    raise Unavailable(f"index (milvus) still holds {len(left)} deleted ids; retry the Delete")
         return [i for i in ids if i in set(present)]
 
     # --- reads -----------------------------------------------------------------------------------
@@ -276,15 +332,18 @@ class MilvusIndex:
     ) -> list[Hit]:
         return await self._search(collection, vector, limit, filter_expression(condition), with_features)
 
+    async def search_shop(self, collection: str, vector: np.ndarray, limit: int, condition: Filter) -> list[Hit]:
+        return await self._search(collection, vector, limit, filter_expression(condition), False, shop=True)
+
     async def _search(
-        self, collection: str, vector: np.ndarray, limit: int, expression: str, with_features: bool
+        self, collection: str, vector: np.ndarray, limit: int, expression: str, with_features: bool, shop: bool = False
     ) -> list[Hit]:
         await self._require(collection)
         assert self.client is not None
-        fields = HIT_FIELDS + (["features"] if with_features else [])
+        fields = HIT_FIELDS + (["features"] if with_features else []) + (["shop"] if shop else [])
         result = await self._run(
             self.client.search,
-            collection,
+            shop_collection(collection) if shop else collection,
             [np.asarray(vector, dtype=np.float32).tolist()],
             anns_field="embedding",
             limit=limit,
@@ -305,6 +364,8 @@ class MilvusIndex:
             )
             if with_features:
                 hit.regions, hit.region_scales = decode_features(entity["features"])
+            if shop:
+                hit.shop = decode_shop(entity["shop"])
             hits.append(hit)
         return hits
 
@@ -335,6 +396,18 @@ class MilvusIndex:
                 output_fields=fields,
                 consistency_level=CONSISTENCY,
             )
+            shops = {}
+            if with_features:
+                shops = {
+                    row["id"]: decode_shop(row["shop"])
+                    for row in await self._run(
+                        self.client.query,
+                        shop_collection(collection),
+                        filter=f"id in {_strings(chunk)}",
+                        output_fields=["shop"],
+                        consistency_level=CONSISTENCY,
+                    )
+                }
             for row in rows:
                 if with_features:
                     regions, scales = decode_features(row["features"])
@@ -349,6 +422,7 @@ class MilvusIndex:
                     row.get("title", ""),
                     _keywords(row.get("keywords")),
                     row.get("metadata") or {},
+                    shops.get(row["id"]),
                 )
         return records
 

@@ -25,8 +25,9 @@ from amcsearch.runtime.rescoring import pack, rescore_request
 from amcsearch.runtime.settings import ImageLimits
 from amcsearch.runtime.tensors import to_array, to_tensor
 from amcsearch.search.index import Index
-from amcsearch.search.records import Filter, Hit, Record
+from amcsearch.search.records import Filter, Hit, Record, Shop
 from amcsearch.v1 import (
+    attention_rescorer_pb2,
     common_pb2,
     feature_extractor_pb2,
     keyword_tagger_pb2,
@@ -80,13 +81,44 @@ class ItemOutcome:
 
 
 @dataclass
+class Evidence:
+    """Why a result scored what it did: AMC's modality weights and attention (text queries), or
+    CtxYNet's query attention and TagYNet's candidate attention (cross-domain queries).
+    Regions are (row-major grid index, weight), strongest first."""
+
+    score: float
+    visual_weight: float = 1.0
+    keyword_weight: float = 0.0
+    learned_visual_weight: float = 1.0
+    learned_keyword_weight: float = 0.0
+    regions: list[tuple[int, float]] = field(default_factory=list)
+    keywords: list[tuple[str, float]] = field(default_factory=list)
+    candidate_regions: list[tuple[int, float]] = field(default_factory=list)
+
+    @classmethod
+    def of_rescored(cls, message: common_pb2.Evidence) -> Evidence:
+        return cls(
+            message.score,
+            message.visual_weight,
+            message.keyword_weight,
+            message.learned_visual_weight,
+            message.learned_keyword_weight,
+            [(r.index, r.weight) for r in message.regions],
+            [(k.keyword, k.weight) for k in message.keywords],
+        )
+
+    def without_attention(self) -> None:
+        self.regions, self.keywords, self.candidate_regions = [], [], []
+
+
+@dataclass
 class Result:
     id: str
     score: float
     ann_score: float
     title: str
     metadata: dict[str, str]
-    evidence: common_pb2.Evidence | None = None
+    evidence: Evidence | None = None
 
 
 @dataclass
@@ -94,6 +126,22 @@ class SearchOutcome:
     results: list[Result]
     stages: list[str]
     degradations: list[tuple[str, str]]
+    explanation: str = ""
+    """With explain, when the results carry no attention: why."""
+
+
+NO_ATTENTION = {
+    "image": (
+        "same-domain image queries are one global-embedding lookup: no attention to show "
+        "(image_match CROSS_DOMAIN attends to regions)"
+    ),
+    "composed": (
+        "composed queries are one composed embedding (image plus modification) and a lookup: "
+        "the composer has no attention to show"
+    ),
+}
+"""The reply's explanation when explain is asked of a query whose model cannot explain."""
+CROSS_DOMAIN_EXPLAIN_TOP = 5
 
 
 @dataclass(frozen=True)
@@ -114,6 +162,8 @@ class SearchOptions:
     """Candidates (text queries): "vector", "keyword" (BM25 over keywords) or "hybrid" (both, merged)."""
     text: str = ""
     """The query text, for keyword retrieval."""
+    cross_domain: bool = False
+    """An image query matched street-to-shop: TagYNet candidates, CtxYNet re-rank."""
 
 
 @dataclass
@@ -183,21 +233,22 @@ class SearchPipeline:
         outcomes: dict[str, ItemOutcome] = {}
         good, pixels = await self._decode(items, outcomes)
         try:
-            features, keywords = await self._analyse(pixels, auto_tags, timeout_of())
+            extracted, keywords = await self._analyse(good, pixels, auto_tags, timeout_of())
         except ITEM_ERRORS:
-            good, features, keywords = await self._analyse_one_by_one(good, pixels, outcomes, auto_tags, timeout_of())
+            good, extracted, keywords = await self._analyse_one_by_one(good, pixels, outcomes, auto_tags, timeout_of())
         records = []
-        for item, f, kws in zip(good, features, keywords, strict=True):
-            regions, scales = quantize_regions(to_array(f.regions))
+        for item, e, merged in zip(good, extracted, keywords, strict=True):
+            regions, scales = quantize_regions(to_array(e.features.regions))
             records.append(
                 Record(
                     item.id,
-                    to_array(f.embedding),
+                    to_array(e.features.embedding),
                     regions,
                     scales,
                     item.title,
-                    merge_keywords(item.tags, item.keywords, kws),
+                    merged,
                     item.metadata,
+                    shop_of(e),
                 )
             )
         if records:
@@ -229,37 +280,36 @@ class SearchPipeline:
         pixels = np.stack([p for p in decoded if p is not None]) if good else np.zeros((0, size, size, 3), np.uint8)
         return good, pixels
 
-    async def _analyse(self, pixels: np.ndarray, auto_tags: bool, timeout: float | None):
-        """FeatureExtractor and KeywordTagger, concurrently, on the same decoded pixels."""
+    async def _analyse(
+        self, items: list[IndexItem], pixels: np.ndarray, auto_tags: bool, timeout: float | None, shop: bool = True
+    ):
+        """(FeatureExtractor's result, merged keywords) per item, on the same decoded pixels:
+        KeywordTagger first (unless skipped), so that FeatureExtractor computes the cross-domain
+        shop features (unless `shop` is False) with every keyword, given or automatic, as the
+        image's tags."""
         if len(pixels) == 0:
             return [], []
         tensor = to_tensor(pixels)
-
-        async def extract():
-            with stage(SERVICE, "extract"):
-                return await call(
-                    self.services.extractor.Extract,
-                    feature_extractor_pb2.ExtractRequest(pixels=tensor),
-                    timeout,
-                    "FeatureExtractor",
-                )
-
-        async def tag():
-            if not auto_tags:
-                return None
+        auto: list[list[tuple[str, float]]] = [[] for _ in items]
+        if auto_tags:
             with stage(SERVICE, "tag"):
-                return await call(
+                tagged = await call(
                     self.services.tagger.Tag,
                     keyword_tagger_pb2.TagRequest(pixels=tensor, threshold=self.tagger_threshold),
                     timeout,
                     "KeywordTagger",
                 )
-
-        extracted, tagged = await asyncio.gather(extract(), tag())
-        features = [r.features for r in extracted.results]
-        if tagged is None:
-            return features, [[] for _ in pixels]
-        return features, [[(k.text, k.confidence) for k in r.keywords] for r in tagged.results]
+            auto = [[(k.text, k.confidence) for k in r.keywords] for r in tagged.results]
+        merged = [merge_keywords(item.tags, item.keywords, a) for item, a in zip(items, auto, strict=True)]
+        tags = [feature_extractor_pb2.TagList(tags=[k[0] for k in m]) for m in merged] if shop else []
+        with stage(SERVICE, "extract"):
+            extracted = await call(
+                self.services.extractor.Extract,
+                feature_extractor_pb2.ExtractRequest(pixels=tensor, tags=tags),
+                timeout,
+                "FeatureExtractor",
+            )
+        return list(extracted.results), merged
 
     async def _analyse_one_by_one(
         self,
@@ -273,7 +323,7 @@ class SearchPipeline:
         good, features, keywords = [], [], []
         for item, image in zip(items, pixels, strict=True):
             try:
-                f, k = await self._analyse(image[None], auto_tags, timeout)
+                f, k = await self._analyse([item], image[None], auto_tags, timeout)
             except ITEM_ERRORS as error:
                 outcomes[item.id] = ItemOutcome(item.id, False, error.code.name, str(error))
                 continue
@@ -321,7 +371,20 @@ class SearchPipeline:
         return (await self.search_many([SearchQuery(collection, query, options)], timeout_of))[0]
 
     async def search_many(self, searches: list[SearchQuery], timeout_of) -> list[SearchOutcome]:
-        """Several searches with one QueryEncoder call and one AttentionRescorer call in all."""
+        """Several searches with one QueryEncoder call and one AttentionRescorer call per kind of
+        search (same-domain or text; cross-domain)."""
+        cross = [i for i, s in enumerate(searches) if s.options.cross_domain]
+        others = [i for i in range(len(searches)) if i not in set(cross)]
+        outcomes: dict[int, SearchOutcome] = {}
+        if others:
+            found = await self._search_same_domain([searches[i] for i in others], timeout_of)
+            outcomes.update(zip(others, found, strict=True))
+        if cross:
+            found = await self._search_cross_domain([searches[i] for i in cross], timeout_of)
+            outcomes.update(zip(cross, found, strict=True))
+        return [outcomes[i] for i in range(len(searches))]
+
+    async def _search_same_domain(self, searches: list[SearchQuery], timeout_of) -> list[SearchOutcome]:
         vectors = await self.encode_many([s.query for s in searches], timeout_of())
         hits = [await self._candidates(search, vector) for search, vector in zip(searches, vectors, strict=True)]
         results = [[Result(h.id, h.ann_score, h.ann_score, h.title, h.metadata) for h in found] for found in hits]
@@ -354,13 +417,103 @@ class SearchPipeline:
             o = search.options
             stages = ["encode", *candidate_stages(o)] + (["rescore"] if i in rescored and not degradations else [])
             page = results[i][o.offset : o.offset + o.top_k]
+            explanation = ""
+            if o.explain and i not in rescored:
+                explanation = NO_ATTENTION.get(search.query.WhichOneof("kind") or "", "")
             if not o.explain:
                 for result in page:
                     if result.evidence is not None:
-                        del result.evidence.regions[:]
-                        del result.evidence.keywords[:]
-            outcomes.append(SearchOutcome(page, stages, degradations if i in rescored else []))
+                        result.evidence.without_attention()
+            outcomes.append(SearchOutcome(page, stages, degradations if i in rescored else [], explanation))
         return outcomes
+
+    # --- cross-domain search -------------------------------------------------------------------
+
+    async def _search_cross_domain(self, searches: list[SearchQuery], timeout_of) -> list[SearchOutcome]:
+        """Street-to-shop: one QueryEncoder call (ynet_street), TagYNet's nearest candidates per
+        search, one RescoreCrossDomain call (ctx_ynet) for every candidate of every search."""
+        vectors, locations = await self._encode_street([s.query for s in searches], timeout_of())
+        hits = []
+        for search, vector in zip(searches, vectors, strict=True):
+            with stage(SERVICE, "ann_cross_domain"):
+                hits.append(
+                    await self.index.search_shop(
+                        search.collection, vector, search.options.candidates, search.options.condition
+                    )
+                )
+        distances: list[list[tuple[float, list[tuple[int, float]]]]] | None = None
+        degradations: list[tuple[str, str]] = []
+        if any(hits):
+            remaining = timeout_of()
+            budget = None if remaining is None else remaining * self.rescore_budget_share
+            explain = any(s.options.explain for s in searches)
+            try:
+                distances = await self._rescore_cross_domain(locations, hits, explain, budget)
+            except (Unavailable, DeadlineExceeded) as error:
+                log.warning("cross-domain re-rank skipped: %s", error)
+                degradations.append(
+                    ("rescore_cross_domain", f"CtxYNet re-rank failed ({error}): TagYNet order returned")
+                )
+                DEGRADATIONS.labels("rescore_cross_domain").inc()
+        outcomes = []
+        for q, (search, found) in enumerate(zip(searches, hits, strict=True)):
+            o = search.options
+            results = [
+                cross_domain_result(h, None if distances is None else distances[q][j]) for j, h in enumerate(found)
+            ]
+            results.sort(key=lambda r: -r.score)  # stable: ties keep TagYNet's order
+            page = results[o.offset : o.offset + o.top_k]
+            if not o.explain:
+                for result in page:
+                    if result.evidence is not None:
+                        result.evidence.without_attention()
+            stages = ["encode", "ann_cross_domain"] + ([] if degradations or not found else ["rescore_cross_domain"])
+            outcomes.append(SearchOutcome(page, stages, degradations if found else []))
+        return outcomes
+
+    async def _encode_street(self, queries: list[query_encoder_pb2.QueryInput], timeout: float | None):
+        """TagYNet street vectors [Q, 64] and CtxYNet street maps [Q, 36, 64]."""
+        embeddings, locations = [], []
+        with stage(SERVICE, "encode"):
+            for start in range(0, len(queries), self.encoder_max_batch):
+                reply = await call(
+                    self.services.encoder.Encode,
+                    query_encoder_pb2.EncodeRequest(queries=queries[start : start + self.encoder_max_batch]),
+                    timeout,
+                    "QueryEncoder",
+                )
+                self.model_builds.update(reply.model_builds)
+                for e in reply.embeddings:
+                    embeddings.append(to_array(e.embedding))
+                    locations.append(to_array(e.locations))
+        return np.stack(embeddings), np.stack(locations)
+
+    async def _rescore_cross_domain(
+        self, locations: np.ndarray, hits: list[list[Hit]], explain: bool, timeout: float | None
+    ) -> list[list[tuple[float, list[tuple[int, float]]]]]:
+        """Per search, per candidate: (CtxYNet distance, the query's attended regions)."""
+        flat = [(q, h) for q, found in enumerate(hits) for h in found]
+        results: list[tuple[float, list[tuple[int, float]]]] = []
+        with stage(SERVICE, "rescore_cross_domain"):
+            for start in range(0, len(flat), self.rescorer_max_candidates):  # one call unless huge
+                part = flat[start : start + self.rescorer_max_candidates]
+                used = sorted({q for q, _ in part})
+                row = {q: i for i, q in enumerate(used)}
+                request = attention_rescorer_pb2.CrossDomainRequest(
+                    locations=to_tensor(locations[used]),
+                    ids=[h.id for _, h in part],
+                    query_index=to_tensor(np.asarray([row[q] for q, _ in part], dtype=np.int32)),
+                    contexts=to_tensor(np.stack([shop_context(h) for _, h in part])),
+                    explain=explain,
+                    explain_top=CROSS_DOMAIN_EXPLAIN_TOP,
+                )
+                reply = await call(self.services.rescorer.RescoreCrossDomain, request, timeout, "AttentionRescorer")
+                results.extend((r.distance, [(g.index, g.weight) for g in r.regions]) for r in reply.results)
+        out, start = [], 0
+        for found in hits:
+            out.append(results[start : start + len(found)])
+            start += len(found)
+        return out
 
     async def _candidates(self, search: SearchQuery, vector: np.ndarray) -> list[Hit]:
         """The hits to rescore (or, unrescored, to return): from the vector index, keyword
@@ -464,19 +617,10 @@ class SearchPipeline:
             raise NotFound(f"{len(missing)} candidate ids are not in the collection: {', '.join(missing[:10])}")
         analysed: list[Candidate] = []
         if inline:
-            features, keywords = await self._analyse_inline(inline, auto_tags, timeout_of())
-            for item, f, kws in zip(inline, features, keywords, strict=True):
-                regions, scales = quantize_regions(to_array(f.regions))
-                analysed.append(
-                    Candidate(
-                        item.id,
-                        item.title,
-                        item.metadata,
-                        regions,
-                        scales,
-                        merge_keywords(item.tags, item.keywords, kws),
-                    )
-                )
+            extracted, keywords = await self._analyse_inline(inline, auto_tags, timeout_of())
+            for item, e, merged in zip(inline, extracted, keywords, strict=True):
+                regions, scales = quantize_regions(to_array(e.features.regions))
+                analysed.append(Candidate(item.id, item.title, item.metadata, regions, scales, merged))
         candidates = [
             Candidate(r.id, r.title, r.metadata, r.regions, r.region_scales, r.keywords)
             for r in (by_id[i] for i in ids)
@@ -494,7 +638,7 @@ class SearchPipeline:
             index, bad = next((i, outcomes[item.id]) for i, item in enumerate(items) if item.id in outcomes)
             error = InvalidArgument if bad.error_code == "INVALID_ARGUMENT" else ResourceExhausted
             raise error(f"inline candidate {index} ({bad.id!r}): {bad.error}")
-        return await self._analyse(pixels, auto_tags, timeout)
+        return await self._analyse(items, pixels, auto_tags, timeout, shop=False)
 
 
 def candidate_stages(options: SearchOptions) -> list[str]:
@@ -537,5 +681,34 @@ def apply_scores(results: list[Result], evidence: list) -> list[Result]:
     """Each result's AMC score and evidence, best first (stable: ties keep the ANN order)."""
     for result, found in zip(results, evidence, strict=True):
         result.score = found.score
-        result.evidence = found
+        result.evidence = Evidence.of_rescored(found)
     return sorted(results, key=lambda r: -r.score)
+
+
+def shop_of(extracted: feature_extractor_pb2.ExtractedImage) -> Shop | None:
+    """The cross-domain features FeatureExtractor returned, or None (ynet_shop not deployed)."""
+    if not extracted.HasField("shop"):
+        return None
+    s = extracted.shop
+    return Shop(to_array(s.embedding), to_array(s.context), to_array(s.attention))
+
+
+def shop_context(hit: Hit) -> np.ndarray:
+    assert hit.shop is not None
+    return hit.shop.context
+
+
+def top_regions(weights: np.ndarray, count: int) -> list[tuple[int, float]]:
+    order = np.argsort(-weights, kind="stable")[:count]
+    return [(int(i), float(weights[i])) for i in order]
+
+
+def cross_domain_result(hit: Hit, rescored: tuple[float, list[tuple[int, float]]] | None) -> Result:
+    """score: the CtxYNet cosine 1 - d / 2 (d the squared distance of unit vectors), or TagYNet's
+    cosine when the re-rank did not run."""
+    assert hit.shop is not None
+    score, regions = (hit.ann_score, []) if rescored is None else (1.0 - rescored[0] / 2.0, rescored[1])
+    evidence = Evidence(
+        score, regions=regions, candidate_regions=top_regions(hit.shop.attention, CROSS_DOMAIN_EXPLAIN_TOP)
+    )
+    return Result(hit.id, score, hit.ann_score, hit.title, hit.metadata, evidence)

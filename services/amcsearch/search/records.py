@@ -7,6 +7,29 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from amcsearch.runtime import contract as c
+
+
+@dataclass
+class Shop:
+    """The cross-domain features of a catalogue image (ynet_shop), float32."""
+
+    embedding: np.ndarray
+    """[YNET_DIM] TagYNet's tag-attended vector, L2-normalised: the cross-domain ANN vector."""
+    context: np.ndarray
+    """[YNET_DIM] CtxYNet's context of the image."""
+    attention: np.ndarray
+    """[REGION_COUNT] the tag attention over the region grid."""
+
+    def packed(self) -> np.ndarray:
+        return np.concatenate([self.embedding, self.context, self.attention]).astype("<f4")
+
+    @classmethod
+    def unpack(cls, blob: bytes) -> Shop:
+        flat = np.frombuffer(blob, dtype="<f4")
+        d = c.YNET_DIM
+        return cls(flat[:d], flat[d : 2 * d], flat[2 * d :])
+
 
 @dataclass
 class Record:
@@ -23,6 +46,8 @@ class Record:
     keywords: list[tuple[str, float, int]] = field(default_factory=list)
     """(text, confidence, Keyword.Source), normalised texts, distinct."""
     metadata: dict[str, str] = field(default_factory=dict)
+    shop: Shop | None = None
+    """Cross-domain features; None when the model repository had no ynet_shop at indexing."""
 
 
 @dataclass
@@ -36,6 +61,8 @@ class Hit:
     keywords: list[tuple[str, float, int]] = field(default_factory=list)
     regions: np.ndarray | None = None
     region_scales: np.ndarray | None = None
+    shop: Shop | None = None
+    """Cross-domain hits: the candidate's stored cross-domain features."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from typing import Any, cast
 
 import grpc
 
+from amcsearch.runtime import contract as c
 from amcsearch.runtime.auth import check_bearer
 from amcsearch.runtime.deadlines import time_left
 from amcsearch.runtime.errors import InvalidArgument, NotFound, ResourceExhausted, limit, require
@@ -17,6 +18,7 @@ from amcsearch.search import requests
 from amcsearch.search.index import INDEX_VERSION
 from amcsearch.search.pipeline import (
     ID_PATTERN,
+    Evidence,
     IndexItem,
     ItemOutcome,
     SearchOptions,
@@ -29,6 +31,7 @@ from amcsearch.search.settings import SearchSettings
 from amcsearch.v1 import common_pb2, query_encoder_pb2, search_pb2, search_pb2_grpc
 
 DEFAULT_TOP_K = 10
+IMAGE_MATCHES = set(search_pb2.SearchRequest.ImageMatch.values())
 SOURCES = {
     search_pb2.SearchRequest.CANDIDATES_VECTOR: "vector",
     search_pb2.SearchRequest.CANDIDATES_KEYWORD: "keyword",
@@ -46,16 +49,44 @@ def check_id(image_id: str, what: str) -> None:
     )
 
 
+def region_messages(regions: list[tuple[int, float]]) -> list[common_pb2.RegionAttention]:
+    return [
+        common_pb2.RegionAttention(index=i, row=i // c.REGION_GRID, column=i % c.REGION_GRID, weight=w)
+        for i, w in regions
+    ]
+
+
+def evidence_message(e: Evidence | None) -> common_pb2.Evidence | None:
+    if e is None:
+        return None
+    return common_pb2.Evidence(
+        score=e.score,
+        visual_weight=e.visual_weight,
+        keyword_weight=e.keyword_weight,
+        learned_visual_weight=e.learned_visual_weight,
+        learned_keyword_weight=e.learned_keyword_weight,
+        regions=region_messages(e.regions),
+        keywords=[common_pb2.KeywordAttention(keyword=k, weight=w) for k, w in e.keywords],
+        candidate_regions=region_messages(e.candidate_regions),
+    )
+
+
 def search_response(outcome: SearchOutcome) -> search_pb2.SearchResponse:
     return search_pb2.SearchResponse(
         results=[
             search_pb2.SearchResult(
-                id=r.id, score=r.score, ann_score=r.ann_score, title=r.title, metadata=r.metadata, evidence=r.evidence
+                id=r.id,
+                score=r.score,
+                ann_score=r.ann_score,
+                title=r.title,
+                metadata=r.metadata,
+                evidence=evidence_message(r.evidence),
             )
             for r in outcome.results
         ],
         stages=outcome.stages,
         degradations=[search_pb2.Degradation(stage=s, reason=why) for s, why in outcome.degradations],
+        explanation=outcome.explanation,
     )
 
 
@@ -202,11 +233,12 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         limit(request.offset, s.max_candidates, f"{what}offset")
         collection = self._collection(request.collection)
         kind = request.WhichOneof("query")
+        cross_domain = self._cross_domain(request, kind, what)
         needed = request.offset + top_k
         if request.candidates:
             candidates = max(request.candidates, top_k)
             require(
-                kind != "text" or needed <= candidates,
+                (kind != "text" and not cross_domain) or needed <= candidates,
                 f"{what}offset + top_k ({needed}) exceeds candidates ({candidates}): raise candidates",
             )
         else:
@@ -224,7 +256,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             query = query_encoder_pb2.QueryInput(text=self._text(request.text, f"{what}text"))
         elif kind == "image":
             image, exclude = await self._image_input(collection, request.image, f"{what}image")
-            query = query_encoder_pb2.QueryInput(image=image)
+            query = query_encoder_pb2.QueryInput(image=image, cross_domain=cross_domain)
         elif kind == "composed":
             modification = self._text(request.composed.modification, f"{what}composed.modification")
             image, exclude = await self._image_input(collection, request.composed.image, f"{what}composed.image")
@@ -246,8 +278,23 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             modality_bias=bias,
             source=source or s.candidate_source,
             text=request.text if kind == "text" else "",
+            cross_domain=cross_domain,
         )
         return SearchQuery(collection, query, options)
+
+    @staticmethod
+    def _cross_domain(request: search_pb2.SearchRequest, kind: str | None, what: str) -> bool:
+        match = request.image_match
+        require(match in IMAGE_MATCHES, f"{what}image_match is not a known value")
+        if match != search_pb2.SearchRequest.CROSS_DOMAIN:
+            return False
+        require(kind == "image", f"{what}image_match CROSS_DOMAIN applies to image queries only")
+        require(
+            request.image.WhichOneof("source") == "data",
+            f"{what}image_match CROSS_DOMAIN needs the snapshot's bytes in image.data (an indexed id is a "
+            "catalogue image, not a snapshot)",
+        )
+        return True
 
     async def Search(self, request: search_pb2.SearchRequest, context: grpc.aio.ServicerContext):
         self._check_read(context, "Search")
