@@ -13,7 +13,7 @@ import numpy as np
 
 from models.corpus.records import ImageQuery, ImageRecord, TextQuery
 from models.corpus.vocab import CELLS, NUMBER_WORDS, PLURALS, SceneObject
-from models.eval.metrics import TfIdf
+from models.metrics import TfIdf
 
 FAMILIES: tuple[str, ...] = ("layout", "attribute", "theme", "mixed")
 N_CANDIDATES = 50

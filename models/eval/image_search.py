@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.eval.metrics import ndcg_at_k, pearson
+from models.metrics import ndcg_at_k, pearson
 
 log = logging.getLogger(__name__)
 

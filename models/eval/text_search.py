@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from models.corpus.vocab import CELLS
-from models.eval.metrics import BM25, auc, average_precision, ndcg_at_k, precision_at_k, reciprocal_rank, tokenize
+from models.metrics import BM25, auc, average_precision, ndcg_at_k, precision_at_k, reciprocal_rank, tokenize
 from models.train.amc import (
     ImageFeatures,
     QueryFeatures,

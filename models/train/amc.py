@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from models.corpus.queries import make_text_queries
-from models.eval.metrics import ndcg_at_k
+from models.metrics import ndcg_at_k
 from models.nets.amc import NUM_KEYWORDS, build_text_search_models
 from models.nets.text_encoder import embed_texts
 

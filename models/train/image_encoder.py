@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.corpus.vocab import COLORS, SHAPES, SIZES
-from models.eval.metrics import TfIdf
+from models.metrics import TfIdf
 from models.nets.image_encoder import REGION_DIM, ImageEncoder
 from models.nets.keyword_tagger import KeywordTagger
 from models.nets.text_encoder import embed_texts

@@ -15,8 +15,8 @@ from amcsearch.runtime.contract import NO_BIAS
 from amcsearch.runtime.quantize import quantize_regions
 from amcsearch.v1 import search_pb2, search_pb2_grpc
 
-from models.eval.metrics import ndcg_at_k
 from models.export.triton_repo import keyword_vocabulary
+from models.metrics import ndcg_at_k
 from tests.integration.conftest import HEATMAP_PROBE, chromium_dom, metric_value, png, run, scrape
 
 pytestmark = pytest.mark.integration

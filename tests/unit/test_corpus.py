@@ -26,7 +26,7 @@ from models.corpus import (
 from models.corpus import build as build_module
 from models.corpus.build import SizeConfig
 from models.corpus.vocab import NUMBER_WORDS, PLURALS, SIZES
-from models.eval.metrics import tfidf_caption_similarity
+from models.metrics import tfidf_caption_similarity
 
 TINY = SizeConfig(60, 20, 40, 15, 4, 4, 8)
 

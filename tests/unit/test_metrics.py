@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from models.eval.metrics import (
+from models.metrics import (
     BM25,
     auc,
     average_precision,
