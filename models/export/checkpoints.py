@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from models.nets.amc import build_text_search_models
+from models.nets.composer import load_composers
 from models.nets.image_encoder import ImageEncoder
 from models.nets.keyword_tagger import KeywordTagger
 from models.nets.ynet import CtxYNet, TagYNet
-from models.train.composer import load_composers
 
 AMC_CHECKPOINTS = {
     "amc_full": "amc_full",

@@ -220,3 +220,36 @@ COMPOSERS = {
 
 def build_composer(name: str) -> nn.Module:
     return COMPOSERS[name]()
+
+
+def selected_method(composers: dict[str, nn.Module]) -> str:
+    """Which method the "composer" entry is (by identity, or by equal weights after loading)."""
+    chosen = composers["composer"]
+    for name in COMPOSERS:
+        if composers.get(name) is chosen:
+            return name
+    for name in COMPOSERS:
+        if name in composers and _same_weights(composers[name].state_dict(), chosen.state_dict()):
+            return name
+    raise ValueError("the composer entry matches none of the methods")
+
+
+def load_composers(checkpoints: dict[str, dict[str, torch.Tensor]]) -> dict[str, nn.Module]:
+    """Rebuild the train_composers dict from state dicts by name (as the driver saves them);
+    "composer" is recognised by its weights being equal to one method's."""
+    result: dict[str, nn.Module] = {}
+    for name in COMPOSERS:
+        if name in checkpoints:
+            module = build_composer(name)
+            module.load_state_dict(checkpoints[name])
+            result[name] = module.eval()
+    if "composer" in checkpoints:
+        for module in result.values():
+            if _same_weights(module.state_dict(), checkpoints["composer"]):
+                result["composer"] = module
+                break
+    return result
+
+
+def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -31,9 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.eval.composed import compose_all, composed_recall
+from models.features.composed import (
+    ComposedFeatures,
+    SyntheticQueries,
+    compose_all,
+    composed_recall,
+    precompute_features,
+)
 from models.nets.composer import COMPOSERS, build_composer
-from models.nets.text_encoder import encode_texts
 
 log = logging.getLogger(__name__)
 
@@ -66,57 +71,6 @@ def as_composer_budget(budget: ComposerBudget | dict[str, Any] | Any | None) -> 
                 values[name] = source[key]
                 break
     return ComposerBudget(**values)
-
-
-@dataclass
-class ComposedFeatures:
-    """Frozen-encoder features of one split: per image, per unique modification, per query."""
-
-    image_emb: torch.Tensor  # [N, 384] L2-normalised global embeddings (the index)
-    regions: torch.Tensor  # [N, 36, 128]
-    labels: torch.Tensor  # [N] scene labels
-    text_emb: torch.Tensor  # [M, 384] per unique modification text
-    tokens: torch.Tensor  # [M, 32, 384]
-    token_mask: torch.Tensor  # [M, 32] float
-    source: torch.Tensor  # [Q] image row of each query's reference
-    target: torch.Tensor  # [Q] image row of each query's target
-    text: torch.Tensor  # [Q] row in text_emb of each query's modification
-    target_labels: torch.Tensor  # [Q]
-    n_gallery: int  # image rows [0, n_gallery) are the split's images, the retrieval gallery
-    n_original: int  # query rows [0, n_original) are the split's own composed queries
-
-    @property
-    def n_queries(self) -> int:
-        return int(self.source.shape[0])
-
-    def inputs(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The five composer inputs for these query rows."""
-        s, t = self.source[rows], self.text[rows]
-        return self.image_emb[s], self.regions[s], self.text_emb[t], self.tokens[t], self.token_mask[t]
-
-
-@torch.no_grad()
-def image_features(
-    image_encoder: nn.Module, pixels: np.ndarray, batch_size: int = 256
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(embedding [N, 384], regions [N, 36, 128]) of uint8 images, in eval mode."""
-    image_encoder.eval()
-    embs, regs = [], []
-    for start in range(0, len(pixels), batch_size):
-        emb, reg = image_encoder(torch.from_numpy(np.ascontiguousarray(pixels[start : start + batch_size])))
-        embs.append(emb.float())
-        regs.append(reg.float())
-    return torch.cat(embs), torch.cat(regs)
-
-
-@dataclass
-class SyntheticQueries:
-    """Extra training queries: modifications of TRAIN scenes with freshly rendered targets."""
-
-    source_rows: list[int]
-    modifications: list[str]
-    pixels: np.ndarray  # uint8 [n, 128, 128, 3], the rendered targets
-    labels: list[int]  # scene labels, shared with the split's own images where scenes are equal
 
 
 def synthesize_queries(corpus: Any, n: int, seed: int) -> SyntheticQueries:
@@ -154,53 +108,6 @@ def synthesize_queries(corpus: Any, n: int, seed: int) -> SyntheticQueries:
         out.labels.append(labels[key])
     out.pixels = out.pixels[: len(out.labels)]
     return out
-
-
-def precompute_features(
-    split: Any,
-    image_encoder: nn.Module,
-    text_encoder: nn.Module,
-    tokenizer: Any,
-    extra: SyntheticQueries | None = None,
-) -> ComposedFeatures:
-    """Features of the split's composed queries, then of `extra` ones (their targets are appended
-    after the split's images, outside the retrieval gallery)."""
-    image_emb, regions = image_features(image_encoder, split.pixels)
-    labels = [r.label for r in split.images]
-    queries = split.composed_queries
-    sources = [split.index_of(q.source_id) for q in queries]
-    targets = [split.index_of(q.target_id) for q in queries]
-    mods = [q.modification for q in queries]
-    target_labels = [q.target_label for q in queries]
-    n_gallery = len(labels)
-    if extra is not None and extra.labels:
-        extra_emb, extra_regions = image_features(image_encoder, extra.pixels)
-        image_emb, regions = torch.cat([image_emb, extra_emb]), torch.cat([regions, extra_regions])
-        sources += extra.source_rows
-        targets += list(range(n_gallery, n_gallery + len(extra.labels)))
-        mods += extra.modifications
-        labels += extra.labels
-        target_labels += extra.labels
-    unique = sorted(set(mods))
-    text_emb, tokens = encode_texts(text_encoder, unique, tokenizer=tokenizer)
-    _, mask, _ = tokenizer.encode(unique) if unique else (None, np.zeros((0, 32), np.int64), None)
-    mask = np.pad(mask, [(0, 0), (0, tokenizer.seq_len - mask.shape[1])])  # the length of encode_texts' tokens
-    position = {t: i for i, t in enumerate(unique)}
-    assert tokens is not None
-    return ComposedFeatures(
-        image_emb=F.normalize(image_emb, dim=1),
-        regions=regions,
-        labels=torch.tensor(labels, dtype=torch.long),
-        text_emb=text_emb,
-        tokens=tokens,
-        token_mask=torch.from_numpy(mask).float(),
-        source=torch.tensor(sources, dtype=torch.long),
-        target=torch.tensor(targets, dtype=torch.long),
-        text=torch.tensor([position[m] for m in mods], dtype=torch.long),
-        target_labels=torch.tensor(target_labels, dtype=torch.long),
-        n_gallery=n_gallery,
-        n_original=len(queries),
-    )
 
 
 def holdout_rows(feats: ComposedFeatures, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,7 +203,8 @@ def train_composers(
     budget: ComposerBudget | dict[str, Any] | None = None,
 ) -> dict[str, nn.Module]:
     """Keys image_only, text_only, concat, tirg, lbf, and "composer": the same object as the
-    method with the best held-out (TRAIN) R@1, the one to export. `selected_method` names it."""
+    method with the best held-out (TRAIN) R@1, the one to export (models.nets.composer's
+    selected_method names it)."""
     cfg = as_composer_budget(budget)
     started = time.perf_counter()
     n_extra = int(round(cfg.synthetic_factor * len(corpus.train.composed_queries)))
@@ -324,36 +232,3 @@ def train_composers(
     result["composer"] = result[chosen]
     log.info("exported composer: %s (held-out R@1 %s)", chosen, {k: round(v, 3) for k, v in scores.items()})
     return result
-
-
-def selected_method(composers: dict[str, nn.Module]) -> str:
-    """Which method the "composer" entry is (by identity, or by equal weights after loading)."""
-    chosen = composers["composer"]
-    for name in COMPOSERS:
-        if composers.get(name) is chosen:
-            return name
-    for name in COMPOSERS:
-        if name in composers and _same_weights(composers[name].state_dict(), chosen.state_dict()):
-            return name
-    raise ValueError("the composer entry matches none of the methods")
-
-
-def load_composers(checkpoints: dict[str, dict[str, torch.Tensor]]) -> dict[str, nn.Module]:
-    """Rebuild the train_composers dict from state dicts by name (as the driver saves them);
-    "composer" is recognised by its weights being equal to one method's."""
-    result: dict[str, nn.Module] = {}
-    for name in COMPOSERS:
-        if name in checkpoints:
-            module = build_composer(name)
-            module.load_state_dict(checkpoints[name])
-            result[name] = module.eval()
-    if "composer" in checkpoints:
-        for module in result.values():
-            if _same_weights(module.state_dict(), checkpoints["composer"]):
-                result["composer"] = module
-                break
-    return result
-
-
-def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -9,17 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.eval.composed import composed_recall, evaluate_composed
-from models.nets.composer import COMPOSERS, build_composer
-from models.train.composer import (
-    batch_classification_loss,
-    holdout_rows,
-    load_composers,
-    precompute_features,
-    selected_method,
-    synthesize_queries,
-    train_composers,
-)
+from models.eval.composed import evaluate_composed
+from models.features.composed import composed_recall, precompute_features
+from models.nets.composer import COMPOSERS, build_composer, load_composers, selected_method
+from models.train.composer import batch_classification_loss, holdout_rows, synthesize_queries, train_composers
 
 B = 6
 
