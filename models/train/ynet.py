@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.corpus.street_shop import StreetShopCorpus
-from models.eval.cross_domain import (
+from models.features.cross_domain import (
     DomainFeatures,
     cosine_distances,
     ctx_ynet_ranks,

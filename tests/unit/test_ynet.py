@@ -19,7 +19,7 @@ from models.corpus.street_shop import (
     tag_matrix,
 )
 from models.corpus.vocab import KEYWORD_VOCAB, scene_key
-from models.eval.cross_domain import DomainFeatures, ctx_ynet_ranks, rank_of_truth, top_k_accuracy
+from models.features.cross_domain import DomainFeatures, ctx_ynet_ranks, rank_of_truth, top_k_accuracy
 from models.nets.ynet import (
     LOCATIONS,
     CtxYNet,
