@@ -67,7 +67,7 @@ up: setup models ## start Triton, Redis and every service; Ctrl-C stops them all
 	$(PY) -m amcsearch.launcher
 
 demo: setup models ## start the stack, index the demo corpus, run example searches
-	$(PY) -m amcsearch.demo --size $(MODEL_SIZE) --seed $(SEED)
+	$(PY) -m tools.demo --size $(MODEL_SIZE) --seed $(SEED)
 
 test: lint models ## lint, then unit and integration tests (real tritonserver, redis-server, services)
 	$(PY) -m pytest tests -q
@@ -86,7 +86,7 @@ check-index: setup ## verify the embedded index (INDEX_URI, default var/index.sq
 loadtest: setup models ## bounded locust run on loopback, prints p50/p95/p99
 	$(PY) -m loadtests.run
 
-LINTED := services models tests benchmarks loadtests deploy/docker
+LINTED := services models tests benchmarks loadtests tools deploy/docker
 lint: setup ## ruff (rules and format) and mypy, as CI runs them
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)

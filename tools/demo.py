@@ -5,6 +5,9 @@ example searches of each kind (text, image, image + modification), prints the re
 modality weights, writes an HTML page, and says where to look next. Then cross-domain search: a
 catalogue of clean, tagged product images in its own collection, and street snapshots of those
 products as queries (TagYNet + CtxYNet, attention heatmaps in the pages). Ctrl-C stops everything.
+
+Run as `python -m tools.demo` with PYTHONPATH=services:. (the Makefile sets it): it imports the
+corpus generator from models/, which the installed amcsearch package must not depend on.
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ import time
 from pathlib import Path
 
 import grpc
-
 from amcsearch.cli import index_directory, results_table
 from amcsearch.launcher import ROOT, Stack
 from amcsearch.report import write_html
 from amcsearch.v1 import search_pb2, search_pb2_grpc
+from PIL import Image
+
+from models.corpus import load_or_build_corpus
+from models.corpus.street_shop import load_or_build_street_shop
 
 TEXT_EXAMPLES = ("large red circle top-left", "festive images", "vintage picture with a green triangle")
 
@@ -34,10 +40,6 @@ def write_corpus_dir(size: str, seed: int, directory: Path):
     The scenes' themes are never drawn: only these external keywords carry them (as Clickture's
     auto-tags do), which is what AMC's keyword modality is for.
     """
-    from PIL import Image
-
-    from models.corpus import load_or_build_corpus  # only the demo needs the corpus generator
-
     split = load_or_build_corpus(size, seed).test
     directory.mkdir(parents=True, exist_ok=True)
     with (directory / "metadata.jsonl").open("w") as metadata:
@@ -85,10 +87,6 @@ STREET_EXAMPLES = 3
 def write_catalogue_dir(size: str, seed: int, directory: Path):
     """The street/shop corpus's held-out products: shop images as PNG files with their tags in
     metadata.jsonl, and the street snapshots beside them (queries, not indexed)."""
-    from PIL import Image
-
-    from models.corpus.street_shop import load_or_build_street_shop
-
     split = load_or_build_street_shop(size, seed).test
     shop, street = directory / "shop", directory / "street"
     shop.mkdir(parents=True, exist_ok=True)
