@@ -43,12 +43,6 @@ class ScaleCorpus:
     text_queries: list[TextQuery]
     directory: Path
 
-    def png(self, i: int) -> bytes:
-        offsets = np.load(self.directory / "offsets.npy", mmap_mode="r")
-        with open(self.directory / "images.bin", "rb") as data:
-            data.seek(int(offsets[i]))
-            return data.read(int(offsets[i + 1] - offsets[i]))
-
     def pngs(self, start: int, stop: int) -> list[bytes]:
         offsets = np.load(self.directory / "offsets.npy", mmap_mode="r")
         with open(self.directory / "images.bin", "rb") as data:

@@ -13,11 +13,9 @@ import shutil
 from pathlib import Path
 
 import torch
-from amcsearch.runtime.contract import DTYPES, ModelSpec, TensorSpec
+from amcsearch.runtime.contract import DTYPES, ModelSpec
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
-
-__all__ = ["ModelSpec", "TensorSpec", "export_model", "render_config"]
 
 PYTHON_MODEL_SOURCE = Path(__file__).with_name("triton_python_model.py")
 _DATA_TYPE = {dtype: model_config_pb2.DataType.Value(f"TYPE_{dtype}") for dtype in DTYPES}

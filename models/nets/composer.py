@@ -222,18 +222,6 @@ def build_composer(name: str) -> nn.Module:
     return COMPOSERS[name]()
 
 
-def selected_method(composers: dict[str, nn.Module]) -> str:
-    """Which method the "composer" entry is (by identity, or by equal weights after loading)."""
-    chosen = composers["composer"]
-    for name in COMPOSERS:
-        if composers.get(name) is chosen:
-            return name
-    for name in COMPOSERS:
-        if name in composers and _same_weights(composers[name].state_dict(), chosen.state_dict()):
-            return name
-    raise ValueError("the composer entry matches none of the methods")
-
-
 def load_composers(checkpoints: dict[str, dict[str, torch.Tensor]]) -> dict[str, nn.Module]:
     """Rebuild the train_composers dict from state dicts by name (as the driver saves them);
     "composer" is recognised by its weights being equal to one method's."""

@@ -203,8 +203,7 @@ def train_composers(
     budget: ComposerBudget | dict[str, Any] | None = None,
 ) -> dict[str, nn.Module]:
     """Keys image_only, text_only, concat, tirg, lbf, and "composer": the same object as the
-    method with the best held-out (TRAIN) R@1, the one to export (models.nets.composer's
-    selected_method names it)."""
+    method with the best held-out (TRAIN) R@1, the one to export."""
     cfg = as_composer_budget(budget)
     started = time.perf_counter()
     n_extra = int(round(cfg.synthetic_factor * len(corpus.train.composed_queries)))
