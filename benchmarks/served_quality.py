@@ -22,7 +22,7 @@ from loadtests.auth import write_metadata
 from loadtests.data import png
 from loadtests.stack import start_stack
 from models.corpus.queries import grade
-from models.eval.metrics import dcg_at_k
+from models.metrics import ndcg_against_ideal
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("served_quality")
@@ -85,19 +85,13 @@ async def whole_index_ndcg(
                 raise RuntimeError(f"degraded search: {reply.degradations}")
             ranked = [grade(query.spec, by_id[r.id]) for r in reply.results if r.id in by_id]
             ideal = sorted((grade(query.spec, r) for r in split.images), reverse=True)[:k]
-            score = whole_index_score(ranked, ideal, k)
+            score = ndcg_against_ideal(ranked, ideal, k)
             scores.setdefault(query.family, []).append(score)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     out = {family: float(np.mean(values)) for family, values in sorted(scores.items())}
     out["all"] = float(np.mean([v for values in scores.values() for v in values]))
     return out
-
-
-def whole_index_score(ranked: list[int], ideal: list[int], k: int) -> float:
-    """NDCG@k against the ideal ranking of the whole index (not just the returned list)."""
-    best = dcg_at_k(ideal, k)
-    return dcg_at_k(ranked, k) / best if best > 0 else 0.0
 
 
 async def main_async(args) -> None:

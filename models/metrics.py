@@ -37,6 +37,15 @@ def ndcg_at_k(relevance_in_ranked_order: Sequence[float] | np.ndarray, k: int) -
     return dcg_at_k(rel, k) / ideal if ideal > 0 else 0.0
 
 
+def ndcg_against_ideal(
+    relevance_in_ranked_order: Sequence[float] | np.ndarray, ideal: Sequence[float] | np.ndarray, k: int
+) -> float:
+    """NDCG@k of a returned list against `ideal`, the best grades of the whole collection (not of
+    the returned list): a Search that misses relevant images scores below 1. 0.0 if none is relevant."""
+    best = dcg_at_k(np.sort(_rel(ideal))[::-1], k)
+    return dcg_at_k(relevance_in_ranked_order, k) / best if best > 0 else 0.0
+
+
 def precision_at_k(relevance_in_ranked_order: Sequence[float] | np.ndarray, k: int) -> float:
     """Fraction of the top k with rel > 0 (divides by k, even past the list's end)."""
     if k <= 0:

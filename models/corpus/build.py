@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from models import metrics
 from models.corpus import queries, records, render, scenes, vocab
 from models.corpus.records import ComposedQuery, Corpus, ImageRecord, Split
 from models.corpus.vocab import KEYWORD_VOCAB, THEMES, Scene, caption, scene_key
@@ -154,11 +155,11 @@ def build_corpus(size: str = "ci", seed: int = 0) -> Corpus:
 
 
 def generator_fingerprint() -> str:
-    """GENERATOR_VERSION plus a hash of the generator's source: any code change is a new cache."""
+    """GENERATOR_VERSION plus a hash of the generator's source (with models/metrics.py, whose
+    TfIdf picks and grades the image queries' candidates): any code change is a new cache."""
     h = hashlib.sha256()
-    sources = [queries, records, render, scenes, vocab]
+    sources = [metrics, queries, records, render, scenes, vocab]
     files = [Path(m.__file__) for m in sources] + [Path(__file__)]
-    files.append(Path(queries.__file__).parents[1] / "eval" / "metrics.py")
     for f in sorted(files):
         h.update(f.read_bytes())
     return f"v{GENERATOR_VERSION}-{h.hexdigest()[:10]}"

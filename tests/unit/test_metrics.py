@@ -10,6 +10,7 @@ from models.metrics import (
     auc,
     average_precision,
     dcg_at_k,
+    ndcg_against_ideal,
     ndcg_at_k,
     pearson,
     precision_at_k,
@@ -93,3 +94,12 @@ def test_tfidf_caption_similarity_by_hand() -> None:
     assert sims[0, 0] == pytest.approx(1.0)
     assert sims[0, 1] == pytest.approx(r * r / (r * r + c * c))
     assert sims[0, 2] == pytest.approx(0.0)
+
+
+def test_ndcg_against_ideal_divides_by_the_whole_collection():
+    # The returned list holds one grade-2 image of the two the collection has.
+    assert ndcg_against_ideal([2, 0], [2, 2, 1], 2) == pytest.approx(3.0 / (3.0 + 3.0 / math.log2(3)))
+    assert ndcg_against_ideal([2, 2], [2, 2, 1], 2) == pytest.approx(1.0)
+    assert ndcg_against_ideal([1], [0, 0], 5) == 0.0
+    # The ideal's order does not matter; a list that is perfect on its own is not.
+    assert ndcg_against_ideal([1, 0], [0, 2, 1], 2) < ndcg_at_k([1, 0], 2)
