@@ -145,6 +145,17 @@ CROSS_DOMAIN_EXPLAIN_TOP = 5
 
 
 @dataclass(frozen=True)
+class CollectionStats:
+    """What Stats reports of one collection."""
+
+    collection: str
+    image_count: int
+    index_backend: str
+    ann_mode: str
+    model_builds: dict[str, str]
+
+
+@dataclass(frozen=True)
 class SearchOptions:
     """What a Search asks for besides its query."""
 
@@ -351,6 +362,44 @@ class SearchPipeline:
 
     async def delete(self, collection: str, ids: list[str]) -> list[str]:
         return await self.index.delete(collection, ids)
+
+    # --- reads and collections -----------------------------------------------------------------
+
+    @property
+    def default_collection(self) -> str:
+        return self.index.default_collection
+
+    async def require_collection(self, collection: str) -> None:
+        """NotFound unless `collection` exists: checked before any model work is spent."""
+        await self.index.count(collection)
+
+    async def get(self, collection: str, ids: list[str], with_features: bool) -> dict[str, Record]:
+        return await self.index.get(collection, ids, with_features)
+
+    async def stats(self, collection: str) -> CollectionStats:
+        return CollectionStats(
+            collection=collection,
+            image_count=await self.index.count(collection),
+            index_backend=self.index.backend,
+            ann_mode=await self.index.ann_mode(collection),
+            model_builds=dict(self.model_builds),
+        )
+
+    async def create_collection(self, collection: str) -> bool:
+        return await self.index.create_collection(collection)
+
+    async def drop_collection(self, collection: str) -> int:
+        return await self.index.drop_collection(collection)
+
+    async def collection_counts(self) -> list[tuple[str, int]]:
+        """(internal name, image count) of every collection; one dropped meanwhile is left out."""
+        counts = []
+        for internal in await self.index.collections():
+            try:
+                counts.append((internal, await self.index.count(internal)))
+            except NotFound:
+                continue
+        return counts
 
     # --- search --------------------------------------------------------------------------------
 

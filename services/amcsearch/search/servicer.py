@@ -9,7 +9,7 @@ import grpc
 from amcsearch.runtime import contract as c
 from amcsearch.runtime.auth import check_bearer
 from amcsearch.runtime.deadlines import time_left
-from amcsearch.runtime.errors import InvalidArgument, NotFound, ResourceExhausted, limit, require
+from amcsearch.runtime.errors import InvalidArgument, ResourceExhausted, limit, require
 from amcsearch.runtime.keywords import normalize_keyword
 from amcsearch.runtime.metrics import BATCH_ITEMS, INDEX_IMAGES
 from amcsearch.runtime.quantize import dequantize_regions
@@ -97,7 +97,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     @property
     def default_collection(self) -> str:
-        return self.pipeline.index.default_collection
+        return self.pipeline.default_collection
 
     def _collection(self, name: str) -> str:
         return requests.collection_name(name, self.default_collection)
@@ -184,7 +184,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             for i in request.items
             if i.id not in problems
         ]
-        await self.pipeline.index.count(collection)  # NOT_FOUND before any model work
+        await self.pipeline.require_collection(collection)
         auto_tags = not request.skip_auto_tags
         outcomes = await self.pipeline.index_items(collection, items, auto_tags, time_left) if items else []
         by_id = {o.id: o for o in [*outcomes, *problems.values()]}
@@ -387,7 +387,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def Get(self, request: search_pb2.GetRequest, context: grpc.aio.ServicerContext):
         self._check_read(context, "Get")
         ids = self._ids(request.ids)
-        records = await self.pipeline.index.get(self._collection(request.collection), ids, request.include_features)
+        records = await self.pipeline.get(self._collection(request.collection), ids, request.include_features)
         images = []
         for i in ids:
             if i not in records:
@@ -419,17 +419,15 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     async def Stats(self, request: search_pb2.StatsRequest, context: grpc.aio.ServicerContext):
         self._check_read(context, "Stats")
-        index = self.pipeline.index
-        collection = self._collection(request.collection)
-        count = await index.count(collection)
-        INDEX_IMAGES.labels(collection).set(count)
+        stats = await self.pipeline.stats(self._collection(request.collection))
+        INDEX_IMAGES.labels(stats.collection).set(stats.image_count)
         return search_pb2.StatsResponse(
-            image_count=count,
-            collection=collection,
-            index_backend=index.backend,
-            model_builds=self.pipeline.model_builds,
+            image_count=stats.image_count,
+            collection=stats.collection,
+            index_backend=stats.index_backend,
+            model_builds=stats.model_builds,
             index_version=INDEX_VERSION,
-            ann_mode=await index.ann_mode(collection),
+            ann_mode=stats.ann_mode,
         )
 
     # --- collections ---------------------------------------------------------------------------
@@ -437,26 +435,21 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def CreateCollection(self, request: search_pb2.CreateCollectionRequest, context: grpc.aio.ServicerContext):
         check_bearer(context.invocation_metadata(), self.settings.auth_token, "CreateCollection")
         require(bool(request.name), "name is empty: the default collection always exists")
-        created = await self.pipeline.index.create_collection(self._collection(request.name))
+        created = await self.pipeline.create_collection(self._collection(request.name))
         return search_pb2.CreateCollectionResponse(created=created)
 
     async def DropCollection(self, request: search_pb2.DropCollectionRequest, context: grpc.aio.ServicerContext):
         check_bearer(context.invocation_metadata(), self.settings.auth_token, "DropCollection")
         require(bool(request.name), "name is empty: the default collection cannot be dropped")
-        deleted = await self.pipeline.index.drop_collection(self._collection(request.name))
+        deleted = await self.pipeline.drop_collection(self._collection(request.name))
         return search_pb2.DropCollectionResponse(deleted_images=deleted)
 
     async def ListCollections(self, request: search_pb2.ListCollectionsRequest, context: grpc.aio.ServicerContext):
         self._check_read(context, "ListCollections")
-        index = self.pipeline.index
         infos = []
-        for internal in await index.collections():
+        for internal, count in await self.pipeline.collection_counts():
             name = requests.public_collection_name(internal, self.default_collection)
-            if name is None:
-                continue
-            try:
-                infos.append(search_pb2.CollectionInfo(name=name, image_count=await index.count(internal)))
-            except NotFound:
-                continue  # dropped meanwhile
+            if name is not None:
+                infos.append(search_pb2.CollectionInfo(name=name, image_count=count))
         infos.sort(key=lambda info: (info.name != "", info.name))
         return search_pb2.ListCollectionsResponse(collections=infos)
