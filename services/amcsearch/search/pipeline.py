@@ -522,19 +522,10 @@ class SearchPipeline:
 
     async def _encode_street(self, queries: list[query_encoder_pb2.QueryInput], timeout: float | None):
         """TagYNet street vectors [Q, 64] and CtxYNet street maps [Q, 36, 64]."""
-        embeddings, locations = [], []
         with stage(SERVICE, "encode"):
-            for start in range(0, len(queries), self.encoder_max_batch):
-                reply = await call(
-                    self.services.encoder.Encode,
-                    query_encoder_pb2.EncodeRequest(queries=queries[start : start + self.encoder_max_batch]),
-                    timeout,
-                    "QueryEncoder",
-                )
-                self.model_builds.update(reply.model_builds)
-                for e in reply.embeddings:
-                    embeddings.append(to_array(e.embedding))
-                    locations.append(to_array(e.locations))
+            encoded = await self._encode_batched(queries, timeout)
+            embeddings = [to_array(e.embedding) for e in encoded]
+            locations = [to_array(e.locations) for e in encoded]
         return np.stack(embeddings), np.stack(locations)
 
     async def _rescore_cross_domain(
@@ -592,18 +583,26 @@ class SearchPipeline:
 
     async def encode_many(self, queries: list[query_encoder_pb2.QueryInput], timeout: float | None) -> np.ndarray:
         """Embeddings [Q, 384] of the queries, in QueryEncoder calls of at most its batch limit."""
-        embeddings: list[np.ndarray] = []
         with stage(SERVICE, "encode"):
-            for start in range(0, len(queries), self.encoder_max_batch):
-                reply = await call(
-                    self.services.encoder.Encode,
-                    query_encoder_pb2.EncodeRequest(queries=queries[start : start + self.encoder_max_batch]),
-                    timeout,
-                    "QueryEncoder",
-                )
-                self.model_builds.update(reply.model_builds)
-                embeddings.extend(to_array(e.embedding) for e in reply.embeddings)
+            embeddings = [to_array(e.embedding) for e in await self._encode_batched(queries, timeout)]
         return np.stack(embeddings)
+
+    async def _encode_batched(
+        self, queries: list[query_encoder_pb2.QueryInput], timeout: float | None
+    ) -> list[query_encoder_pb2.EncodedQuery]:
+        """The QueryEncoder's answer for each query, in calls of at most its batch limit; notes
+        the model builds each reply names."""
+        encoded: list[query_encoder_pb2.EncodedQuery] = []
+        for start in range(0, len(queries), self.encoder_max_batch):
+            reply = await call(
+                self.services.encoder.Encode,
+                query_encoder_pb2.EncodeRequest(queries=queries[start : start + self.encoder_max_batch]),
+                timeout,
+                "QueryEncoder",
+            )
+            self.model_builds.update(reply.model_builds)
+            encoded.extend(reply.embeddings)
+        return encoded
 
     async def _rescore(
         self,
