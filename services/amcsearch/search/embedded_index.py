@@ -30,7 +30,7 @@ import numpy as np
 
 from amcsearch.runtime import contract as c
 from amcsearch.runtime.errors import NotFound, Unavailable
-from amcsearch.search.records import Filter, Hit, MetadataClause, MetadataFilter, Record, Shop
+from amcsearch.search.records import Filter, Hit, MetadataClause, MetadataFilter, Record, Shop, metadata_number
 from amcsearch.search.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -68,15 +68,6 @@ CREATE TABLE IF NOT EXISTS item_shop (row INTEGER PRIMARY KEY, features BLOB NOT
 SHOP_SNAPSHOT = "shop.hnsw"
 GENERATION_SUFFIX = ".generation"
 """A file beside the store with the generation of its last acknowledged write (see _commit)."""
-
-
-def _number(value: str) -> float | None:
-    """The value as a number for range filters, when it parses as a finite one."""
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return number if np.isfinite(number) else None
 
 
 class SqlFilter:
@@ -461,7 +452,7 @@ class EmbeddedIndex:
                 )
                 db.executemany(
                     "INSERT INTO item_metadata VALUES (?, ?, ?, ?)",
-                    [(k, v, row, _number(v)) for k, v in r.metadata.items()],
+                    [(k, v, row, metadata_number(v)) for k, v in r.metadata.items()],
                 )
                 db.execute("INSERT INTO item_text (rowid, keywords) VALUES (?, ?)", (row, keyword_text(r.keywords)))
                 if r.shop is not None:

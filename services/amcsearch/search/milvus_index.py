@@ -33,7 +33,7 @@ from pymilvus.exceptions import MilvusException
 
 from amcsearch.runtime import contract as c
 from amcsearch.runtime.errors import NotFound, Unavailable
-from amcsearch.search.records import Filter, Hit, MetadataClause, MetadataFilter, Record, Shop
+from amcsearch.search.records import Filter, Hit, MetadataClause, MetadataFilter, Record, Shop, metadata_number
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +99,6 @@ def filter_expression(condition: Filter) -> str:
     if condition.metadata is not None:
         clauses.append(_metadata_expression(condition.metadata))
     return " and ".join(f"({cl})" for cl in clauses)
-
-
-def _number(value: str) -> float | None:
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return number if np.isfinite(number) else None
 
 
 def encode_features(regions: np.ndarray, scales: np.ndarray) -> str:
@@ -262,7 +254,7 @@ class MilvusIndex:
         await self._require(collection)
         rows, shop_rows = [], []
         for r in records:
-            numbers = {k: n for k, v in r.metadata.items() if (n := _number(v)) is not None}
+            numbers = {k: n for k, v in r.metadata.items() if (n := metadata_number(v)) is not None}
             fields = {
                 "id": r.id,
                 "title": r.title,

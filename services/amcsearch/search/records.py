@@ -83,6 +83,15 @@ class MetadataClause:
     upper_inclusive: bool = True
 
 
+def metadata_number(value: str) -> float | None:
+    """A metadata value as a number for "range" clauses, when it parses as a finite one."""
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if np.isfinite(number) else None
+
+
 @dataclass(frozen=True)
 class MetadataFilter:
     """AND or OR of clauses and nested filters."""
