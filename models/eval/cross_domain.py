@@ -26,7 +26,7 @@ from models.features.cross_domain import (
     cosine_distances,
     ctx_ynet_ranks,
     domain_features,
-    global_vectors,
+    global_distances,
     rank_of_truth,
     tag_ynet_vectors,
     top_k_accuracy,
@@ -76,24 +76,12 @@ def evaluate_cross_domain(
     untrained_feats = domain_features(image_encoder.trunk, split, keyword_vocab)
     add(
         "Global embedding, untrained (make-models image encoder)",
-        rank_of_truth(
-            cosine_distances(
-                global_vectors(image_encoder, untrained_feats.street_head),
-                global_vectors(image_encoder, untrained_feats.shop_head),
-            ),
-            truth,
-        ),
+        rank_of_truth(global_distances(image_encoder, untrained_feats), truth),
     )
     trained_feats = domain_features(trained_global.trunk, split, keyword_vocab)
     add(
         "Global embedding, trained on street/shop",
-        rank_of_truth(
-            cosine_distances(
-                global_vectors(trained_global, trained_feats.street_head),
-                global_vectors(trained_global, trained_feats.shop_head),
-            ),
-            truth,
-        ),
+        rank_of_truth(global_distances(trained_global, trained_feats), truth),
     )
     street, shop, tag_attention = tag_ynet_vectors(tag_ynet, feats)
     first = cosine_distances(street, shop)

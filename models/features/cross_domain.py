@@ -72,6 +72,11 @@ def cosine_distances(queries: torch.Tensor, items: torch.Tensor) -> torch.Tensor
     return 2.0 - 2.0 * queries @ items.t()
 
 
+def global_distances(encoder: ImageEncoder, feats: DomainFeatures) -> torch.Tensor:
+    """[S, P] distances from every street shot to every shop image by `encoder`'s global embedding."""
+    return cosine_distances(global_vectors(encoder, feats.street_head), global_vectors(encoder, feats.shop_head))
+
+
 def rank_of_truth(distances: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
     """int64 [Q]: 0-based position of each query's correct item when [Q, P] distances are
     sorted ascending (ties ordered by item row, as a stable sort would)."""

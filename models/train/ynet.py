@@ -47,6 +47,7 @@ from models.features.cross_domain import (
     cosine_distances,
     ctx_ynet_ranks,
     domain_features,
+    global_distances,
     global_vectors,
     rank_of_truth,
     tag_ynet_vectors,
@@ -200,8 +201,7 @@ def train_global(
 
     @torch.no_grad()
     def validate() -> float:
-        first = cosine_distances(global_vectors(model, val.street_head), global_vectors(model, val.shop_head))
-        return validation_score(rank_of_truth(first, val.street_product))
+        return validation_score(rank_of_truth(global_distances(model, val), val.street_product))
 
     groups = [{"params": list(model.head.parameters()), "base_lr": cfg.global_lr}]
     best, score = fit("global embedding", model, groups, distances, validate, fit_feats, cfg.global_epochs, cfg, seed)
@@ -265,7 +265,7 @@ def validation_accuracy(models: dict[str, nn.Module], val: DomainFeatures, k: in
     """Top-1/5/10/20 on the validation products, per model (the manifest records them)."""
     global_model, tag_ynet, ctx_ynet = models["ynet_global"], models["tag_ynet"], models["ctx_ynet"]
     with torch.no_grad():
-        g = cosine_distances(global_vectors(global_model, val.street_head), global_vectors(global_model, val.shop_head))
+        g = global_distances(global_model, val)  # type: ignore[arg-type]
         street, shop, _ = tag_ynet_vectors(tag_ynet, val)  # type: ignore[arg-type]
         first = cosine_distances(street, shop)
     ks = (1, 5, 10, 20)
