@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
         ynets.get("tag_ynet"),
         ynets.get("ctx_ynet"),
     )
+    manifest["exports"] = exports  # the build ids the served models now carry
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     for name, info in exports.items():
         print(f"  {name:<16} {info['model_pt_bytes'] / 1e6:6.2f} MB  {info['folder']}")
 

@@ -10,7 +10,7 @@ from typing import Any
 from amcsearch.runtime import contract as c
 from torch import nn
 
-from models.export.triton_repo import export_model
+from models.export.triton_repo import build_id_of, export_model
 from models.nets.amc import ServedRescorer
 from models.nets.image_encoder import count_parameters
 from models.nets.text_encoder import embed_texts
@@ -53,6 +53,7 @@ def export_repository(
         out[name] = {
             "folder": str(folder),
             "model_pt_bytes": (folder / "1" / "model.pt").stat().st_size,
+            "build_id": build_id_of((folder / "1" / "model.pt").read_bytes()),
             "parameters": count_parameters(module),
         }
     return out

@@ -68,7 +68,7 @@ def export_model(
     buffer = io.BytesIO()
     torch.jit.save(scripted, buffer)
     model_bytes = buffer.getvalue()
-    build_id = hashlib.sha256(model_bytes).hexdigest()[:12]
+    build_id = build_id_of(model_bytes)
 
     folder = Path(repository) / spec.name
     version = folder / "1"
@@ -83,6 +83,11 @@ def export_model(
     for name, content in (extra_files or {}).items():
         (folder / name).write_bytes(content)
     return folder
+
+
+def build_id_of(model_bytes: bytes) -> str:
+    """The id a model file is served under (config parameter build_id, Stats.model_builds)."""
+    return hashlib.sha256(model_bytes).hexdigest()[:12]
 
 
 def read_config(repository: Path, model: str) -> model_config_pb2.ModelConfig:
