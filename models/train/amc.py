@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.corpus.paraphrase import paraphrased
 from models.corpus.queries import make_text_queries
 from models.metrics import ndcg_at_k
 from models.nets.amc import NUM_KEYWORDS, build_text_search_models
@@ -46,6 +47,9 @@ class AMCBudget:
     negatives: int = 4
     extra_queries_per_family: int = 0
     warm_start: bool = True  # AMC Full starts from the trained ImgATT VAN and KeyATT LAN
+    paraphrase_copies: int = 1
+    """Each training query also appears this many times reworded (models/corpus/paraphrase.py,
+    seeded apart from evaluation's seed), so the rescorer learns the wording users use."""
 
 
 BUDGETS: dict[str, AMCBudget] = {
@@ -275,6 +279,9 @@ def training_queries(corpus: Any, seed: int, budget: AMCBudget) -> tuple[list[An
     if budget.extra_queries_per_family > 0:
         rng = np.random.default_rng([seed, 43])
         train += make_text_queries(corpus.train.images, budget.extra_queries_per_family, rng, "train-extra")
+    originals = list(train)
+    for copy in range(budget.paraphrase_copies):
+        train += paraphrased(originals, seed=1000 + 100 * seed + copy)
     return train, [official[i] for i in held_rows]
 
 
