@@ -25,6 +25,7 @@ from models.export.checkpoints import (
     load_ynet_models,
 )
 from models.export.repository import export_repository
+from models.export.triton_repo import run_with_fixed_hash_seed
 from models.nets.text_encoder import load_text_encoder
 
 
@@ -59,4 +60,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    run_with_fixed_hash_seed("models.export")
     main()

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import shutil
+import sys
+import zipfile
 from pathlib import Path
 
 import torch
@@ -85,9 +88,36 @@ def export_model(
     return folder
 
 
+RANDOM_ARCHIVE_ENTRY = ".data/serialization_id"
+"""torch.jit.save writes a random id into every archive; it says nothing about the model."""
+
+
+def model_digest(model_bytes: bytes) -> str:
+    """sha256 over a TorchScript archive's entries (names and contents) but its random
+    serialization id: the same model gives the same digest, whichever run saved it."""
+    h = hashlib.sha256()
+    with zipfile.ZipFile(io.BytesIO(model_bytes)) as archive:
+        for name in sorted(archive.namelist()):
+            if not name.endswith(RANDOM_ARCHIVE_ENTRY):
+                h.update(name.encode() + b"\0" + archive.read(name))
+    return h.hexdigest()
+
+
 def build_id_of(model_bytes: bytes) -> str:
-    """The id a model file is served under (config parameter build_id, Stats.model_builds)."""
-    return hashlib.sha256(model_bytes).hexdigest()[:12]
+    """The id a model file is served under (config parameter build_id, Stats.model_builds, the
+    cache keys): its model_digest, so re-exporting the same weights keeps the caches warm."""
+    return model_digest(model_bytes)[:12]
+
+
+def run_with_fixed_hash_seed(module: str) -> None:
+    """Re-run `python -m <module>` with PYTHONHASHSEED=0 unless it is already set so.
+
+    TorchScript writes a module's constants in the order of a Python set of their names, which
+    follows the string hash seed: without a fixed seed two exports of the same weights differ.
+    """
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
 
 
 def read_config(repository: Path, model: str) -> model_config_pb2.ModelConfig:

@@ -30,6 +30,7 @@ from torch import nn
 from models.corpus import load_or_build_corpus
 from models.corpus.street_shop import load_or_build_street_shop
 from models.export.repository import export_repository
+from models.export.triton_repo import run_with_fixed_hash_seed
 from models.nets.image_encoder import ImageEncoder, count_parameters
 from models.nets.text_encoder import load_text_encoder
 from models.train.amc import train_amc
@@ -128,6 +129,10 @@ def main(argv: list[str] | None = None) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(os.cpu_count() or 1)
+    # KeyATT's keyword gather backpropagates through index_put_(accumulate=True), which on the
+    # CPU adds in parallel with float atomics unless deterministic algorithms are on: two runs
+    # on one seed then parted at KeyATT's first epoch (models/train/reproduce.py measures it).
+    torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(args.seed)
     budgets = BUDGETS[args.size]
     stages = Stages()
@@ -228,4 +233,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    run_with_fixed_hash_seed("models.train")
     main()
