@@ -566,8 +566,11 @@ class EmbeddedIndex:
         compiled = SqlFilter.compile(collection, condition)
         db = self._read_db
         assert db is not None
+        # `+rowid`: the collection's rows filter the matches. A plain `rowid IN (...)` is handed
+        # to FTS5 as a rowid lookup, which then evaluates MATCH once per row of the collection
+        # (14 ms instead of 0.5 ms at 240 images, growing with the collection).
         query = (
-            f"SELECT rowid FROM item_text WHERE item_text MATCH ? AND rowid IN "
+            f"SELECT rowid FROM item_text WHERE item_text MATCH ? AND +rowid IN "
             f"(SELECT row FROM items WHERE {compiled.where}) ORDER BY bm25(item_text) LIMIT ?"
         )
         keys = [r[0] for r in db.execute(query, (match, *compiled.params, limit))]
