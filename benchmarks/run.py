@@ -54,7 +54,7 @@ INDEX_CONCURRENCY = 2
 CANDIDATES = 100
 BATCH_SIZE = 8
 STAGES = {
-    "search": ("encode", "ann", "vector_search", "feature_read", "rescore"),
+    "search": ("encode", "ann", "vector_search", "feature_read", "keyword_search", "merge", "rescore"),
     "query_encoder": ("tokenize", "cache_get", "triton_text_encoder", "cache_set"),
     "attention_rescorer": ("build_inputs", "triton"),
 }
