@@ -20,18 +20,11 @@ import numpy as np
 import torch
 from amcsearch.attention_rescorer.rescorer import build_inputs
 from amcsearch.query_encoder.tokenize import Tokenizer
+from amcsearch.runtime.contract import AMC_RESCORER, model_specs
 from amcsearch.runtime.rescoring import CandidateBatch
 
-AMC_INPUTS = (
-    "query",
-    "query_index",
-    "regions",
-    "region_scales",
-    "keyword_table",
-    "keyword_index",
-    "keyword_mask",
-    "modality_bias",
-)
+AMC_INPUTS = tuple(t.name for t in model_specs(vocab_size=1)[AMC_RESCORER].inputs)
+"""amc_rescorer's inputs in forward()'s order, from the tensor contract."""
 
 
 def _p50(function, repeat: int) -> float:
