@@ -206,17 +206,28 @@ def load_corpus(directory: Path) -> Corpus:
 
 def load_or_build_corpus(size: str, seed: int = 0, cache_dir: str | Path = "build/corpus") -> Corpus:
     """The cached corpus under <cache_dir>/<size>-<seed>-<fingerprint>/, built on a miss."""
-    directory = cache_path(size, seed, cache_dir)
+    return load_or_build_cached(
+        cache_path(size, seed, cache_dir),
+        f"{size}-{seed}-v*",
+        lambda: build_corpus(size, seed),
+        save_corpus,
+        load_corpus,
+    )
+
+
+def load_or_build_cached(directory: Path, stale_pattern: str, build, save, load):
+    """`load(directory)` when a finished cache is there; else `build()`, `save(it, directory)`,
+    and remove the caches beside it that match `stale_pattern` (older fingerprints)."""
     if (directory / "records.json").exists():
-        return load_corpus(directory)
-    log.info("building the %s corpus (seed %d) into %s", size, seed, directory)
-    corpus = build_corpus(size, seed)
-    save_corpus(corpus, directory)
-    for stale in directory.parent.glob(f"{size}-{seed}-v*"):
+        return load(directory)
+    log.info("building %s", directory)
+    built = build()
+    save(built, directory)
+    for stale in directory.parent.glob(stale_pattern):
         if stale != directory and stale.is_dir() and (stale / "records.json").exists():
-            log.info("removing the stale corpus cache %s", stale)
+            log.info("removing the stale cache %s", stale)
             shutil.rmtree(stale, ignore_errors=True)
-    return corpus
+    return built
 
 
 def write_image_dir(split: Split, directory: str | Path, tags: str = "none") -> list[Path]:

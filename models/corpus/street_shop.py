@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from models.corpus import render, scenes, vocab
+from models.corpus.build import load_or_build_cached
 from models.corpus.render import _draw_object
 from models.corpus.vocab import (
     COLOR_RGB,
@@ -496,14 +497,10 @@ def load_street_shop(directory: Path) -> StreetShopCorpus:
 
 def load_or_build_street_shop(size: str, seed: int = 0, cache_dir: str | Path = "build/corpus") -> StreetShopCorpus:
     """The cached corpus under <cache_dir>/street_shop-<size>-<seed>-<fingerprint>/, built on a miss."""
-    directory = street_shop_cache_path(size, seed, cache_dir)
-    if (directory / "records.json").exists():
-        return load_street_shop(directory)
-    log.info("building the %s street/shop corpus (seed %d) into %s", size, seed, directory)
-    corpus = build_street_shop(size, seed)
-    save_street_shop(corpus, directory)
-    for stale in directory.parent.glob(f"street_shop-{size}-{seed}-v*"):
-        if stale != directory and stale.is_dir() and (stale / "records.json").exists():
-            log.info("removing the stale street/shop cache %s", stale)
-            shutil.rmtree(stale, ignore_errors=True)
-    return corpus
+    return load_or_build_cached(
+        street_shop_cache_path(size, seed, cache_dir),
+        f"street_shop-{size}-{seed}-v*",
+        lambda: build_street_shop(size, seed),
+        save_street_shop,
+        load_street_shop,
+    )
