@@ -552,7 +552,11 @@ class EmbeddedIndex:
         self, collection: str, vector: np.ndarray, text: str, limit: int, condition: Filter, with_features: bool = False
     ) -> list[Hit]:
         """BM25 over the indexed keywords (SQLite FTS5) of the query text's words, best first;
-        each hit's ann_score is still the cosine of the query and its embedding."""
+        each hit's ann_score is still the cosine of the query and its embedding.
+
+        Known limit: one FTS5 table serves every collection of the file, so BM25's statistics
+        (document frequencies, mean length) count the other collections' images too; results
+        stay within the collection, but their keyword order can depend on the others."""
         return await self._read(self._keyword_search, collection, vector, text, limit, condition, with_features)
 
     def _keyword_search(
