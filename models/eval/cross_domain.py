@@ -145,8 +145,10 @@ def format_table(
         lines.append(
             f"\nTrunk features of the TRAIN images: {training.get('features_seconds', 0):.0f} s; "
             f"{training.get('train_products', 0)} products trained on, "
-            f"{training.get('validation_products', 0)} held out for model selection."
+            f"{training.get('validation_products', 0)} held out for model selection (their street shots"
+            " queried every train product's shop image)."
         )
+        lines += validation_table(training)
     served = {k: v for k, v in (exports or {}).items() if k in ("ynet_shop", "ynet_street", "ctx_ynet")}
     if served:
         lines.append(
@@ -157,3 +159,28 @@ def format_table(
             + "."
         )
     return "\n".join(lines)
+
+
+def validation_table(training: dict[str, Any]) -> list[str]:
+    """Markdown lines: the top-k of each model on the held-out TRAIN products that chose its epoch
+    (training's own figures, from the manifest), and how CtxYNet's Y was set up."""
+    scores = training.get("validation_top_k") or {}
+    if not scores:
+        return []
+    names = {"global": "global embedding, trained", "tag_ynet": "TagYNet", "ctx_ynet": "CtxYNet"}
+    ks = sorted({int(k) for accuracy in scores.values() for k in accuracy})
+    lines = [
+        "",
+        "On the validation queries (training's model selection, not TEST):",
+        "",
+        "| method | " + " | ".join(f"top-{k}" for k in ks) + " |",
+        "| --- |" + " --- |" * len(ks),
+    ]
+    for key, name in names.items():
+        if key in scores:
+            accuracy = {int(k): v for k, v in scores[key].items()}
+            lines.append(f"| {name} | " + " | ".join(f"{accuracy[k]:.3f}" for k in ks) + " |")
+    ctx_init = (training.get("budget") or {}).get("ctx_init")
+    if ctx_init:
+        lines.append(f"\nCtxYNet's Y: `{ctx_init}` (models/train/ynet.py, CTX_INITS).")
+    return lines

@@ -27,6 +27,7 @@ from torch import nn
 from models.nets.image_encoder import REGION_DIM, ImageTrunk
 
 YNET_DIM = 64  # C, the channels of each branch's map
+YNET_HIDDEN = 128  # the channels of the shared stem and inside each arm, before the arm's 1 x 1 map to C
 GRID = 6
 LOCATIONS = GRID * GRID  # L
 GRID_FEATURES = 2 * REGION_DIM  # per location: the trunk's map averaged and maxed over the cell
@@ -40,9 +41,9 @@ def grid_features(feature_map: torch.Tensor) -> torch.Tensor:
     return torch.cat([mean, peak], dim=1).flatten(2).transpose(1, 2).contiguous()
 
 
-def _branch(dim: int) -> nn.Sequential:
+def _branch(hidden: int, dim: int) -> nn.Sequential:
     """One arm of the Y: 3 x 3 context over the grid, then a 1 x 1 map to the C channels."""
-    return nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(dim, dim, 1))
+    return nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(hidden, dim, 1))
 
 
 def _grid(regions: torch.Tensor) -> torch.Tensor:
@@ -75,12 +76,12 @@ class YBranches(nn.Module):
     an attended vector say where its mass lies, which CtxYNet's prior over locations reads (a
     deep CNN learns such position cues by itself; two convolutions on a 6 x 6 grid cannot)."""
 
-    def __init__(self, vocab_size: int, dim: int = YNET_DIM) -> None:
+    def __init__(self, vocab_size: int, dim: int = YNET_DIM, hidden: int = YNET_HIDDEN) -> None:
         super().__init__()
-        self.shared = nn.Sequential(nn.Conv2d(GRID_FEATURES, dim, 1), nn.ReLU(inplace=True))
-        self.location = nn.Parameter(torch.zeros(1, dim, GRID, GRID))
-        self.street = _branch(dim)
-        self.shop = _branch(dim)
+        self.shared = nn.Sequential(nn.Conv2d(GRID_FEATURES, hidden, 1), nn.ReLU(inplace=True))
+        self.location = nn.Parameter(torch.zeros(1, hidden, GRID, GRID))
+        self.street = _branch(hidden, dim)
+        self.shop = _branch(hidden, dim)
         self.tag_projection = nn.Linear(vocab_size, dim, bias=False)
 
     def stem(self, regions: torch.Tensor) -> torch.Tensor:
@@ -109,10 +110,10 @@ def street_embedding(locations: torch.Tensor) -> torch.Tensor:
 class TagYNet(nn.Module):
     """The image encoder's trunk and the Y; forward gives both sides' vectors and the tag attention."""
 
-    def __init__(self, vocab_size: int, dim: int = YNET_DIM) -> None:
+    def __init__(self, vocab_size: int, dim: int = YNET_DIM, hidden: int = YNET_HIDDEN) -> None:
         super().__init__()
         self.trunk = ImageTrunk()
-        self.branches = YBranches(vocab_size, dim)
+        self.branches = YBranches(vocab_size, dim, hidden)
 
     def regions(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 [B, 128, 128, 3] -> grid features [B, 36, 256]."""
@@ -148,12 +149,12 @@ class ContextScore(nn.Module):
 
 
 class CtxYNet(nn.Module):
-    """Candidate-conditioned street attention on its own Y, on the grid features of TagYNet's
+    """Candidate-conditioned street attention on a Y of its own, on the grid features of TagYNet's
     frozen trunk (the same make-models trunk). The score starts at zero: uniform attention."""
 
-    def __init__(self, vocab_size: int, dim: int = YNET_DIM) -> None:
+    def __init__(self, vocab_size: int, dim: int = YNET_DIM, hidden: int = YNET_HIDDEN) -> None:
         super().__init__()
-        self.branches = YBranches(vocab_size, dim)
+        self.branches = YBranches(vocab_size, dim, hidden)
         self.score = ContextScore(dim)
 
     def context(self, shop_regions: torch.Tensor, tags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

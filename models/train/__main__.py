@@ -47,7 +47,7 @@ BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
         "image_encoder": {"epochs": 6, "tagger_epochs": 15},
         "amc": {"size": "ci"},
         "composer": {"epochs": 8},
-        "ynet": {"global_epochs": 20, "tag_epochs": 15, "ctx_epochs": 15},
+        "ynet": {"global_epochs": 20, "tag_epochs": 30, "ctx_epochs": 15},
     },
     "demo": {
         "image_encoder": {"epochs": 8, "tagger_epochs": 30},

@@ -29,7 +29,7 @@ from models.nets.ynet import (
     TagYNet,
     street_embedding,
 )
-from models.train.ynet import held_out_products, product_subset, triplet_loss
+from models.train.ynet import held_out_products, product_subset, triplet_loss, validation_queries
 
 V = len(KEYWORD_VOCAB)
 TINY = StreetShopSize(train_products=8, test_products=5, train_shots=2, test_shots=1)
@@ -219,6 +219,15 @@ def test_held_out_products_and_subsets_are_disjoint_and_renumbered() -> None:
     torch.testing.assert_close(part.street_regions[2], feats.street_regions[2 * int(val[1])])
 
 
+def test_validation_queries_search_every_train_product() -> None:
+    feats = _features(20, 2)
+    _, val = held_out_products(20, 0.25, seed=0)
+    part = validation_queries(feats, val)
+    assert part.shop_regions.shape[0] == 20 and part.street_regions.shape[0] == 10
+    assert part.street_product.tolist() == [int(p) for p in val for _ in range(2)]
+    torch.testing.assert_close(part.street_regions[2], feats.street_regions[2 * int(val[1])])
+
+
 def test_a_few_training_steps_lower_the_loss() -> None:
     torch.manual_seed(0)
     feats = _features(8, 2)
@@ -237,7 +246,7 @@ def test_a_few_training_steps_lower_the_loss() -> None:
             return float((F.relu(d.diagonal().unsqueeze(1) - d + 0.3) * negative).sum())
 
     before = total_hinge()
-    for _ in range(12):
+    for _ in range(24):
         optimizer.zero_grad()
         triplet_loss(distances(), products, margin=0.3).backward()
         optimizer.step()
