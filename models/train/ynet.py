@@ -101,15 +101,26 @@ class YNetBudget:
 # fine-tuned), "tag_street" (TagYNet's Y, only the street arm fine-tuned: the authors' freeze_shop)
 # or "tag_frozen" (TagYNet's Y as it is; only the context attention u, V trains).
 CTX_INITS = ("fresh", "tag", "tag_street", "tag_frozen")
+VALIDATION_GALLERIES = ("train", "held_out")  # validation_queries, product_subset
 
 
 def as_ynet_budget(budget: YNetBudget | dict[str, Any] | None) -> YNetBudget:
+    """The budget as a YNetBudget (unknown keys of a dict are ignored); ValueError on a setting
+    outside its choices."""
     if budget is None:
-        return YNetBudget()
-    if isinstance(budget, YNetBudget):
-        return budget
-    known = set(YNetBudget.__dataclass_fields__)
-    return YNetBudget(**{k: v for k, v in dict(budget).items() if k in known})
+        cfg = YNetBudget()
+    elif isinstance(budget, YNetBudget):
+        cfg = budget
+    else:
+        known = set(YNetBudget.__dataclass_fields__)
+        cfg = YNetBudget(**{k: v for k, v in dict(budget).items() if k in known})
+    if cfg.ctx_init not in CTX_INITS:
+        raise ValueError(f"ctx_init must be one of {', '.join(CTX_INITS)}, not {cfg.ctx_init!r}")
+    if cfg.validation_gallery not in VALIDATION_GALLERIES:
+        raise ValueError(
+            f"validation_gallery must be one of {', '.join(VALIDATION_GALLERIES)}, not {cfg.validation_gallery!r}"
+        )
+    return cfg
 
 
 @dataclass
@@ -278,8 +289,6 @@ def train_ctx_ynet(
 ) -> tuple[CtxYNet, float]:
     """CtxYNet on the frozen trunk (its own Y); validated re-ranking TagYNet's validation top K."""
     torch.manual_seed(seed)
-    if cfg.ctx_init not in CTX_INITS:
-        raise ValueError(f"ctx_init must be one of {', '.join(CTX_INITS)}, not {cfg.ctx_init!r}")
     model = CtxYNet(vocab_size, cfg.dim, cfg.hidden).eval()
     if cfg.ctx_init != "fresh":
         model.branches.load_state_dict(tag_ynet.branches.state_dict())

@@ -29,7 +29,13 @@ from models.nets.ynet import (
     TagYNet,
     street_embedding,
 )
-from models.train.ynet import held_out_products, product_subset, triplet_loss, validation_queries
+from models.train.ynet import (
+    as_ynet_budget,
+    held_out_products,
+    product_subset,
+    triplet_loss,
+    validation_queries,
+)
 
 V = len(KEYWORD_VOCAB)
 TINY = StreetShopSize(train_products=8, test_products=5, train_shots=2, test_shots=1)
@@ -226,6 +232,14 @@ def test_validation_queries_search_every_train_product() -> None:
     assert part.shop_regions.shape[0] == 20 and part.street_regions.shape[0] == 10
     assert part.street_product.tolist() == [int(p) for p in val for _ in range(2)]
     torch.testing.assert_close(part.street_regions[2], feats.street_regions[2 * int(val[1])])
+
+
+def test_budget_settings_outside_their_choices_are_refused() -> None:
+    assert as_ynet_budget({"ctx_init": "tag", "unknown": 1}).ctx_init == "tag"
+    with pytest.raises(ValueError, match="ctx_init must be one of"):
+        as_ynet_budget({"ctx_init": "warm"})
+    with pytest.raises(ValueError, match="validation_gallery must be one of"):
+        as_ynet_budget({"validation_gallery": "test"})
 
 
 def test_a_few_training_steps_lower_the_loss() -> None:
