@@ -133,8 +133,10 @@ def test_explain_shows_query_and_candidate_attention(search, catalogue, split):
         )
         assert [r.weight for r in query] == sorted((r.weight for r in query), reverse=True)
         assert abs(result.score - result.evidence.score) < 1e-6
-    # the query's attention is conditioned on the candidate: not the same map for every result
-    assert len({tuple(r.index for r in result.evidence.regions) for result in reply.results}) > 1
+    # the query's attention is conditioned on the candidate: not the same map for every result (a
+    # weakly trained model may keep the same five regions, with other weights)
+    maps = {tuple((r.index, round(r.weight, 4)) for r in result.evidence.regions) for result in reply.results}
+    assert len(maps) > 1
     request.explain = False
     plain = search.Search(request, timeout=60)
     assert [r.id for r in plain.results] == [r.id for r in reply.results]
