@@ -139,12 +139,17 @@ def held_out_products(n_products: int, fraction: float, seed: int) -> tuple[np.n
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def shots_of(feats: DomainFeatures, products: np.ndarray) -> torch.Tensor:
+    """The rows of the street shots of these product rows."""
+    return torch.from_numpy(np.flatnonzero(np.isin(feats.street_product.numpy(), products)))
+
+
 def product_subset(feats: DomainFeatures, products: np.ndarray) -> DomainFeatures:
     """The features of these products and their street shots, product rows renumbered 0..n-1."""
     rows = torch.from_numpy(products.astype(np.int64))
     renumber = torch.full((feats.shop_regions.shape[0],), -1, dtype=torch.long)
     renumber[rows] = torch.arange(len(rows))
-    shots = torch.from_numpy(np.flatnonzero(np.isin(feats.street_product.numpy(), products)))
+    shots = shots_of(feats, products)
     return DomainFeatures(
         shop_regions=feats.shop_regions[rows],
         shop_head=feats.shop_head[rows],
@@ -159,7 +164,7 @@ def validation_queries(feats: DomainFeatures, products: np.ndarray) -> DomainFea
     """The street shots of these (held-out) products as queries, against the shop images of every
     train product as the gallery: a gallery larger than the held-out products alone, like TEST's
     (a 180-image gallery of held-out products alone ranked the models unlike TEST's 500)."""
-    shots = torch.from_numpy(np.flatnonzero(np.isin(feats.street_product.numpy(), products)))
+    shots = shots_of(feats, products)
     return DomainFeatures(
         shop_regions=feats.shop_regions,
         shop_head=feats.shop_head,
