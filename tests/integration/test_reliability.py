@@ -204,6 +204,9 @@ def test_search_killed_mid_indexing_loses_no_acknowledged_item(real_stack, ci_co
                 "recovery": "restarted by the test",
             }
         )
+        # A batch whose call failed may still have been written before the kill (its reply was
+        # lost), so the clean-up deletes every id tried, not only the acknowledged ones: later
+        # tests share this index and must not find these items.
+        search.Delete(search_pb2.DeleteRequest(ids=acknowledged + failed), timeout=30)
         assert failed, "the kill landed after the loop: nothing was in flight"
         assert not reply.missing_ids, f"acknowledged but lost: {list(reply.missing_ids)}"
-        search.Delete(search_pb2.DeleteRequest(ids=acknowledged), timeout=30)
