@@ -6,7 +6,9 @@ k (the metric of the authors' code), for:
 - global embedding, untrained: the make-models image encoder as it is (never saw a street shot);
 - global embedding, trained: the same encoder with its global head retrained on street/shop pairs;
 - TagYNet: average-pooled street map against tag-attended shop vectors;
-- CtxYNet: TagYNet's top K (100) re-ranked by the candidate-conditioned street attention.
+- CtxYNet: TagYNet's top K (100) re-ranked by the candidate-conditioned street attention: by
+  CtxYNet's distance plus CROSS_DOMAIN_TAG_WEIGHT times TagYNet's, as served, and (a row for
+  the record) by CtxYNet's distance alone.
 The attention diagnostic reports the attention mass on the product's own regions (the grid cells
 its objects cover, not the distractors or the clutter) against uniform attention's.
 """
@@ -18,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from amcsearch.runtime.contract import CROSS_DOMAIN_TAG_WEIGHT
 
 from models.corpus.street_shop import StreetShopSplit
 from models.features.cross_domain import (
@@ -86,7 +89,11 @@ def evaluate_cross_domain(
     street, shop, tag_attention = tag_ynet_vectors(tag_ynet, feats)
     first = cosine_distances(street, shop)
     add("TagYNet", rank_of_truth(first, truth))
-    add(f"CtxYNet (re-ranks TagYNet's top {k})", ctx_ynet_ranks(ctx_ynet, feats, first, k))
+    add(
+        f"CtxYNet (re-ranks TagYNet's top {k} by d_ctx + {CROSS_DOMAIN_TAG_WEIGHT:g} d_tag; served)",
+        ctx_ynet_ranks(ctx_ynet, feats, first, k),
+    )
+    add(f"CtxYNet's distance alone (re-ranks TagYNet's top {k})", ctx_ynet_ranks(ctx_ynet, feats, first, k, 0.0))
 
     ctx_ynet.eval()
     contexts, _ = ctx_ynet.context(feats.shop_regions, feats.tags)
@@ -167,7 +174,12 @@ def validation_table(training: dict[str, Any]) -> list[str]:
     scores = training.get("validation_top_k") or {}
     if not scores:
         return []
-    names = {"global": "global embedding, trained", "tag_ynet": "TagYNet", "ctx_ynet": "CtxYNet"}
+    names = {
+        "global": "global embedding, trained",
+        "tag_ynet": "TagYNet",
+        "ctx_ynet": "CtxYNet (d_ctx + w d_tag; served)",
+        "ctx_ynet_alone": "CtxYNet's distance alone",
+    }
     ks = sorted({int(k) for accuracy in scores.values() for k in accuracy})
     lines = [
         "",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from amcsearch.runtime.contract import CROSS_DOMAIN_TAG_WEIGHT
 from torch import nn
 
 from models.corpus.street_shop import StreetShopSplit, tag_matrix
@@ -121,10 +122,16 @@ def context_distances(
 
 @torch.no_grad()
 def ctx_ynet_ranks(
-    model: CtxYNet, feats: DomainFeatures, first_distances: torch.Tensor, k: int = RERANK_K
+    model: CtxYNet,
+    feats: DomainFeatures,
+    first_distances: torch.Tensor,
+    k: int = RERANK_K,
+    tag_weight: float = CROSS_DOMAIN_TAG_WEIGHT,
 ) -> np.ndarray:
-    """Ranks after CtxYNet re-sorts the first stage's top k; a query whose correct item is not in
-    the short list keeps its first-stage rank (>= k: a miss at every reported k <= k)."""
+    """Ranks after CtxYNet re-sorts the first stage's (TagYNet's) top k by CtxYNet's distance plus
+    tag_weight times the first stage's, as the gateway does (tag_weight 0: CtxYNet's alone); a
+    query whose correct item is not in the short list keeps its first-stage rank (>= k: a miss at
+    every reported k <= k)."""
     model.eval()
     k = min(k, first_distances.shape[1])
     truth = feats.street_product
@@ -132,6 +139,7 @@ def ctx_ynet_ranks(
     contexts, _ = model.context(feats.shop_regions, feats.tags)
     locations = model.branches.street_locations(feats.street_regions)
     distances, _ = context_distances(model, locations, contexts, shortlist)
+    distances = distances + tag_weight * first_distances.gather(1, shortlist)
     ranks = rank_of_truth(first_distances, truth)
     listed = (shortlist == truth.view(-1, 1)).numpy()
     in_list = listed.any(axis=1)

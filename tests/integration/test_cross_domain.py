@@ -7,6 +7,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
+from amcsearch.runtime.contract import CROSS_DOMAIN_TAG_WEIGHT
 from amcsearch.v1 import search_pb2, search_pb2_grpc
 
 from models.corpus.street_shop import load_or_build_street_shop, tag_matrix
@@ -65,7 +66,8 @@ def accuracy(ranks: np.ndarray) -> dict[int, float]:
 
 def offline_ranks(model_repository, local, split) -> np.ndarray:
     """Rank of the true shop image per street shot: TagYNet's top K by cosine, re-ranked by
-    CtxYNet's distance, from the exported TorchScript files in this process."""
+    CtxYNet's distance plus CROSS_DOMAIN_TAG_WEIGHT times TagYNet's, from the exported
+    TorchScript files in this process."""
     test, shots = split
     modules = local[0]
     vocabulary = (model_repository / "ynet_shop" / "tags.txt").read_text().split()
@@ -74,14 +76,18 @@ def offline_ranks(model_repository, local, split) -> np.ndarray:
     street, locations = run(modules["ynet_street"], test.street_pixels[shots])
     ranks = []
     for q, truth in enumerate(test.street_product[shots]):
-        candidates = np.argsort(-(shop @ street[q]), kind="stable")[:RERANK_K]
+        cosines = shop @ street[q]
+        candidates = np.argsort(-cosines, kind="stable")[:RERANK_K]
         distance, _ = run(
             modules["ctx_ynet"],
             locations[q : q + 1],
             np.zeros(len(candidates), dtype=np.int32),
             context[candidates],
         )
-        order = candidates[np.argsort(distance, kind="stable")]
+        fused = distance.astype(np.float64) + CROSS_DOMAIN_TAG_WEIGHT * (
+            2.0 - 2.0 * cosines[candidates].astype(np.float64)
+        )
+        order = candidates[np.argsort(fused, kind="stable")]
         ranks.append(int(np.flatnonzero(order == truth)[0]) if truth in order else RERANK_K)
     return np.asarray(ranks)
 

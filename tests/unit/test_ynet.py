@@ -27,6 +27,7 @@ from models.nets.ynet import (
     ServedShop,
     ServedStreet,
     TagYNet,
+    squared_distance,
     street_embedding,
 )
 from models.train.ynet import (
@@ -279,3 +280,26 @@ def test_ranks_and_reranking() -> None:
     reranked = ctx_ynet_ranks(ctx_ynet, feats, first, k=2)
     assert reranked[2] == 2 and reranked[3] == 3
     assert set(reranked[:2].tolist()) <= {0, 1}
+
+
+def test_rerank_sorts_by_ctx_distance_plus_weighted_tag_distance() -> None:
+    """The re-rank's distance is CtxYNet's plus tag_weight times the first stage's: weight 0 is
+    CtxYNet's order alone, a huge weight gives back the first stage's order."""
+    _, ctx_ynet = _models()
+    feats = _features(6, 2)
+    first = torch.rand(12, 6, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        contexts, _ = ctx_ynet.context(feats.shop_regions, feats.tags)
+        locations = ctx_ynet.branches.street_locations(feats.street_regions)
+        ctx = torch.stack(
+            [
+                squared_distance(ctx_ynet.query(locations[[q]].expand(6, -1, -1), contexts)[0], contexts)
+                for q in range(12)
+            ]
+        )
+    truth = feats.street_product
+    for weight in (0.0, 0.5, 1.0):
+        expected = rank_of_truth(ctx + weight * first, truth)
+        assert ctx_ynet_ranks(ctx_ynet, feats, first, k=6, tag_weight=weight).tolist() == expected.tolist()
+    assert ctx_ynet_ranks(ctx_ynet, feats, first, k=6, tag_weight=1e6).tolist() == rank_of_truth(first, truth).tolist()
+    assert not np.array_equal(rank_of_truth(ctx, truth), rank_of_truth(first, truth))  # the weight mattered

@@ -20,6 +20,12 @@ KEYWORD_SLOTS = 32
 IMAGE_SIZE = 128
 YNET_DIM = 64
 """Channels C of the cross-domain (street-to-shop) models' vectors and maps."""
+CROSS_DOMAIN_TAG_WEIGHT = 1.0
+"""The cross-domain re-rank sorts TagYNet's candidates by d_ctx + w * d_tag: CtxYNet's squared
+distance plus w times TagYNet's (squared distances of unit vectors). With w = 1 that is the
+squared distance between the two nets' vectors concatenated, and the score, 1 - d / (2 (1 + w)),
+the mean of the two cosines. Chosen on the validation products (models/train/ynet.py): w in
+(0, 0.25, 0.5, 1, 2) gave top-1 0.168, 0.204, 0.226, 0.242, 0.228; CtxYNet alone is w = 0."""
 
 TEXT_ENCODER = "text_encoder"
 IMAGE_ENCODER = "image_encoder"

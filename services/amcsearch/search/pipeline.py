@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from amcsearch.runtime.clients import call
-from amcsearch.runtime.contract import NO_BIAS
+from amcsearch.runtime.contract import CROSS_DOMAIN_TAG_WEIGHT, NO_BIAS
 from amcsearch.runtime.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from amcsearch.runtime.images import decode_image, decoder_pool
 from amcsearch.runtime.keywords import normalize_keyword
@@ -752,10 +752,16 @@ def top_regions(weights: np.ndarray, count: int) -> list[tuple[int, float]]:
 
 
 def cross_domain_result(hit: Hit, rescored: tuple[float, list[tuple[int, float]]] | None) -> Result:
-    """score: the CtxYNet cosine 1 - d / 2 (d the squared distance of unit vectors), or TagYNet's
-    cosine when the re-rank did not run."""
+    """score: 1 - d / (2 (1 + w)) for the re-rank distance d = d_ctx + w d_tag (w =
+    CROSS_DOMAIN_TAG_WEIGHT; squared distances of unit vectors, d_tag = 2 - 2 x TagYNet's cosine):
+    at w = 1 the mean of CtxYNet's and TagYNet's cosines. TagYNet's cosine when the re-rank did
+    not run."""
     assert hit.shop is not None
-    score, regions = (hit.ann_score, []) if rescored is None else (1.0 - rescored[0] / 2.0, rescored[1])
+    if rescored is None:
+        score, regions = hit.ann_score, []
+    else:
+        distance = rescored[0] + CROSS_DOMAIN_TAG_WEIGHT * (2.0 - 2.0 * hit.ann_score)
+        score, regions = 1.0 - distance / (2.0 * (1.0 + CROSS_DOMAIN_TAG_WEIGHT)), rescored[1]
     evidence = Evidence(
         score, regions=regions, candidate_regions=top_regions(hit.shop.attention, CROSS_DOMAIN_EXPLAIN_TOP)
     )
