@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -37,7 +38,45 @@ def _die_with_parent(argv: list[str]) -> list[str]:
     return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
 
 
+LISTEN_PORTS = (20000, 32000)
+"""Where free_port looks first: below Linux's default ephemeral range (32768-60999)."""
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
+    """A port nothing listens on now, for a child to bind soon, outside the ephemeral range.
+
+    Binding port 0 would hand out an ephemeral port, and the kernel gives those to outgoing
+    connections too: one can take it before the child binds it (a metrics port failed so, with
+    EADDRINUSE, in CI). A random port below the range, not handed out before by this process,
+    avoids that; where the range leaves no room below it, port 0 it is.
+    """
+    low, high = LISTEN_PORTS
+    ephemeral_low, ephemeral_high = _ephemeral_range()
+    if ephemeral_low <= high and ephemeral_high >= low:
+        high = min(high, ephemeral_low - 1)
+    for _ in range(200 if high - low > 1000 else 0):
+        port = random.randint(low, high)
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

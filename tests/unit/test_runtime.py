@@ -163,3 +163,18 @@ def test_bearer_check():
         check_bearer([("authorization", "abc")], "abc", "Index")
     with pytest.raises(PermissionDenied):
         check_bearer([("authorization", "Bearer abd")], "abc", "Index")
+
+
+def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() -> None:
+    """Listening ports from free_port never come from the range the kernel hands to outgoing
+    connections, and one process never gets the same port twice."""
+    import socket
+
+    from amcsearch.processes import _ephemeral_range, free_port
+
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == len(ports)
+    low, high = _ephemeral_range()
+    assert not any(low <= p <= high for p in ports)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", ports[0]))
