@@ -16,7 +16,7 @@ import numpy as np
 from amcsearch.runtime import contract as c
 from amcsearch.runtime.errors import Unavailable
 from amcsearch.runtime.metrics import stage
-from amcsearch.runtime.rescoring import CandidateBatch
+from amcsearch.runtime.rescoring import CandidateBatch, top_attention
 from amcsearch.runtime.triton import TritonModels
 
 SERVICE = "attention_rescorer"
@@ -69,11 +69,6 @@ def build_inputs(
         "keyword_mask": np.where(batch.slots >= 0, batch.confidences, 0.0).astype(np.float32),
         "modality_bias": np.asarray(modality_bias, dtype=np.float32),
     }
-
-
-def top_attention(weights: np.ndarray, count: int) -> list[tuple[int, float]]:
-    order = np.argsort(-weights, kind="stable")[:count]
-    return [(int(i), float(weights[i])) for i in order]
 
 
 @dataclass

@@ -15,6 +15,13 @@ from amcsearch.runtime.tensors import to_tensor
 from amcsearch.v1 import attention_rescorer_pb2
 
 
+def top_attention(weights: np.ndarray, count: int) -> list[tuple[int, float]]:
+    """The `count` largest weights as (index, weight), largest first (ties by index): the
+    explanation of an attention map, the same for every service that reports one."""
+    order = np.argsort(-weights, kind="stable")[:count]
+    return [(int(i), float(weights[i])) for i in order]
+
+
 def keyword_slots(keywords: list[tuple[str, float]]) -> list[tuple[str, float]]:
     """The KEYWORD_SLOTS most confident keywords (ties by text, for determinism)."""
     return sorted(keywords, key=lambda kw: (-kw[1], kw[0]))[: c.KEYWORD_SLOTS]

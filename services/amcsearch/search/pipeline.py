@@ -21,7 +21,7 @@ from amcsearch.runtime.images import decode_image, decoder_pool
 from amcsearch.runtime.keywords import normalize_keyword
 from amcsearch.runtime.metrics import DEGRADATIONS, stage
 from amcsearch.runtime.quantize import dequantize_regions, quantize_regions
-from amcsearch.runtime.rescoring import pack, rescore_request
+from amcsearch.runtime.rescoring import pack, rescore_request, top_attention
 from amcsearch.runtime.settings import ImageLimits
 from amcsearch.runtime.tensors import to_array, to_tensor
 from amcsearch.search.index import Index
@@ -746,11 +746,6 @@ def shop_context(hit: Hit) -> np.ndarray:
     return hit.shop.context
 
 
-def top_regions(weights: np.ndarray, count: int) -> list[tuple[int, float]]:
-    order = np.argsort(-weights, kind="stable")[:count]
-    return [(int(i), float(weights[i])) for i in order]
-
-
 def cross_domain_result(hit: Hit, rescored: tuple[float, list[tuple[int, float]]] | None) -> Result:
     """score: 1 - d / (2 (1 + w)) for the re-rank distance d = d_ctx + w d_tag (w =
     CROSS_DOMAIN_TAG_WEIGHT; squared distances of unit vectors, d_tag = 2 - 2 x TagYNet's cosine):
@@ -763,6 +758,6 @@ def cross_domain_result(hit: Hit, rescored: tuple[float, list[tuple[int, float]]
         distance = rescored[0] + CROSS_DOMAIN_TAG_WEIGHT * (2.0 - 2.0 * hit.ann_score)
         score, regions = 1.0 - distance / (2.0 * (1.0 + CROSS_DOMAIN_TAG_WEIGHT)), rescored[1]
     evidence = Evidence(
-        score, regions=regions, candidate_regions=top_regions(hit.shop.attention, CROSS_DOMAIN_EXPLAIN_TOP)
+        score, regions=regions, candidate_regions=top_attention(hit.shop.attention, CROSS_DOMAIN_EXPLAIN_TOP)
     )
     return Result(hit.id, score, hit.ann_score, hit.title, hit.metadata, evidence)
