@@ -70,13 +70,14 @@ def free_port() -> int:
     """
     low, high = LISTEN_PORTS
     ephemeral_low, ephemeral_high = _ephemeral_range()
-    if ephemeral_low <= high and ephemeral_high >= low:
+    if ephemeral_low <= high and ephemeral_high >= low:  # the range overlaps ours: stay below it
         high = min(high, ephemeral_low - 1)
-    for _ in range(200 if high - low > 1000 else 0):
-        port = random.randint(low, high)
-        if port not in _handed_out and _bindable(port):
-            _handed_out.add(port)
-            return port
+    if high - low > 1000:
+        for _ in range(200):
+            port = random.randint(low, high)
+            if port not in _handed_out and _bindable(port):
+                _handed_out.add(port)
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
