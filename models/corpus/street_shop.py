@@ -68,8 +68,8 @@ class StreetShopSize:
 
 STREET_SHOP_SIZES: dict[str, StreetShopSize] = {
     "ci": StreetShopSize(300, 200, 3, 1),
-    "demo": StreetShopSize(1200, 500, 4, 2),
-    "full": StreetShopSize(4000, 1500, 4, 2),
+    "demo": StreetShopSize(1200, 500, 16, 2),
+    "full": StreetShopSize(4000, 1500, 16, 2),
 }
 
 
