@@ -24,9 +24,11 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -358,35 +360,54 @@ def _sample_products(name: str, n: int, seed: int, forbidden: set[str], gap: Dom
     return products
 
 
-def _build_split(name: str, products: list[Product], shots: int, seed: int, gap: DomainGap) -> StreetShopSplit:
-    """One shop image and `shots` street shots per product, each from its own random stream."""
-    size, regions = render.IMAGE_SIZE, GRID * GRID
-    n_street = len(products) * shots
-    split = StreetShopSplit(
-        name=name,
-        products=products,
-        shop_pixels=np.empty((len(products), size, size, 3), dtype=np.uint8),
-        shop_product_coverage=np.empty((len(products), regions), dtype=np.float32),
-        shop_accessory_coverage=np.empty((len(products), regions), dtype=np.float32),
-        street_pixels=np.empty((n_street, size, size, 3), dtype=np.uint8),
-        street_product=np.repeat(np.arange(len(products), dtype=np.int64), shots),
-        street_product_coverage=np.empty((n_street, regions), dtype=np.float32),
-        street_distractor_coverage=np.empty((n_street, regions), dtype=np.float32),
-    )
+def _render_products(
+    name: str, products: list[Product], first: int, shots: int, seed: int, gap: DomainGap
+) -> tuple[np.ndarray, ...]:
+    """The shop image and street shots of products[i] as product row first + i, with their
+    coverages: (shop pixels, shop product coverage, accessory coverage, street pixels, street
+    product coverage, distractor coverage)."""
+    size, regions, n = render.IMAGE_SIZE, GRID * GRID, len(products)
+    shop = np.empty((n, size, size, 3), dtype=np.uint8)
+    shop_product, shop_accessory = np.empty((n, regions), np.float32), np.empty((n, regions), np.float32)
+    street = np.empty((n * shots, size, size, 3), dtype=np.uint8)
+    street_product, street_distractor = np.empty((n * shots, regions), np.float32), np.empty((n * shots, regions), np.float32)
     code = _SPLIT_CODE[name]
     for i, product in enumerate(products):
-        rng = np.random.default_rng([seed, code, _SHOP, i])
-        split.shop_pixels[i], split.shop_product_coverage[i], split.shop_accessory_coverage[i] = shop_image(
-            product, rng
-        )
+        rng = np.random.default_rng([seed, code, _SHOP, first + i])
+        shop[i], shop_product[i], shop_accessory[i] = shop_image(product, rng)
         for shot in range(shots):
             row = i * shots + shot
-            rng = np.random.default_rng([seed, code, _STREET, i, shot])
-            pixels, product_coverage, distractor_coverage = street_image(product.objects, gap, rng)
-            split.street_pixels[row] = pixels
-            split.street_product_coverage[row] = product_coverage
-            split.street_distractor_coverage[row] = distractor_coverage
-    return split
+            rng = np.random.default_rng([seed, code, _STREET, first + i, shot])
+            street[row], street_product[row], street_distractor[row] = street_image(product.objects, gap, rng)
+    return shop, shop_product, shop_accessory, street, street_product, street_distractor
+
+
+def _build_split(name: str, products: list[Product], shots: int, seed: int, gap: DomainGap) -> StreetShopSplit:
+    """One shop image and `shots` street shots per product, each from its own random stream, so
+    the products render in parallel (one forked process per core, up to 4; the workers touch
+    only numpy and PIL, never the caller's torch) to the same pixels as one process would."""
+    workers = max(1, min(4, os.cpu_count() or 1, len(products) // 50))
+    bounds = np.linspace(0, len(products), workers + 1).astype(int)
+    chunks = [(name, products[a:b], int(a), shots, seed, gap) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    if workers == 1:
+        parts = [_render_products(*chunk) for chunk in chunks]
+    else:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            parts = list(pool.map(_render_products, *zip(*chunks, strict=True)))
+    shop, shop_product, shop_accessory, street, street_product, street_distractor = (
+        np.concatenate(arrays) for arrays in zip(*parts, strict=True)
+    )
+    return StreetShopSplit(
+        name=name,
+        products=products,
+        shop_pixels=shop,
+        shop_product_coverage=shop_product,
+        shop_accessory_coverage=shop_accessory,
+        street_pixels=street,
+        street_product=np.repeat(np.arange(len(products), dtype=np.int64), shots),
+        street_product_coverage=street_product,
+        street_distractor_coverage=street_distractor,
+    )
 
 
 def build_street_shop(size: str = "ci", seed: int = 0, gap: DomainGap = DEFAULT_GAP) -> StreetShopCorpus:

@@ -63,6 +63,17 @@ def test_corpus_is_deterministic_and_test_products_are_never_trained_on(tiny: st
     assert not train_keys & test_keys
 
 
+def test_parallel_render_gives_the_pixels_of_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Enough products for worker processes (the build's default on 2+ cores) against one process."""
+    monkeypatch.setattr(street_shop.os, "cpu_count", lambda: 2)
+    products = street_shop._sample_products("train", 100, 5, set(), street_shop.DEFAULT_GAP)
+    parallel = street_shop._build_split("train", products, 1, 5, street_shop.DEFAULT_GAP)
+    monkeypatch.setattr(street_shop.os, "cpu_count", lambda: 1)
+    serial = street_shop._build_split("train", products, 1, 5, street_shop.DEFAULT_GAP)
+    assert _same(parallel, serial)
+    assert np.array_equal(parallel.street_distractor_coverage, serial.street_distractor_coverage)
+
+
 def test_corpus_shapes_tags_and_coverage(tiny: str) -> None:
     corpus = build_street_shop(tiny, seed=0)
     split = corpus.train
