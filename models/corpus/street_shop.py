@@ -370,7 +370,10 @@ def _render_products(
     shop = np.empty((n, size, size, 3), dtype=np.uint8)
     shop_product, shop_accessory = np.empty((n, regions), np.float32), np.empty((n, regions), np.float32)
     street = np.empty((n * shots, size, size, 3), dtype=np.uint8)
-    street_product, street_distractor = np.empty((n * shots, regions), np.float32), np.empty((n * shots, regions), np.float32)
+    street_product, street_distractor = (
+        np.empty((n * shots, regions), np.float32),
+        np.empty((n * shots, regions), np.float32),
+    )
     code = _SPLIT_CODE[name]
     for i, product in enumerate(products):
         rng = np.random.default_rng([seed, code, _SHOP, first + i])
