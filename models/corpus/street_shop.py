@@ -366,23 +366,14 @@ def _render_products(
     """The shop image and street shots of products[i] as product row first + i, with their
     coverages: (shop pixels, shop product coverage, accessory coverage, street pixels, street
     product coverage, distractor coverage)."""
-    size, regions, n = render.IMAGE_SIZE, GRID * GRID, len(products)
-    shop = np.empty((n, size, size, 3), dtype=np.uint8)
-    shop_product, shop_accessory = np.empty((n, regions), np.float32), np.empty((n, regions), np.float32)
-    street = np.empty((n * shots, size, size, 3), dtype=np.uint8)
-    street_product, street_distractor = (
-        np.empty((n * shots, regions), np.float32),
-        np.empty((n * shots, regions), np.float32),
-    )
     code = _SPLIT_CODE[name]
+    shops, streets = [], []
     for i, product in enumerate(products):
-        rng = np.random.default_rng([seed, code, _SHOP, first + i])
-        shop[i], shop_product[i], shop_accessory[i] = shop_image(product, rng)
+        shops.append(shop_image(product, np.random.default_rng([seed, code, _SHOP, first + i])))
         for shot in range(shots):
-            row = i * shots + shot
             rng = np.random.default_rng([seed, code, _STREET, first + i, shot])
-            street[row], street_product[row], street_distractor[row] = street_image(product.objects, gap, rng)
-    return shop, shop_product, shop_accessory, street, street_product, street_distractor
+            streets.append(street_image(product.objects, gap, rng))
+    return tuple(np.stack(column) for column in (*zip(*shops, strict=True), *zip(*streets, strict=True)))
 
 
 def _build_split(name: str, products: list[Product], shots: int, seed: int, gap: DomainGap) -> StreetShopSplit:
