@@ -104,8 +104,80 @@ def real_stack(model_repository, tmp_path_factory):
         },
     )
     stack.start(timeout=300)
+    _REAL_STACKS.append(stack)
     yield stack
     stack.stop()
+
+
+_REAL_STACKS: list[Stack] = []
+_STACK_AT_FIRST_FAILURE: list[str] = []
+"""What the shared real stack looked like when the first test using it failed (printed last)."""
+
+
+def _probe(check) -> str:
+    try:
+        return "ready" if check() else "NOT ready"
+    except Exception as error:  # a probe of a sick process: say what it answered
+        return f"NOT ready ({type(error).__name__})"
+
+
+def _machine_state() -> str:
+    """Load, free memory and free /dev/shm (the Python backend's tensors travel through it)."""
+    import os
+    import shutil
+
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+    shm = shutil.disk_usage("/dev/shm")
+    return (
+        f"load average {os.getloadavg()[0]:.1f}, memory available {meminfo['MemAvailable'].strip()}"
+        f" of {meminfo['MemTotal'].strip()}, /dev/shm {shm.free >> 20} MiB free of {shm.total >> 20} MiB"
+    )
+
+
+def stack_state(stack: Stack, log_lines: int = 12) -> str:
+    """Each process of `stack`: alive or its exit code, ready or not, and the last lines of the
+    log of every process that is dead or not ready."""
+    from amcsearch import processes
+
+    lines, tails = [], []
+    for name, process in stack.processes.items():
+        if not process.alive():
+            code = process.popen.returncode if process.popen else "?"
+            lines.append(f"  {name}: exited with code {code}")
+            tails.append(process)
+            continue
+        if name == "tritonserver":
+            port = int(process.endpoints["http"].rsplit(":", 1)[1])
+            state = _probe(lambda port=port: processes.triton_ready(port))
+        elif name == "redis-server":
+            port = int(process.endpoints["redis"].rsplit(":", 1)[1].split("/")[0])
+            state = _probe(lambda port=port: processes.redis_ready(port))
+        else:
+            state = _probe(lambda process=process: processes.grpc_serving(process.endpoints["grpc"]))
+        lines.append(f"  {name}: alive, {state}")
+        if state != "ready":
+            tails.append(process)
+    lines.append(f"  machine: {_machine_state()}")
+    for process in tails:
+        lines.append(f"  --- last lines of {process.log_path.name} ---")
+        lines.extend(f"  {line[:300]}" for line in process.log_tail(log_lines).splitlines())
+    return "\n".join(lines)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """When the first test on the shared real stack fails, keep the stack's state: one sick
+    process fails every later test that uses it, and the first failure says which one."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and _REAL_STACKS and not _STACK_AT_FIRST_FAILURE and "real_stack" in item.fixturenames:
+        _STACK_AT_FIRST_FAILURE.append(f"after {item.nodeid} ({report.when}):\n{stack_state(_REAL_STACKS[0])}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _STACK_AT_FIRST_FAILURE:
+        terminalreporter.section("the real stack when its first test failed")
+        terminalreporter.write_line(_STACK_AT_FIRST_FAILURE[0])
 
 
 @pytest.fixture(scope="session")
