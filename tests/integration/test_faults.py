@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
+import numpy as np
 import pytest
 from amcsearch import processes
 from amcsearch.v1 import query_encoder_pb2, query_encoder_pb2_grpc
@@ -79,3 +81,43 @@ def test_triton_killed_gives_unavailable_within_the_deadline_then_service_resume
     processes.wait_until(
         lambda: len(encode(fault_stack, "computed again").embeddings) == 1, 30, "query_encoder to resume", interval=0.5
     )
+
+
+def test_a_call_past_its_deadline_ends_on_time_and_triton_still_completes_it(fault_stack):
+    """The caller gets DEADLINE_EXCEEDED when its deadline passes; the gRPC call to Triton is not
+    cancelled but finishes, its answer dropped (docs/decisions/0008: Triton 2.51 can crash on a
+    cancelled inference). A call cancelled with the deadline would never reach Triton here."""
+    from amcsearch.runtime.errors import DeadlineExceeded
+    from amcsearch.runtime.settings import TritonSettings
+    from amcsearch.runtime.triton import TritonModels
+    from prometheus_client import REGISTRY
+
+    triton = fault_stack.processes["tritonserver"]
+
+    def completed() -> float:
+        return metric_value(scrape(triton.endpoints["metrics"]), "nv_inference_request_success", model="text_encoder")
+
+    def abandoned() -> float:
+        labels = {"service": "fault-test", "model": "text_encoder"}
+        return REGISTRY.get_sample_value("amcsearch_triton_abandoned_total", labels) or 0.0
+
+    async def call_past_deadline() -> float:
+        models = TritonModels(TritonSettings(url=triton.endpoints["grpc"]), "fault-test")
+        ids = np.ones((64, 32), np.int64)
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="deadline passed"):
+            await models.infer(
+                "text_encoder", {"input_ids": ids, "attention_mask": ids}, ["embedding__0"], timeout_seconds=0.0005
+            )
+        waited = time.monotonic() - started
+        await models.close()  # waits for the abandoned call
+        return waited
+
+    before, abandoned_before = completed(), abandoned()
+    waited = asyncio.run(call_past_deadline())
+    assert waited < 1.0, f"the caller waited {waited:.2f} s past a 0.5 ms deadline"
+    assert abandoned() == abandoned_before + 1
+    deadline = time.monotonic() + 10
+    while completed() < before + 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert completed() == before + 1, "Triton never completed the call whose caller stopped waiting"

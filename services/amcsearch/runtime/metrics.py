@@ -64,6 +64,12 @@ TRITON_SECONDS = Histogram(
     ["service", "model", "outcome"],
     buckets=LATENCY_BUCKETS,
 )
+TRITON_ABANDONED = Counter(
+    "amcsearch_triton_abandoned_total",
+    "Triton inference calls whose caller stopped waiting (deadline passed or caller cancelled); "
+    "they run to their end instead of being cancelled.",
+    ["service", "model"],
+)
 BYTE_BUCKETS = tuple(2**i for i in range(10, 27, 2))  # 1 KiB .. 64 MiB
 TRITON_REQUEST_BYTES = Histogram(
     "amcsearch_triton_request_bytes",

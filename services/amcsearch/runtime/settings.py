@@ -118,6 +118,9 @@ class TritonSettings:
     """Time a readiness canary inference may take (the first one warms the model)."""
     canary_interval_seconds: float = env("TRITON_CANARY_INTERVAL_SECONDS", default=30.0)
     """Between canaries, readiness asks Triton's model-ready endpoint only."""
+    call_ceiling_seconds: float = env("TRITON_CALL_CEILING_SECONDS", default=60.0)
+    """The gRPC deadline of every inference call, whatever the caller's: the caller's own deadline
+    is kept in the service, so that no call is cancelled (runtime/triton.py says why)."""
 
 
 @dataclasses.dataclass(frozen=True)

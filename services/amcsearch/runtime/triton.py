@@ -1,11 +1,20 @@
-"""Async Triton client: one batched infer call, deadlines passed on, readiness by canary.
+"""Async Triton client: one batched infer call, deadlines kept, readiness by canary.
 
 Triton's health endpoints stay green when a Python-backend stub has died, so readiness here is
 a real inference of zeros through every model the service needs.
+
+An inference call is never cancelled. The caller's deadline is kept here: when it passes (or
+the caller is cancelled), the caller gets DEADLINE_EXCEEDED (or its cancellation) at once, and
+the Triton call runs on to its own, longer deadline (TRITON_CALL_CEILING_SECONDS), its answer
+dropped. Triton 2.51, the nvidia-pytriton wheel's, can crash on a cancelled gRPC inference
+whose response is being completed (triton-inference-server/server#7368, fixed in 24.12), and
+under load a deadline or the gateway's rescore budget cancels calls at exactly that moment.
+The cost: Triton finishes work nobody waits for.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -15,7 +24,7 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
 from amcsearch.runtime.errors import AmcsearchError, DeadlineExceeded, InvalidArgument, Unavailable
-from amcsearch.runtime.metrics import TRITON_REQUEST_BYTES, TRITON_SECONDS
+from amcsearch.runtime.metrics import TRITON_ABANDONED, TRITON_REQUEST_BYTES, TRITON_SECONDS
 from amcsearch.runtime.settings import TritonSettings
 
 log = logging.getLogger(__name__)
@@ -51,8 +60,13 @@ class TritonModels:
         )
         self._configs: dict[str, dict] = {}
         self._last_canary = float("-inf")
+        self._abandoned: set[asyncio.Future] = set()  # calls left to finish (a reference each)
 
-    async def close(self) -> None:
+    async def close(self, grace_seconds: float = 5.0) -> None:
+        """Close the channel once the abandoned calls have ended (closing cancels them), or
+        after `grace_seconds`."""
+        if self._abandoned:
+            await asyncio.wait(set(self._abandoned), timeout=grace_seconds)
         await self.client.close()
 
     async def infer(
@@ -76,22 +90,44 @@ class TritonModels:
             triton_input = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
             triton_input.set_data_from_numpy(np.ascontiguousarray(array))
             triton_inputs.append(triton_input)
-        start = time.perf_counter()
-        outcome = "ok"
-        try:
-            result = await self.client.infer(
+        call = asyncio.ensure_future(
+            self.client.infer(
                 model,
                 triton_inputs,
                 outputs=[InferRequestedOutput(name, class_count=(class_counts or {}).get(name, 0)) for name in outputs],
-                client_timeout=timeout_seconds,
+                client_timeout=self.settings.call_ceiling_seconds,
             )
+        )
+        start = time.perf_counter()
+        outcome = "ok"
+        try:
+            result = await asyncio.wait_for(asyncio.shield(call), timeout_seconds)
         except InferenceServerException as error:
             translated = translate_error(error, model)
             outcome = type(translated).__name__
             raise translated from error
+        except TimeoutError as error:
+            outcome = "DeadlineExceeded"
+            self._abandon(call, model)
+            raise DeadlineExceeded(f"Triton model {model}: the deadline passed before it answered") from error
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            self._abandon(call, model)
+            raise
         finally:
             TRITON_SECONDS.labels(self.service, model, outcome).observe(time.perf_counter() - start)
         return {name: result.as_numpy(name) for name in outputs}
+
+    def _abandon(self, call: asyncio.Future, model: str) -> None:
+        """Let a call nobody waits for run to its end (see the module doc), then drop its answer."""
+        TRITON_ABANDONED.labels(self.service, model).inc()
+        self._abandoned.add(call)
+        call.add_done_callback(self._drop)
+
+    def _drop(self, call: asyncio.Future) -> None:
+        self._abandoned.discard(call)
+        if not call.cancelled():
+            call.exception()  # retrieved, so asyncio does not log it as never retrieved
 
     async def config(self, model: str) -> dict:
         """The model's config as JSON (cached; cleared when a canary fails)."""
