@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import urllib.request
 from pathlib import Path
 
@@ -89,6 +91,11 @@ def model_repository() -> Path:
     return repository
 
 
+_REAL_STACKS: list[Stack] = []
+_STACK_AT_FIRST_FAILURE: list[str] = []
+"""What the shared real stack looked like when the first test using it failed (printed last)."""
+
+
 @pytest.fixture(scope="session")
 def real_stack(model_repository, tmp_path_factory):
     """Every service on the trained models, with its own Redis and embedded index file."""
@@ -109,11 +116,6 @@ def real_stack(model_repository, tmp_path_factory):
     stack.stop()
 
 
-_REAL_STACKS: list[Stack] = []
-_STACK_AT_FIRST_FAILURE: list[str] = []
-"""What the shared real stack looked like when the first test using it failed (printed last)."""
-
-
 def _probe(check) -> str:
     try:
         return "ready" if check() else "NOT ready"
@@ -123,9 +125,6 @@ def _probe(check) -> str:
 
 def _machine_state() -> str:
     """Load, free memory and free /dev/shm (the Python backend's tensors travel through it)."""
-    import os
-    import shutil
-
     meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
     shm = shutil.disk_usage("/dev/shm")
     return (
@@ -234,7 +233,6 @@ def reliability_report():
 def chromium_dom(page: Path, probe_js: str, profile: Path, screenshot: Path | None = None) -> str:
     """The DOM of `page` in headless Chromium after `probe_js` ran on load (it sets
     document.title to what the test checks); with `screenshot`, a PNG of the page too."""
-    import shutil
     import subprocess
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
