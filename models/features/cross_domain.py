@@ -104,19 +104,17 @@ def tag_ynet_vectors(model: TagYNet, feats: DomainFeatures) -> tuple[torch.Tenso
 
 @torch.no_grad()
 def context_distances(
-    model: CtxYNet, locations: torch.Tensor, contexts: torch.Tensor, shortlist: torch.Tensor, chunk: int = 64
+    model: CtxYNet, locations: torch.Tensor, contexts: torch.Tensor, shortlist: torch.Tensor, chunk: int = 256
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CtxYNet on a short list: (distances [Q, K], attention [Q, K, 36]) of street maps [Q, 36, C]
-    to the contexts [P, C] of their candidates shortlist [Q, K]."""
+    to the contexts [P, C] of their candidates shortlist [Q, K]. Each query's map is attended
+    with all its K contexts in one product (CtxYNet.shortlist_query), never copied K times."""
     distances, attentions = [], []
     for start in range(0, locations.shape[0], chunk):
-        rows = shortlist[start : start + chunk]
-        q, k = rows.shape
-        maps = locations[start : start + chunk].unsqueeze(1).expand(q, k, *locations.shape[1:])
-        context = contexts[rows.reshape(-1)]
-        query, attention = model.query(maps.reshape(q * k, *locations.shape[1:]), context)
-        distances.append((query - context).pow(2).sum(dim=1).view(q, k))
-        attentions.append(attention.view(q, k, -1))
+        context = contexts[shortlist[start : start + chunk]]  # [q, K, C]
+        query, attention = model.shortlist_query(locations[start : start + chunk], context)
+        distances.append((query - context).pow(2).sum(dim=2))
+        attentions.append(attention)
     return torch.cat(distances), torch.cat(attentions)
 
 

@@ -166,6 +166,15 @@ class CtxYNet(nn.Module):
         (query vector [N, C], attention [N, 36])."""
         return attend(locations, self.score(locations, context))
 
+    def shortlist_query(self, locations: torch.Tensor, contexts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Street maps [Q, 36, C], each attended with each of its own K contexts [Q, K, C]:
+        (query vectors [Q, K, C], attention [Q, K, 36]); query() row by row, batched."""
+        logits = torch.matmul(locations, self.score.saliency).unsqueeze(1) + torch.matmul(
+            contexts, self.score.context_prior.t()
+        )
+        weights = torch.softmax(logits, dim=2)
+        return F.normalize(torch.bmm(weights, locations), dim=2), weights
+
     def pairwise_distances(self, locations: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
         """[A, B]: the distance of street map a (attended with context b) to context b."""
         a, b = locations.shape[0], contexts.shape[0]

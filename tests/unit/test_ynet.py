@@ -200,6 +200,12 @@ def test_fresh_ctx_ynet_attends_uniformly_and_pairwise_matches_rowwise() -> None
         query, _ = ctx_ynet.query(locations[[2]], contexts[[3]])
     torch.testing.assert_close(pairwise[2, 3], (query - contexts[3]).pow(2).sum(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(street_embedding(locations), F.normalize(locations.mean(dim=1), dim=1))
+    with torch.no_grad():  # a short list per query, batched: query() row by row
+        listed = contexts[torch.tensor([[3, 1], [0, 2], [1, 1]])]
+        batched, batched_attention = ctx_ynet.shortlist_query(locations, listed)
+        row, row_attention = ctx_ynet.query(locations[[1]], contexts[[2]])
+    torch.testing.assert_close(batched[1, 1], row[0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(batched_attention[1, 1], row_attention[0], atol=1e-6, rtol=1e-5)
 
 
 def test_triplet_loss_masks_shots_of_the_same_product() -> None:
