@@ -32,6 +32,7 @@ from models.nets.ynet import (
 )
 from models.train.ynet import (
     as_ynet_budget,
+    fit,
     held_out_products,
     product_subset,
     triplet_loss,
@@ -257,6 +258,30 @@ def test_budget_settings_outside_their_choices_are_refused() -> None:
         as_ynet_budget({"ctx_init": "warm"})
     with pytest.raises(ValueError, match="validation_gallery must be one of"):
         as_ynet_budget({"validation_gallery": "test"})
+
+
+def test_fit_stops_when_patience_runs_out_and_keeps_the_best_epoch() -> None:
+    """Scores by epoch (0: before training) 0.1, 0.2, 0.5, 0.4, 0.3, 0.45, 0.9: with patience 3 the
+    run ends after epoch 5, keeps epoch 2's copy and never trains epoch 6."""
+    feats = _features(4, 2)
+    module = torch.nn.Linear(1, 1)
+    scores = iter([0.1, 0.2, 0.5, 0.4, 0.3, 0.45, 0.9])
+    snapshots: list[float] = []
+
+    def validate() -> float:
+        snapshots.append(float(module.weight.detach()))
+        return next(scores)
+
+    def distances(rows: torch.Tensor, products: torch.Tensor) -> torch.Tensor:
+        return module.weight * torch.rand(len(rows), len(products))
+
+    groups = [{"params": list(module.parameters()), "base_lr": 0.1}]
+    cfg = as_ynet_budget({"batch_size": 4})
+    fitted = fit("toy", module, groups, distances, validate, feats, 10, 3, cfg, seed=0)
+    assert (fitted.best_epoch, fitted.epochs_run, fitted.score) == (2, 5, 0.5)
+    assert len(snapshots) == 6 and float(fitted.module.weight.detach()) == snapshots[2] != snapshots[5]
+    whole = fit("toy", module, groups, distances, lambda: 0.0, feats, 4, 0, cfg, seed=0)
+    assert (whole.best_epoch, whole.epochs_run) == (0, 4)  # patience 0: every epoch
 
 
 def test_a_few_training_steps_lower_the_loss() -> None:
