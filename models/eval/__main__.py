@@ -32,6 +32,11 @@ from models.export.checkpoints import load_amc_models, load_composer_models, loa
 from models.nets.text_encoder import load_text_encoder
 
 
+def _load_average(load: list[float] | tuple[float, ...]) -> str:
+    """ "1.93 / 1.80 / 1.52 (1 / 5 / 15 min)": how busy the machine was, beside its timings."""
+    return " / ".join(f"{x:.2f}" for x in load) + " (1 / 5 / 15 min)"
+
+
 def _section(title: str, command_note: str, body: str) -> str:
     return f"## {title}\n\n{command_note}\n\n{body}\n"
 
@@ -162,14 +167,18 @@ def main(argv: list[str] | None = None) -> None:
         f"- corpus: size `{args.size}`, seed {args.seed}: {len(corpus.train.images)} train / {len(test.images)} test"
         f" images; test queries: {len(test.text_queries)} text, {len(test.image_queries)} by image,"
         f" {len(test.composed_queries)} composed",
-        f"- evaluation time: {seconds:.0f} s",
+        f"- evaluation time: {seconds:.0f} s (load average {_load_average(os.getloadavg())} at its end)",
         "- reproducibility: `make eval` on the same checkpoints reproduces every figure exactly (no randomness);"
         " retraining from scratch: the last section.",
     ]
     if manifest:
         stages = ", ".join(f"{k} {v:.0f} s" for k, v in manifest.get("stage_seconds", {}).items())
+        where = f" on {manifest['machine']}" if "machine" in manifest else ""
+        if "load_average" in manifest:
+            where += f", load average {_load_average(manifest['load_average'])} at its end"
         header.append(
-            f"- training (`make models`, {manifest.get('threads', '?')} threads): {manifest.get('total_seconds', 0):.0f} s in all; {stages}"
+            f"- training (`make models`, {manifest.get('threads', '?')} threads{where}): "
+            f"{manifest.get('total_seconds', 0):.0f} s in all; {stages}"
         )
         sizes = ", ".join(
             f"{k} {v['parameters']:,} parameters ({v['model_pt_bytes'] / 1e6:.2f} MB)"

@@ -141,19 +141,29 @@ def format_table(
     ]
     models = (training or {}).get("models", {})
     if models:
-        lines += ["", "| model | parameters (trained) | training |", "| --- | --- | --- |"]
+        budget = training.get("budget", {})
+        lines += [
+            "",
+            "| model | parameters (trained) | training | epochs: kept / run / budget |",
+            "| --- | --- | --- | --- |",
+        ]
         names = {"global": "global embedding (head retrained)", "tag_ynet": "TagYNet", "ctx_ynet": "CtxYNet"}
+        budgets = {"global": "global_epochs", "tag_ynet": "tag_epochs", "ctx_ynet": "ctx_epochs"}
         for key, name in names.items():
             info = models.get(key, {})
+            epochs = " / ".join(
+                str(x) for x in (info.get("best_epoch"), info.get("epochs_run"), budget.get(budgets[key]))
+            )
             lines.append(
                 f"| {name} | {info.get('parameters', 0):,} ({info.get('trained_parameters', 0):,})"
-                f" | {info.get('seconds', 0):.0f} s |"
+                f" | {info.get('seconds', 0):.0f} s | {epochs} |"
             )
         lines.append(
             f"\nTrunk features of the TRAIN images: {training.get('features_seconds', 0):.0f} s; "
             f"{training.get('train_products', 0)} products trained on, "
             f"{training.get('validation_products', 0)} held out for model selection (their street shots"
-            " queried every train product's shop image)."
+            " queried every train product's shop image). Each model keeps its epoch with the best validation"
+            " score and stops once it has not improved for its patience (models/train/ynet.py)."
         )
         lines += validation_table(training)
     served = {k: v for k, v in (exports or {}).items() if k in ("ynet_shop", "ynet_street", "ctx_ynet")}

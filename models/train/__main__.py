@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": f"{platform.machine()}, {cpu_model()}, {os.cpu_count()} cores",
         "threads": torch.get_num_threads(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],  # 1, 5 and 15 min, at the end
         "torch": torch.__version__,
         "train_images": len(corpus.train.images),
         "test_images": len(corpus.test.images),
