@@ -141,6 +141,10 @@ class ContextScore(nn.Module):
         """Logits [N, L] of street maps [N, L, C], each with its row's context [N, C]."""
         return torch.matmul(locations, self.saliency) + torch.matmul(context, self.context_prior.t())
 
+    def shortlist(self, locations: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
+        """Logits [Q, K, L]: street map q with each of its own K contexts [Q, K, C]."""
+        return torch.matmul(locations, self.saliency).unsqueeze(1) + torch.matmul(contexts, self.context_prior.t())
+
     def pairwise(self, locations: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:
         """Logits [A, B, L]: street map a with context b."""
         scores = torch.matmul(locations, self.saliency)  # [A, L]
@@ -169,10 +173,7 @@ class CtxYNet(nn.Module):
     def shortlist_query(self, locations: torch.Tensor, contexts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Street maps [Q, 36, C], each attended with each of its own K contexts [Q, K, C]:
         (query vectors [Q, K, C], attention [Q, K, 36]); query() row by row, batched."""
-        logits = torch.matmul(locations, self.score.saliency).unsqueeze(1) + torch.matmul(
-            contexts, self.score.context_prior.t()
-        )
-        weights = torch.softmax(logits, dim=2)
+        weights = torch.softmax(self.score.shortlist(locations, contexts), dim=2)
         return F.normalize(torch.bmm(weights, locations), dim=2), weights
 
     def pairwise_distances(self, locations: torch.Tensor, contexts: torch.Tensor) -> torch.Tensor:

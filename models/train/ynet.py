@@ -21,8 +21,8 @@ epochs, TagYNet and CtxYNet 4); the learning-rate schedule still spans the budge
 stop keeps the model the whole run would have kept unless a later epoch would have beaten it. At
 the demo size the whole runs kept the baseline's epoch 47 of 80 (its best after epoch 29 came at
 39, 10 epochs later) and CtxYNet's epoch 8 of 15, so the stops save 21 and 3 epochs, about 60 s
-of make models on a 2-core Intel Xeon (the stage 388 s -> about 320 s), for the same models. Also measured, on 2880 validation queries, top-1 /
-top-20, and dropped as they cost accuracy: TagYNet and CtxYNet's Y 96 wide instead of 128 (steps
+of make models on a 2-core Intel Xeon (the stage 388 s -> about 320 s), for the same models.
+Also measured, on 2880 validation queries, top-1 / top-20, and dropped as they cost accuracy: TagYNet and CtxYNet's Y 96 wide instead of 128 (steps
 36% cheaper; TagYNet's validation score 0.594 against 0.611), batches of 64 products x 2 shots
 (the shop side computed for half the rows: TagYNet 0.308 / 0.801 against 0.332 / 0.802),
 bfloat16 autocast of the Y on a CPU with AMX (steps 33% cheaper; TagYNet 0.315 / 0.793, CtxYNet
