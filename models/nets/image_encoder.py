@@ -49,9 +49,11 @@ class ImageTrunk(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         # Pixels to roughly zero mean, unit scale: (x / 255 - 0.5) / 0.25. One scalar per channel
-        # is enough because BatchNorm follows the first convolution.
+        # is enough because BatchNorm follows the first convolution. The NHWC input stays NHWC in
+        # memory (channels_last), the layout oneDNN's CPU convolutions run natively: NCHW made
+        # every convolution reorder its tensors and took twice as long to train on an AVX2 CPU.
         x = image.permute(0, 3, 1, 2).to(torch.float32) * (4.0 / 255.0) - 2.0
-        return self.stem(x.contiguous())
+        return self.stem(x.contiguous(memory_format=torch.channels_last))
 
 
 def regions_from_map(feature_map: torch.Tensor) -> torch.Tensor:
