@@ -27,7 +27,7 @@ from torch import nn
 from models.nets.image_encoder import REGION_DIM, ImageTrunk
 
 YNET_DIM = 64  # C, the channels of each branch's map
-YNET_HIDDEN = 128  # the channels of the shared stem and inside each arm, before the arm's 1 x 1 map to C
+YNET_HIDDEN = 96  # the channels of the shared stem and inside each arm (models/train/ynet.py: why 96)
 GRID = 6
 LOCATIONS = GRID * GRID  # L
 GRID_FEATURES = 2 * REGION_DIM  # per location: the trunk's map averaged and maxed over the cell

@@ -18,16 +18,30 @@ the modules stay in eval mode (the frozen trunk's batch norm keeps its statistic
 
 Each model stops early once its validation score has not improved for its patience (global 12
 epochs, TagYNet and CtxYNet 4); the learning-rate schedule still spans the budget's epochs, so a
-stop keeps the model the whole run would have kept unless a later epoch would have beaten it. At
-the demo size the whole runs kept the baseline's epoch 47 of 80 (its best after epoch 29 came at
-39, 10 epochs later) and CtxYNet's epoch 8 of 15, so the stops save 21 and 3 epochs, about 60 s
-of make models on a 2-core Intel Xeon (the stage 388 s -> about 320 s), for the same models.
-Also measured, on 2880 validation queries, top-1 / top-20, and dropped as they cost accuracy: TagYNet and CtxYNet's Y 96 wide instead of 128 (steps
-36% cheaper; TagYNet's validation score 0.594 against 0.611), batches of 64 products x 2 shots
-(the shop side computed for half the rows: TagYNet 0.308 / 0.801 against 0.332 / 0.802),
-bfloat16 autocast of the Y on a CPU with AMX (steps 33% cheaper; TagYNet 0.315 / 0.793, CtxYNet
-0.372 / 0.840 against 0.381 / 0.840), CtxYNet's schedule over 10 epochs (0.378 / 0.835), the
-baseline's over 50 or 40 (0.303 / 0.710, 0.295 / 0.697 against 0.314 / 0.713: a weaker baseline).
+stop keeps the model the whole run would have kept unless a later epoch would have beaten it.
+
+The Y is 96 wide (YNET_HIDDEN) and CtxYNet trains 10 epochs, so that make models stays within
+20 minutes at the demo size on the slowest 2-core machine measured (an AVX2 AMD EPYC, where the
+Y at 128 wide and CtxYNet at 15 epochs took this stage to 720 s of a 1280 s make models). On the
+2880 validation queries, top-1 / top-20, one run each on the same frozen features:
+| Y width, TagYNet / CtxYNet epochs | TagYNet | CtxYNet (served re-rank) | their training here |
+| 128, 30 / 15 | 0.343 / 0.818 | 0.390 / 0.851 | 350 s + 177 s |
+| 128, 30 / 10 | 0.343 / 0.818 | 0.399 / 0.855 | 350 s + 119 s |
+| 128, 22 / 10 | 0.327 / 0.800 | 0.376 / 0.846 | 234 s + 115 s |
+| 128, 18 / 10 | 0.315 / 0.784 | 0.374 / 0.838 | 191 s + 114 s |
+| 96, 30 / 10 (the default) | 0.324 / 0.795 | 0.388 / 0.841 | 232 s + 86 s |
+CtxYNet's schedule over 10 epochs scored as well as over 15 (its best epoch had been 8, 10 and
+14 of 15 in three make models runs); the narrower Y costs about 0.01 of the served method's top-1 and top-20, less than cutting
+TagYNet's epochs for the same time. The baseline (0.318-0.328 / 0.714-0.719 here) keeps its full
+80-epoch budget: a weaker baseline would flatter CtxYNet. CtxYNet's own Y reused from TagYNet
+("tag_frozen", 31 s) scored 0.345 / 0.819, hardly above TagYNet, with attention barely off
+uniform on the product (0.180 against 0.176 uniform; the fresh Y's 0.350): it stays fresh.
+Also measured earlier, on a 2-core Intel Xeon with the 128-wide Y, and dropped as they cost more
+than they saved: batches of 64 products x 2 shots (the shop side computed for half the rows:
+TagYNet 0.308 / 0.801 against 0.332 / 0.802), bfloat16 autocast of the Y on a CPU with AMX
+(steps 33% cheaper; TagYNet 0.315 / 0.793, CtxYNet 0.372 / 0.840 against 0.381 / 0.840; and
+results that would depend on the CPU), the baseline's schedule over 50 or 40 epochs (0.303 /
+0.710, 0.295 / 0.697 against 0.314 / 0.713: a weaker baseline).
 
 Model selection uses only TRAIN: a random share of the train products is held out; their street
 shots are the validation queries and the shop images of every train product the gallery (1200 at
@@ -37,7 +51,7 @@ the untrained start included, and CtxYNet is validated as it is used, re-ranking
 TagYNet's validation top K by its distance plus CROSS_DOMAIN_TAG_WEIGHT times TagYNet's.
 
 The demo size trains on 16 street shots per product (the corpus's train_shots), with the epochs
-cut to keep the steps and the time of 4 shots: TagYNet 30, CtxYNet 15. At 4 shots every Y learnt
+cut to keep the steps and the time of 4 shots: TagYNet 30, CtxYNet 15 (now 10, above). At 4 shots every Y learnt
 its 1020 products by heart (train top-1 0.998, validation 0.21), and TagYNet stayed behind the
 baseline at top-1. The same 720 validation queries, top-1 / top-20 (one run of each; the
 baseline keeps its best setting, 80 epochs, at every data size):
@@ -124,7 +138,7 @@ class YNetBudget:
     hidden: int = YNET_HIDDEN  # the Y's inner width
     global_epochs: int = 80
     tag_epochs: int = 30
-    ctx_epochs: int = 15
+    ctx_epochs: int = 10
     # Early stop: after this many epochs without a better validation score (0: never). The
     # learning-rate schedule still spans the epochs above, so a stop keeps the very model the
     # whole run would have kept, unless a later epoch would have beaten it.
