@@ -31,8 +31,8 @@ Y at 128 wide and CtxYNet at 15 epochs took this stage to 720 s of a 1280 s make
 | 128, 18 / 10 | 0.315 / 0.784 | 0.374 / 0.838 | 191 s + 114 s |
 | 96, 30 / 10 (the default) | 0.324 / 0.795 | 0.388 / 0.841 | 232 s + 86 s |
 CtxYNet's schedule over 10 epochs scored as well as over 15 (its best epoch had been 8, 10 and
-14 of 15 in three make models runs); the narrower Y costs about 0.01 of the served method's top-1 and top-20, less than cutting
-TagYNet's epochs for the same time. The baseline (0.318-0.328 / 0.714-0.719 here) keeps its full
+14 of 15 in three make models runs); the narrower Y costs about 0.01 of the served method's
+top-1 and top-20, less than cutting TagYNet's epochs for the same time. The baseline (0.318-0.328 / 0.714-0.719 here) keeps its full
 80-epoch budget: a weaker baseline would flatter CtxYNet. CtxYNet's own Y reused from TagYNet
 ("tag_frozen", 31 s) scored 0.345 / 0.819, hardly above TagYNet, with attention barely off
 uniform on the product (0.180 against 0.176 uniform; the fresh Y's 0.350): it stays fresh.
@@ -51,8 +51,8 @@ the untrained start included, and CtxYNet is validated as it is used, re-ranking
 TagYNet's validation top K by its distance plus CROSS_DOMAIN_TAG_WEIGHT times TagYNet's.
 
 The demo size trains on 16 street shots per product (the corpus's train_shots), with the epochs
-cut to keep the steps and the time of 4 shots: TagYNet 30, CtxYNet 15 (now 10, above). At 4 shots every Y learnt
-its 1020 products by heart (train top-1 0.998, validation 0.21), and TagYNet stayed behind the
+cut to keep the steps and the time of 4 shots: TagYNet 30, CtxYNet 15 (now 10, above). At 4
+shots every Y learnt its 1020 products by heart (train top-1 0.998, validation 0.21), and TagYNet stayed behind the
 baseline at top-1. The same 720 validation queries, top-1 / top-20 (one run of each; the
 baseline keeps its best setting, 80 epochs, at every data size):
 - 4 shots: baseline 0.215 / 0.592, TagYNet 0.206 / 0.642;
