@@ -14,7 +14,7 @@ from amcsearch.runtime.keywords import normalize_keyword
 from amcsearch.runtime.metrics import BATCH_ITEMS
 from amcsearch.runtime.quantize import quantize_regions
 from amcsearch.runtime.rescoring import CandidateBatch
-from amcsearch.runtime.tensors import FLOATS, from_tensor
+from amcsearch.runtime.tensors import FLOATS, from_tensor, to_tensor
 from amcsearch.v1 import attention_rescorer_pb2, attention_rescorer_pb2_grpc, common_pb2
 
 INT8 = (common_pb2.Tensor.INT8,)
@@ -45,8 +45,7 @@ class AttentionRescorerServicer(attention_rescorer_pb2_grpc.AttentionRescorerSer
         self.rescorer = rescorer
         self.settings = settings
 
-    def _batch(self, request: attention_rescorer_pb2.RescoreRequest, query_count: int) -> CandidateBatch:
-        n = len(request.ids)
+    def _batch(self, request: attention_rescorer_pb2.RescoreRequest, n: int, query_count: int) -> CandidateBatch:
         grid = (n, c.REGION_COUNT, c.REGION_DIM)
         regions = from_tensor(request.regions, grid, "regions", (*FLOATS, *INT8))
         if request.regions.dtype == common_pb2.Tensor.INT8:
@@ -94,19 +93,52 @@ class AttentionRescorerServicer(attention_rescorer_pb2_grpc.AttentionRescorerSer
 
     async def Rescore(self, request: attention_rescorer_pb2.RescoreRequest, context: grpc.aio.ServicerContext):
         count = len(request.ids)
-        require(count > 0, f"ids is empty: send 1 to {self.settings.max_candidates} candidates")
+        if request.columnar and not count:
+            count = int(request.regions.shape[0]) if request.regions.shape else 0
+        elif request.columnar:
+            require(
+                not request.regions.shape or request.regions.shape[0] == count,
+                f"ids has {count} entries but regions {list(request.regions.shape)[:1]} rows",
+            )
+        require(count > 0, f"no candidates: send 1 to {self.settings.max_candidates} candidates")
         limit(count, self.settings.max_candidates, "number of candidates")
         require(0 <= request.explain_top <= c.REGION_COUNT, f"explain_top must be in 0..{c.REGION_COUNT}")
         queries = from_tensor(request.queries, (-1, c.EMBEDDING_DIM), "queries")
         require(queries.shape[0] > 0, "queries is empty: send at least one query embedding")
         limit(queries.shape[0], self.settings.max_candidates, "number of queries")
         BATCH_ITEMS.labels("attention_rescorer", "Rescore").observe(count)
-        batch = self._batch(request, queries.shape[0])
+        batch = self._batch(request, count, queries.shape[0])
         bias = self._bias(request, queries.shape[0])
         explain_top = (request.explain_top or 5) if request.explain else 0
+        if request.columnar:
+            return await self._rescore_columns(request, queries, batch, explain_top, bias)
         scored = await self.rescorer.rescore(queries, batch, explain_top, time_left(), bias)
         return attention_rescorer_pb2.RescoreResponse(
             results=[attention_rescorer_pb2.RescoredCandidate(id=s.id, evidence=evidence(s)) for s in scored]
+        )
+
+    async def _rescore_columns(
+        self,
+        request: attention_rescorer_pb2.RescoreRequest,
+        queries: np.ndarray,
+        batch: CandidateBatch,
+        explain_top: int,
+        bias: np.ndarray | None,
+    ) -> attention_rescorer_pb2.RescoreResponse:
+        ranks = None
+        if explain_top and request.HasField("explain_ranks") and request.explain_ranks.shape:
+            ranks = from_tensor(request.explain_ranks, (queries.shape[0],), "explain_ranks", INT32)
+            require(bool((ranks >= 0).all()), "explain_ranks must be >= 0")
+        out = await self.rescorer.rescore_columns(queries, batch, explain_top, ranks, time_left(), bias)
+        return attention_rescorer_pb2.RescoreResponse(
+            scores=to_tensor(out.scores),
+            modality_weights=to_tensor(out.modality_weights),
+            learned_weights=to_tensor(out.learned_weights),
+            explained=to_tensor(out.explained),
+            region_index=to_tensor(out.region_index),
+            region_weight=to_tensor(out.region_weight),
+            keyword_slot=to_tensor(out.keyword_slot),
+            keyword_weight=to_tensor(out.keyword_weight),
         )
 
     async def RescoreCrossDomain(

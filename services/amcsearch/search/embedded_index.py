@@ -4,8 +4,10 @@ numpy for vector search, all inside the gateway process (no port, no second proc
 Why (docs/decisions/0001-index-engine.md has the measurements): SQLite gives durable, atomic
 writes (WAL, synchronous=FULL: an acknowledged Index survives kill -9 and power loss), one
 transaction for an item and everything that belongs to it, bound parameters for every filter
-value (nothing a caller sends is spliced into a query), and FTS5 for keyword retrieval. The
-vector side (vector_index.py) is derived state, rebuilt or patched from a snapshot at start.
+value (nothing a caller sends is spliced into a query). The vector side (vector_index.py) and
+keyword retrieval (keyword_index.py) are derived state, rebuilt or patched at start. A search
+reads its candidates' rescoring features as a few packed blobs per row (regions, scales, keyword
+slots as dictionary ids and confidences), prepared once at index time.
 
 One gateway process owns a store file at a time (an exclusive lock beside it); running several
 gateways means the Milvus server engine (milvus_index.py), which has the same interface.
@@ -18,8 +20,8 @@ import fcntl
 import json
 import logging
 import os
-import re
 import sqlite3
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -30,13 +32,29 @@ import numpy as np
 
 from amcsearch.runtime import contract as c
 from amcsearch.runtime.errors import NotFound, Unavailable
-from amcsearch.search.records import Filter, Hit, MetadataClause, MetadataFilter, Record, Shop, metadata_number
+from amcsearch.search.keyword_index import KeywordIndex
+from amcsearch.search.records import (
+    Candidates,
+    Described,
+    Filter,
+    Hit,
+    MetadataClause,
+    MetadataFilter,
+    Record,
+    Shop,
+    metadata_number,
+    positions_of,
+    slot_columns,
+    usable_keywords,
+)
 from amcsearch.search.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "3"
-FTS_TERM = re.compile(r"\w+", re.UNICODE)
+SCHEMA_VERSION = "4"
+"""4: each item's rescoring keyword slots packed beside its regions (keyword_ids,
+keyword_confidences) with a store-wide keyword dictionary; keyword retrieval in keyword_index.py
+(3's FTS5 table is dropped). A version 3 store is migrated when it opens."""
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS store_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS collections (name TEXT PRIMARY KEY, created_at REAL NOT NULL);
@@ -50,8 +68,11 @@ CREATE TABLE IF NOT EXISTS items (
     title TEXT NOT NULL,
     keywords TEXT NOT NULL,
     metadata TEXT NOT NULL,
+    keyword_ids BLOB,
+    keyword_confidences BLOB,
     UNIQUE (collection, id)
 );
+CREATE TABLE IF NOT EXISTS keyword_dictionary (id INTEGER PRIMARY KEY, text TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS item_keywords (
     text TEXT NOT NULL, row INTEGER NOT NULL, PRIMARY KEY (text, row)
 ) WITHOUT ROWID;
@@ -62,7 +83,6 @@ CREATE TABLE IF NOT EXISTS item_metadata (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS item_metadata_by_row ON item_metadata (row);
 CREATE INDEX IF NOT EXISTS item_metadata_by_number ON item_metadata (key, number);
-CREATE VIRTUAL TABLE IF NOT EXISTS item_text USING fts5 (keywords, tokenize = 'porter unicode61');
 CREATE TABLE IF NOT EXISTS item_shop (row INTEGER PRIMARY KEY, features BLOB NOT NULL);
 """
 SHOP_SNAPSHOT = "shop.hnsw"
@@ -157,6 +177,14 @@ class EmbeddedIndex:
         self.shop_vectors: dict[str, VectorIndex] = {}
         """Per collection, the cross-domain (TagYNet) vectors of the items that have them."""
         self.generation = 0
+        self.keywords: dict[str, KeywordIndex] = {}
+        """Per collection, BM25 keyword retrieval (keyword_index.py), derived from the store."""
+        self.keyword_lock = threading.Lock()
+        """Keyword indexes change in the writer thread and are read in the reader thread."""
+        self.keyword_dictionary: dict[str, int] = {}
+        """Every keyword text of the store -> its id in items.keyword_ids."""
+        self.keyword_texts = np.zeros(0, dtype=object)
+        """id -> text; replaced (never changed in place) when texts are added."""
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -185,6 +213,8 @@ class EmbeddedIndex:
         version = self._write_db.execute("SELECT value FROM store_info WHERE key = 'schema'").fetchone()
         if version is None:
             self._write_db.execute("INSERT INTO store_info VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        elif version[0] == "3":
+            self._migrate_from_3()
         elif version[0] != SCHEMA_VERSION:
             raise Unavailable(
                 f"index at {self.path} has schema version {version[0]}, this server reads "
@@ -206,26 +236,90 @@ class EmbeddedIndex:
                 "`make check-index ACCEPT_LOSS=1` to serve it as it is"
             )
         write_generation(self.generation_path, self.generation)
-        self._backfill_text()
-        self._read_db = self._connect()
         self._inode = os.stat(self.path).st_ino
+        self._fill_keyword_slots()
+        self._read_db = self._connect()
         self._load_vectors()
+        self._load_keywords()
 
-    def _backfill_text(self) -> None:
-        """Stores written before keyword retrieval existed get their full-text rows once."""
+    def _migrate_from_3(self) -> None:
+        """Schema 3 -> 4 in place: the keyword slot columns (filled by _fill_keyword_slots, in
+        the same start) and no FTS5 table. Nothing indexed is lost: the slots are derived from
+        each item's stored keywords."""
         db = self._write_db
         assert db is not None
-        texts = db.execute("SELECT count(*) FROM item_text").fetchone()[0]
-        items = db.execute("SELECT count(*) FROM items").fetchone()[0]
-        if texts == items:
+        log.info("index %s: migrating schema 3 -> 4 (packed keyword slots, keyword engine)", self.path)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            columns = {r[1] for r in db.execute("PRAGMA table_info(items)")}
+            for column in ("keyword_ids", "keyword_confidences"):
+                if column not in columns:
+                    db.execute(f"ALTER TABLE items ADD COLUMN {column} BLOB")
+            db.execute("DROP TABLE IF EXISTS item_text")
+            db.execute("UPDATE store_info SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _fill_keyword_slots(self) -> None:
+        """Items without packed keyword slots (a migrated store) get them, in batches."""
+        db = self._write_db
+        assert db is not None
+        self._load_dictionary()
+        missing = db.execute("SELECT count(*) FROM items WHERE keyword_ids IS NULL").fetchone()[0]
+        if not missing:
             return
-        log.info("index %s: building the keyword full-text table for %d items", self.path, items)
-        with self._transaction() as tx:
-            tx.execute("DELETE FROM item_text")
-            for row, keywords in tx.execute("SELECT row, keywords FROM items").fetchall():
-                tx.execute(
-                    "INSERT INTO item_text (rowid, keywords) VALUES (?, ?)", (row, keyword_text(_keywords(keywords)))
-                )
+        log.info("index %s: packing keyword slots of %d items", self.path, missing)
+        while True:
+            rows = db.execute("SELECT row, keywords FROM items WHERE keyword_ids IS NULL LIMIT 5000").fetchall()
+            if not rows:
+                return
+            with self._transaction() as tx:
+                known = len(self.keyword_dictionary)
+                packed = [(*self._slots(_keywords(keywords)), row) for row, keywords in rows]
+                self._store_dictionary(tx, known)
+                tx.executemany("UPDATE items SET keyword_ids = ?, keyword_confidences = ? WHERE row = ?", packed)
+
+    def _load_dictionary(self) -> None:
+        db = self._write_db
+        assert db is not None
+        texts = [t for (t,) in db.execute("SELECT text FROM keyword_dictionary ORDER BY id")]
+        self.keyword_dictionary = {t: i for i, t in enumerate(texts)}
+        self.keyword_texts = np.asarray(texts, dtype=object)
+
+    def _slots(self, keywords: list[tuple[str, float, int]]) -> tuple[bytes, bytes]:
+        """An item's packed keyword slots (dictionary ids and confidences); new texts join the
+        in-memory dictionary (stored by _store_dictionary in the same transaction)."""
+        ids, confidences = slot_columns(usable_keywords(keywords), self.keyword_dictionary)
+        return ids.astype("<i4").tobytes(), confidences.astype("<f4").tobytes()
+
+    def _store_dictionary(self, db: sqlite3.Connection, known: int) -> None:
+        """Store the texts added to the dictionary since it held `known`, and publish them to
+        readers before the items that use them commit."""
+        if len(self.keyword_dictionary) == known:
+            return
+        new = list(self.keyword_dictionary)[known:]
+        db.executemany("INSERT INTO keyword_dictionary VALUES (?, ?)", [(known + i, t) for i, t in enumerate(new)])
+        self.keyword_texts = np.concatenate([self.keyword_texts, np.asarray(new, dtype=object)])
+
+    def _load_keywords(self) -> None:
+        """Every collection's keyword index, from the stored keywords (derived state)."""
+        assert self._write_db is not None
+        started = time.monotonic()
+        by_collection: dict[str, tuple[list[int], list[list[str]]]] = {n: ([], []) for n in self.vectors}
+        for collection, row, keywords in self._write_db.execute(
+            "SELECT collection, row, keywords FROM items ORDER BY row"
+        ):
+            rows, texts = by_collection.setdefault(collection, ([], []))
+            rows.append(row)
+            texts.append([t for t, _, _ in _keywords(keywords)])
+        for name, (rows, texts) in by_collection.items():
+            index = KeywordIndex()
+            index.add(rows, texts)
+            index.warm()
+            self.keywords[name] = index
+        log.info("index %s: keyword indexes built in %.1fs", self.path, time.monotonic() - started)
 
     def _new_vector_index(self) -> VectorIndex:
         return VectorIndex(c.EMBEDDING_DIM, self.hnsw_min_rows, self.ef_search)
@@ -341,6 +435,7 @@ class EmbeddedIndex:
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
+            self._load_dictionary()  # texts added by the rolled-back writes are not in the store
             raise
         self.generation = generation
         write_generation(self.generation_path, generation)
@@ -392,6 +487,8 @@ class EmbeddedIndex:
             if created:
                 self.vectors[name] = self._new_vector_index()
                 self.shop_vectors[name] = self._new_shop_index()
+                with self.keyword_lock:
+                    self.keywords[name] = KeywordIndex()
             return created
 
         return await self._write(create)
@@ -403,7 +500,6 @@ class EmbeddedIndex:
             self._vectors_of(name)
             with self._transaction() as db:
                 rows = "SELECT row FROM items WHERE collection = ?"
-                db.execute(f"DELETE FROM item_text WHERE rowid IN ({rows})", (name,))
                 db.execute(f"DELETE FROM item_shop WHERE row IN ({rows})", (name,))
                 db.execute(f"DELETE FROM item_keywords WHERE row IN ({rows})", (name,))
                 db.execute(f"DELETE FROM item_metadata WHERE row IN ({rows})", (name,))
@@ -411,6 +507,8 @@ class EmbeddedIndex:
                 db.execute("DELETE FROM collections WHERE name = ?", (name,))
             self.vectors.pop(name, None)
             self.shop_vectors.pop(name, None)
+            with self.keyword_lock:
+                self.keywords.pop(name, None)
             self._snapshot_path(name).unlink(missing_ok=True)
             self._snapshot_path(name, SHOP_SNAPSHOT).unlink(missing_ok=True)
             return count
@@ -427,14 +525,15 @@ class EmbeddedIndex:
         shop_vectors = self.shop_vectors[collection]
         replaced, added, added_shop = [], [], []
         with self._transaction() as db:
+            known = len(self.keyword_dictionary)
             for r in records:
                 old = db.execute("SELECT row FROM items WHERE collection = ? AND id = ?", (collection, r.id)).fetchone()
                 if old is not None:
                     self._delete_row(db, old[0])
                     replaced.append(old[0])
                 cursor = db.execute(
-                    "INSERT INTO items (collection, id, embedding, regions, region_scales, title, keywords, metadata)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO items (collection, id, embedding, regions, region_scales, title, keywords, metadata,"
+                    " keyword_ids, keyword_confidences) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         collection,
                         r.id,
@@ -444,6 +543,7 @@ class EmbeddedIndex:
                         r.title,
                         json.dumps([[t, float(conf), int(s)] for t, conf, s in r.keywords]),
                         json.dumps(r.metadata, sort_keys=True),
+                        *self._slots(r.keywords),
                     ),
                 )
                 row = cursor.lastrowid
@@ -454,20 +554,23 @@ class EmbeddedIndex:
                     "INSERT INTO item_metadata VALUES (?, ?, ?, ?)",
                     [(k, v, row, metadata_number(v)) for k, v in r.metadata.items()],
                 )
-                db.execute("INSERT INTO item_text (rowid, keywords) VALUES (?, ?)", (row, keyword_text(r.keywords)))
                 if r.shop is not None:
                     db.execute("INSERT INTO item_shop VALUES (?, ?)", (row, r.shop.packed().tobytes()))
                     added_shop.append((row, r.shop.embedding))
                 added.append((row, r.embedding))
+            self._store_dictionary(db, known)
         vectors.remove(replaced)
         vectors.add(np.asarray([row for row, _ in added]), np.stack([e for _, e in added]))
+        with self.keyword_lock:
+            keywords = self.keywords.setdefault(collection, KeywordIndex())
+            keywords.remove(replaced)
+            keywords.add([row for row, _ in added], [[t for t, _, _ in r.keywords] for r in records])
         shop_vectors.remove(replaced)
         if added_shop:
             shop_vectors.add(np.asarray([row for row, _ in added_shop]), np.stack([e for _, e in added_shop]))
 
     @staticmethod
     def _delete_row(db: sqlite3.Connection, row: int) -> None:
-        db.execute("DELETE FROM item_text WHERE rowid = ?", (row,))
         db.execute("DELETE FROM item_keywords WHERE row = ?", (row,))
         db.execute("DELETE FROM item_metadata WHERE row = ?", (row,))
         db.execute("DELETE FROM item_shop WHERE row = ?", (row,))
@@ -484,6 +587,8 @@ class EmbeddedIndex:
                     self._delete_row(db, row)
             vectors.remove(found.values())
             self.shop_vectors[collection].remove(found.values())
+            with self.keyword_lock:
+                self.keywords[collection].remove(found.values())
             return [i for i in ids if i in found]
 
         return await self._write(delete)
@@ -551,40 +656,117 @@ class EmbeddedIndex:
     async def keyword_search(
         self, collection: str, vector: np.ndarray, text: str, limit: int, condition: Filter, with_features: bool = False
     ) -> list[Hit]:
-        """BM25 over the indexed keywords (SQLite FTS5) of the query text's words, best first;
-        each hit's ann_score is still the cosine of the query and its embedding.
-
-        Known limit: one FTS5 table serves every collection of the file, so BM25's statistics
-        (document frequencies, mean length) count the other collections' images too; results
-        stay within the collection, but their keyword order can depend on the others."""
+        """BM25 over the indexed keywords of the query text's words (keyword_index.py), best
+        first; each hit's ann_score is still the cosine of the query and its embedding."""
         return await self._read(self._keyword_search, collection, vector, text, limit, condition, with_features)
 
     def _keyword_search(
         self, collection: str, vector: np.ndarray, text: str, limit: int, condition: Filter, with_features: bool
     ) -> list[Hit]:
-        vectors = self._vectors_of(collection)
-        terms = sorted({t for t in FTS_TERM.findall(text.lower()) if len(t) > 1})
-        if not terms:
-            return []
-        match = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)  # each word a quoted phrase
-        compiled = SqlFilter.compile(collection, condition)
+        keys = self._keyword_keys(collection, text, limit, condition)
+        scores = self._vectors_of(collection).scores(keys, vector)
         db = self._read_db
         assert db is not None
-        # `+rowid`: the collection's rows filter the matches. A plain `rowid IN (...)` is handed
-        # to FTS5 as a rowid lookup, which then evaluates MATCH once per row of the collection
-        # (14 ms instead of 0.5 ms at 240 images, growing with the collection).
-        query = (
-            f"SELECT rowid FROM item_text WHERE item_text MATCH ? AND +rowid IN "
-            f"(SELECT row FROM items WHERE {compiled.where}) ORDER BY bm25(item_text) LIMIT ?"
-        )
-        keys = [r[0] for r in db.execute(query, (match, *compiled.params, limit))]
-        scores = vectors.scores(np.asarray(keys, dtype=np.int64), vector)
-        rows = self._rows(db, keys, with_features)
+        rows = self._rows(db, keys.tolist(), with_features)
         return [
             self._hit(rows[key], float(score), with_features)
-            for key, score in zip(keys, scores, strict=True)
+            for key, score in zip(keys.tolist(), scores, strict=True)
             if key in rows
         ]
+
+    def _allowed(self, collection: str, condition: Filter) -> np.ndarray | None:
+        """The rows a non-empty filter lets through (None: no filter)."""
+        if condition.empty:
+            return None
+        db = self._read_db
+        assert db is not None
+        compiled = SqlFilter.compile(collection, condition)
+        return np.fromiter(
+            (r[0] for r in db.execute(f"SELECT row FROM items WHERE {compiled.where}", compiled.params)),
+            dtype=np.int64,
+        )
+
+    def _keyword_keys(self, collection: str, text: str, limit: int, condition: Filter) -> np.ndarray:
+        self._vectors_of(collection)
+        allowed = self._allowed(collection, condition)
+        with self.keyword_lock:
+            index = self.keywords.get(collection)
+            if index is None:
+                return np.zeros(0, np.int64)
+            keys, _ = index.search(text, limit, allowed)
+        return keys
+
+    # --- columnar candidates (the search path) ---------------------------------------------------
+
+    keyword_needs_vector = False
+    """Keyword candidates come from the text alone (they run while the query is encoded)."""
+
+    async def keyword_candidates(
+        self, collection: str, text: str, limit: int, condition: Filter, vector: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Store rows of the best `limit` images by BM25 of `text`, best first."""
+        return await self._read(self._keyword_keys, collection, text, limit, condition)
+
+    async def vector_candidates(self, collection: str, vector: np.ndarray, limit: int, condition: Filter) -> Candidates:
+        """The `limit` nearest images with their rescoring features, nearest first."""
+
+        def nearest() -> Candidates:
+            keys, _ = self._vectors_of(collection).search(vector, limit, self._allowed(collection, condition))
+            return self._features(np.asarray(keys, dtype=np.int64), vector)
+
+        return await self._read(nearest)
+
+    async def candidate_features(self, collection: str, keys: np.ndarray, vector: np.ndarray) -> Candidates:
+        """The rescoring features of `keys` (in that order), with the cosine of each to `vector`."""
+        self._vectors_of(collection)
+        return await self._read(self._features, np.asarray(keys, dtype=np.int64), vector)
+
+    def _features(self, keys: np.ndarray, vector: np.ndarray) -> Candidates:
+        """One read of the packed columns of `keys`, in their order (a row deleted since its key
+        was found is left out); each ann_score is the cosine of `vector` and the stored
+        embedding. The rows are transposed and joined in C: no Python loop per candidate."""
+        db = self._read_db
+        assert db is not None
+        texts = self.keyword_texts  # taken before the rows: every id they hold is in it
+        columns = "row, embedding, regions, region_scales, keyword_ids, keyword_confidences"
+        parts = []
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500].tolist()
+            sql = f"SELECT {columns} FROM items WHERE row IN ({', '.join('?' * len(chunk))})"
+            parts.extend(db.execute(sql, chunk).fetchall())
+        if not parts:
+            return Candidates.empty()
+        rows, embeddings, regions, scales, ids, confidences = zip(*parts, strict=True)
+        order = positions_of(np.asarray(rows, dtype=np.int64), keys)
+        n = len(rows)
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        query = query / max(float(np.linalg.norm(query)), 1e-12)
+        return Candidates(
+            np.asarray(rows, dtype=np.int64)[order],
+            (np.frombuffer(b"".join(embeddings), dtype="<f4").reshape(n, -1) @ query)[order].astype(np.float32),
+            np.frombuffer(b"".join(regions), dtype=np.int8).reshape(n, c.REGION_COUNT, c.REGION_DIM)[order],
+            np.frombuffer(b"".join(scales), dtype="<f4").reshape(n, c.REGION_COUNT)[order],
+            np.frombuffer(b"".join(ids), dtype="<i4").reshape(n, c.KEYWORD_SLOTS)[order],
+            np.frombuffer(b"".join(confidences), dtype="<f4").reshape(n, c.KEYWORD_SLOTS)[order],
+            texts,
+        )
+
+    async def describe(self, collection: str, keys: np.ndarray) -> list[Described | None]:
+        """Id, title and metadata of each key (None for one deleted meanwhile): the returned page."""
+
+        def read() -> list[Described | None]:
+            db = self._read_db
+            assert db is not None
+            wanted = [int(k) for k in keys]
+            rows = {
+                r[0]: Described(r[1], r[2], json.loads(r[3]))
+                for r in db.execute(
+                    f"SELECT row, id, title, metadata FROM items WHERE row IN ({', '.join('?' * len(wanted))})", wanted
+                )
+            }
+            return [rows.get(k) for k in wanted]
+
+        return await self._read(read) if len(keys) else []
 
     @staticmethod
     def _rows(db: sqlite3.Connection, rows: list[int], with_features: bool, shop: bool = False) -> dict[int, tuple]:
@@ -664,8 +846,3 @@ def write_generation(path: Path, generation: int) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(tmp, path)
-
-
-def keyword_text(keywords: list[tuple[str, float, int]]) -> str:
-    """What keyword retrieval indexes of an item: its keyword texts, one per line."""
-    return "\n".join(t for t, _, _ in keywords)

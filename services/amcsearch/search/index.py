@@ -14,10 +14,12 @@ from typing import Protocol
 
 import numpy as np
 
-from amcsearch.search.records import Filter, Hit, Record
+from amcsearch.search.records import Candidates, Described, Filter, Hit, Record
 
-INDEX_VERSION = "3"
-"""Schema version of what an engine stores (3: int8 regions beside the item, one write)."""
+INDEX_VERSION = "4"
+"""Schema version of what an engine stores (3: int8 regions beside the item, one write; 4: the
+embedded engine packs each item's keyword slots at index time and keeps keyword retrieval in its
+own per-collection engine)."""
 
 
 class Index(Protocol):
@@ -45,6 +47,22 @@ class Index(Protocol):
         ...
 
     async def get(self, collection: str, ids: list[str], with_features: bool) -> dict[str, Record]: ...
+
+    # The search path: candidates as columns, described for the returned page only.
+    keyword_needs_vector: bool
+    """True when keyword candidates are ranked with the query vector (then they wait for it)."""
+
+    async def keyword_candidates(
+        self, collection: str, text: str, limit: int, condition: Filter, vector: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Keys of the best `limit` images for the text's words, best first."""
+        ...
+
+    async def vector_candidates(
+        self, collection: str, vector: np.ndarray, limit: int, condition: Filter
+    ) -> Candidates: ...
+    async def candidate_features(self, collection: str, keys: np.ndarray, vector: np.ndarray) -> Candidates: ...
+    async def describe(self, collection: str, keys: np.ndarray) -> list[Described | None]: ...
 
 
 def is_server_uri(uri: str) -> bool:

@@ -33,7 +33,19 @@ from pymilvus.exceptions import MilvusException
 
 from amcsearch.runtime import contract as c
 from amcsearch.runtime.errors import NotFound, Unavailable
-from amcsearch.search.records import Filter, Hit, MetadataClause, MetadataFilter, Record, Shop, metadata_number
+from amcsearch.search.records import (
+    Candidates,
+    Described,
+    Filter,
+    Hit,
+    MetadataClause,
+    MetadataFilter,
+    Record,
+    Shop,
+    metadata_number,
+    slot_columns,
+    usable_keywords,
+)
 
 log = logging.getLogger(__name__)
 
@@ -374,6 +386,40 @@ class MilvusIndex:
         combined = f"({any_term}) and ({expression})" if expression else any_term
         return await self._search(collection, vector, limit, combined, with_features)
 
+    # --- columnar candidates (the search path) ---------------------------------------------------
+
+    keyword_needs_vector = True
+    """Milvus 2.3's keyword route ranks by the vector: it waits for the query's encoding."""
+
+    async def keyword_candidates(
+        self, collection: str, text: str, limit: int, condition: Filter, vector: np.ndarray | None = None
+    ) -> np.ndarray:
+        assert vector is not None, "the Milvus keyword route ranks by the query vector"
+        hits = await self.keyword_search(collection, vector, text, limit, condition)
+        return np.asarray([h.id for h in hits], dtype=object)
+
+    async def vector_candidates(self, collection: str, vector: np.ndarray, limit: int, condition: Filter) -> Candidates:
+        hits = await self.search(collection, vector, limit, condition, with_features=True)
+        return hit_candidates(hits)
+
+    async def candidate_features(self, collection: str, keys: np.ndarray, vector: np.ndarray) -> Candidates:
+        ids = [str(k) for k in keys]
+        records = await self.get(collection, ids, with_features=True)
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        query = query / max(float(np.linalg.norm(query)), 1e-12)
+        hits = []
+        for i in ids:
+            record = records.get(i)
+            if record is not None:
+                score = float(record.embedding @ query)
+                hits.append(Hit(i, score, "", {}, record.keywords, record.regions, record.region_scales))
+        return hit_candidates(hits)
+
+    async def describe(self, collection: str, keys: np.ndarray) -> list[Described | None]:
+        ids = [str(k) for k in keys]
+        records = await self.get(collection, ids, with_features=False) if ids else {}
+        return [Described(i, records[i].title, records[i].metadata) if i in records else None for i in ids]
+
     async def get(self, collection: str, ids: list[str], with_features: bool) -> dict[str, Record]:
         await self._require(collection)
         assert self.client is not None
@@ -422,3 +468,20 @@ class MilvusIndex:
 def _keywords(value) -> list[tuple[str, float, int]]:
     """Milvus 2.3 JSON fields hold objects only: the keyword list is stored as {"list": [...]}."""
     return [(str(k[0]), float(k[1]), int(k[2])) for k in (value or {}).get("list", [])]
+
+
+def hit_candidates(hits: list[Hit]) -> Candidates:
+    """Columns of hits read with their features (this engine stores them per row, not packed)."""
+    if not hits:
+        return Candidates.empty(object)
+    dictionary: dict[str, int] = {}
+    slots = [slot_columns(usable_keywords(h.keywords), dictionary) for h in hits]
+    return Candidates(
+        np.asarray([h.id for h in hits], dtype=object),
+        np.asarray([h.ann_score for h in hits], dtype=np.float32),
+        np.stack([np.asarray(h.regions) for h in hits]).astype(np.int8),
+        np.stack([np.asarray(h.region_scales) for h in hits]).astype(np.float32),
+        np.stack([ids for ids, _ in slots]),
+        np.stack([confidences for _, confidences in slots]),
+        np.asarray(list(dictionary), dtype=object),
+    )

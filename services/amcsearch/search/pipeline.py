@@ -15,17 +15,26 @@ from typing import Any
 import numpy as np
 
 from amcsearch.runtime.clients import call
-from amcsearch.runtime.contract import CROSS_DOMAIN_TAG_WEIGHT, NO_BIAS
+from amcsearch.runtime.contract import CROSS_DOMAIN_TAG_WEIGHT, EMBEDDING_DIM, NO_BIAS
 from amcsearch.runtime.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from amcsearch.runtime.images import decode_image, decoder_pool
 from amcsearch.runtime.keywords import normalize_keyword
 from amcsearch.runtime.metrics import DEGRADATIONS, stage
 from amcsearch.runtime.quantize import dequantize_regions, quantize_regions
-from amcsearch.runtime.rescoring import pack, rescore_request, top_attention
+from amcsearch.runtime.rescoring import top_attention
 from amcsearch.runtime.settings import ImageLimits
 from amcsearch.runtime.tensors import to_array, to_tensor
 from amcsearch.search.index import Index
-from amcsearch.search.records import Filter, Hit, Record, Shop
+from amcsearch.search.records import (
+    Candidates,
+    Filter,
+    Hit,
+    Record,
+    Shop,
+    positions_of,
+    slot_columns,
+    usable_keywords,
+)
 from amcsearch.v1 import (
     attention_rescorer_pb2,
     common_pb2,
@@ -40,8 +49,6 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 """Image ids; always matched with fullmatch (match with ^...$ would accept a trailing newline)."""
 ITEM_ERRORS = (InvalidArgument, ResourceExhausted)
 """Errors that belong to one item of a batch (its image), not to the request."""
-MAX_KEYWORD_CHARS = 64
-"""Longest keyword AttentionRescorer accepts (its ATTENTION_RESCORER_MAX_KEYWORD_CHARS default)."""
 GIVEN = common_pb2.Keyword.GIVEN
 AUTO = common_pb2.Keyword.AUTO
 
@@ -95,20 +102,58 @@ class Evidence:
     keywords: list[tuple[str, float]] = field(default_factory=list)
     candidate_regions: list[tuple[int, float]] = field(default_factory=list)
 
-    @classmethod
-    def of_rescored(cls, message: common_pb2.Evidence) -> Evidence:
-        return cls(
-            message.score,
-            message.visual_weight,
-            message.keyword_weight,
-            message.learned_visual_weight,
-            message.learned_keyword_weight,
-            [(r.index, r.weight) for r in message.regions],
-            [(k.keyword, k.weight) for k in message.keywords],
-        )
-
     def without_attention(self) -> None:
         self.regions, self.keywords, self.candidate_regions = [], [], []
+
+
+@dataclass
+class Scored:
+    """One query's columnar Rescore: every candidate's score and weights, and the attention of
+    the candidates the page shows (position -> (regions, keywords))."""
+
+    scores: np.ndarray
+    weights: np.ndarray
+    learned: np.ndarray
+    attention: dict[int, tuple[list[tuple[int, float]], list[tuple[str, float]]]]
+
+    def evidence(self, position: int) -> Evidence:
+        regions, keywords = self.attention.get(position, ([], []))
+        return Evidence(
+            float(self.scores[position]),
+            float(self.weights[position, 0]),
+            float(self.weights[position, 1]),
+            float(self.learned[position, 0]),
+            float(self.learned[position, 1]),
+            regions,
+            keywords,
+        )
+
+    @classmethod
+    def split(
+        cls,
+        reply: attention_rescorer_pb2.RescoreResponse,
+        texts: np.ndarray,
+        request: attention_rescorer_pb2.RescoreRequest,
+        sizes: list[int],
+    ) -> list[Scored]:
+        """Per query of a columnar reply; `texts` are the request's keyword texts."""
+        scores, weights, learned = (to_array(t) for t in (reply.scores, reply.modality_weights, reply.learned_weights))
+        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        out = [cls(scores[a:b], weights[a:b], learned[a:b], {}) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+        if reply.explained.shape and reply.explained.shape[0]:
+            slots = to_array(request.keyword_slots)
+            region_index, region_weight = to_array(reply.region_index), to_array(reply.region_weight)
+            keyword_slot, keyword_weight = to_array(reply.keyword_slot), to_array(reply.keyword_weight)
+            for m, row in enumerate(to_array(reply.explained).tolist()):  # the shown rows only
+                q = int(np.searchsorted(starts, row, side="right")) - 1
+                regions = [(int(i), float(w)) for i, w in zip(region_index[m], region_weight[m], strict=True)]
+                keywords = [
+                    (str(texts[slots[row, j]]), float(w))
+                    for j, w in zip(keyword_slot[m], keyword_weight[m], strict=True)
+                    if j >= 0
+                ]
+                out[q].attention[row - starts[q]] = (regions, keywords)
+        return out
 
 
 @dataclass
@@ -434,47 +479,142 @@ class SearchPipeline:
         return [outcomes[i] for i in range(len(searches))]
 
     async def _search_same_domain(self, searches: list[SearchQuery], timeout_of) -> list[SearchOutcome]:
-        vectors = await self.encode_many([s.query for s in searches], timeout_of())
-        hits = [await self._candidates(search, vector) for search, vector in zip(searches, vectors, strict=True)]
-        results = [[Result(h.id, h.ann_score, h.ann_score, h.title, h.metadata) for h in found] for found in hits]
-        rescored = [i for i, s in enumerate(searches) if s.options.rescore and hits[i]]
-        degradations: list[tuple[str, str]] = []
-        if rescored:
-            remaining = timeout_of()
-            budget = None if remaining is None else remaining * self.rescore_budget_share
-            try:
-                scored = await self._rescore(
-                    vectors[rescored],
-                    [hits[i] for i in rescored],
-                    any(searches[i].options.explain for i in rescored),
-                    [searches[i].options.modality_bias for i in rescored],
-                    budget,
-                )
-                for i, evidence in zip(rescored, scored, strict=True):
-                    results[i] = apply_scores(results[i], evidence)
-            except (Unavailable, NotFound, DeadlineExceeded) as error:
-                log.warning("rescoring skipped: %s", error)
-                reason = (
-                    f"AttentionRescorer did not answer within its budget ({budget:.2f} s)"
-                    if isinstance(error, DeadlineExceeded)
-                    else f"AttentionRescorer failed ({error})"
-                )
-                degradations.append(("rescore", f"{reason}: ANN order returned"))
-                DEGRADATIONS.labels("rescore").inc()
+        """One QueryEncoder call, each search's candidates as columns (the keyword route runs
+        while the queries are encoded), one columnar Rescore for all of them; only the returned
+        page is described (id, title, metadata) and explained."""
+        keyword_routes = {
+            i: asyncio.ensure_future(self._keyword_keys(s, None))
+            for i, s in enumerate(searches)
+            if self._uses_keywords(s.options) and not self.index.keyword_needs_vector
+        }
+        try:
+            vectors = await self.encode_many([s.query for s in searches], timeout_of())
+        except BaseException:
+            for task in keyword_routes.values():
+                task.cancel()
+            await asyncio.gather(*keyword_routes.values(), return_exceptions=True)
+            raise
+        pages: list[list[Result]] = [[] for _ in searches]
+        candidates: dict[int, Candidates] = {}
+        for i, (search, vector) in enumerate(zip(searches, vectors, strict=True)):
+            if search.options.rescore:
+                candidates[i] = await self._candidate_columns(search, vector, keyword_routes.get(i))
+            else:
+                pages[i] = await self._unscored_page(search, vector)
+        rescored = [i for i in candidates if len(candidates[i])]
+        scored, degradations = await self._rescore_or_degrade(searches, vectors, candidates, rescored, timeout_of)
+        for i, found in candidates.items():
+            pages[i] = await self._scored_page(searches[i], found, scored.get(i))
         outcomes = []
         for i, search in enumerate(searches):
             o = search.options
-            stages = ["encode", *candidate_stages(o)] + (["rescore"] if i in rescored and not degradations else [])
-            page = results[i][o.offset : o.offset + o.top_k]
+            stages = ["encode", *candidate_stages(o)] + (["rescore"] if i in scored else [])
             explanation = ""
             if o.explain and i not in rescored:
                 explanation = NO_ATTENTION.get(search.query.WhichOneof("kind") or "", "")
             if not o.explain:
-                for result in page:
+                for result in pages[i]:
                     if result.evidence is not None:
                         result.evidence.without_attention()
-            outcomes.append(SearchOutcome(page, stages, degradations if i in rescored else [], explanation))
+            outcomes.append(SearchOutcome(pages[i], stages, degradations if i in rescored else [], explanation))
         return outcomes
+
+    async def _rescore_or_degrade(
+        self,
+        searches: list[SearchQuery],
+        vectors: np.ndarray,
+        candidates: dict[int, Candidates],
+        rescored: list[int],
+        timeout_of,
+    ) -> tuple[dict[int, Scored], list[tuple[str, str]]]:
+        """The rescored searches' scores, or none and the degradation when AttentionRescorer
+        failed or took more than its share of the deadline."""
+        if not rescored:
+            return {}, []
+        remaining = timeout_of()
+        budget = None if remaining is None else remaining * self.rescore_budget_share
+        try:
+            found = await self._rescore(
+                vectors[rescored],
+                [candidates[i] for i in rescored],
+                any(searches[i].options.explain for i in rescored),
+                [searches[i].options.modality_bias for i in rescored],
+                [searches[i].options.offset + searches[i].options.top_k for i in rescored],
+                budget,
+            )
+        except (Unavailable, NotFound, DeadlineExceeded) as error:
+            log.warning("rescoring skipped: %s", error)
+            reason = (
+                f"AttentionRescorer did not answer within its budget ({budget:.2f} s)"
+                if isinstance(error, DeadlineExceeded)
+                else f"AttentionRescorer failed ({error})"
+            )
+            DEGRADATIONS.labels("rescore").inc()
+            return {}, [("rescore", f"{reason}: ANN order returned")]
+        return dict(zip(rescored, found, strict=True)), []
+
+    @staticmethod
+    def _uses_keywords(options: SearchOptions) -> bool:
+        return options.rescore and options.source in ("keyword", "hybrid")
+
+    async def _keyword_keys(self, search: SearchQuery, vector: np.ndarray | None) -> np.ndarray:
+        o = search.options
+        with stage(SERVICE, "keyword_search"):
+            return await self.index.keyword_candidates(search.collection, o.text, o.candidates, o.condition, vector)
+
+    async def _candidate_columns(self, search: SearchQuery, vector: np.ndarray, keyword_route) -> Candidates:
+        """The candidates to rescore, as columns in ANN (or fused) order: from the vector index,
+        keyword retrieval, or both fused, as the options ask."""
+        o = search.options
+        if o.source in ("keyword", "hybrid"):
+            keyword_keys = await (keyword_route if keyword_route is not None else self._keyword_keys(search, vector))
+        if o.source == "keyword":
+            with stage(SERVICE, "feature_read"):
+                return await self.index.candidate_features(search.collection, keyword_keys, vector)
+        with stage(SERVICE, "ann"):
+            nearest = await self.index.vector_candidates(search.collection, vector, o.candidates, o.condition)
+        if o.source == "vector":
+            return nearest
+        with stage(SERVICE, "merge"):
+            keys = fuse_keys(nearest.keys, keyword_keys, o.candidates, self.hybrid_merge)
+            known = np.isin(keys, nearest.keys)
+            extra = await self.index.candidate_features(search.collection, keys[~known], vector)
+            joined = Candidates.concat([nearest, extra])
+            return joined.take(positions_of(joined.keys, keys))
+
+    async def _unscored_page(self, search: SearchQuery, vector: np.ndarray) -> list[Result]:
+        o = search.options
+        with stage(SERVICE, "ann"):
+            hits = await self.index.search(search.collection, vector, o.offset + o.top_k, o.condition)
+        return [Result(h.id, h.ann_score, h.ann_score, h.title, h.metadata) for h in hits][o.offset :]
+
+    async def _scored_page(self, search: SearchQuery, candidates: Candidates, scored: Scored | None) -> list[Result]:
+        """The page of a rescored search (ANN order when rescoring failed), described."""
+        o = search.options
+        if scored is None:
+            order = np.arange(len(candidates))
+            scores = candidates.ann_scores
+        else:
+            order = np.argsort(-scored.scores, kind="stable")  # ties keep the ANN order
+            scores = scored.scores
+        page = order[o.offset : o.offset + o.top_k]
+        described = await self.index.describe(search.collection, candidates.keys[page])
+        results = []
+        for position, about in zip(page.tolist(), described, strict=True):
+            if about is None:
+                continue  # deleted since it was found
+            evidence = None if scored is None else scored.evidence(position)
+            results.append(
+                Result(
+                    about.id,
+                    float(scores[position]),
+                    float(candidates.ann_scores[position]),
+                    about.title,
+                    about.metadata,
+                    evidence,
+                )
+            )
+        return results
 
     # --- cross-domain search -------------------------------------------------------------------
 
@@ -555,32 +695,6 @@ class SearchPipeline:
             start += len(found)
         return out
 
-    async def _candidates(self, search: SearchQuery, vector: np.ndarray) -> list[Hit]:
-        """The hits to rescore (or, unrescored, to return): from the vector index, keyword
-        retrieval, or both merged, as the options ask."""
-        o = search.options
-        if not o.rescore:
-            with stage(SERVICE, "ann"):
-                return await self.index.search(search.collection, vector, o.offset + o.top_k, o.condition)
-        vector_hits: list[Hit] = []
-        keyword_hits: list[Hit] = []
-        if o.source in ("vector", "hybrid"):
-            with stage(SERVICE, "ann"):
-                vector_hits = await self.index.search(
-                    search.collection, vector, o.candidates, o.condition, with_features=True
-                )
-        if o.source in ("keyword", "hybrid"):
-            with stage(SERVICE, "keyword_search"):
-                keyword_hits = await self.index.keyword_search(
-                    search.collection, vector, o.text, o.candidates, o.condition, with_features=True
-                )
-        if o.source == "vector":
-            return vector_hits
-        if o.source == "keyword":
-            return keyword_hits
-        with stage(SERVICE, "merge"):
-            return merge_candidates(vector_hits, keyword_hits, o.candidates, self.hybrid_merge)
-
     async def encode_many(self, queries: list[query_encoder_pb2.QueryInput], timeout: float | None) -> np.ndarray:
         """Embeddings [Q, 384] of the queries, in QueryEncoder calls of at most its batch limit."""
         with stage(SERVICE, "encode"):
@@ -607,39 +721,26 @@ class SearchPipeline:
     async def _rescore(
         self,
         vectors: np.ndarray,
-        candidates: list[list],
+        candidates: list[Candidates],
         explain: bool,
         biases: list[tuple[float, float, float] | None],
+        shown: list[int],
         timeout: float | None,
-    ) -> list[list]:
-        """One Rescore for the candidates of every query; per query, the Evidence of each candidate
-        in order. `candidates` items have id, regions, region_scales and keywords (Hit, Candidate)."""
-        flat = [(q, c) for q, found in enumerate(candidates) for c in found]
+    ) -> list[Scored]:
+        """Columnar Rescores for the candidates of every query (one call unless they exceed the
+        rescorer's limit); with explain, attention for each query's best `shown[q]` only."""
         bias = None
         if any(b is not None for b in biases):
             bias = np.asarray([b if b is not None else NO_BIAS for b in biases], dtype=np.float32)
-        evidence: list[common_pb2.Evidence] = []
+        out: list[Scored] = []
         with stage(SERVICE, "rescore"):
-            for start in range(0, len(flat), self.rescorer_max_candidates):  # one call unless huge
-                part = flat[start : start + self.rescorer_max_candidates]
-                batch = pack(
-                    [c.id for _, c in part],
-                    [c.regions for _, c in part],
-                    [c.region_scales for _, c in part],
-                    [usable_keywords(c.keywords) for _, c in part],
-                    [q for q, _ in part],
+            for part in chunk_queries([len(c) for c in candidates], self.rescorer_max_candidates):
+                request, texts = columnar_request(
+                    vectors[part], [candidates[q] for q in part], explain, None if bias is None else bias[part]
                 )
-                reply = await call(
-                    self.services.rescorer.Rescore,
-                    rescore_request(vectors, batch, explain, 0, bias),
-                    timeout,
-                    "AttentionRescorer",
-                )
-                evidence.extend(r.evidence for r in reply.results)
-        out, start = [], 0
-        for found in candidates:
-            out.append(evidence[start : start + len(found)])
-            start += len(found)
+                request.explain_ranks.CopyFrom(to_tensor(np.asarray([shown[q] for q in part], dtype=np.int32)))
+                reply = await call(self.services.rescorer.Rescore, request, timeout, "AttentionRescorer")
+                out.extend(Scored.split(reply, texts, request, [len(candidates[q]) for q in part]))
         return out
 
     # --- rerank --------------------------------------------------------------------------------
@@ -675,9 +776,16 @@ class SearchPipeline:
         ]
         chosen = [candidates[i] if kind == "id" else analysed[i] for kind, i in order]
         vectors = await self.encode_many([query_encoder_pb2.QueryInput(text=text)], timeout_of())
-        (evidence,) = await self._rescore(vectors, [chosen], explain, [modality_bias], timeout_of())
-        results = apply_scores([Result(c.id, 0.0, 0.0, c.title, c.metadata) for c in chosen], evidence)
-        return SearchOutcome(results[: top_k or len(results)], ["encode", "rescore"], [])
+        shown = top_k or len(chosen)
+        (scored,) = await self._rescore(
+            vectors, [rerank_columns(chosen)], explain, [modality_bias], [shown], timeout_of()
+        )
+        results = []
+        for position in np.argsort(-scored.scores, kind="stable")[:shown].tolist():
+            one = chosen[position]
+            evidence = scored.evidence(position)
+            results.append(Result(one.id, evidence.score, 0.0, one.title, one.metadata, evidence))
+        return SearchOutcome(results, ["encode", "rescore"], [])
 
     async def _analyse_inline(self, items: list[IndexItem], auto_tags: bool, timeout: float | None):
         outcomes: dict[str, ItemOutcome] = {}
@@ -699,38 +807,93 @@ RRF_K = 60
 """Reciprocal rank fusion's constant (Cormack et al. 2009): score = sum over lists of 1 / (60 + rank)."""
 
 
-def merge_candidates(vector_hits: list[Hit], keyword_hits: list[Hit], limit: int, method: str) -> list[Hit]:
-    """The merge stage of hybrid candidate generation.
+def fuse_keys(vector_keys: np.ndarray, keyword_keys: np.ndarray, limit: int, method: str) -> np.ndarray:
+    """The merge stage of hybrid candidate generation, on the two rankings' keys.
 
     "rrf": reciprocal rank fusion of the two rankings, the best `limit` (the rescoring cost of a
-    vector-only search). "union": every distinct hit of both lists (up to 2 x limit), vector
-    ones first. Either way AMC then scores each candidate; the merge only decides which."""
+    vector-only search); ties keep the first-seen (vector) order. "union": every distinct key of
+    both (up to 2 x limit), vector ones first. Either way AMC then scores each candidate; the
+    merge only decides which."""
+    vector_keys, keyword_keys = np.asarray(vector_keys), np.asarray(keyword_keys)
     if method == "union":
-        seen = {h.id for h in vector_hits}
-        return vector_hits + [h for h in keyword_hits if h.id not in seen]
-    fused: dict[str, float] = {}
-    by_id: dict[str, Hit] = {}
-    for ranking in (vector_hits, keyword_hits):
-        for rank, hit in enumerate(ranking, start=1):
-            fused[hit.id] = fused.get(hit.id, 0.0) + 1.0 / (RRF_K + rank)
-            by_id.setdefault(hit.id, hit)
-    order = sorted(fused, key=lambda i: -fused[i])  # ties keep the first-seen (vector) order
-    return [by_id[i] for i in order[:limit]]
+        return np.concatenate([vector_keys, keyword_keys[~np.isin(keyword_keys, vector_keys)]])
+    keys = np.concatenate([vector_keys, keyword_keys])
+    if not len(keys):
+        return keys
+    ranks = np.concatenate([np.arange(1, len(vector_keys) + 1), np.arange(1, len(keyword_keys) + 1)])
+    distinct, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    fused = np.bincount(inverse.reshape(-1), weights=1.0 / (RRF_K + ranks))
+    return distinct[np.lexsort((first, -fused))][:limit]
 
 
-def usable_keywords(keywords: list[tuple[str, float, int]]) -> list[tuple[str, float]]:
-    """The keywords a candidate can be rescored with: what an older index stored beyond today's
-    limits (empty, over-long, confidence outside [0, 1]) is left out rather than failing the
-    whole Search."""
-    return [(t, conf) for t, conf, _ in keywords if t and len(t) <= MAX_KEYWORD_CHARS and 0.0 <= conf <= 1.0]
+def merge_candidates(vector_hits: list, keyword_hits: list, limit: int, method: str) -> list:
+    """fuse_keys on hits (anything with an id): the offline evaluation's form of the merge."""
+    by_id = {}
+    for hit in [*keyword_hits, *vector_hits]:
+        by_id[hit.id] = hit  # the vector hit wins, as its ann_score is the same
+    ids = fuse_keys(
+        np.asarray([h.id for h in vector_hits], dtype=object),
+        np.asarray([h.id for h in keyword_hits], dtype=object),
+        limit,
+        method,
+    )
+    return [by_id[i] for i in ids.tolist()]
 
 
-def apply_scores(results: list[Result], evidence: list) -> list[Result]:
-    """Each result's AMC score and evidence, best first (stable: ties keep the ANN order)."""
-    for result, found in zip(results, evidence, strict=True):
-        result.score = found.score
-        result.evidence = Evidence.of_rescored(found)
-    return sorted(results, key=lambda r: -r.score)
+def chunk_queries(sizes: list[int], limit: int) -> list[list[int]]:
+    """Queries grouped so that each group's candidates fit one call (a query is never split)."""
+    groups: list[list[int]] = [[]]
+    total = 0
+    for q, size in enumerate(sizes):
+        if groups[-1] and total + size > limit:
+            groups.append([])
+            total = 0
+        groups[-1].append(q)
+        total += size
+    return [g for g in groups if g]
+
+
+def columnar_request(
+    vectors: np.ndarray, parts: list[Candidates], explain: bool, bias: np.ndarray | None
+) -> tuple[attention_rescorer_pb2.RescoreRequest, np.ndarray]:
+    """The Rescore of the queries' candidates as arrays: keyword slots become rows of the
+    distinct texts the candidates use. Returns the request and those texts."""
+    joined = Candidates.concat(parts)
+    ids = joined.keyword_ids
+    used = ids >= 0
+    distinct_ids, inverse = np.unique(ids[used], return_inverse=True)
+    texts, text_of_id = np.unique(joined.keyword_texts[distinct_ids].astype(str), return_inverse=True)
+    slots = np.full(ids.shape, -1, dtype=np.int32)
+    slots[used] = text_of_id.reshape(-1)[inverse.reshape(-1)]
+    request = attention_rescorer_pb2.RescoreRequest(
+        queries=to_tensor(np.asarray(vectors, dtype=np.float32).reshape(-1, EMBEDDING_DIM)),
+        regions=to_tensor(joined.regions),
+        region_scales=to_tensor(joined.region_scales),
+        query_index=to_tensor(np.repeat(np.arange(len(parts), dtype=np.int32), [len(p) for p in parts])),
+        keyword_texts=texts.tolist(),
+        keyword_slots=to_tensor(slots),
+        keyword_confidences=to_tensor(np.where(used, joined.confidences, 0.0).astype(np.float32)),
+        explain=explain,
+        columnar=True,
+    )
+    if bias is not None:
+        request.modality_bias.CopyFrom(to_tensor(np.asarray(bias, dtype=np.float32).reshape(-1, 3)))
+    return request, texts
+
+
+def rerank_columns(chosen: list[Candidate]) -> Candidates:
+    """Rerank's candidates (indexed or inline) as columns, with their own keyword texts."""
+    dictionary: dict[str, int] = {}
+    slots = [slot_columns(usable_keywords(one.keywords), dictionary) for one in chosen]
+    return Candidates(
+        np.arange(len(chosen)),
+        np.zeros(len(chosen), np.float32),
+        np.stack([one.regions for one in chosen]).astype(np.int8),
+        np.stack([one.region_scales for one in chosen]).astype(np.float32),
+        np.stack([ids for ids, _ in slots]),
+        np.stack([confidences for _, confidences in slots]),
+        np.asarray(list(dictionary), dtype=object),
+    )
 
 
 def shop_of(extracted: feature_extractor_pb2.ExtractedImage) -> Shop | None:

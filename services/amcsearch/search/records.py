@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from amcsearch.runtime import contract as c
+from amcsearch.runtime.rescoring import keyword_slots
+
+MAX_KEYWORD_CHARS = 64
+"""Longest keyword AttentionRescorer accepts (its ATTENTION_RESCORER_MAX_KEYWORD_CHARS default)."""
 
 
 @dataclass
@@ -115,3 +119,115 @@ class Filter:
     @property
     def empty(self) -> bool:
         return not (self.keywords or self.within_ids or self.exclude_ids or self.metadata)
+
+
+@dataclass
+class Candidates:
+    """N candidates of one search as columns: what AttentionRescorer needs, read in one go.
+
+    `keys` are the engine's own (store rows for the embedded engine, ids for Milvus); title,
+    metadata and id are read later, for the returned page only (Index.describe)."""
+
+    keys: np.ndarray
+    """[N] engine keys."""
+    ann_scores: np.ndarray
+    """float32 [N]: cosine of the query and each candidate's embedding."""
+    regions: np.ndarray
+    """int8 [N, REGION_COUNT, REGION_DIM]."""
+    region_scales: np.ndarray
+    """float32 [N, REGION_COUNT]."""
+    keyword_ids: np.ndarray
+    """int32 [N, KEYWORD_SLOTS]: rows of keyword_texts, most confident first, -1 past the last."""
+    confidences: np.ndarray
+    """float32 [N, KEYWORD_SLOTS] (0 past the last keyword)."""
+    keyword_texts: np.ndarray
+    """object [D]: the texts keyword_ids point into (may hold texts no candidate uses)."""
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def take(self, positions: np.ndarray) -> Candidates:
+        return Candidates(
+            self.keys[positions],
+            self.ann_scores[positions],
+            self.regions[positions],
+            self.region_scales[positions],
+            self.keyword_ids[positions],
+            self.confidences[positions],
+            self.keyword_texts,
+        )
+
+    @classmethod
+    def empty(cls, keys_dtype=np.int64) -> Candidates:
+        return cls(
+            np.zeros(0, dtype=keys_dtype),
+            np.zeros(0, np.float32),
+            np.zeros((0, c.REGION_COUNT, c.REGION_DIM), np.int8),
+            np.zeros((0, c.REGION_COUNT), np.float32),
+            np.zeros((0, c.KEYWORD_SLOTS), np.int32),
+            np.zeros((0, c.KEYWORD_SLOTS), np.float32),
+            np.zeros(0, dtype=object),
+        )
+
+    @classmethod
+    def concat(cls, parts: list[Candidates]) -> Candidates:
+        """One column set of several, each keeping its own keyword texts (offset into the joint
+        list: a text may then appear twice, which the Rescore request folds)."""
+        parts = [p for p in parts if len(p)] or parts[:1]
+        if not parts:
+            return cls.empty()
+        if all(p.keyword_texts is parts[0].keyword_texts for p in parts):
+            offsets, texts = [0] * len(parts), parts[0].keyword_texts
+        else:
+            sizes = [len(p.keyword_texts) for p in parts]
+            offsets = list(np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int))
+            texts = np.concatenate([p.keyword_texts for p in parts])
+        return cls(
+            np.concatenate([p.keys for p in parts]),
+            np.concatenate([p.ann_scores for p in parts]),
+            np.concatenate([p.regions for p in parts]),
+            np.concatenate([p.region_scales for p in parts]),
+            np.concatenate(
+                [np.where(p.keyword_ids >= 0, p.keyword_ids + o, -1) for p, o in zip(parts, offsets, strict=True)]
+            ).astype(np.int32),
+            np.concatenate([p.confidences for p in parts]),
+            texts,
+        )
+
+
+@dataclass(frozen=True)
+class Described:
+    """What a result shows besides its scores: read for the returned page only."""
+
+    id: str
+    title: str
+    metadata: dict[str, str]
+
+
+def slot_columns(keywords: list[tuple[str, float]], dictionary: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """An image's KEYWORD_SLOTS most confident keywords (ties by text) as (dictionary ids, -1
+    past the last; confidences): computed once, at index time. `dictionary` gets new texts."""
+    chosen = keyword_slots(keywords)
+    ids = np.full(c.KEYWORD_SLOTS, -1, dtype=np.int32)
+    confidences = np.zeros(c.KEYWORD_SLOTS, dtype=np.float32)
+    for j, (text, confidence) in enumerate(chosen):
+        ids[j] = dictionary.setdefault(text, len(dictionary))
+        confidences[j] = confidence
+    return ids, confidences
+
+
+def usable_keywords(keywords: list[tuple[str, float, int]]) -> list[tuple[str, float]]:
+    """The keywords a candidate can be rescored with: what an older index stored beyond today's
+    limits (empty, over-long, confidence outside [0, 1]) is left out rather than failing the
+    whole Search."""
+    return [(t, conf) for t, conf, _ in keywords if t and len(t) <= MAX_KEYWORD_CHARS and 0.0 <= conf <= 1.0]
+
+
+def positions_of(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """The position in `keys` (distinct) of each of `wanted` that is there, in `wanted`'s order."""
+    if not len(keys):
+        return np.zeros(0, dtype=np.int64)
+    order = np.argsort(keys, kind="stable")
+    at = np.minimum(np.searchsorted(keys[order], wanted), len(keys) - 1)
+    found = keys[order][at] == wanted
+    return order[at[found]]

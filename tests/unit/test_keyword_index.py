@@ -1,0 +1,180 @@
+"""Keyword retrieval (search/keyword_index.py): the same BM25 as SQLite FTS5's bm25() on the same
+documents, top-k without reading every posting, statistics per collection, and the store's packed
+candidate columns (including a schema 3 store migrated in place)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import sqlite3
+
+import numpy as np
+import pytest
+from amcsearch.search.embedded_index import EmbeddedIndex
+from amcsearch.search.keyword_index import KeywordIndex
+from amcsearch.search.pipeline import columnar_request, fuse_keys
+from amcsearch.search.records import Filter
+from amcsearch.v1 import common_pb2
+
+from tests.unit.test_embedded_index import record, unit
+
+WORDS = [
+    "red", "blue", "green", "circle", "circles", "triangle", "large", "small", "top-left", "top-right",
+    "bottom-center", "photo", "art", "festive", "sale", "vintage", "café", "Running", "runs",
+]  # fmt: skip
+QUERIES = ["red circle top-left", "large blue triangle", "cafe runs", "festive sale photo", "circles", "top", "x"]
+
+
+def fts5_top(db: sqlite3.Connection, text: str, limit: int) -> list[float]:
+    """Today's reference: FTS5's bm25() (negated: larger is better) of the query's words OR'ed."""
+    terms = sorted({t for t in re.findall(r"\w+", text.lower()) if len(t) > 1})
+    if not terms:
+        return []
+    match = " OR ".join(f'"{t}"' for t in terms)
+    rows = db.execute("SELECT -bm25(t) FROM t WHERE t MATCH ? ORDER BY bm25(t) LIMIT ?", (match, limit))
+    return [r[0] for r in rows]
+
+
+def test_bm25_scores_equal_fts5_after_adds_and_removes():
+    rng = random.Random(0)
+    docs = [[rng.choice(WORDS) for _ in range(rng.randint(1, 12))] for _ in range(3000)]
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE VIRTUAL TABLE t USING fts5 (keywords, tokenize = 'porter unicode61')")
+    db.executemany("INSERT INTO t (rowid, keywords) VALUES (?, ?)", ((i, "\n".join(d)) for i, d in enumerate(docs, 1)))
+    index = KeywordIndex()
+    index.add(range(1, 1501), docs[:1500])
+    index.add(range(1501, 3001), docs[1500:])  # two batches, as two Index calls
+    removed = list(range(1, 600, 3))
+    db.executemany("DELETE FROM t WHERE rowid = ?", ((r,) for r in removed))
+    index.remove(removed)
+    for text in QUERIES:
+        reference = fts5_top(db, text, 100)
+        rows, scores = index.search(text, 100)
+        assert len(rows) == len(reference), text
+        np.testing.assert_allclose(scores, reference, rtol=1e-5, err_msg=text)
+        assert not set(rows.tolist()) & set(removed)
+
+
+def test_threshold_algorithm_reads_fewer_postings_than_match():
+    """Top-10 of a frequent word among 20,000 images stops long before the end of its lists."""
+    rng = random.Random(1)
+    docs = [[rng.choice(WORDS) for _ in range(rng.randint(2, 12))] for _ in range(20_000)]
+    index = KeywordIndex()
+    index.add(range(1, len(docs) + 1), docs)
+    scored = []
+    original = index._exact
+    index._exact = lambda docs_, weights: scored.append(len(docs_)) or original(docs_, weights)  # type: ignore[method-assign]
+    rows, _ = index.search("red", 10)
+    matching = sum("red" in d for d in docs)
+    assert len(rows) == 10 and sum(scored) < matching / 4
+
+
+def test_filter_and_replace():
+    index = KeywordIndex()
+    index.add([1, 2, 3], [["red circle"], ["red"], ["blue"]])
+    assert index.search("red", 10, allowed=np.asarray([2, 3]))[0].tolist() == [2]
+    index.add([2], [["green"]])  # row 2 now holds other keywords
+    assert index.search("red", 10)[0].tolist() == [1] and index.search("green", 10)[0].tolist() == [2]
+    index.remove([1, 2, 3])
+    assert len(index) == 0 and index.search("red", 10)[0].tolist() == []
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+@pytest.fixture
+def store(tmp_path):
+    async def build():
+        index = EmbeddedIndex(tmp_path / "index.sqlite", "images", hnsw_min_rows=300)
+        await index.open()
+        return index
+
+    index = run(build())
+    yield index
+    run(index.close())
+
+
+def test_bm25_order_in_one_collection_ignores_another(store):
+    """Statistics are per collection: filling collection B leaves A's keyword order as it was."""
+    rng = np.random.default_rng(0)
+    vectors = unit(rng, 300)
+    keyword_sets = [
+        [("red", 0.9, 1), ("circle", 0.8, 1), ("photo", 0.5, 1)],
+        [("red", 0.9, 1), ("square", 0.8, 1)],
+        [("circle", 0.9, 1), ("art", 0.3, 1), ("design", 0.3, 1), ("paper", 0.3, 1)],
+        [("red", 0.7, 1), ("circle", 0.6, 1), ("large", 0.6, 1), ("festive", 0.6, 1), ("sale", 0.6, 1)],
+    ]
+    run(store.upsert("images", [record(i, vectors[i], keywords=k) for i, k in enumerate(keyword_sets)]))
+    before = run(store.keyword_search("images", vectors[0], "red circle", 10, Filter()))
+    run(store.create_collection("other"))
+    flood = [record(100 + i, vectors[10 + i], keywords=[("circle", 0.9, 1)]) for i in range(200)]
+    run(store.upsert("other", flood))
+    after = run(store.keyword_search("images", vectors[0], "red circle", 10, Filter()))
+    assert [h.id for h in before] == [h.id for h in after] == ["img-0", "img-3", "img-1", "img-2"]
+
+
+def test_candidate_columns_and_their_rescore_request(store):
+    rng = np.random.default_rng(1)
+    vectors = unit(rng, 3)
+    keywords = [("red", 0.9, 1), ("circle", 0.5, 2), ("x" * 65, 0.9, 1), ("", 0.4, 1)]
+    run(store.upsert("images", [record(i, vectors[i], keywords=keywords[: i + 2]) for i in range(3)]))
+    found = run(store.vector_candidates("images", vectors[2], 3, Filter()))
+    assert found.ann_scores[0] == pytest.approx(1.0, abs=1e-5) and found.regions.shape == (3, 36, 128)
+    texts = [[found.keyword_texts[j] for j in row if j >= 0] for row in found.keyword_ids]
+    assert texts[0] == ["red", "circle"]  # the over-long and empty keywords are never slotted
+    request, distinct = columnar_request(vectors[2][None], [found], True, None)
+    assert distinct.tolist() == ["circle", "red"] and request.columnar and len(request.ids) == 0
+    slots = np.frombuffer(request.keyword_slots.data, "<i4").reshape(3, 32)
+    assert slots[0, :3].tolist() == [1, 0, -1] and request.regions.dtype == common_pb2.Tensor.INT8
+    about = run(store.describe("images", found.keys[:1]))
+    assert about[0].id == "img-2" and about[0].title == "title 2"
+
+
+def test_schema_3_store_is_migrated_in_place(tmp_path):
+    """A store written before the packed slots opens, gains them, and loses nothing."""
+    path = tmp_path / "index.sqlite"
+    rng = np.random.default_rng(2)
+    vectors = unit(rng, 5)
+
+    async def fill():
+        index = EmbeddedIndex(path, "images")
+        await index.open()
+        await index.upsert("images", [record(i, vectors[i]) for i in range(5)])
+        await index.close()
+
+    run(fill())
+    db = sqlite3.connect(path)  # rewind to schema 3's layout
+    db.execute("UPDATE items SET keyword_ids = NULL, keyword_confidences = NULL")
+    db.execute("DELETE FROM keyword_dictionary")
+    db.execute("CREATE VIRTUAL TABLE item_text USING fts5 (keywords, tokenize = 'porter unicode61')")
+    db.execute("UPDATE store_info SET value = '3' WHERE key = 'schema'")
+    db.commit()
+    db.close()
+
+    async def reopen():
+        index = EmbeddedIndex(path, "images")
+        await index.open()
+        try:
+            found = await index.vector_candidates("images", vectors[0], 5, Filter())
+            hits = await index.keyword_search("images", vectors[0], "red", 10, Filter())
+            return found, hits
+        finally:
+            await index.close()
+
+    found, hits = run(reopen())
+    assert len(found) == 5 and len(hits) == 5
+    assert {found.keyword_texts[j] for j in found.keyword_ids[:, 0]} == {"red"}
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM store_info WHERE key = 'schema'").fetchone()[0] == "4"
+    assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'item_text'").fetchone()[0] == 0
+    assert json.loads(db.execute("SELECT keywords FROM items LIMIT 1").fetchone()[0])[0][0] == "red"
+
+
+def test_fuse_keys_ranks_like_reciprocal_rank_fusion():
+    vector, keyword = np.asarray([1, 2, 3, 4]), np.asarray([3, 5, 1])
+    assert fuse_keys(vector, keyword, 3, "rrf").tolist() == [1, 3, 2]
+    assert fuse_keys(vector, keyword, 3, "union").tolist() == [1, 2, 3, 4, 5]
+    assert fuse_keys(vector, np.asarray([], dtype=np.int64), 2, "rrf").tolist() == [1, 2]
