@@ -178,3 +178,10 @@ def test_fuse_keys_ranks_like_reciprocal_rank_fusion():
     assert fuse_keys(vector, keyword, 3, "rrf").tolist() == [1, 3, 2]
     assert fuse_keys(vector, keyword, 3, "union").tolist() == [1, 2, 3, 4, 5]
     assert fuse_keys(vector, np.asarray([], dtype=np.int64), 2, "rrf").tolist() == [1, 2]
+
+
+def test_images_without_keywords_count_but_match_nothing():
+    index = KeywordIndex()
+    index.add([1, 2], [[], ["red"]])
+    index.add([3], [[]])
+    assert len(index) == 3 and index.search("red", 10)[0].tolist() == [2]

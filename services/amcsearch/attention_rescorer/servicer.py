@@ -93,14 +93,14 @@ class AttentionRescorerServicer(attention_rescorer_pb2_grpc.AttentionRescorerSer
 
     async def Rescore(self, request: attention_rescorer_pb2.RescoreRequest, context: grpc.aio.ServicerContext):
         count = len(request.ids)
-        if request.columnar and not count:
+        if request.columnar and not count:  # N is the regions' rows; ids only echo
             count = int(request.regions.shape[0]) if request.regions.shape else 0
         elif request.columnar:
             require(
                 not request.regions.shape or request.regions.shape[0] == count,
                 f"ids has {count} entries but regions {list(request.regions.shape)[:1]} rows",
             )
-        require(count > 0, f"no candidates: send 1 to {self.settings.max_candidates} candidates")
+        require(count > 0, f"ids is empty: send 1 to {self.settings.max_candidates} candidates")
         limit(count, self.settings.max_candidates, "number of candidates")
         require(0 <= request.explain_top <= c.REGION_COUNT, f"explain_top must be in 0..{c.REGION_COUNT}")
         queries = from_tensor(request.queries, (-1, c.EMBEDDING_DIM), "queries")

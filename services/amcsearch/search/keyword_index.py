@@ -34,6 +34,9 @@ B = 0.75
 MIN_IDF = 1e-6
 FIRST_BLOCK = 64
 """Postings read per list in the first round of the threshold algorithm (doubling each round)."""
+DENSE_SHARE = 0.15
+"""When the threshold algorithm has read this share of the query's postings without stopping,
+scoring every matching image at once is cheaper (a few array passes over all the postings)."""
 _TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
 _STEMMER = snowballstemmer.stemmer("porter")
 
@@ -155,6 +158,11 @@ class KeywordIndex:
         self.doc_terms.extend(distinct.astype(np.int32))
         self.forward_term.extend(pair_term)
         self.forward_count.extend(counts.astype(np.int32))
+        self.doc_of_row.update(zip(rows, range(first, first + len(rows)), strict=True))
+        self.alive += len(rows)
+        self.total_length += int(lengths.sum())
+        if not len(pairs):
+            return  # images without keywords: counted, in no postings
         order = np.lexsort((pair_doc, counts, pair_term))
         keys = np.stack([pair_term[order], counts[order]], axis=1)
         bounds = np.flatnonzero(np.any(np.diff(keys, axis=0) != 0, axis=1)) + 1
@@ -168,9 +176,6 @@ class KeywordIndex:
             self.term_docs.setdefault(term, _Column(np.int64)).extend(pair_doc[part])
             self.term_counts.setdefault(term, _Column(np.int32)).extend(counts[part])
         np.add.at(self.df, pair_term, 1)
-        self.doc_of_row.update(zip(rows, range(first, first + len(rows)), strict=True))
-        self.alive += len(rows)
-        self.total_length += int(lengths.sum())
 
     def remove(self, rows: Iterable[int]) -> None:
         for row in rows:
@@ -260,13 +265,17 @@ class KeywordIndex:
         seen = np.zeros(len(eligible), dtype=np.bool_)
         best_docs = np.zeros(0, np.int64)
         best_scores = np.zeros(0, np.float64)
-        depth, block = 0, max(FIRST_BLOCK, limit)
+        depth, block, read = 0, max(FIRST_BLOCK, limit), 0
+        postings = sum(len(docs) for _, _, _, docs in lists)
         while True:
             fresh = [docs[depth : depth + block] for _, _, _, docs in lists]
             depth += block
             block *= 2
             new = np.unique(np.concatenate(fresh)) if fresh else np.zeros(0, np.int64)
             new = new[~seen[new]]
+            read += len(new)
+            if read > postings * DENSE_SHARE:
+                return self._dense_top(lists, limit, eligible)  # the threshold would not come soon
             seen[new] = True
             new = new[eligible[new]]
             if len(new):
@@ -283,6 +292,20 @@ class KeywordIndex:
         rows = self.doc_row.view[best_docs]
         order = np.lexsort((rows, -best_scores))
         return rows[order], best_scores[order].astype(np.float32)
+
+    def _dense_top(self, lists, limit: int, eligible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every matching image scored at once (np.add.at over the query's postings): the
+        threshold algorithm's fallback when the query's words are all common."""
+        lengths = self.doc_length.view
+        total = np.zeros(len(eligible), dtype=np.float64)
+        for _, weight, count, docs in lists:
+            total[docs] += weight * self._term_weight(np.asarray(count), lengths[docs])
+        candidates = np.flatnonzero((total > 0) & eligible)
+        if len(candidates) > limit:
+            candidates = candidates[np.argpartition(-total[candidates], limit - 1)[:limit]]
+        rows = self.doc_row.view[candidates]
+        order = np.lexsort((rows, -total[candidates]))
+        return rows[order], total[candidates][order].astype(np.float32)
 
     def _unseen_bound(self, lists, depth: int, lengths: np.ndarray) -> float:
         """The best score an image not yet read from any list could have: per term, the weight
