@@ -53,9 +53,10 @@ h1 { font-size: 20px; margin: 0 0 8px; }
 .legend .item { display: flex; align-items: center; gap: 6px; }
 .swatch { display: inline-block; width: 14px; height: 10px; }
 .scale { display: inline-block; width: 140px; height: 10px; }
-.result { display: inline-block; margin: 6px; vertical-align: top; border: 1px solid #ddd; padding: 6px;
-          width: 210px; }
-.result.wide { width: 336px; }
+.query img { width: 128px; height: 128px; image-rendering: pixelated; display: block; }
+.result { display: inline-block; margin: 4px; vertical-align: top; border: 1px solid #ddd; padding: 6px;
+          width: 196px; }
+.result.wide { width: 330px; }
 .pair { display: flex; gap: 6px; }
 .thumb { position: relative; width: 160px; height: 160px; }
 .thumb img { width: 160px; height: 160px; image-rendering: pixelated; display: block; }
@@ -159,7 +160,7 @@ def picture(
     overlay, strongest_weight = heatmap(regions) if regions else ("", 0.0)
     if regions:
         drawn.heatmap = True
-        caption = f"{caption}; strongest region {strongest_weight:.2f}"
+        caption = f"{caption} (max {strongest_weight:.2f})"
     return (
         f'<div><div class="thumb"><img alt="{html.escape(alt)}"{role_attr} src="{source}">{overlay}</div>'
         f'<div class="caption">{html.escape(caption)}</div></div>'
@@ -198,14 +199,14 @@ def result_card(
         candidate_regions = list(evidence.candidate_regions) if evidence is not None else []
         pictures = (
             '<div class="pair">'
-            + picture(query_image, "query", query_regions, "snapshot, attended for this match", drawn)
-            + picture(thumbnail, result.id, candidate_regions, "catalogue image, tag attention", drawn, "result")
+            + picture(query_image, "query", query_regions, "snapshot's attention for this match", drawn)
+            + picture(thumbnail, result.id, candidate_regions, "catalogue image's tag attention", drawn, "result")
             + "</div>"
         )
         details = f"<div class='small'>TagYNet cosine {result.ann_score:.3f}</div>"
         return f'<div class="result wide">{pictures}{head}{details}<div class="small">{html.escape(result.title)}</div></div>'
     regions = list(evidence.regions) if evidence is not None else []
-    pictures = picture(thumbnail, result.id, regions, "region attention" if regions else result.id, drawn, "result")
+    pictures = picture(thumbnail, result.id, regions, "attention" if regions else "", drawn, "result")
     details = ""
     if evidence is not None and kind == "text":
         details = modality_bar(evidence, drawn) + keyword_bars(list(evidence.keywords), drawn)
@@ -220,22 +221,26 @@ def query_kind(request: search_pb2.SearchRequest) -> str:
 
 
 def query_panel(request: search_pb2.SearchRequest, kind: str, image: bytes, drawn: Drawn) -> str:
-    """The query as the user gave it: its text, its image, its modification."""
+    """The query as the user gave it: its text, or its image (and modification)."""
     if kind == "text":
         return f'<div class="query"><span class="text">\u201c{html.escape(request.text)}\u201d</span></div>'
     source = request.composed.image if kind == "composed" else request.image
+    uri = image_uri(image)
+    if uri:
+        shown = f'<img alt="query" data-role="query" src="{uri}">'
+    else:
+        drawn.placeholder = True
+        shown = '<div class="placeholder" data-role="query">no thumbnail</div>'
     label = {
         "image": "query image",
         "composed": "query image",
-        "cross-domain": "snapshot (cross-domain: its catalogue image is sought)",
+        "cross-domain": "snapshot: its clean catalogue image is sought (cross-domain)",
     }[kind]
     if source.id:
-        label += f" {source.id}"
-    shown = picture(image, "query", [], label, drawn, "query")
-    text = ""
+        label += f" {html.escape(source.id)}"
     if kind == "composed":
-        text = f'<span class="text">+ \u201c{html.escape(request.composed.modification)}\u201d</span>'
-    return f'<div class="query">{shown}{text}</div>'
+        label += f' + <span class="text">\u201c{html.escape(request.composed.modification)}\u201d</span>'
+    return f'<div class="query">{shown}<span>{label}</span></div>'
 
 
 def legend(drawn: Drawn) -> str:
@@ -245,7 +250,7 @@ def legend(drawn: Drawn) -> str:
         items.append(
             '<span class="item">attention over the image: 0 '
             f'<span class="scale" style="background: linear-gradient(to right, {stops})"></span> '
-            f"strongest region of that picture (its weight under it; opacity up to {MAX_OPACITY:.0%})</span>"
+            f"the picture's max (the number under it), at up to {MAX_OPACITY:.0%} opacity</span>"
         )
     if drawn.placeholder:
         items.append(

@@ -112,7 +112,10 @@ def report(folders, tmp_path, kind: str, *argv: str) -> tuple[dict, Path]:
 def keep_for_docs(screenshot: Path, name: str) -> None:
     """A small PNG (a 128-colour palette) in docs/ when asked for."""
     if os.environ.get("AMCSEARCH_DOCS_SCREENSHOTS") == "1":
-        Image.open(screenshot).convert("RGB").quantize(128).save(ROOT / "docs" / name, optimize=True)
+        image = Image.open(screenshot).convert("RGB")
+        rows = np.flatnonzero((np.asarray(image) != 255).any(axis=(1, 2)))
+        image = image.crop((0, 0, image.width, min(image.height, int(rows[-1]) + 16)))
+        image.quantize(128).save(ROOT / "docs" / name, optimize=True)
 
 
 def test_text_report_with_explain(folders, tmp_path):

@@ -149,7 +149,7 @@ def test_the_legend_explains_what_is_drawn_and_nothing_else(tmp_path):
     write_html(page, search_pb2.SearchRequest(text="festive", explain=True), explained, thumbs)
     text = page.read_text()
     assert "attention over the image" in text and "keyword attention" in text and "visual / " in text
-    assert "0.70 / 0.30" in text and ">0.80<" in text and "strongest region 0.50" in text
+    assert "0.70 / 0.30" in text and ">0.80<" in text and "(max 0.50)" in text
     assert "\u201cfestive\u201d" in text  # the query
     assert "no thumbnail" not in text
     plain = search_pb2.SearchResponse(results=[result("a", ""), result("b", "")])
