@@ -36,6 +36,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,9 +193,14 @@ def workdir(ci_corpus, model_repository, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def namespace() -> dict:
-    """The Python snippets' shared globals, as in one interpreter session."""
-    return {"__name__": "readme"}
+def namespace(tmp_path_factory):
+    """The Python snippets' module: shared globals, as in one interpreter session, and a real
+    module with a file per snippet, so that TorchScript can read a snippet's class source."""
+    module = types.ModuleType("readme_examples")
+    module.__dict__["snippets"] = tmp_path_factory.mktemp("readme-snippets")
+    sys.modules[module.__name__] = module
+    yield module
+    del sys.modules[module.__name__]
 
 
 def shell_env(address: str) -> dict[str, str]:
@@ -265,9 +271,12 @@ def test_readme_example(example, gateway, workdir, namespace, monkeypatch):
     text = example.text.replace(README_ADDRESS, gateway)
     if example.kind == "python":
         monkeypatch.chdir(workdir)
+        source = namespace.snippets / f"README_line_{example.line}.py"
+        source.write_text(text)
+        namespace.__file__ = str(source)
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
-            exec(compile(text, f"README.md line {example.line}", "exec"), namespace)  # noqa: S102
+            exec(compile(text, str(source), "exec"), namespace.__dict__)  # noqa: S102
         output = printed.getvalue()
         assert "[]" not in output.split() and "not indexed" not in output, output
         return
