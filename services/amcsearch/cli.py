@@ -1,6 +1,6 @@
 """`amcsearch`: index a folder of images and search it from the terminal.
 
-    amcsearch index DIR                      (DIR/metadata.jsonl optional: id, title, tags, keywords)
+    amcsearch index DIR                      (DIR/metadata.jsonl optional: id, title, tags, keywords, metadata)
     amcsearch search "large red circle top-left" [--explain] [--html results.html]
     amcsearch search --image FILE [--modify "make the circle blue"] [--html page.html --thumbnails DIR]
     amcsearch search --id IMAGE_ID [--modify ...]
@@ -57,7 +57,9 @@ def read_metadata(directory: Path) -> dict[str, dict]:
 
 
 def image_items(directory: Path) -> Iterator[search_pb2.ImageItem]:
-    """One ImageItem per image file, read lazily so large folders never sit in memory."""
+    """One ImageItem per image file, read lazily so large folders never sit in memory. Its
+    metadata is what metadata.jsonl gives, nothing of this machine's (no file path: every reader
+    of the index would see it, and no reader's tool should open it)."""
     metadata = read_metadata(directory)
     for path in sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         entry = metadata.get(path.stem, {})
@@ -67,7 +69,7 @@ def image_items(directory: Path) -> Iterator[search_pb2.ImageItem]:
             title=entry.get("title", ""),
             tags=entry.get("tags", []),
             keywords=[common_pb2.Keyword(text=t, confidence=c) for t, c in entry.get("keywords", [])],
-            metadata={"path": str(path.resolve()), **entry.get("metadata", {})},
+            metadata=entry.get("metadata", {}),
         )
 
 
