@@ -69,6 +69,7 @@ def test_every_read_sends_the_read_token_and_collection_goes_after_the_command(
         ["collections"],
     ]
     monkeypatch.delenv("SEARCH_AUTH_TOKEN")
+    capsys.readouterr()  # the index command's progress bar
     for argv in reads:
         assert main([*addr, *argv]) == 1, argv  # no token: the gateway refuses
         err = capsys.readouterr().err
