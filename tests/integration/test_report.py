@@ -13,7 +13,6 @@ import html
 import json
 import os
 import re
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from tests.integration.conftest import chromium_dom, png
 pytestmark = pytest.mark.integration
 IMAGES = 40
 PRODUCTS = 40
-WINDOW = (1200, 760)
+WINDOW = (1200, 820)
 PROBE = (
     "const imgs = [...document.images];"
     " const q = document.querySelector('img[data-role=query]');"
@@ -87,8 +86,9 @@ def folders(real_stack, ci_corpus, tmp_path_factory):
         (catalogue / f"{product.id}.png").write_bytes(png(shop.shop_pixels[row]))
         lines.append(json.dumps({"id": product.id, "title": " ".join(product.tags), "tags": product.tags}))
     (catalogue / "metadata.jsonl").write_text("\n".join(lines) + "\n")
-    names = {"scenes": f"report_{uuid.uuid4().hex[:8]}", "catalogue": f"report_{uuid.uuid4().hex[:8]}"}
+    names = {"scenes": "report_scenes", "catalogue": "report_catalogue"}  # shown in the docs' screenshots
     for folder, name in ((scenes, names["scenes"]), (catalogue, names["catalogue"])):
+        main([*addr, "collections", "drop", name])  # left by an interrupted run, if any
         assert main([*addr, "collections", "create", name]) == 0
         assert main([*addr, "index", str(folder), "--skip-auto-tags", "--collection", name]) == 0
     snapshot = base / "snapshot.png"
@@ -110,12 +110,12 @@ def report(folders, tmp_path, kind: str, *argv: str) -> tuple[dict, Path]:
 
 
 def keep_for_docs(screenshot: Path, name: str) -> None:
-    """A small PNG (a 128-colour palette) in docs/ when asked for."""
+    """A small PNG (a 256-colour palette) in docs/ when asked for."""
     if os.environ.get("AMCSEARCH_DOCS_SCREENSHOTS") == "1":
         image = Image.open(screenshot).convert("RGB")
         rows = np.flatnonzero((np.asarray(image) != 255).any(axis=(1, 2)))
         image = image.crop((0, 0, image.width, min(image.height, int(rows[-1]) + 16)))
-        image.quantize(128).save(ROOT / "docs" / name, optimize=True)
+        image.quantize(256, method=Image.Quantize.FASTOCTREE).save(ROOT / "docs" / name, optimize=True)
 
 
 def test_text_report_with_explain(folders, tmp_path):
