@@ -24,7 +24,7 @@ from pathlib import Path
 import grpc
 from amcsearch.cli import index_directory, results_table
 from amcsearch.launcher import ROOT, Stack
-from amcsearch.report import write_html
+from amcsearch.report import query_kind, thumbnails_from, write_html
 from amcsearch.v1 import search_pb2, search_pb2_grpc
 from PIL import Image
 
@@ -52,8 +52,9 @@ def write_corpus_dir(size: str, seed: int, directory: Path):
     return split
 
 
-def run_examples(stub, out_dir: Path, composed_query) -> None:
-    """Three text searches, one by image, one composed (a modification from the benchmark)."""
+def run_examples(stub, out_dir: Path, composed_query, images: Path) -> None:
+    """Three text searches, one by image, one composed (a modification from the benchmark); the
+    pages draw the results from `images`, the folder the demo wrote and indexed."""
     first_id = composed_query.source_id
     modification = composed_query.modification
     requests = [search_pb2.SearchRequest(text=t, top_k=5, explain=True) for t in TEXT_EXAMPLES]
@@ -75,8 +76,9 @@ def run_examples(stub, out_dir: Path, composed_query) -> None:
             "composed": f"image {first_id} + '{modification}' (target: {composed_query.target_id})",
         }[kind]
         print(f"\n== {kind} search: {label}  ({took:.0f} ms)")
-        print(results_table(reply))
-        write_html(out_dir / f"search-{number}.html", request, reply)
+        print(results_table(reply, query_kind(request)))
+        thumbnails = thumbnails_from(images, [first_id, *(r.id for r in reply.results)])
+        write_html(out_dir / f"search-{number}.html", request, reply, thumbnails)
 
 
 CATALOGUE = "catalogue"
@@ -126,8 +128,9 @@ def run_cross_domain(stub, shop: Path, queries, out_dir: Path) -> None:
         rank = next((i for i, r in enumerate(reply.results, 1) if r.id == product), None)
         found = f"found at rank {rank}" if rank else "not in the top 5"
         print(f"\n== street snapshot {path.name} of product {product}: {found}  ({took:.0f} ms)")
-        print(results_table(reply))
-        write_html(out_dir / f"cross-domain-{number}.html", request, reply)
+        print(results_table(reply, query_kind(request)))
+        thumbnails = thumbnails_from(shop, [r.id for r in reply.results])
+        write_html(out_dir / f"cross-domain-{number}.html", request, reply, thumbnails)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             began = time.monotonic()
             indexed, failed = index_directory(stub, images, batch_size=32)
             print(f"indexed {indexed} images ({len(failed)} failed) in {time.monotonic() - began:.0f}s")
-            run_examples(stub, var, split.composed_queries[0])
+            run_examples(stub, var, split.composed_queries[0], images)
             shop, street_queries = write_catalogue_dir(args.size, args.seed, var / f"demo-catalogue-{args.size}")
             run_cross_domain(stub, shop, street_queries, var)
             print(

@@ -230,9 +230,12 @@ def reliability_report():
     write_report()
 
 
-def chromium_dom(page: Path, probe_js: str, profile: Path, screenshot: Path | None = None) -> str:
+def chromium_dom(
+    page: Path, probe_js: str, profile: Path, screenshot: Path | None = None, window: tuple[int, int] = (1400, 900)
+) -> str:
     """The DOM of `page` in headless Chromium after `probe_js` ran on load (it sets
-    document.title to what the test checks); with `screenshot`, a PNG of the page too."""
+    document.title to what the test checks); with `screenshot`, a PNG of the window too (one
+    screen pixel a CSS pixel, no scrollbars)."""
     import subprocess
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -250,26 +253,17 @@ def chromium_dom(page: Path, probe_js: str, profile: Path, screenshot: Path | No
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
+        "--hide-scrollbars",
+        "--force-device-scale-factor=1",
+        f"--window-size={window[0]},{window[1]}",
         f"--user-data-dir={profile}",
     ]
     if screenshot is not None:
         subprocess.run(
-            [chromium, *flags, f"--screenshot={screenshot}", "--window-size=1400,900", page.as_uri()],
+            [chromium, *flags, f"--screenshot={screenshot}", page.as_uri()],
             capture_output=True,
             timeout=60,
         )
     return subprocess.run(
         [chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=60
     ).stdout
-
-
-HEATMAP_PROBE = (
-    "const imgs = [...document.images];"
-    " const heats = [...document.querySelectorAll('.heat')];"
-    " const drawn = heats.filter(h => [...h.children].some(c => parseFloat(getComputedStyle(c).opacity) > 0"
-    " && c.getBoundingClientRect().width > 0)).length;"
-    " document.title = 'rendered=' + imgs.filter(i => i.complete && i.naturalWidth > 0).length + '/' + imgs.length"
-    " + ' heatmaps=' + drawn + '/' + heats.length"
-    " + ' keywordbars=' + document.querySelectorAll('.kw .fill').length;"
-)
-"""Sets the title to rendered=<loaded images>/<images> heatmaps=<with a visible cell>/<overlays>."""

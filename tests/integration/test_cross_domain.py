@@ -11,7 +11,7 @@ from amcsearch.runtime.contract import CROSS_DOMAIN_TAG_WEIGHT
 from amcsearch.v1 import search_pb2, search_pb2_grpc
 
 from models.corpus.street_shop import load_or_build_street_shop, tag_matrix
-from tests.integration.conftest import HEATMAP_PROBE, chromium_dom, png, run
+from tests.integration.conftest import png, run
 
 pytestmark = pytest.mark.integration
 PRODUCTS = 120
@@ -216,21 +216,3 @@ def test_cross_domain_respects_filters_and_deletes(search, catalogue, split):
     assert "shop-extra" in [r.id for r in search.Search(request, timeout=60).results]
     search.Delete(search_pb2.DeleteRequest(ids=["shop-extra"], collection=COLLECTION), timeout=60)
     assert [r.id for r in search.Search(request, timeout=60).results] == ["shop-1"]
-
-
-def test_html_page_draws_query_and_candidate_heatmaps_in_chromium(search, catalogue, split, tmp_path):
-    from amcsearch.report import write_html
-
-    test, shots = split
-    request = search_pb2.SearchRequest(
-        image=search_pb2.ImageQuery(data=png(test.street_pixels[shots[0]])),
-        image_match=search_pb2.SearchRequest.CROSS_DOMAIN,
-        top_k=3,
-        collection=COLLECTION,
-        explain=True,
-    )
-    reply = search.Search(request, timeout=60)
-    page = tmp_path / "cross-domain.html"
-    write_html(page, request, reply)
-    dom = chromium_dom(page, HEATMAP_PROBE, tmp_path / "profile", tmp_path / "cross-domain.png")
-    assert "<title>rendered=6/6 heatmaps=6/6 keywordbars=0</title>" in dom  # query beside candidate, each result

@@ -17,7 +17,7 @@ from amcsearch.v1 import search_pb2, search_pb2_grpc
 
 from models.export.triton_repo import keyword_vocabulary
 from models.metrics import ndcg_at_k
-from tests.integration.conftest import HEATMAP_PROBE, chromium_dom, metric_value, png, run, scrape
+from tests.integration.conftest import metric_value, png, run, scrape
 
 pytestmark = pytest.mark.integration
 MAX_TEXT_QUERIES = 60
@@ -286,19 +286,6 @@ def test_restart_of_search_keeps_everything_indexed(search, indexed, real_stack,
     assert [r.id for r in after.results] == [r.id for r in before.results]
     np.testing.assert_allclose([r.score for r in after.results], [r.score for r in before.results], rtol=1e-5)
     assert search.Stats(search_pb2.StatsRequest(), timeout=30).image_count == count
-
-
-def test_html_results_page_renders_its_images_and_heatmaps_in_chromium(search, indexed, tmp_path):
-    from amcsearch.report import write_html
-
-    request = search_pb2.SearchRequest(text="large red circle top-left", top_k=4, explain=True)
-    reply = search.Search(request, timeout=60)
-    page = tmp_path / "results.html"
-    write_html(page, request, reply)
-    dom = chromium_dom(page, HEATMAP_PROBE, tmp_path / "profile", tmp_path / "results.png")
-    keyword_count = sum(len(r.evidence.keywords) for r in reply.results)
-    assert f"<title>rendered=4/4 heatmaps=4/4 keywordbars={keyword_count}</title>" in dom
-    assert keyword_count > 0
 
 
 def test_write_rpcs_need_the_bearer_token_when_one_is_set(real_stack, ci_corpus, tmp_path):

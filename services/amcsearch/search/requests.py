@@ -108,6 +108,6 @@ def modality_bias(message: search_pb2.ModalityBias, what: str = "modality") -> t
     require(math.isfinite(scale) and 0 <= scale <= 100, f"{what}.keyword_scale must be in [0, 100]")
     require(math.isfinite(low) and 0 <= low <= 1, f"{what}.min_keyword_weight must be in [0, 1]")
     require(math.isfinite(high) and 0 <= high <= 1, f"{what}.max_keyword_weight must be in [0, 1]")
-    require(low <= high, f"{what}: min_keyword_weight {low} exceeds max_keyword_weight {high}")
+    require(low <= high, f"{what}: min_keyword_weight {low:g} exceeds max_keyword_weight {high:g}")
     bias = (float(scale), float(low), float(high))
     return None if bias == (1.0, 0.0, 1.0) else bias

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import re
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import grpc
@@ -9,7 +12,7 @@ import grpc
 from amcsearch.runtime import contract as c
 from amcsearch.runtime.auth import check_bearer
 from amcsearch.runtime.deadlines import time_left
-from amcsearch.runtime.errors import InvalidArgument, ResourceExhausted, limit, require
+from amcsearch.runtime.errors import AmcsearchError, InvalidArgument, ResourceExhausted, limit, require
 from amcsearch.runtime.keywords import normalize_keyword
 from amcsearch.runtime.metrics import BATCH_ITEMS, INDEX_IMAGES
 from amcsearch.runtime.quantize import dequantize_regions
@@ -90,6 +93,23 @@ def search_response(outcome: SearchOutcome) -> search_pb2.SearchResponse:
     )
 
 
+def in_callers_terms(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Errors of `method` name collections as the caller does ('shoes'), never as the engine
+    does ('amcsearch_images__shoes'): the index engines and the pipeline see only engine names."""
+
+    @functools.wraps(method)
+    async def answered(self: SearchServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except AmcsearchError as error:
+            message = self.callers_terms(str(error))
+            if message == str(error):
+                raise
+            raise type(error)(message) from None
+
+    return answered
+
+
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def __init__(self, pipeline: SearchPipeline, settings: SearchSettings) -> None:
         self.pipeline = pipeline
@@ -101,6 +121,11 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     def _collection(self, name: str) -> str:
         return requests.collection_name(name, self.default_collection)
+
+    def callers_terms(self, message: str) -> str:
+        """`message` with every engine collection name replaced by the caller's name for it."""
+        prefix = re.escape(f"{self.default_collection}{requests.COLLECTION_SEPARATOR}")
+        return re.sub(rf"\b{prefix}([A-Za-z][A-Za-z0-9_]*)", r"\1", message)
 
     def _check_read(self, context: grpc.aio.ServicerContext, method: str) -> None:
         if self.settings.read_token:
@@ -166,6 +191,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             problem = f"metadata is {size} bytes, the limit is {s.max_metadata_bytes} bytes"
         return ItemOutcome(item.id, False, "RESOURCE_EXHAUSTED", problem) if problem else None
 
+    @in_callers_terms
     async def Index(self, request: search_pb2.IndexRequest, context: grpc.aio.ServicerContext):
         check_bearer(context.invocation_metadata(), self.settings.auth_token, "Index")
         count = len(request.items)
@@ -296,12 +322,14 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         )
         return True
 
+    @in_callers_terms
     async def Search(self, request: search_pb2.SearchRequest, context: grpc.aio.ServicerContext):
         self._check_read(context, "Search")
         query = await self._search_query(request)
         outcome = await self.pipeline.search(query.collection, query.query, query.options, time_left)
         return search_response(outcome)
 
+    @in_callers_terms
     async def BatchSearch(self, request: search_pb2.BatchSearchRequest, context: grpc.aio.ServicerContext):
         self._check_read(context, "BatchSearch")
         count = len(request.searches)
@@ -312,6 +340,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         outcomes = await self.pipeline.search_many(queries, time_left)
         return search_pb2.BatchSearchResponse(responses=[search_response(o) for o in outcomes])
 
+    @in_callers_terms
     async def Rerank(self, request: search_pb2.RerankRequest, context: grpc.aio.ServicerContext):
         self._check_read(context, "Rerank")
         s = self.settings
@@ -384,6 +413,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             check_id(i, "id")
         return list(dict.fromkeys(ids))
 
+    @in_callers_terms
     async def Get(self, request: search_pb2.GetRequest, context: grpc.aio.ServicerContext):
         self._check_read(context, "Get")
         ids = self._ids(request.ids)
@@ -411,12 +441,14 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             )
         return search_pb2.GetResponse(images=images, missing_ids=[i for i in ids if i not in records])
 
+    @in_callers_terms
     async def Delete(self, request: search_pb2.DeleteRequest, context: grpc.aio.ServicerContext):
         check_bearer(context.invocation_metadata(), self.settings.auth_token, "Delete")
         ids = self._ids(request.ids)
         deleted = set(await self.pipeline.delete(self._collection(request.collection), ids))
         return search_pb2.DeleteResponse(deleted_count=len(deleted), missing_ids=[i for i in ids if i not in deleted])
 
+    @in_callers_terms
     async def Stats(self, request: search_pb2.StatsRequest, context: grpc.aio.ServicerContext):
         self._check_read(context, "Stats")
         stats = await self.pipeline.stats(self._collection(request.collection))
@@ -432,18 +464,21 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     # --- collections ---------------------------------------------------------------------------
 
+    @in_callers_terms
     async def CreateCollection(self, request: search_pb2.CreateCollectionRequest, context: grpc.aio.ServicerContext):
         check_bearer(context.invocation_metadata(), self.settings.auth_token, "CreateCollection")
         require(bool(request.name), "name is empty: the default collection always exists")
         created = await self.pipeline.create_collection(self._collection(request.name))
         return search_pb2.CreateCollectionResponse(created=created)
 
+    @in_callers_terms
     async def DropCollection(self, request: search_pb2.DropCollectionRequest, context: grpc.aio.ServicerContext):
         check_bearer(context.invocation_metadata(), self.settings.auth_token, "DropCollection")
         require(bool(request.name), "name is empty: the default collection cannot be dropped")
         deleted = await self.pipeline.drop_collection(self._collection(request.name))
         return search_pb2.DropCollectionResponse(deleted_images=deleted)
 
+    @in_callers_terms
     async def ListCollections(self, request: search_pb2.ListCollectionsRequest, context: grpc.aio.ServicerContext):
         self._check_read(context, "ListCollections")
         infos = []
