@@ -707,12 +707,22 @@ class EmbeddedIndex:
         """Store rows of the best `limit` images by BM25 of `text`, best first."""
         return await self._read(self._keyword_keys, collection, text, limit, condition)
 
-    async def vector_candidates(self, collection: str, vector: np.ndarray, limit: int, condition: Filter) -> Candidates:
-        """The `limit` nearest images with their rescoring features, nearest first."""
+    async def vector_candidates(
+        self, collection: str, vector: np.ndarray, limit: int, condition: Filter, extra_keys: np.ndarray | None = None
+    ) -> Candidates:
+        """The `limit` nearest images with their rescoring features, nearest first, then those of
+        `extra_keys` (the keyword route's) not among them: one read for both."""
 
         def nearest() -> Candidates:
             keys, _ = self._vectors_of(collection).search(vector, limit, self._allowed(collection, condition))
-            return self._features(np.asarray(keys, dtype=np.int64), vector)
+            nearest = np.asarray(keys, dtype=np.int64)
+            keys = nearest
+            if extra_keys is not None and len(extra_keys):
+                extra = np.asarray(extra_keys, dtype=np.int64)
+                keys = np.concatenate([nearest, extra[~np.isin(extra, nearest)]])
+            found = self._features(keys, vector)
+            found.ranked = int(np.isin(found.keys, nearest).sum())
+            return found
 
         return await self._read(nearest)
 

@@ -398,9 +398,17 @@ class MilvusIndex:
         hits = await self.keyword_search(collection, vector, text, limit, condition)
         return np.asarray([h.id for h in hits], dtype=object)
 
-    async def vector_candidates(self, collection: str, vector: np.ndarray, limit: int, condition: Filter) -> Candidates:
-        hits = await self.search(collection, vector, limit, condition, with_features=True)
-        return hit_candidates(hits)
+    async def vector_candidates(
+        self, collection: str, vector: np.ndarray, limit: int, condition: Filter, extra_keys: np.ndarray | None = None
+    ) -> Candidates:
+        nearest = hit_candidates(await self.search(collection, vector, limit, condition, with_features=True))
+        if extra_keys is None or not len(extra_keys):
+            return nearest
+        missing = np.asarray(extra_keys, dtype=object)
+        missing = missing[~np.isin(missing, nearest.keys)]
+        joined = Candidates.concat([nearest, await self.candidate_features(collection, missing, vector)])
+        joined.ranked = len(nearest)
+        return joined
 
     async def candidate_features(self, collection: str, keys: np.ndarray, vector: np.ndarray) -> Candidates:
         ids = [str(k) for k in keys]

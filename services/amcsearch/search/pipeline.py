@@ -571,15 +571,16 @@ class SearchPipeline:
         if o.source == "keyword":
             with stage(SERVICE, "feature_read"):
                 return await self.index.candidate_features(search.collection, keyword_keys, vector)
-        with stage(SERVICE, "ann"):
-            nearest = await self.index.vector_candidates(search.collection, vector, o.candidates, o.condition)
         if o.source == "vector":
-            return nearest
+            with stage(SERVICE, "ann"):
+                return await self.index.vector_candidates(search.collection, vector, o.candidates, o.condition)
+        with stage(SERVICE, "ann"):  # the keyword-only candidates' features come in the same read
+            joined = await self.index.vector_candidates(
+                search.collection, vector, o.candidates, o.condition, keyword_keys
+            )
         with stage(SERVICE, "merge"):
-            keys = fuse_keys(nearest.keys, keyword_keys, o.candidates, self.hybrid_merge)
-            known = np.isin(keys, nearest.keys)
-            extra = await self.index.candidate_features(search.collection, keys[~known], vector)
-            joined = Candidates.concat([nearest, extra])
+            nearest = joined.keys if joined.ranked < 0 else joined.keys[: joined.ranked]
+            keys = fuse_keys(nearest, keyword_keys, o.candidates, self.hybrid_merge)
             return joined.take(positions_of(joined.keys, keys))
 
     async def _unscored_page(self, search: SearchQuery, vector: np.ndarray) -> list[Result]:

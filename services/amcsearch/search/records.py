@@ -142,6 +142,8 @@ class Candidates:
     """float32 [N, KEYWORD_SLOTS] (0 past the last keyword)."""
     keyword_texts: np.ndarray
     """object [D]: the texts keyword_ids point into (may hold texts no candidate uses)."""
+    ranked: int = -1
+    """Index.vector_candidates: the leading rows that are the vector ranking (-1: all rows)."""
 
     def __len__(self) -> int:
         return len(self.keys)
