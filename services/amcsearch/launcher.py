@@ -1,86 +1,84 @@
 """`make up`: tritonserver, redis-server (unless REDIS_URL is set) and every service, healthy.
 
-`python -m amcsearch.launcher` starts them, waits until each answers, prints where each listens,
-supervises them (a child that dies is started again with backoff, as Kubernetes restarts a
-container, while the others keep serving; only a crash loop stops the stack, with a message
-naming the child and its log), and stops them all on Ctrl-C or SIGTERM. `Stack` is the same
-thing as a library, used by the integration tests and the demo.
+`python -m amcsearch.launcher` starts them where the environment says (README's table of
+variables; defaults otherwise), waits until each answers, prints where each listens, supervises
+them (amcsearch/supervisor.py: a child that exits is started again with a doubling back-off while
+the others keep serving; the stack never stops by itself), and stops them all on Ctrl-C or
+SIGTERM. Its Redis gets a generated password; with INTERNAL_AUTH_TOKEN set, Triton's admin and
+shared-memory protocols need a generated key. No secret is printed. `Stack` is the same thing as
+a library, used by the integration tests and the demo.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import secrets
 import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from amcsearch import processes
-from amcsearch.ports import SERVICES, ServiceSpec
-from amcsearch.processes import Process, free_port, wait_until
+from amcsearch.ports import LAUNCHER_METRICS_PORT, REDIS_PORT, SERVICES, TRITON_PORTS, ServiceSpec
+from amcsearch.processes import Process, connect_host, free_port, port_taken, wait_until
+from amcsearch.runtime.redact import RedactingFilter, redact, secret_values
+from amcsearch.runtime.settings import SettingsError, from_env, nested
+from amcsearch.supervisor import RestartPolicy, StatusServer, Supervisor
 
-__all__ = ["SERVICES", "ServiceSpec", "Stack"]
+__all__ = ["SERVICES", "PortTakenError", "ServiceSpec", "Stack"]
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES_ROOT = ROOT / "services"
+FREE_PORTS_HINT = "or start with --free-ports (make up ARGS=--free-ports)"
 
 
-RESTART_BACKOFF_SECONDS = (0.5, 1, 2, 4, 8, 15, 30)
-CRASH_LOOP_RESTARTS = 5
-CRASH_LOOP_WINDOW_SECONDS = 120.0
-"""More than CRASH_LOOP_RESTARTS restarts of one child within the window is a crash loop."""
+class PortTakenError(RuntimeError):
+    """A port the stack is to listen on is taken; the message is one line naming the variable
+    that moves it."""
 
 
-class CrashLoopError(RuntimeError):
-    """A child keeps dying: the stack stops rather than restart it for ever."""
+@dataclass(frozen=True)
+class Listener:
+    what: str
+    variable: str
+    host: str
+    port: int
+    explicit: bool
+    """The port came from its variable (so --free-ports would not move it)."""
 
 
-@dataclass
-class Supervisor:
-    """Restarts of each child: when it died, how often, when the next start is due."""
+@dataclass(frozen=True)
+class LauncherSettings:
+    """LAUNCHER_* variables."""
 
-    restarts: dict[str, list[float]] = field(default_factory=dict)
-    due: dict[str, float] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    """Where the launcher's /metrics and /health listen."""
+    metrics_port: int = LAUNCHER_METRICS_PORT[1]
+    """The launcher's /metrics and /health port; 0 picks a free one, -1 turns them off."""
+    restart: RestartPolicy = nested(RestartPolicy, "LAUNCHER_RESTART")
+    """LAUNCHER_RESTART_INITIAL_SECONDS, _MAX_SECONDS, _RESET_SECONDS (supervisor.py)."""
 
-    def check(self, processes: dict[str, Process], now: float) -> list[str]:
-        """Start again every dead child whose backoff has passed; returns the names restarted.
-        Raises CrashLoopError for a child that died too often."""
-        restarted = []
-        for name, process in processes.items():
-            if process.alive():
-                continue
-            if name not in self.due:
-                recent = [t for t in self.restarts.get(name, []) if now - t < CRASH_LOOP_WINDOW_SECONDS]
-                if len(recent) >= CRASH_LOOP_RESTARTS:
-                    raise CrashLoopError(
-                        f"{name} died {len(recent) + 1} times within {CRASH_LOOP_WINDOW_SECONDS:.0f}s; "
-                        f"stopping the stack. Its log: {process.log_path}\n{process.log_tail(15)}"
-                    )
-                self.restarts[name] = recent
-                self.due[name] = now + RESTART_BACKOFF_SECONDS[min(len(recent), len(RESTART_BACKOFF_SECONDS) - 1)]
-                log.warning(
-                    "%s exited (code %s); starting it again in %.1fs",
-                    name,
-                    process.popen.returncode if process.popen else "?",
-                    self.due[name] - now,
-                )
-            if now >= self.due[name]:
-                del self.due[name]
-                self.restarts[name].append(now)
-                process.start()
-                restarted.append(name)
-        return restarted
+
+def load_settings(environ: Mapping[str, str]) -> LauncherSettings:
+    settings = from_env(LauncherSettings, "LAUNCHER", environ)
+    policy = settings.restart
+    if policy.initial_seconds <= 0 or policy.max_seconds < policy.initial_seconds or policy.reset_seconds <= 0:
+        raise SettingsError("LAUNCHER_RESTART_*: need 0 < INITIAL_SECONDS <= MAX_SECONDS and RESET_SECONDS > 0")
+    return settings
 
 
 @dataclass
 class Stack:
-    """The whole system as child processes. Ports are free ones unless `fixed_ports`."""
+    """The whole system as child processes. Ports are free ones unless `fixed_ports` (the
+    defaults of ports.py); a variable of `environ` or `extra_env` always wins."""
 
     repository: Path
     log_dir: Path
@@ -88,19 +86,74 @@ class Stack:
     redis_url: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     services: tuple[ServiceSpec, ...] | None = None
+    environ: Mapping[str, str] = field(default_factory=dict)
+    """Variables that place things (main() passes os.environ): <SERVICE>_PORT, _METRICS_PORT and
+    _HOST move a service; <SERVICE>_ADDR says it runs elsewhere (not started; the others call it
+    there; SEARCH_ADDR, which nothing in the stack calls, gives the gateway's port instead);
+    TRITON_URL and REDIS_URL name a Triton and a Redis of your own (none started);
+    TRITON_GRPC_PORT, TRITON_HTTP_PORT, TRITON_METRICS_PORT and REDIS_PORT move the launcher's."""
     processes: dict[str, Process] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    secrets: list[str] = field(default_factory=list)
+    """Values never printed (tokens, Redis's password, Triton's key): table() and main() redact them."""
+    listeners: list[Listener] = field(default_factory=list)
 
-    def _port(self, default: int) -> int:
-        return default if self.fixed_ports else free_port()
+    @property
+    def variables(self) -> dict[str, str]:
+        return {**self.environ, **self.extra_env}
 
     def models_present(self) -> set[str]:
         return {p.parent.parent.name for p in self.repository.glob("*/configs/pyt.pbtxt")}
 
+    def external_services(self) -> dict[str, str]:
+        """module -> address of the internal services an *_ADDR variable places elsewhere."""
+        variables = self.variables
+        return {
+            s.module: variables[f"{s.prefix}_ADDR"]
+            for s in SERVICES
+            if s.module != "search" and variables.get(f"{s.prefix}_ADDR")
+        }
+
     def selected_services(self) -> list[ServiceSpec]:
         present = self.models_present()
         chosen = self.services if self.services is not None else SERVICES
-        return [s for s in chosen if set(s.models) <= present]
+        external = self.external_services()
+        return [s for s in chosen if set(s.models) <= present and s.module not in external]
+
+    def _port(self, variable: str, default: int, what: str, host: str = "127.0.0.1", raw: str | None = None) -> int:
+        """The port `variable` gives (0: a free one; -1: none, for metrics), else the default
+        (`fixed_ports`) or a free one; recorded as a listener to check."""
+        raw = self.variables.get(variable, "").strip() if raw is None else raw
+        if raw:
+            try:
+                port = int(raw)
+            except ValueError:
+                raise SettingsError(f"{variable}={raw!r}: expected a port number") from None
+            if not -1 <= port <= 65535 or (port == -1 and not variable.endswith("METRICS_PORT")):
+                raise SettingsError(f"{variable}={raw!r}: expected a port in 1..65535 (0: a free one)")
+            if port <= 0:
+                return free_port() if port == 0 else -1
+        else:
+            port = default if self.fixed_ports else free_port()
+        self.listeners.append(Listener(what, variable, host, port, bool(raw)))
+        return port
+
+    def check_ports(self) -> None:
+        """Fail with one line when a port is given twice or something already listens on it."""
+        seen: dict[int, Listener] = {}
+        for listener in self.listeners:
+            other = seen.setdefault(listener.port, listener)
+            if other is not listener:
+                raise PortTakenError(
+                    f"port {listener.port} is given to both {other.what} ({other.variable}) and "
+                    f"{listener.what} ({listener.variable}): set one of them to another port"
+                )
+            if port_taken(listener.port, listener.host):
+                hint = "" if listener.explicit or not self.fixed_ports else f", {FREE_PORTS_HINT}"
+                raise PortTakenError(
+                    f"port {listener.port} ({listener.what}) is taken on {listener.host}: "
+                    f"set {listener.variable} to a free port{hint}"
+                )
 
     def start(self, timeout: float = 120.0) -> None:
         try:
@@ -111,26 +164,65 @@ class Stack:
 
     def _start(self, timeout: float) -> None:
         started = time.monotonic()
-        if self.redis_url is None:
-            port = self._port(6380)
-            redis = processes.redis_process(port, self.log_dir)
-            self._launch(redis)
-            wait_until(lambda: processes.redis_ready(port), 20, "redis-server", redis)
-            self.redis_url = redis.endpoints["redis"]
-        grpc_port, http_port, metrics_port = self._port(8001), self._port(8000), self._port(8002)
-        triton = processes.triton_process(self.repository, self.log_dir, grpc_port, http_port, metrics_port)
-        self._launch(triton)
-        self.env = {"TRITON_URL": triton.endpoints["grpc"], "REDIS_URL": self.redis_url, **self.extra_env}
+        variables = self.variables
+        self.secrets += secret_values(variables)
+        self.redis_url = self.redis_url or variables.get("REDIS_URL") or None
+        triton_url = variables.get("TRITON_URL", "").strip()
         specs = self.selected_services()
-        ports = {s.module: (self._port(s.port), self._port(s.metrics_port)) for s in specs}
+
+        self.listeners = []
+        redis_port = self._port(REDIS_PORT[0], REDIS_PORT[1], "redis-server") if self.redis_url is None else 0
+        triton_ports = {} if triton_url else {e: self._port(v, d, f"tritonserver {e}") for e, v, d in TRITON_PORTS}
+        ports: dict[str, tuple[str, int, int]] = {}
         for spec in specs:
-            self.env[f"{spec.prefix}_ADDR"] = f"127.0.0.1:{ports[spec.module][0]}"
-        wait_until(lambda: processes.triton_ready(http_port), timeout, "tritonserver", triton)
+            host = variables.get(f"{spec.prefix}_HOST", "").strip() or "127.0.0.1"
+            variable, raw = f"{spec.prefix}_PORT", None
+            if spec.module == "search" and not variables.get(variable) and variables.get("SEARCH_ADDR"):
+                variable, raw = "SEARCH_ADDR", variables["SEARCH_ADDR"].rsplit(":", 1)[-1]
+            port = self._port(variable, spec.port, f"{spec.module} gRPC", host, raw)
+            metrics = self._port(f"{spec.prefix}_METRICS_PORT", spec.metrics_port, f"{spec.module} metrics", host)
+            ports[spec.module] = (host, port, metrics)
+        self.check_ports()
+
+        if self.redis_url is None:
+            password = secrets.token_urlsafe(24)
+            self.secrets.append(password)
+            redis = processes.redis_process(redis_port, self.log_dir, password)
+            self._launch(redis)
+            wait_until(lambda: processes.redis_ready(redis_port), 20, "redis-server", redis)
+            self.redis_url = f"redis://:{password}@127.0.0.1:{redis_port}/0"
+        triton = None
+        admin_key = variables.get("TRITON_ADMIN_KEY", "")
+        if not triton_url:
+            if variables.get("INTERNAL_AUTH_TOKEN") and not admin_key:
+                admin_key = secrets.token_urlsafe(24)
+                self.secrets.append(admin_key)
+            triton = processes.triton_process(
+                self.repository,
+                self.log_dir,
+                triton_ports["grpc"],
+                triton_ports["http"],
+                triton_ports["metrics"],
+                admin_key=admin_key,
+            )
+            self._launch(triton)
+            triton_url = triton.endpoints["grpc"]
+        self.env = {"TRITON_URL": triton_url, "REDIS_URL": self.redis_url}
+        if admin_key:
+            self.env["TRITON_ADMIN_KEY"] = admin_key
+        self.env.update(self.extra_env)
+        for module, address in self.external_services().items():
+            self.env[f"{BY_PREFIX[module]}_ADDR"] = address
         for spec in specs:
-            port, metrics = ports[spec.module]
+            host, port, _ = ports[spec.module]
+            self.env[f"{spec.prefix}_ADDR"] = f"{connect_host(host)}:{port}"
+        if triton is not None:
+            wait_until(lambda: processes.triton_ready(triton_ports["http"]), timeout, "tritonserver", triton)
+        for spec in specs:
+            host, port, metrics = ports[spec.module]
             self._launch(
                 processes.service_process(
-                    spec.module, spec.prefix, port, metrics, self.env, self.log_dir, SERVICES_ROOT
+                    spec.module, spec.prefix, port, metrics, self.env, self.log_dir, SERVICES_ROOT, host
                 )
             )
         for spec in specs:
@@ -149,9 +241,9 @@ class Stack:
         process.start()
         self.processes[process.name] = process
 
-    def supervise(self, supervisor: Supervisor) -> list[str]:
-        """One supervision round (see Supervisor.check)."""
-        return supervisor.check(self.processes, time.monotonic())
+    def supervisor(self, policy: RestartPolicy | None = None) -> Supervisor:
+        """A supervisor of this stack's children (run it with .run(stopping) or .check())."""
+        return Supervisor(self.processes, policy or RestartPolicy())
 
     def address(self, module: str) -> str:
         return self.processes[module].endpoints["grpc"]
@@ -164,63 +256,120 @@ class Stack:
             process.stop()
 
     def table(self) -> str:
+        """Where each process listens, secrets redacted."""
         rows = [("process", "pid", "endpoints")]
         for name, process in self.processes.items():
             pid = str(process.popen.pid) if process.popen else "-"
             rows.append((name, pid, "  ".join(f"{k}={v}" for k, v in process.endpoints.items())))
         if "redis-server" not in self.processes and self.redis_url:
             rows.append(("redis (external)", "-", f"redis={self.redis_url}"))
+        if "tritonserver" not in self.processes and self.env.get("TRITON_URL"):
+            rows.append(("tritonserver (external)", "-", f"grpc={self.env['TRITON_URL']}"))
+        for module, address in self.external_services().items():
+            rows.append((f"{module} (external)", "-", f"grpc={address}"))
         widths = [max(len(r[i]) for r in rows) for i in range(2)]
-        return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]}" for r in rows)
+        lines = (f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]}" for r in rows)
+        return redact("\n".join(lines), self.secrets)
 
 
-def main(argv: list[str] | None = None) -> int:
+BY_PREFIX = {spec.module: spec.prefix for spec in SERVICES}
+
+
+def start_status_server(
+    supervisor: Supervisor, settings: LauncherSettings, environ: Mapping[str, str], free: bool
+) -> StatusServer | None:
+    """The launcher's /metrics and /health, or None when LAUNCHER_METRICS_PORT is -1."""
+    port = settings.metrics_port
+    if port < 0:
+        return None
+    if free and not environ.get(LAUNCHER_METRICS_PORT[0]):
+        port = free_port()
+    try:
+        return StatusServer(supervisor, settings.host, port)
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE:
+            raise
+        hint = "" if environ.get(LAUNCHER_METRICS_PORT[0]) else f", {FREE_PORTS_HINT}"
+        raise PortTakenError(
+            f"port {port} (the launcher's /metrics and /health) is taken on {settings.host}: "
+            f"set {LAUNCHER_METRICS_PORT[0]} to a free port (-1: none){hint}"
+        ) from None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--repository", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", ROOT / "model_repository"))
     )
     parser.add_argument("--log-dir", type=Path, default=ROOT / "var" / "log")
-    parser.add_argument("--free-ports", action="store_true", help="pick free ports instead of the defaults")
+    parser.add_argument(
+        "--free-ports", action="store_true", help="pick free ports instead of the defaults (variables still win)"
+    )
     parser.add_argument("--timeout", type=float, default=120.0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(message)s")
+    return parser.parse_args(argv)
+
+
+def serve(stack: Stack, supervisor: Supervisor, stopping: threading.Event, status_server: StatusServer | None) -> None:
+    """Supervise until Ctrl-C or SIGTERM, then stop every process."""
+    try:
+        while not stopping.is_set():
+            for name in supervisor.check():
+                print(f"{name} had exited: started again", flush=True)
+            stopping.wait(0.5)
+    finally:
+        stack.stop()
+        if status_server is not None:
+            status_server.close()
+        print("stopped.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    hidden = secret_values(os.environ)
+    handler = logging.StreamHandler()
+    handler.addFilter(RedactingFilter(hidden))
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(message)s", handlers=[handler])
+
+    def fail(message: str, status: int = 1) -> int:
+        print(redact(message, hidden), file=sys.stderr, flush=True)
+        return status
 
     if not any(args.repository.glob("*/configs/pyt.pbtxt")):
-        print(f"no models in {args.repository}: run `make models` first", file=sys.stderr)
-        return 2
-    stack = Stack(args.repository, args.log_dir, fixed_ports=not args.free_ports, redis_url=os.environ.get("REDIS_URL"))
-    stopping = threading.Event()
+        return fail(f"no models in {args.repository}: run `make models` first", 2)
+    try:
+        settings = load_settings(os.environ)
+    except SettingsError as error:
+        return fail(f"amcsearch: {error}", 2)
+    stack = Stack(args.repository, args.log_dir, fixed_ports=not args.free_ports, environ=os.environ, secrets=hidden)
+    supervisor = stack.supervisor(settings.restart)
+    stopping, up = threading.Event(), threading.Event()
 
     def request_stop(signum, _frame):
         stopping.set()
+        if not up.is_set():  # still starting: stop now (Stack.start stops what it started)
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     started = time.monotonic()
+    status_server = None
     try:
+        status_server = start_status_server(supervisor, settings, os.environ, args.free_ports)
         stack.start(args.timeout)
+    except (PortTakenError, SettingsError) as error:
+        return fail(f"amcsearch: {error}")
     except (TimeoutError, RuntimeError, OSError) as error:
-        print(f"stack failed to start: {error}", file=sys.stderr)
-        return 1
+        return fail(f"stack failed to start: {error}")
+    except KeyboardInterrupt:
+        return fail("stopped before the stack was up.", 0)
+    up.set()
     print(f"\namcsearch is up ({time.monotonic() - started:.1f}s). Logs in {args.log_dir}.\n")
     print(stack.table())
+    if status_server is not None:
+        print(f"\nlauncher: http://{settings.host}:{status_server.port}/metrics and /health (each child's state)")
     print("\nCtrl-C stops everything.", flush=True)
-    supervisor = Supervisor()
-    status = 0
-    try:
-        while not stopping.is_set():
-            try:
-                for name in stack.supervise(supervisor):
-                    print(f"{name} had exited: started again", flush=True)
-            except CrashLoopError as error:
-                print(f"crash loop: {error}", file=sys.stderr, flush=True)
-                status = 3
-                break
-            stopping.wait(0.5)
-    finally:
-        stack.stop()
-        print("stopped.")
-    return status
+    serve(stack, supervisor, stopping, status_server)
+    return 0
 
 
 if __name__ == "__main__":
