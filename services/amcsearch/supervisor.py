@@ -189,7 +189,7 @@ class StatusServer:
                 elif self.path.split("?")[0] in ("/health", "/healthz"):
                     children = supervisor.snapshot()
                     down = sorted(n for n, c in children.items() if c["state"] != "running")
-                    report = {"status": "degraded" if down else "ok", "not_running": down, "children": children}
+                    report = {"status": "degraded" if down else "ok", "unhealthy": down, "children": children}
                     status, body, kind = (503 if down else 200), json.dumps(report).encode(), "application/json"
                 else:
                     status, body, kind = 404, b"/metrics or /health\n", "text/plain"

@@ -148,3 +148,12 @@ def test_make_passes_args_through_to_loadtest_and_up():
             ["make", "-n", target, f"ARGS={args}"], cwd=ROOT, capture_output=True, text=True, timeout=60
         )
         assert expected in dry.stdout, dry.stdout + dry.stderr
+
+
+def test_the_local_prometheus_scrapes_the_launcher():
+    import yaml
+    from amcsearch.ports import LAUNCHER_METRICS_PORT
+
+    loaded = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.local.yml").read_text())
+    targets = {t for job in loaded["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    assert f"127.0.0.1:{LAUNCHER_METRICS_PORT[1]}" in targets
