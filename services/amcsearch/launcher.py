@@ -356,13 +356,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status_server = start_status_server(supervisor, settings, os.environ, args.free_ports)
         stack.start(args.timeout)
+        up.set()
     except (PortTakenError, SettingsError) as error:
         return fail(f"amcsearch: {error}")
     except (TimeoutError, RuntimeError, OSError) as error:
         return fail(f"stack failed to start: {error}")
     except KeyboardInterrupt:
         return fail("stopped before the stack was up.", 0)
-    up.set()
     print(f"\namcsearch is up ({time.monotonic() - started:.1f}s). Logs in {args.log_dir}.\n")
     print(stack.table())
     if status_server is not None:
