@@ -97,6 +97,8 @@ class Stack:
     secrets: list[str] = field(default_factory=list)
     """Values never printed (tokens, Redis's password, Triton's key): table() and main() redact them."""
     listeners: list[Listener] = field(default_factory=list)
+    reserved: list[Listener] = field(default_factory=list)
+    """Ports checked with the stack's own though the stack does not bind them (the launcher's)."""
 
     @property
     def variables(self) -> dict[str, str]:
@@ -141,19 +143,23 @@ class Stack:
     def check_ports(self) -> None:
         """Fail with one line when a port is given twice or something already listens on it."""
         seen: dict[int, Listener] = {}
-        for listener in self.listeners:
+        for listener in [*self.listeners, *self.reserved]:
             other = seen.setdefault(listener.port, listener)
             if other is not listener:
                 raise PortTakenError(
                     f"port {listener.port} is given to both {other.what} ({other.variable}) and "
                     f"{listener.what} ({listener.variable}): set one of them to another port"
                 )
-            if port_taken(listener.port, listener.host):
-                hint = "" if listener.explicit or not self.fixed_ports else f", {FREE_PORTS_HINT}"
-                raise PortTakenError(
-                    f"port {listener.port} ({listener.what}) is taken on {listener.host}: "
-                    f"set {listener.variable} to a free port{hint}"
-                )
+        taken = [listener for listener in seen.values() if port_taken(listener.port, listener.host)]
+        if taken:
+            first = taken[0]
+            hint = "" if first.explicit or not self.fixed_ports else f", {FREE_PORTS_HINT}"
+            more = ", ".join(f"{t.port} ({t.variable})" for t in taken[1:])
+            raise PortTakenError(
+                f"port {first.port} ({first.what}) is taken on {first.host}: set {first.variable} to a free port"
+                + hint
+                + (f"; taken too: {more} (another `make up`?)" if more else "")
+            )
 
     def start(self, timeout: float = 120.0) -> None:
         try:
@@ -275,24 +281,28 @@ class Stack:
 BY_PREFIX = {spec.module: spec.prefix for spec in SERVICES}
 
 
-def start_status_server(
-    supervisor: Supervisor, settings: LauncherSettings, environ: Mapping[str, str], free: bool
-) -> StatusServer | None:
-    """The launcher's /metrics and /health, or None when LAUNCHER_METRICS_PORT is -1."""
+def status_listener(settings: LauncherSettings, environ: Mapping[str, str], free: bool) -> Listener | None:
+    """Where the launcher's /metrics and /health are to listen (None: LAUNCHER_METRICS_PORT=-1)."""
+    explicit = bool(environ.get(LAUNCHER_METRICS_PORT[0]))
     port = settings.metrics_port
     if port < 0:
         return None
-    if free and not environ.get(LAUNCHER_METRICS_PORT[0]):
+    if port == 0 or (free and not explicit):
         port = free_port()
+    return Listener("the launcher's /metrics and /health", LAUNCHER_METRICS_PORT[0], settings.host, port, explicit)
+
+
+def start_status_server(supervisor: Supervisor, listener: Listener | None) -> StatusServer | None:
+    if listener is None:
+        return None
     try:
-        return StatusServer(supervisor, settings.host, port)
+        return StatusServer(supervisor, listener.host, listener.port)
     except OSError as error:
         if error.errno != errno.EADDRINUSE:
             raise
-        hint = "" if environ.get(LAUNCHER_METRICS_PORT[0]) else f", {FREE_PORTS_HINT}"
         raise PortTakenError(
-            f"port {port} (the launcher's /metrics and /health) is taken on {settings.host}: "
-            f"set {LAUNCHER_METRICS_PORT[0]} to a free port (-1: none){hint}"
+            f"port {listener.port} ({listener.what}) is taken on {listener.host}: "
+            f"set {listener.variable} to a free port (-1: none)"
         ) from None
 
 
@@ -341,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as error:
         return fail(f"amcsearch: {error}", 2)
     stack = Stack(args.repository, args.log_dir, fixed_ports=not args.free_ports, environ=os.environ, secrets=hidden)
+    listener = status_listener(settings, os.environ, args.free_ports)
+    stack.reserved = [listener] if listener is not None else []
     supervisor = stack.supervisor(settings.restart)
     stopping, up = threading.Event(), threading.Event()
 
@@ -354,10 +366,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     status_server = None
     try:
-        status_server = start_status_server(supervisor, settings, os.environ, args.free_ports)
         stack.start(args.timeout)
+        status_server = start_status_server(supervisor, listener)
         up.set()
     except (PortTakenError, SettingsError) as error:
+        stack.stop()
         return fail(f"amcsearch: {error}")
     except (TimeoutError, RuntimeError, OSError) as error:
         return fail(f"stack failed to start: {error}")
@@ -366,7 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\namcsearch is up ({time.monotonic() - started:.1f}s). Logs in {args.log_dir}.\n")
     print(stack.table())
     if status_server is not None:
-        print(f"\nlauncher: http://{settings.host}:{status_server.port}/metrics and /health (each child's state)")
+        print(
+            f"\nlauncher: http://{connect_host(settings.host)}:{status_server.port}/metrics and /health (each child's state)"
+        )
     print("\nCtrl-C stops everything.", flush=True)
     serve(stack, supervisor, stopping, status_server)
     return 0
