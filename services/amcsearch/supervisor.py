@@ -120,7 +120,8 @@ class Supervisor:
         )
 
     def run(self, stopping: threading.Event, interval: float = 0.5) -> None:
-        """Supervise until `stopping` is set."""
+        """Supervise until `stopping` is set. Run it in a thread that lives as long as the
+        children: their parent-death signal (processes.py) follows the thread that started them."""
         while not stopping.is_set():
             self.check()
             stopping.wait(interval)

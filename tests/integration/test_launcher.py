@@ -402,7 +402,6 @@ def test_text_search_answers_while_the_keyword_tagger_crash_loops(real_stack, ca
     supervisor = real_stack.supervisor(RestartPolicy(initial_seconds=0.2, max_seconds=1.0, reset_seconds=3600))
     status = StatusServer(supervisor, "127.0.0.1", 0)
     stopping = threading.Event()
-    supervising = threading.Thread(target=supervisor.run, args=(stopping, 0.1), daemon=True)
     codes: dict[str, int] = {}
     collection = "launcher_crash_loop"
     channel = grpc.insecure_channel(real_stack.address("search"))
@@ -411,7 +410,6 @@ def test_text_search_answers_while_the_keyword_tagger_crash_loops(real_stack, ca
     rng = np.random.default_rng(0)
     items = [search_pb2.ImageItem(id=f"c{i}", image=png(rng.integers(0, 255, (64, 64, 3), np.uint8))) for i in range(3)]
     assert search.Index(search_pb2.IndexRequest(collection=collection, items=items), timeout=120).indexed_count == 3
-
     index_codes: dict[str, int] = {}
 
     def searching() -> None:
@@ -434,22 +432,35 @@ def test_text_search_answers_while_the_keyword_tagger_crash_loops(real_stack, ca
                     code = error.code().name
                 index_codes[code] = index_codes.get(code, 0) + 1
 
-    searcher = threading.Thread(target=searching, daemon=True)
-    caplog.set_level(logging.WARNING, logger="amcsearch.supervisor")
-    supervising.start()
-    searcher.start()
-    started = time.monotonic()
-    try:
+    kills: list[int] = []
+
+    def killing() -> None:
+        """kill -9 the tagger each time it is back, 6 times."""
         for _ in range(6):
-            pid = wait_for(lambda: tagger.alive() and tagger.popen.pid, 60, "keyword_tagger restart")
-            os.killpg(pid, signal.SIGKILL)
-            wait_for(lambda pid=pid: not alive(pid), 10, "keyword_tagger to die")
-        wait_for(lambda: serving(real_stack.address("keyword_tagger")), 120, "keyword_tagger back, serving")
+            deadline = time.monotonic() + 60
+            while not (tagger.alive() and tagger.popen.pid not in kills) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            kills.append(tagger.popen.pid)
+            os.killpg(kills[-1], signal.SIGKILL)
+
+    searcher = threading.Thread(target=searching, daemon=True)
+    killer = threading.Thread(target=killing, daemon=True)
+    caplog.set_level(logging.WARNING, logger="amcsearch.supervisor")
+    searcher.start()
+    killer.start()
+    started = time.monotonic()
+    tagger_address = real_stack.address("keyword_tagger")
+    try:
+        # Supervised from this thread: a child's parent-death signal follows the thread that
+        # started it, so a supervisor thread that ends would take the children it restarted along.
+        while killer.is_alive() or not serving(tagger_address):
+            supervisor.check()
+            time.sleep(0.1)
+            assert time.monotonic() - started < 300, "keyword_tagger is not back after the crash loop"
         metrics = scrape(f"http://127.0.0.1:{status.port}/metrics")
     finally:
         stopping.set()
         searcher.join(60)
-        supervising.join(10)
         status.close()
     elapsed = time.monotonic() - started
     search.DropCollection(search_pb2.DropCollectionRequest(name=collection), timeout=30)
