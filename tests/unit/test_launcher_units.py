@@ -157,3 +157,22 @@ def test_the_local_prometheus_scrapes_the_launcher():
     loaded = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.local.yml").read_text())
     targets = {t for job in loaded["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
     assert f"127.0.0.1:{LAUNCHER_METRICS_PORT[1]}" in targets
+
+
+def test_search_addr_gives_the_gateways_port_when_search_port_is_unset(tmp_path):
+    repository = fake_repository(tmp_path / "repo")
+    for model in ("image_encoder", "amc_rescorer"):
+        (repository / model / "configs").mkdir(parents=True)
+        (repository / model / "configs" / "pyt.pbtxt").write_text("")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        stack = Stack(
+            repository,
+            tmp_path / "logs",
+            services=(BY_MODULE["search"],),
+            environ={"SEARCH_ADDR": f"127.0.0.1:{port}"},
+        )
+        with pytest.raises(PortTakenError, match=f"port {port} \\(search gRPC\\).*set SEARCH_ADDR"):
+            stack.start()
