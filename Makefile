@@ -63,8 +63,10 @@ eval: models ## evaluate on the held-out split and write benchmarks/QUALITY.md
 	@echo "== eval: size $(MODEL_SIZE)"
 	$(PY) -m models.eval --size $(MODEL_SIZE) --seed $(SEED) --checkpoints build/checkpoints --out benchmarks/QUALITY.md
 
-up: setup models ## start Triton, Redis and every service; Ctrl-C stops them all
-	$(PY) -m amcsearch.launcher
+# ARGS passes options through: make up ARGS=--free-ports, make loadtest ARGS="--shape step".
+ARGS ?=
+up: setup models ## start Triton, Redis and every service; Ctrl-C stops them all (ARGS=--free-ports)
+	$(PY) -m amcsearch.launcher $(ARGS)
 
 demo: setup models ## start the stack, index the demo corpus, run example searches
 	$(PY) -m tools.demo --size $(MODEL_SIZE) --seed $(SEED)
@@ -83,8 +85,8 @@ INDEX_URI ?= var/index.sqlite
 check-index: setup ## verify the embedded index (INDEX_URI, default var/index.sqlite); ACCEPT_LOSS=1 to serve one that lost writes
 	$(PY) -m amcsearch.search.check_index --uri $(INDEX_URI) $(if $(ACCEPT_LOSS),--accept-loss)
 
-loadtest: setup models ## bounded locust run on loopback, prints p50/p95/p99
-	$(PY) -m loadtests.run
+loadtest: setup models ## bounded locust run on loopback, prints p50/p95/p99 (ARGS="--shape step")
+	$(PY) -m loadtests.run $(ARGS)
 
 LINTED := services models tests benchmarks loadtests tools deploy/docker
 lint: setup ## ruff (rules and format) and mypy, as CI runs them

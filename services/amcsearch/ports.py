@@ -1,6 +1,8 @@
 """The port table: each service's module, variable prefix, default gRPC and metrics ports, and
-the Triton models it needs. The one copy: the launcher, the container entrypoint
-(amcsearch/container.py), the container health check and the deploy manifests' tests read it."""
+the Triton models it needs, plus the ports of the launcher's own children (Triton, Redis) and of
+its status endpoint, each with the variable that moves it. The one copy: the launcher, the
+container entrypoint (amcsearch/container.py), the container health check and the deploy
+manifests' tests read it."""
 
 from __future__ import annotations
 
@@ -25,3 +27,14 @@ SERVICES = (
     ServiceSpec("search", "SEARCH", 50050, 9100, ("text_encoder", "image_encoder", "amc_rescorer")),
 )
 BY_MODULE = {spec.module: spec for spec in SERVICES}
+
+TRITON_PORTS = (
+    ("grpc", "TRITON_GRPC_PORT", 8001),
+    ("http", "TRITON_HTTP_PORT", 8000),
+    ("metrics", "TRITON_METRICS_PORT", 8002),
+)
+"""The launcher's tritonserver: (endpoint, the variable that moves it, default port)."""
+REDIS_PORT = ("REDIS_PORT", 6380)
+"""The launcher's redis-server (when REDIS_URL names no Redis of your own)."""
+LAUNCHER_METRICS_PORT = ("LAUNCHER_METRICS_PORT", 9105)
+"""The launcher's own /metrics and /health (its children's states and restarts)."""

@@ -25,6 +25,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from amcsearch.runtime.settings import TRITON_ADMIN_HEADER
+
 log = logging.getLogger(__name__)
 
 
@@ -51,13 +53,26 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+def _bindable(port: int, host: str = "127.0.0.1", reuse: bool = False) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        if reuse:  # as servers bind: connections in TIME_WAIT on the port are no conflict
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((host, port))
         except OSError:
             return False
     return True
+
+
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something on this machine holds `port` on `host` (so a child could not bind it)."""
+    return not _bindable(port, host, reuse=True)
+
+
+def connect_host(host: str) -> str:
+    """Where to reach a listener bound to `host`: loopback for the wildcard addresses."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::", "[::]") else host
 
 
 def free_port() -> int:
@@ -94,6 +109,9 @@ class Process:
     stop_signal: int = signal.SIGTERM
     endpoints: dict[str, str] = field(default_factory=dict)
     popen: subprocess.Popen | None = None
+    stdin_data: bytes | None = None
+    """Written to the child's stdin at every start, then closed: configuration that must not
+    appear on its command line (`ps` shows argv to every local user), such as Redis's password."""
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,9 +121,16 @@ class Process:
                 env=self.env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL if self.stdin_data is None else subprocess.PIPE,
                 start_new_session=True,
             )
+        if self.stdin_data is not None:
+            assert self.popen.stdin is not None
+            try:
+                self.popen.stdin.write(self.stdin_data)
+                self.popen.stdin.close()
+            except BrokenPipeError:  # it died at once: the supervisor sees it exit
+                pass
 
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
@@ -154,6 +179,8 @@ def wait_until(check, timeout: float, what: str, process: Process | None = None,
 
 # --- tritonserver from the nvidia-pytriton wheel -------------------------------------------
 
+TRITON_RESTRICTED = ("model-config", "model-repository", "shared-memory", "trace", "logging")
+
 
 def pytriton_server_dir() -> Path:
     import pytriton  # the wheel ships the tritonserver binary and its backends
@@ -196,6 +223,7 @@ def triton_process(
     metrics_port: int,
     models: list[str] | None = None,
     host: str = "127.0.0.1",
+    admin_key: str = "",
 ) -> Process:
     server_dir = pytriton_server_dir()
     prepare_python_backend(server_dir)
@@ -217,6 +245,11 @@ def triton_process(
         "--log-verbose=0",
         "--exit-timeout-secs=10",
     ]
+    if admin_key:
+        # Only callers sending this header may read model configs, manage the repository,
+        # register shared memory or change tracing and logging (inference and health stay open).
+        restricted = f"{','.join(TRITON_RESTRICTED)}:{TRITON_ADMIN_HEADER}={admin_key}"
+        argv += [f"--grpc-restricted-protocol={restricted}", f"--http-restricted-api={restricted}"]
     if models:
         argv.append("--model-control-mode=explicit")
         argv.extend(f"--load-model={model}" for model in models)
@@ -242,12 +275,15 @@ def triton_ready(http_port: int) -> bool:
 # --- redis-server ----------------------------------------------------------------------------
 
 
-def redis_process(port: int, log_dir: Path) -> Process:
+def redis_process(port: int, log_dir: Path, password: str = "") -> Process:
+    """redis-server on loopback; with `password`, clients must AUTH (the password travels on
+    stdin as a config line, `redis-server -`, so that `ps` does not show it)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise FileNotFoundError("redis-server is not installed: run `make setup` or set REDIS_URL")
     argv = [
         binary,
+        *(["-"] if password else []),
         "--port",
         str(port),
         "--bind",
@@ -267,32 +303,47 @@ def redis_process(port: int, log_dir: Path) -> Process:
         dict(os.environ),
         log_dir / "redis.log",
         endpoints={"redis": f"redis://127.0.0.1:{port}/0"},
+        stdin_data=f"requirepass {password}\n".encode() if password else None,
     )
 
 
 def redis_ready(port: int) -> bool:
+    """Redis answers (a PONG, or the NOAUTH of one that has a password)."""
     with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
         sock.sendall(b"PING\r\n")
-        return sock.recv(16).startswith(b"+PONG")
+        return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
 
 
 # --- the amcsearch services ------------------------------------------------------------------
 
 
 def service_process(
-    module: str, prefix: str, port: int, metrics_port: int, env: dict[str, str], log_dir: Path, services_root: Path
+    module: str,
+    prefix: str,
+    port: int,
+    metrics_port: int,
+    env: dict[str, str],
+    log_dir: Path,
+    services_root: Path,
+    host: str | None = None,
 ) -> Process:
     child_env = dict(os.environ)
     child_env.update(env)
     child_env[f"{prefix}_PORT"] = str(port)
     child_env[f"{prefix}_METRICS_PORT"] = str(metrics_port)
+    if host is not None:
+        child_env[f"{prefix}_HOST"] = host
+    reach = connect_host(host or "127.0.0.1")
+    endpoints = {"grpc": f"{reach}:{port}"}
+    if metrics_port >= 0:
+        endpoints["metrics"] = f"http://{reach}:{metrics_port}/metrics"
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in [str(services_root), child_env.get("PYTHONPATH", "")] if p)
     return Process(
         module,
         [sys.executable, "-m", f"amcsearch.{module}"],
         child_env,
         log_dir / f"{module}.log",
-        endpoints={"grpc": f"127.0.0.1:{port}", "metrics": f"http://127.0.0.1:{metrics_port}/metrics"},
+        endpoints=endpoints,
     )
 
 

@@ -109,11 +109,20 @@ class ServerSettings:
             raise SettingsError("max_concurrent_rpcs must be at least 1")
 
 
+TRITON_ADMIN_HEADER = "admin-key"
+"""The header Triton's restricted protocols ask for (amcsearch/processes.py starts Triton so):
+on HTTP as it is, on gRPC as metadata `triton-grpc-protocol-admin-key` (Triton's prefix), which
+runtime/triton.py sends."""
+
+
 @dataclasses.dataclass(frozen=True)
 class TritonSettings:
     """Where Triton listens: TRITON_URL (host:port of its gRPC endpoint)."""
 
     url: str = env("TRITON_URL", default="127.0.0.1:8001")
+    admin_key: str = env("TRITON_ADMIN_KEY", default="")
+    """Sent as the 'triton-admin-key' header on the calls Triton restricts (model configs): the
+    launcher generates one when INTERNAL_AUTH_TOKEN is set. Never logged."""
     canary_timeout_seconds: float = env("TRITON_CANARY_TIMEOUT_SECONDS", default=10.0)
     """Time a readiness canary inference may take (the first one warms the model)."""
     canary_interval_seconds: float = env("TRITON_CANARY_INTERVAL_SECONDS", default=30.0)

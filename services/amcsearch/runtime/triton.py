@@ -25,7 +25,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype, tri
 
 from amcsearch.runtime.errors import AmcsearchError, DeadlineExceeded, InvalidArgument, Unavailable
 from amcsearch.runtime.metrics import TRITON_ABANDONED, TRITON_REQUEST_BYTES, TRITON_SECONDS
-from amcsearch.runtime.settings import TritonSettings
+from amcsearch.runtime.settings import TRITON_ADMIN_HEADER, TritonSettings
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,10 @@ class TritonModels:
             ],
         )
         self._configs: dict[str, dict] = {}
+        self._admin_headers = (
+            {f"triton-grpc-protocol-{TRITON_ADMIN_HEADER}": settings.admin_key} if settings.admin_key else None
+        )
+        """For the protocols Triton restricts when the key is set (model-config here)."""
         self._last_canary = float("-inf")
         self._abandoned: set[asyncio.Future] = set()  # calls left to finish (a reference each)
 
@@ -133,7 +137,9 @@ class TritonModels:
         """The model's config as JSON (cached; cleared when a canary fails)."""
         if model not in self._configs:
             try:
-                response = await self.client.get_model_config(model, as_json=True, client_timeout=5.0)
+                response = await self.client.get_model_config(
+                    model, headers=self._admin_headers, as_json=True, client_timeout=5.0
+                )
             except InferenceServerException as error:
                 raise translate_error(error, model) from error
             self._configs[model] = response["config"]
