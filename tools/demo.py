@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -146,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     split = write_corpus_dir(args.size, args.seed, images)
     print(f"demo corpus: {len(split.images)} test-split images in {images}")
     index_path = var / f"demo-{args.size}.db"
-    shutil.rmtree(index_path, ignore_errors=True)  # each demo indexes afresh
+    for stale in var.glob(f"{index_path.name}*"):  # each demo indexes afresh: the store and its
+        stale.unlink(missing_ok=True)  # write-ahead log, generation, lock and graph snapshots
     stack = Stack(
         ROOT / "model_repository",
         var / "log",
