@@ -431,7 +431,8 @@ def report(
     all_figures: list[SizeFigures], command: str, load: tuple[float, float, float], load_end: tuple[float, float, float]
 ) -> str:
     lines = header(command, load, load_end)
-    for section in (floor_section, served_section, cpu_section, scale_section, stage_sections, targets_section):
+    sections = (floor_section, served_section, cpu_section, scale_section, projection_section, stage_sections)
+    for section in (*sections, targets_section):
         lines += section(all_figures)
     lines += ["", "## GPU", "", "Not measured in this run: no GPU on this machine.", ""]
     return "\n".join(lines)
@@ -579,6 +580,41 @@ def scale_section(all_figures: list[SizeFigures]) -> list[str]:
     ]
     lines += [f"| {f.size:,} | " + " | ".join(f"{v:.4f}" for v in f.ndcg.values()) + " |" for f in all_figures]
     return lines
+
+
+def projection_section(all_figures: list[SizeFigures]) -> list[str]:
+    """Toward 1M images: the two largest sizes' per-image figures and stage growth, carried on
+    one more decade (each size-dependent stage grows by the same factor as over the last one)."""
+    if len(all_figures) < 2:
+        return []
+    small, large = sorted(all_figures, key=lambda f: f.size)[-2:]
+    target = 1_000_000
+    decades = np.log10(target / large.size) / np.log10(large.size / small.size)
+    grown = ("ann", "keyword_search", "merge")
+    p50 = large.levels[1].p(50)
+    for name in grown:
+        before, after = small.stages[("search", name)].mean, large.stages[("search", name)].mean
+        if before > 0 and after > 0 and np.isfinite(before) and np.isfinite(after):
+            p50 += after * ((after / before) ** decades - 1)
+    index_per_image = large.index_bytes / large.size
+    redis_per_image = large.redis_bytes / large.size
+    gateway = (large.rss.get("search", 0) - small.rss.get("search", 0)) / (large.size - small.size)
+    return [
+        "",
+        f"## Toward {target:,} images (projected from {small.size:,} and {large.size:,}, not measured)",
+        "",
+        f"Per-image figures of the {large.size:,} run times {target:,}; the size-dependent stages (ann, "
+        "keyword_search, merge) grow by the same factor per decade as between the two largest sizes; the "
+        "rest of a Search does not depend on the index size.",
+        "",
+        "| figure | projection |",
+        "| --- | --- |",
+        f"| index on disk | {index_per_image * target / 2**30:.1f} GiB ({index_per_image:,.0f} bytes/image) |",
+        f"| Redis | {redis_per_image * target / 2**30:.1f} GiB ({redis_per_image:,.0f} bytes/image) |",
+        f"| gateway resident memory | {(large.rss.get('search', 0) + gateway * (target - large.size)) / 2**30:.1f} GiB "
+        f"({gateway:,.0f} bytes per added image) |",
+        f"| Search p50, concurrency 1 | {fmt(p50)} (p50 at {all_figures[0].size:,}: {fmt(all_figures[0].levels[1].p(50))}) |",
+    ]
 
 
 def stage_sections(all_figures: list[SizeFigures]) -> list[str]:
