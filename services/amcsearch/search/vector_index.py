@@ -24,6 +24,10 @@ from usearch.index import Index as UsearchIndex
 
 log = logging.getLogger(__name__)
 
+RESTORE_MIN_RECALL = 0.8
+"""A restored graph whose sampled recall@10 against exact search is lower is rebuilt instead
+(a damaged graph scores near 0; a sound one near 1 at the default ef_search)."""
+
 
 class VectorIndex:
     def __init__(
@@ -171,27 +175,77 @@ class VectorIndex:
             if self.graph is not None and not self._building:
                 self.graph.save(str(path))
 
-    def restore_graph(self, path: Path) -> bool:
-        """Load a saved graph and patch it to the current rows; False when it cannot be used."""
+    def restore_graph(self, path: Path, rows: int | None = None) -> bool:
+        """Load a saved graph and patch it to the current rows; False when it cannot be used:
+        unreadable, not the `rows` vectors its record says, vectors that are not this index's,
+        or a recall@10 against exact search below RESTORE_MIN_RECALL once patched."""
         try:
             graph = self._new_graph()
             graph.load(str(path))
         except (OSError, RuntimeError, ValueError) as error:
             log.warning("HNSW snapshot %s not usable (%s): rebuilding", path, error)
             return False
+        saved = np.asarray(graph.keys, dtype=np.int64)
+        if rows is not None and saved.size != rows:
+            log.warning("HNSW snapshot %s holds %d vectors, its record says %d: rebuilding", path, saved.size, rows)
+            return False
         with self.lock:
-            saved = set(np.asarray(graph.keys, dtype=np.int64).tolist())
+            if not self._same_vectors(graph, saved):
+                log.warning("HNSW snapshot %s holds vectors that are not the store's: rebuilding", path)
+                return False
             current = set(self.slot_of)
-            stale = saved - current
-            missing = sorted(current - saved)
+            stale = sorted(set(saved.tolist()) - current)
+            missing = sorted(current - set(saved.tolist()))
             if stale:
-                graph.remove(np.asarray(sorted(stale), dtype=np.uint64))
+                graph.remove(np.asarray(stale, dtype=np.uint64))
             if missing:
                 slots = [self.slot_of[k] for k in missing]
                 graph.add(np.asarray(missing, dtype=np.uint64), self.matrix[slots], threads=2)
+            recall = self.graph_recall(graph)
+            if recall is not None and recall < RESTORE_MIN_RECALL:
+                log.warning("HNSW snapshot %s has recall@10 %.2f against exact search: rebuilding", path, recall)
+                return False
             self.graph = graph
-        log.info("HNSW snapshot restored: %d vectors, %d stale removed, %d added", len(saved), len(stale), len(missing))
+        log.info(
+            "HNSW snapshot restored: %d vectors, %d stale removed, %d added, sampled recall@10 %s",
+            saved.size,
+            len(stale),
+            len(missing),
+            "-" if recall is None else f"{recall:.2f}",
+        )
         return True
+
+    def _same_vectors(self, graph: UsearchIndex, saved: np.ndarray, samples: int = 64) -> bool:
+        """Whether a sample of the graph's vectors (those still in the index) are the index's own
+        (cosine > 0.99: the graph stores float16)."""
+        keys = [k for k in saved[:: max(1, saved.size // samples)].tolist() if k in self.slot_of][:samples]
+        if not keys:
+            return True
+        stored = graph.get(np.asarray(keys, dtype=np.uint64), dtype="f32")
+        vectors = [v for v in (stored if isinstance(stored, tuple) else [stored]) if v is not None]
+        if len(vectors) != len(keys):
+            return False
+        ours = self.matrix[[self.slot_of[k] for k in keys]]
+        theirs = np.stack(vectors).reshape(len(keys), self.dim).astype(np.float32)
+        theirs = theirs / np.maximum(np.linalg.norm(theirs, axis=1, keepdims=True), 1e-12)
+        return bool(np.all(np.sum(ours * theirs, axis=1) > 0.99))
+
+    def graph_recall(self, graph: UsearchIndex | None = None, k: int = 10, samples: int = 32) -> float | None:
+        """Mean recall@k of `graph` (default: the index's own) against exact search, queried with
+        `samples` of the stored vectors; None without a graph or vectors."""
+        graph = self.graph if graph is None else graph
+        with self.lock:
+            alive = np.flatnonzero(self.live[: self.used])
+            if graph is None or alive.size == 0:
+                return None
+            k = min(k, alive.size)
+            queries = self.matrix[alive[:: max(1, alive.size // samples)][:samples]]
+            found = graph.search(queries, k, threads=1).keys.reshape(len(queries), k)
+            hits = 0
+            for query, keys in zip(queries, found, strict=True):
+                exact = self.keys[alive[_top(self.matrix[alive] @ query, k)]]
+                hits += len(set(exact.tolist()) & set(np.asarray(keys, dtype=np.int64).tolist()))
+        return hits / (k * len(queries))
 
     # --- search ----------------------------------------------------------------------------------
 
