@@ -378,6 +378,52 @@ def test_a_deleted_store_makes_the_gateway_not_serving_and_refuses_writes(privat
     )
 
 
+@pytest.mark.parametrize("damage", ["deleted", "overwritten"])
+def test_a_write_ahead_log_damaged_under_a_running_gateway_stops_writes(private_gateway, ci_corpus, damage):
+    """The -wal deleted (SQLite wrote on into the unlinked file: every later write was
+    acknowledged, then lost at the next crash), or random bytes over its tail ("database disk
+    image is malformed" on some later read): health NOT_SERVING, writes refused, and after a
+    SIGKILL and a restart every acknowledged item is still there (deleted) or the start is
+    refused (overwritten: the log lost acknowledged frames)."""
+    processes, env = private_gateway
+    gateway = processes["search"]
+    address = gateway.endpoints["grpc"]
+    wal = env["INDEX_URI"] + "-wal"
+    with grpc.insecure_channel(address) as channel:
+        stub = search_pb2_grpc.SearchServiceStub(channel)
+        items = [item(f"wal{i}", ci_corpus.test.pixels[i]) for i in range(6)]
+        assert one_index(stub, items[:4]).indexed_count == 4
+        if damage == "deleted":
+            os.unlink(wal)
+        else:
+            with open(wal, "r+b") as file:
+                file.seek(os.path.getsize(wal) - 3000)
+                file.write(os.urandom(2000))
+        wait_until(lambda: not grpc_serving(address), 10, f"gateway NOT_SERVING after its log was {damage}")
+        expect(lambda: one_index(stub, items[4:]), grpc.StatusCode.UNAVAILABLE, "writes are refused")
+        expect(lambda: stub.Delete(search_pb2.DeleteRequest(ids=["wal0"]), timeout=30), grpc.StatusCode.UNAVAILABLE)
+    gateway.kill()
+    if damage == "overwritten":
+        return  # the next start finds lost acknowledged writes: test_a_damaged_write_ahead_log_... covers it
+    gateway.start()
+    wait_until(lambda: grpc_serving(address), 90, "gateway restart", gateway)
+    with grpc.insecure_channel(address) as channel:
+        stub = search_pb2_grpc.SearchServiceStub(channel)
+        reply = stub.Get(search_pb2.GetRequest(ids=[f"wal{i}" for i in range(6)]), timeout=30)
+    assert sorted(i.id for i in reply.images) == [f"wal{i}" for i in range(4)]
+    ROWS.append(
+        {
+            "fault": "the write-ahead log deleted under a running gateway, then SIGKILL and restart",
+            "sent": 2,
+            "failed": 2,
+            "degraded": 0,
+            "lost": 0,
+            "codes": "UNAVAILABLE",
+            "recovery": "health NOT_SERVING within 2 s; writes refused; acknowledged items kept over the restart",
+        }
+    )
+
+
 def test_a_damaged_write_ahead_log_never_resurrects_deleted_items(real_stack, ci_corpus, tmp_path):
     """Writes, then deletes, then SIGKILL; random bytes over the log's last frames: the gateway
     refuses to serve (the store lost acknowledged writes), check-index says so, and only an

@@ -382,3 +382,42 @@ def test_a_snapshot_of_another_store_is_rebuilt_not_patched(tmp_path, caplog):
         asyncio.run(index.close())
     assert recall >= 0.99, recall
     assert "derived from another store" in caplog.text
+
+
+def check_index_report(path, capsys) -> tuple[int, str]:
+    from amcsearch.search.check_index import main
+
+    code = main(["--uri", str(path)])
+    return code, capsys.readouterr().out
+
+
+def test_check_index_samples_recall_and_reports_a_disagreeing_snapshot(tmp_path, capsys):
+    path = tmp_path / "index.sqlite"
+    asyncio.run(fill(path, unit(25, 1084)).close())
+    code, report = check_index_report(path, capsys)
+    assert code == 0 and report.rstrip().endswith("index OK"), report
+    recall = float(report.split("recall@10 against exact search ")[1].split()[0])
+    assert recall >= 0.99, report
+    snapshot = tmp_path / "index.sqlite.images.hnsw"
+    with open(snapshot, "r+b") as file:
+        file.seek(snapshot.stat().st_size // 2)
+        file.write(np.random.default_rng(1).bytes(200 * 64))
+    code, report = check_index_report(path, capsys)
+    assert code == 1 and "index.sqlite.images.hnsw disagrees with the store: its bytes do not match" in report, report
+
+
+@pytest.mark.parametrize("damage", ["random bytes over its pages", "not an SQLite file"])
+def test_check_index_reports_a_malformed_store_without_a_traceback(tmp_path, capsys, damage):
+    path = tmp_path / "index.sqlite"
+    asyncio.run(fill(path, unit(26, 300)).close())
+    if damage == "not an SQLite file":
+        path.write_text("these are not the pages you are looking for\n" * 200)
+    else:
+        with open(path, "r+b") as file:
+            for offset in range(4096, path.stat().st_size, 4 * 4096):  # every fourth page from the second
+                file.seek(offset)
+                file.write(np.random.default_rng(offset).bytes(4096))
+    code, report = check_index_report(path, capsys)
+    assert code == 1 and "PROBLEM" in report and "Traceback" not in report, report
+    if damage == "not an SQLite file":
+        assert "the store cannot be read (file is not a database)" in report, report

@@ -217,3 +217,26 @@ def test_reciprocal_rank_fusion_and_union():
     assert [h.id for h in merge_candidates(vector, keyword, 3, "rrf")] == ["a", "c", "b"]
     assert [h.id for h in merge_candidates(vector, keyword, 3, "union")] == ["a", "b", "c", "d", "e"]
     assert [h.id for h in merge_candidates(vector, [], 2, "rrf")] == ["a", "b"]
+
+
+@pytest.mark.parametrize("damage", ["delete the log", "replace the log's index", "random bytes over the log's tail"])
+def test_a_log_damaged_under_the_engine_makes_it_unhealthy_and_refuses_writes(store, tmp_path, damage):
+    rng = np.random.default_rng(8)
+    run(store.upsert("images", [record(i, v) for i, v in enumerate(unit(rng, 20))]))
+    assert run(store.healthy())
+    wal, shm = tmp_path / "index.sqlite-wal", tmp_path / "index.sqlite-shm"
+    if damage == "delete the log":
+        os.unlink(wal)
+    elif damage == "replace the log's index":
+        shm.rename(tmp_path / "elsewhere")
+        shm.write_bytes((tmp_path / "elsewhere").read_bytes())
+    else:
+        with open(wal, "r+b") as file:
+            file.seek(wal.stat().st_size - 3000)
+            file.write(rng.bytes(2000))
+    assert not run(store.healthy())
+    with pytest.raises(Unavailable, match="writes are refused"):
+        run(store.upsert("images", [record(99, unit(rng, 1)[0])]))
+    with pytest.raises(Unavailable, match="writes are refused"):
+        run(store.delete("images", ["img-1"]))
+    assert not run(store.healthy())  # until a restart

@@ -175,10 +175,10 @@ class VectorIndex:
             if self.graph is not None and not self._building:
                 self.graph.save(str(path))
 
-    def restore_graph(self, path: Path, rows: int | None = None) -> bool:
+    def restore_graph(self, path: Path, rows: int | None = None, min_recall: float = RESTORE_MIN_RECALL) -> bool:
         """Load a saved graph and patch it to the current rows; False when it cannot be used:
         unreadable, not the `rows` vectors its record says, vectors that are not this index's,
-        or a recall@10 against exact search below RESTORE_MIN_RECALL once patched."""
+        or a sampled recall@10 against exact search below `min_recall` once patched."""
         try:
             graph = self._new_graph()
             graph.load(str(path))
@@ -202,7 +202,7 @@ class VectorIndex:
                 slots = [self.slot_of[k] for k in missing]
                 graph.add(np.asarray(missing, dtype=np.uint64), self.matrix[slots], threads=2)
             recall = self.graph_recall(graph)
-            if recall is not None and recall < RESTORE_MIN_RECALL:
+            if recall is not None and recall < min_recall:
                 log.warning("HNSW snapshot %s has recall@10 %.2f against exact search: rebuilding", path, recall)
                 return False
             self.graph = graph
