@@ -224,6 +224,82 @@ def test_collections_are_isolated(engine):
         engine.run(engine.index.count(other))
 
 
+def test_a_filter_of_64_conditions(engine):
+    """The API allows 64 metadata conditions; Milvus 2.3 failed a chain of 49 or more ("unsupported
+    expr proto node"): the engine sends balanced trees."""
+    c = engine.collection
+    vectors = unit(9, 30)
+    engine.run(
+        engine.index.upsert(c, [record(i, v, metadata={"n": str(i), "k": f"v{i}"}) for i, v in enumerate(vectors)])
+    )
+
+    def ids(group: MetadataFilter) -> set[str]:
+        return {h.id for h in engine.run(engine.index.search(c, vectors[0], 100, Filter(("red",), metadata=group)))}
+
+    ranges = tuple(MetadataClause("n", "range", lower=i / 10, upper=20 + i / 10) for i in range(64))
+    assert ids(MetadataFilter("and", ranges)) == {f"img-{i}" for i in range(7, 21)}
+    equals = tuple(MetadataClause("k", "eq", (f"v{i}",)) for i in range(64))
+    assert ids(MetadataFilter("or", equals)) == {f"img-{i}" for i in range(30)}
+    nested = MetadataFilter("and", ranges[:32], (MetadataFilter("or", equals[:16]), MetadataFilter("or", equals[8:24])))
+    assert ids(nested) == {f"img-{i}" for i in range(8, 16)}
+
+
+def test_a_metadata_key_or_value_with_nul_matches_itself_only(engine):
+    """Milvus never matched `equals` on a key holding NUL (sent raw, its JSON path was cut)."""
+    c = engine.collection
+    vectors = unit(10, 3)
+    metadata = [{"a\x00b": "v\x00w", "n": "1"}, {"a": "v\x00w", "a\x00b": "other"}, {"a\x00": "v", "b": "7"}]
+    engine.run(
+        engine.index.upsert(
+            c, [record(i, v, metadata=m) for i, (v, m) in enumerate(zip(vectors, metadata, strict=True))]
+        )
+    )
+
+    def ids(*clauses: MetadataClause) -> set[str]:
+        group = MetadataFilter("and", clauses)
+        return {h.id for h in engine.run(engine.index.search(c, vectors[0], 10, Filter(metadata=group)))}
+
+    assert ids(MetadataClause("a\x00b", "eq", ("v\x00w",))) == {"img-0"}
+    assert ids(MetadataClause("a\x00b", "in", ("other", "nope"))) == {"img-1"}
+    assert ids(MetadataClause("a\x00b", "exists")) == {"img-0", "img-1"}
+    assert ids(MetadataClause("a\x00", "eq", ("v",))) == {"img-2"}
+    assert ids(MetadataClause("a", "eq", ("v\x00w",))) == {"img-1"}
+    assert ids(MetadataClause("a", "eq", ("v",))) == set()
+    got = engine.run(engine.index.get(c, ["img-0"], False))
+    assert got["img-0"].metadata == metadata[0]
+
+
+def test_a_collection_dropped_under_traffic_is_not_found(engine, tmp_path):
+    """Dropped by another gateway (Milvus) while this one had it cached: NOT_FOUND, never
+    UNAVAILABLE, so ListCollections (which leaves out what is dropped meanwhile) still answers."""
+    name = f"{engine.collection}_gone"
+    assert engine.run(engine.index.create_collection(name))
+    vector = unit(11, 1)[0]
+    engine.run(engine.index.upsert(name, [record(0, vector)]))
+    assert engine.run(engine.index.count(name)) == 1  # known to this engine from here on
+    if engine.index.backend == "milvus":
+        other = open_index(engine.index.uri, engine.collection)
+        engine.run(other.open())
+        engine.run(other.drop_collection(name))
+        engine.run(other.close())
+    else:
+        engine.run(engine.index.drop_collection(name))
+    calls = {
+        "count": lambda: engine.index.count(name),
+        "search": lambda: engine.index.search(name, vector, 5, Filter()),
+        "keyword_search": lambda: engine.index.keyword_search(name, vector, "red", 5, Filter()),
+        "get": lambda: engine.index.get(name, ["img-0"], True),
+        "upsert": lambda: engine.index.upsert(name, [record(1, vector)]),
+        "delete": lambda: engine.index.delete(name, ["img-0"]),
+    }
+    for what, call in calls.items():
+        with pytest.raises(NotFound, match="does not exist"):
+            engine.run(call())
+            pytest.fail(what)
+    assert name not in engine.run(engine.index.collections())
+    assert engine.collection in engine.run(engine.index.collections())
+
+
 def test_a_gateway_on_the_milvus_server_serves_the_same_search(real_stack, milvus_server, ci_corpus, tmp_path):
     """A second SearchService on the same model services, with INDEX_URI on the Milvus server:
     Index, Search (rescored, filtered), Get, Delete and Stats through the real RPCs."""
