@@ -240,3 +240,29 @@ def test_a_log_damaged_under_the_engine_makes_it_unhealthy_and_refuses_writes(st
     with pytest.raises(Unavailable, match="writes are refused"):
         run(store.delete("images", ["img-1"]))
     assert not run(store.healthy())  # until a restart
+
+
+def test_a_derived_file_is_used_only_with_the_store_it_names(tmp_path):
+    from amcsearch.search import derived
+
+    path = tmp_path / "index.sqlite.images.hnsw"
+    derived.save(path, lambda tmp: tmp.write_bytes(b"graph bytes"), derived.Source("store-a", "images", 7, 120, 100))
+
+    def why(store_id="store-a", collection="images", generation=9, max_row=130) -> str:
+        source, reason = derived.verify(path, store_id, collection, generation, max_row)
+        assert (source is None) == bool(reason)
+        return reason
+
+    assert why() == "" and derived.verify(path, "store-a", "images", 7, 120)[0].rows == 100
+    assert "another store" in why(store_id="store-b")
+    assert "collection 'images', not 'other'" in why(collection="other")
+    assert "reflects write 7, the store is at write 6" in why(generation=6)  # a store restored from an older copy
+    assert "row ids up to 120, the store has issued only 110" in why(max_row=110)
+    path.write_bytes(b"graph bytez")
+    assert "do not match their checksum" in why()
+    derived.sidecar_path(path).write_text("{not json")
+    assert "unreadable" in why()
+    derived.remove(path)
+    assert not path.exists() and not derived.sidecar_path(path).exists()
+    path.write_bytes(b"graph bytes")
+    assert "no record" in why()

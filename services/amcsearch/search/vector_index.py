@@ -193,9 +193,9 @@ class VectorIndex:
             if not self._same_vectors(graph, saved):
                 log.warning("HNSW snapshot %s holds vectors that are not the store's: rebuilding", path)
                 return False
-            current = set(self.slot_of)
-            stale = sorted(set(saved.tolist()) - current)
-            missing = sorted(current - set(saved.tolist()))
+            current, in_graph = set(self.slot_of), set(saved.tolist())
+            stale = sorted(in_graph - current)
+            missing = sorted(current - in_graph)
             if stale:
                 graph.remove(np.asarray(stale, dtype=np.uint64))
             if missing:
@@ -240,11 +240,13 @@ class VectorIndex:
                 return None
             k = min(k, alive.size)
             queries = self.matrix[alive[:: max(1, alive.size // samples)][:samples]]
-            found = graph.search(queries, k, threads=1).keys.reshape(len(queries), k)
-            hits = 0
-            for query, keys in zip(queries, found, strict=True):
-                exact = self.keys[alive[_top(self.matrix[alive] @ query, k)]]
-                hits += len(set(exact.tolist()) & set(np.asarray(keys, dtype=np.int64).tolist()))
+            found = np.asarray(graph.search(queries, k, threads=1).keys, dtype=np.int64).reshape(len(queries), k)
+            scores = self.matrix[: self.used] @ queries.T  # one pass over the vectors for all queries
+            scores[~self.live[: self.used]] = -np.inf
+        hits = 0
+        for column, keys in enumerate(found):
+            exact = self.keys[_top(scores[:, column], k)]
+            hits += len(set(exact.tolist()) & set(keys.tolist()))
         return hits / (k * len(queries))
 
     # --- search ----------------------------------------------------------------------------------
