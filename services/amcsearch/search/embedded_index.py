@@ -164,6 +164,9 @@ class EmbeddedIndex:
         self._files: StoreFiles | None = None
         self._fault: str | None = None
         """Why the store is no longer trusted while the gateway runs (health NOT_SERVING, writes refused)."""
+        self._reads_refused = False
+        """Reads refused too: the store's bytes are damaged (not only a file gone, whose content
+        SQLite still holds open and the rescue checkpoint copied)."""
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -350,6 +353,8 @@ class EmbeddedIndex:
         return await self._run(self.writer, function, *args)
 
     async def _read(self, function, *args):
+        if self._reads_refused:
+            raise Unavailable(f"{self._fault}; reads are refused too (restart the gateway after `make check-index`)")
         return await self._run(self.reader, function, *args)
 
     async def _run(self, executor: ThreadPoolExecutor, function, *args):
@@ -357,8 +362,9 @@ class EmbeddedIndex:
         try:
             return await loop.run_in_executor(executor, function, *args)
         except sqlite3.Error as error:
-            if _damaged(error) and self._fault is None:
-                self._fault = f"the index file {self.path} is damaged ({error})"
+            if _damaged(error) and not self._reads_refused:
+                self._fault = self._fault or f"the index file {self.path} is damaged ({error})"
+                self._reads_refused = True
                 log.error("index not trusted from now on: %s", self._fault)
             raise Unavailable(f"index ({self.backend}) failed: {error}") from error
 
@@ -405,6 +411,8 @@ class EmbeddedIndex:
             log.error("index not trusted from now on: %s", self._fault)
             if rescuable:
                 self._rescue()
+            else:
+                self._reads_refused = True
         if self._fault is not None:
             raise Unavailable(f"{self._fault}; writes are refused (restart the gateway to open the store again)")
 
