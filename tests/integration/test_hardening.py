@@ -478,7 +478,7 @@ def test_a_write_ahead_log_damaged_under_a_running_gateway_stops_writes(private_
         expect(lambda: stub.Delete(search_pb2.DeleteRequest(ids=["wal0"]), timeout=30), grpc.StatusCode.UNAVAILABLE)
         if damage == "overwritten":  # its pages may read wrong: no answers from them either
             get = search_pb2.GetRequest(ids=["wal0"])
-            expect(lambda: stub.Get(get, timeout=30), grpc.StatusCode.UNAVAILABLE, "reads are refused")
+            expect(lambda: stub.Get(get, timeout=30), grpc.StatusCode.UNAVAILABLE, "reads and writes are refused")
     gateway.kill()
     if damage == "overwritten":
         return  # the next start finds lost acknowledged writes: test_a_damaged_write_ahead_log_... covers it

@@ -241,7 +241,7 @@ def test_a_log_damaged_under_the_engine_makes_it_unhealthy_and_refuses_writes(st
         run(store.delete("images", ["img-1"]))
     assert not run(store.healthy())  # until a restart
     if damage == "random bytes over the log's tail":  # its pages may read wrong: no answers from them
-        with pytest.raises(Unavailable, match="reads are refused"):
+        with pytest.raises(Unavailable, match="reads and writes are refused"):
             run(store.get("images", ["img-1"], False))
     else:  # SQLite still holds the old file open, and its frames are now in the store file
         assert "img-1" in run(store.get("images", ["img-1"], False))

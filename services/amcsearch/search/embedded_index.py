@@ -354,7 +354,7 @@ class EmbeddedIndex:
 
     async def _read(self, function, *args):
         if self._reads_refused:
-            raise Unavailable(f"{self._fault}; reads are refused too (restart the gateway after `make check-index`)")
+            raise Unavailable(self._refusal())
         return await self._run(self.reader, function, *args)
 
     async def _run(self, executor: ThreadPoolExecutor, function, *args):
@@ -414,7 +414,12 @@ class EmbeddedIndex:
             else:
                 self._reads_refused = True
         if self._fault is not None:
-            raise Unavailable(f"{self._fault}; writes are refused (restart the gateway to open the store again)")
+            raise Unavailable(self._refusal())
+
+    def _refusal(self) -> str:
+        if self._reads_refused:
+            return f"{self._fault}; reads and writes are refused (restart the gateway after `make check-index`)"
+        return f"{self._fault}; writes are refused (restart the gateway to open the store again)"
 
     def _rescue(self) -> None:
         """The log or its index was deleted or replaced, the store file was not: SQLite still has
