@@ -12,7 +12,8 @@ be served as it is. Checks:
 - every derived file beside it (the HNSW snapshots) names this store, its collection and a
   generation not ahead of it, and has the bytes its checksum says (derived.py); for each one
   that does, the recall@10 of its graph (patched to the store's rows, as the gateway would)
-  against exact search, sampled over stored vectors.
+  against exact search, sampled over stored vectors: a figure, not a verdict (it depends on
+  the data; a rebuilt graph would score the same).
 A file that is not an SQLite store, or whose pages are damaged, is reported as such.
 Exit status 0 when everything holds, 1 otherwise.
 """
@@ -37,8 +38,6 @@ from amcsearch.search.vector_index import VectorIndex
 EMBEDDING_BYTES = 4 * c.EMBEDDING_DIM
 REGION_BYTES = c.REGION_COUNT * c.REGION_DIM
 SCALE_BYTES = 4 * c.REGION_COUNT
-MIN_RECALL = 0.9
-"""A snapshot's sampled recall@10 below this is a problem."""
 RECALL_SAMPLES = 100
 
 
@@ -101,7 +100,7 @@ def _check_derived(path: Path, db: sqlite3.Connection, problems: list[str], fact
                 problems.append(f"{snapshot.name} disagrees with the store: {why} (the gateway rebuilds it at start)")
                 continue
             index = load(db, name)
-            if not index.restore_graph(snapshot, source.rows, min_recall=0.0):
+            if not index.restore_graph(snapshot, source.rows):
                 problems.append(f"{snapshot.name} matches its record but its graph is not the store's")
                 continue
             recall = index.graph_recall(samples=RECALL_SAMPLES)
@@ -110,8 +109,6 @@ def _check_derived(path: Path, db: sqlite3.Connection, problems: list[str], fact
                 f"{recall if recall is None else round(recall, 3)} over {min(RECALL_SAMPLES, index.count)} "
                 f"sampled queries (snapshot at write {source.generation}, store at {generation})"
             )
-            if recall is not None and recall < MIN_RECALL:
-                problems.append(f"{snapshot.name}: recall@10 {recall:.3f} is below {MIN_RECALL}")
 
 
 def _embeddings(db: sqlite3.Connection, collection: str) -> VectorIndex:

@@ -24,10 +24,6 @@ from usearch.index import Index as UsearchIndex
 
 log = logging.getLogger(__name__)
 
-RESTORE_MIN_RECALL = 0.8
-"""A restored graph whose sampled recall@10 against exact search is lower is rebuilt instead
-(a damaged graph scores near 0; a sound one near 1 at the default ef_search)."""
-
 
 class VectorIndex:
     def __init__(
@@ -175,10 +171,12 @@ class VectorIndex:
             if self.graph is not None and not self._building:
                 self.graph.save(str(path))
 
-    def restore_graph(self, path: Path, rows: int | None = None, min_recall: float = RESTORE_MIN_RECALL) -> bool:
+    def restore_graph(self, path: Path, rows: int | None = None) -> bool:
         """Load a saved graph and patch it to the current rows; False when it cannot be used:
-        unreadable, not the `rows` vectors its record says, vectors that are not this index's,
-        or a sampled recall@10 against exact search below `min_recall` once patched."""
+        unreadable, not the `rows` vectors its record says, or vectors that are not this index's.
+        Its sampled recall@10 against exact search is logged, not judged: it depends on the data
+        (random 384-d vectors give ~0.6 at 20k, a rebuilt graph the same), so only the snapshot's
+        record and checksum (derived.py) say whether it is sound."""
         try:
             graph = self._new_graph()
             graph.load(str(path))
@@ -202,9 +200,6 @@ class VectorIndex:
                 slots = [self.slot_of[k] for k in missing]
                 graph.add(np.asarray(missing, dtype=np.uint64), self.matrix[slots], threads=2)
             recall = self.graph_recall(graph)
-            if recall is not None and recall < min_recall:
-                log.warning("HNSW snapshot %s has recall@10 %.2f against exact search: rebuilding", path, recall)
-                return False
             self.graph = graph
         log.info(
             "HNSW snapshot restored: %d vectors, %d stale removed, %d added, sampled recall@10 %s",
