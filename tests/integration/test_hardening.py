@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from amcsearch.launcher import SERVICES_ROOT
 from amcsearch.processes import Process, free_port, grpc_serving, redis_process, service_process, wait_until
-from amcsearch.v1 import query_encoder_pb2, query_encoder_pb2_grpc, search_pb2, search_pb2_grpc
+from amcsearch.v1 import common_pb2, query_encoder_pb2, query_encoder_pb2_grpc, search_pb2, search_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
@@ -153,6 +153,80 @@ def test_keyword_filters_with_any_character(search, ci_corpus, tag):
     got = search.Get(search_pb2.GetRequest(ids=[image_id]), timeout=30).images[0]
     assert tag in [k.text for k in got.keywords]
     assert search.Delete(search_pb2.DeleteRequest(ids=[image_id]), timeout=30).deleted_count == 1
+
+
+# --- bounds and enums ----------------------------------------------------------------------------
+
+
+def condition(i: int) -> search_pb2.MetadataCondition:
+    return search_pb2.MetadataCondition(key=f"k{i}", equals=str(i))
+
+
+@pytest.mark.parametrize(
+    ("name", "fields", "code", "fragment"),
+    [
+        ("modalities 3", {"modality": search_pb2.ModalityBias(modalities=3)}, "INVALID_ARGUMENT",
+         "modality.modalities 3 is not a known value: BOTH (0), VISUAL_ONLY (1), KEYWORD_ONLY (2)"),
+        ("combine 7", {"metadata_filter": search_pb2.MetadataFilter(combine=7, conditions=[condition(0)])},
+         "INVALID_ARGUMENT", "metadata_filter.combine 7 is not a known value: ALL (0), ANY (1)"),
+        ("a nested combine 5", {"metadata_filter": search_pb2.MetadataFilter(
+            conditions=[condition(0)], groups=[search_pb2.MetadataFilter(combine=5, conditions=[condition(1)])])},
+         "INVALID_ARGUMENT", "metadata_filter.groups[0].combine 5 is not a known value"),
+        ("65 keyword_filter entries", {"keyword_filter": [f"kw{i}" for i in range(65)]}, "RESOURCE_EXHAUSTED",
+         "number of keyword_filter entries is 65, the limit is 64"),
+        ("496 keyword_filter entries", {"keyword_filter": [f"kw{i}" for i in range(496)]}, "RESOURCE_EXHAUSTED",
+         "the limit is 64"),
+        ("a 65-character keyword_filter entry", {"keyword_filter": ["k" * 65]}, "RESOURCE_EXHAUSTED",
+         "keyword_filter keyword length is 65 characters, the limit is 64 characters"),
+        ("65 metadata groups", {"metadata_filter": search_pb2.MetadataFilter(
+            conditions=[condition(0)], groups=[search_pb2.MetadataFilter() for _ in range(65)])},
+         "RESOURCE_EXHAUSTED", "number of metadata groups is 65, the limit is 64"),
+    ],
+)  # fmt: skip
+def test_every_bound_and_enum_of_a_search_is_enforced(search, name, fields, code, fragment):
+    """Out-of-range enum values were taken as the default, unbounded lists ran until the engine
+    gave up (496 keyword_filter entries: UNAVAILABLE "Expression tree is too large")."""
+    request = search_pb2.SearchRequest(text="red circle", **fields)
+    expect(lambda: search.Search(request, timeout=30), getattr(grpc.StatusCode, code), fragment)
+    batch = search_pb2.BatchSearchRequest(searches=[search_pb2.SearchRequest(text="ok"), request])
+    expect(lambda: search.BatchSearch(batch, timeout=30), getattr(grpc.StatusCode, code), "searches[1].")
+
+
+def test_enums_of_rerank_and_index_are_enforced(search, ci_corpus):
+    rerank = search_pb2.RerankRequest(
+        text="red circle",
+        candidates=[
+            search_pb2.RerankCandidate(inline=search_pb2.InlineImage(id="a", image=png(ci_corpus.test.pixels[0])))
+        ],
+        modality=search_pb2.ModalityBias(modalities=3),
+    )
+    expect(lambda: search.Rerank(rerank, timeout=30), grpc.StatusCode.INVALID_ARGUMENT, "modality.modalities 3")
+    keyword = common_pb2.Keyword(text="red", confidence=0.5, source=9)
+    reply = one_index(search, [item("bad-source", ci_corpus.test.pixels[0], keywords=[keyword])])
+    assert (reply.results[0].error_code, reply.indexed_count) == ("INVALID_ARGUMENT", 0), reply.results[0].error
+    assert "source is not a known value" in reply.results[0].error
+
+
+def test_rerank_takes_its_documented_200_inline_candidates(search, ci_corpus):
+    """200 inline images: KeywordTagger and FeatureExtractor take 64 a call, so the gateway
+    analyses them in chunks (it sent all 200 in one call, and the tagger refused)."""
+    pixels = ci_corpus.test.pixels
+    candidates = [
+        search_pb2.RerankCandidate(
+            inline=search_pb2.InlineImage(id=f"in{i}", image=png(pixels[i % len(pixels)]), tags=["red"])
+        )
+        for i in range(201)
+    ]
+    request = search_pb2.RerankRequest(text="red circle", candidates=candidates[:200])
+    reply = search.Rerank(request, timeout=300)
+    assert sorted(r.id for r in reply.results) == sorted(f"in{i}" for i in range(200)) and not reply.degradations
+    scores = [r.score for r in reply.results]
+    assert scores == sorted(scores, reverse=True)
+    expect(
+        lambda: search.Rerank(search_pb2.RerankRequest(text="red circle", candidates=candidates), timeout=30),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "number of candidates is 201, the limit is 200",
+    )
 
 
 # --- the decode budget -------------------------------------------------------------------------
@@ -374,6 +448,55 @@ def test_a_deleted_store_makes_the_gateway_not_serving_and_refuses_writes(privat
             "lost": 0,
             "codes": "UNAVAILABLE",
             "recovery": "health NOT_SERVING within 2 s; writes refused, none acknowledged",
+        }
+    )
+
+
+@pytest.mark.parametrize("damage", ["deleted", "overwritten"])
+def test_a_write_ahead_log_damaged_under_a_running_gateway_stops_writes(private_gateway, ci_corpus, damage):
+    """The -wal deleted (SQLite wrote on into the unlinked file: every later write was
+    acknowledged, then lost at the next crash), or random bytes over its tail ("database disk
+    image is malformed" on some later read): health NOT_SERVING, writes refused, and after a
+    SIGKILL and a restart every acknowledged item is still there (deleted) or the start is
+    refused (overwritten: the log lost acknowledged frames)."""
+    processes, env = private_gateway
+    gateway = processes["search"]
+    address = gateway.endpoints["grpc"]
+    wal = env["INDEX_URI"] + "-wal"
+    with grpc.insecure_channel(address) as channel:
+        stub = search_pb2_grpc.SearchServiceStub(channel)
+        items = [item(f"wal{i}", ci_corpus.test.pixels[i]) for i in range(6)]
+        assert one_index(stub, items[:4]).indexed_count == 4
+        if damage == "deleted":
+            os.unlink(wal)
+        else:
+            with open(wal, "r+b") as file:
+                file.seek(os.path.getsize(wal) - 3000)
+                file.write(os.urandom(2000))
+        wait_until(lambda: not grpc_serving(address), 10, f"gateway NOT_SERVING after its log was {damage}")
+        expect(lambda: one_index(stub, items[4:]), grpc.StatusCode.UNAVAILABLE, "writes are refused")
+        expect(lambda: stub.Delete(search_pb2.DeleteRequest(ids=["wal0"]), timeout=30), grpc.StatusCode.UNAVAILABLE)
+        if damage == "overwritten":  # its pages may read wrong: no answers from them either
+            get = search_pb2.GetRequest(ids=["wal0"])
+            expect(lambda: stub.Get(get, timeout=30), grpc.StatusCode.UNAVAILABLE, "reads and writes are refused")
+    gateway.kill()
+    if damage == "overwritten":
+        return  # the next start finds lost acknowledged writes: test_a_damaged_write_ahead_log_... covers it
+    gateway.start()
+    wait_until(lambda: grpc_serving(address), 90, "gateway restart", gateway)
+    with grpc.insecure_channel(address) as channel:
+        stub = search_pb2_grpc.SearchServiceStub(channel)
+        reply = stub.Get(search_pb2.GetRequest(ids=[f"wal{i}" for i in range(6)]), timeout=30)
+    assert sorted(i.id for i in reply.images) == [f"wal{i}" for i in range(4)]
+    ROWS.append(
+        {
+            "fault": "the write-ahead log deleted under a running gateway, then SIGKILL and restart",
+            "sent": 2,
+            "failed": 2,
+            "degraded": 0,
+            "lost": 0,
+            "codes": "UNAVAILABLE",
+            "recovery": "health NOT_SERVING within 2 s; writes refused; acknowledged items kept over the restart",
         }
     )
 

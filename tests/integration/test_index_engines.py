@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,6 +224,82 @@ def test_collections_are_isolated(engine):
         engine.run(engine.index.count(other))
 
 
+def test_a_filter_of_64_conditions(engine):
+    """The API allows 64 metadata conditions; Milvus 2.3 failed a chain of 49 or more ("unsupported
+    expr proto node"): the engine sends balanced trees."""
+    c = engine.collection
+    vectors = unit(9, 30)
+    engine.run(
+        engine.index.upsert(c, [record(i, v, metadata={"n": str(i), "k": f"v{i}"}) for i, v in enumerate(vectors)])
+    )
+
+    def ids(group: MetadataFilter) -> set[str]:
+        return {h.id for h in engine.run(engine.index.search(c, vectors[0], 100, Filter(("red",), metadata=group)))}
+
+    ranges = tuple(MetadataClause("n", "range", lower=i / 10, upper=20 + i / 10) for i in range(64))
+    assert ids(MetadataFilter("and", ranges)) == {f"img-{i}" for i in range(7, 21)}
+    equals = tuple(MetadataClause("k", "eq", (f"v{i}",)) for i in range(64))
+    assert ids(MetadataFilter("or", equals)) == {f"img-{i}" for i in range(30)}
+    nested = MetadataFilter("and", ranges[:32], (MetadataFilter("or", equals[:16]), MetadataFilter("or", equals[8:24])))
+    assert ids(nested) == {f"img-{i}" for i in range(8, 16)}
+
+
+def test_a_metadata_key_or_value_with_nul_matches_itself_only(engine):
+    """Milvus never matched `equals` on a key holding NUL (sent raw, its JSON path was cut)."""
+    c = engine.collection
+    vectors = unit(10, 3)
+    metadata = [{"a\x00b": "v\x00w", "n": "1"}, {"a": "v\x00w", "a\x00b": "other"}, {"a\x00": "v", "b": "7"}]
+    engine.run(
+        engine.index.upsert(
+            c, [record(i, v, metadata=m) for i, (v, m) in enumerate(zip(vectors, metadata, strict=True))]
+        )
+    )
+
+    def ids(*clauses: MetadataClause) -> set[str]:
+        group = MetadataFilter("and", clauses)
+        return {h.id for h in engine.run(engine.index.search(c, vectors[0], 10, Filter(metadata=group)))}
+
+    assert ids(MetadataClause("a\x00b", "eq", ("v\x00w",))) == {"img-0"}
+    assert ids(MetadataClause("a\x00b", "in", ("other", "nope"))) == {"img-1"}
+    assert ids(MetadataClause("a\x00b", "exists")) == {"img-0", "img-1"}
+    assert ids(MetadataClause("a\x00", "eq", ("v",))) == {"img-2"}
+    assert ids(MetadataClause("a", "eq", ("v\x00w",))) == {"img-1"}
+    assert ids(MetadataClause("a", "eq", ("v",))) == set()
+    got = engine.run(engine.index.get(c, ["img-0"], False))
+    assert got["img-0"].metadata == metadata[0]
+
+
+def test_a_collection_dropped_under_traffic_is_not_found(engine, tmp_path):
+    """Dropped by another gateway (Milvus) while this one had it cached: NOT_FOUND, never
+    UNAVAILABLE, so ListCollections (which leaves out what is dropped meanwhile) still answers."""
+    name = f"{engine.collection}_gone"
+    assert engine.run(engine.index.create_collection(name))
+    vector = unit(11, 1)[0]
+    engine.run(engine.index.upsert(name, [record(0, vector)]))
+    assert engine.run(engine.index.count(name)) == 1  # known to this engine from here on
+    if engine.index.backend == "milvus":
+        other = open_index(engine.index.uri, engine.collection)
+        engine.run(other.open())
+        engine.run(other.drop_collection(name))
+        engine.run(other.close())
+    else:
+        engine.run(engine.index.drop_collection(name))
+    calls = {
+        "count": lambda: engine.index.count(name),
+        "search": lambda: engine.index.search(name, vector, 5, Filter()),
+        "keyword_search": lambda: engine.index.keyword_search(name, vector, "red", 5, Filter()),
+        "get": lambda: engine.index.get(name, ["img-0"], True),
+        "upsert": lambda: engine.index.upsert(name, [record(1, vector)]),
+        "delete": lambda: engine.index.delete(name, ["img-0"]),
+    }
+    for what, call in calls.items():
+        with pytest.raises(NotFound, match="does not exist"):
+            engine.run(call())
+            pytest.fail(what)
+    assert name not in engine.run(engine.index.collections())
+    assert engine.collection in engine.run(engine.index.collections())
+
+
 def test_a_gateway_on_the_milvus_server_serves_the_same_search(real_stack, milvus_server, ci_corpus, tmp_path):
     """A second SearchService on the same model services, with INDEX_URI on the Milvus server:
     Index, Search (rescored, filtered), Get, Delete and Stats through the real RPCs."""
@@ -294,3 +371,129 @@ def test_embedded_cross_domain_vectors_survive_a_restart(tmp_path):
         assert hits[0].id == "img-7"
     finally:
         second.close()
+
+
+# --- derived files: verified, never trusted (embedded engine) ------------------------------------
+
+
+def exact_recall(index, collection: str, vectors: np.ndarray, queries: np.ndarray) -> float:
+    """Mean recall@10 of the engine's search against exact search over `vectors` (img-<i>)."""
+    found = 0
+    for q in queries:
+        exact = {f"img-{i}" for i in np.argsort(-(vectors @ q))[:10]}
+        found += len(exact & {h.id for h in asyncio.run(index.search(collection, q, 10, Filter()))})
+    return found / (10 * len(queries))
+
+
+def embedded(path, hnsw_min_rows: int = 200):
+    from amcsearch.search.embedded_index import EmbeddedIndex
+
+    index = EmbeddedIndex(path, "images", hnsw_min_rows=hnsw_min_rows)
+    asyncio.run(index.open())
+    return index
+
+
+def fill(path, vectors: np.ndarray):
+    """A store of `vectors` (img-<i>), its graph built, closed gracefully (snapshot saved)."""
+    index = embedded(path)
+    for start in range(0, len(vectors), 256):
+        batch = [record(i, vectors[i], metadata={}) for i in range(start, min(start + 256, len(vectors)))]
+        asyncio.run(index.upsert("images", batch))
+    assert index.vectors["images"].wait_for_graph(120)
+    return index
+
+
+def test_a_damaged_snapshot_is_rebuilt_not_served(tmp_path, caplog):
+    """Repro A: random bytes over the middle of the saved graph. The gateway restored it, served
+    recall@10 0.03, and re-saved it at the next graceful stop."""
+    path = tmp_path / "index.sqlite"
+    vectors = unit(20, 1084)
+    asyncio.run(fill(path, vectors).close())
+    snapshot = tmp_path / "index.sqlite.images.hnsw"
+    with open(snapshot, "r+b") as file:
+        file.seek(snapshot.stat().st_size // 2)
+        file.write(np.random.default_rng(0).bytes(200 * 64))
+    index = embedded(path)
+    try:
+        assert index.vectors["images"].wait_for_graph(120) and asyncio.run(index.ann_mode("images")) == "hnsw"
+        recall = exact_recall(index, "images", vectors, unit(21, 50))
+    finally:
+        asyncio.run(index.close())
+    assert recall >= 0.99, recall
+    assert "do not match their checksum" in caplog.text
+
+
+def killed_after_filling(path, seed: int, count: int) -> None:
+    """fill() in a child process that then kills itself with SIGKILL (no graceful stop)."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal\n"
+        "from tests.integration.test_index_engines import fill, unit\n"
+        f"fill({str(path)!r}, unit({seed}, {count}))\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{root / 'services'}{os.pathsep}{root}"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, timeout=300)
+    assert done.returncode == -9, done.stderr.decode()[-2000:]
+
+
+def test_a_snapshot_of_another_store_is_rebuilt_not_patched(tmp_path, caplog):
+    """Repro B: the store deleted and created again beside the old snapshot, filled, killed;
+    its row ids started over, so the old graph's keys name other images. It was patched
+    ("48 stale removed, 48 added") and served recall@10 0.04."""
+    path = tmp_path / "index.sqlite"
+    asyncio.run(fill(path, unit(22, 1084)).close())
+    for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm", "index.sqlite.generation"):
+        (tmp_path / name).unlink(missing_ok=True)
+    killed_after_filling(path, 23, 1084)
+    index = embedded(path)
+    try:
+        assert index.vectors["images"].wait_for_graph(120)
+        recall = exact_recall(index, "images", unit(23, 1084), unit(24, 50))
+    finally:
+        asyncio.run(index.close())
+    assert recall >= 0.99, recall
+    assert "derived from another store" in caplog.text
+
+
+def check_index_report(path, capsys) -> tuple[int, str]:
+    from amcsearch.search.check_index import main
+
+    code = main(["--uri", str(path)])
+    return code, capsys.readouterr().out
+
+
+def test_check_index_samples_recall_and_reports_a_disagreeing_snapshot(tmp_path, capsys):
+    path = tmp_path / "index.sqlite"
+    asyncio.run(fill(path, unit(25, 1084)).close())
+    code, report = check_index_report(path, capsys)
+    assert code == 0 and report.rstrip().endswith("index OK"), report
+    recall = float(report.split("recall@10 against exact search ")[1].split()[0])
+    assert recall >= 0.99, report
+    snapshot = tmp_path / "index.sqlite.images.hnsw"
+    with open(snapshot, "r+b") as file:
+        file.seek(snapshot.stat().st_size // 2)
+        file.write(np.random.default_rng(1).bytes(200 * 64))
+    code, report = check_index_report(path, capsys)
+    assert code == 1 and "index.sqlite.images.hnsw disagrees with the store: its bytes do not match" in report, report
+
+
+@pytest.mark.parametrize("damage", ["random bytes over its pages", "not an SQLite file"])
+def test_check_index_reports_a_malformed_store_without_a_traceback(tmp_path, capsys, damage):
+    path = tmp_path / "index.sqlite"
+    asyncio.run(fill(path, unit(26, 300)).close())
+    if damage == "not an SQLite file":
+        path.write_text("these are not the pages you are looking for\n" * 200)
+    else:
+        with open(path, "r+b") as file:
+            for offset in range(4096, path.stat().st_size, 4 * 4096):  # every fourth page from the second
+                file.seek(offset)
+                file.write(np.random.default_rng(offset).bytes(4096))
+    code, report = check_index_report(path, capsys)
+    assert code == 1 and "PROBLEM" in report and "Traceback" not in report, report
+    if damage == "not an SQLite file":
+        assert "the store cannot be read (file is not a database)" in report, report

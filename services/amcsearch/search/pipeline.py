@@ -337,14 +337,29 @@ class SearchPipeline:
         return good, pixels
 
     async def _analyse(
-        self, items: list[IndexItem], pixels: np.ndarray, auto_tags: bool, timeout: float | None, shop: bool = True
+        self,
+        items: list[IndexItem],
+        pixels: np.ndarray,
+        auto_tags: bool,
+        timeout: float | None,
+        shop: bool = True,
+        max_batch: int = 64,
     ):
         """(FeatureExtractor's result, merged keywords) per item, on the same decoded pixels:
         KeywordTagger first (unless skipped), so that FeatureExtractor computes the cross-domain
         shop features (unless `shop` is False) with every keyword, given or automatic, as the
-        image's tags."""
+        image's tags. More than `max_batch` images (the smaller of the two services' limits per
+        call, KEYWORD_TAGGER_MAX_BATCH and FEATURE_EXTRACTOR_MAX_BATCH) go in several calls."""
         if len(pixels) == 0:
             return [], []
+        if len(items) > max_batch:
+            extracted_all, merged_all = [], []
+            for start in range(0, len(items), max_batch):
+                part = slice(start, start + max_batch)
+                e, m = await self._analyse(items[part], pixels[part], auto_tags, timeout, shop, max_batch)
+                extracted_all.extend(e)
+                merged_all.extend(m)
+            return extracted_all, merged_all
         tensor = to_tensor(pixels)
         auto: list[list[tuple[str, float]]] = [[] for _ in items]
         if auto_tags:
@@ -758,16 +773,18 @@ class SearchPipeline:
         explain: bool,
         modality_bias: tuple[float, float, float] | None,
         timeout_of,
+        analyse_max_batch: int = 64,
     ) -> SearchOutcome:
         """AMC scores of caller-supplied candidates: indexed ids (`ids`) and inline images
-        (`inline`, analysed now, never stored), in the caller's `order` of ("id"|"inline", i)."""
+        (`inline`, analysed now, never stored, `analyse_max_batch` images a model-service call),
+        in the caller's `order` of ("id"|"inline", i)."""
         by_id = await self.index.get(collection, ids, with_features=True) if ids else {}
         missing = [i for i in ids if i not in by_id]
         if missing:
             raise NotFound(f"{len(missing)} candidate ids are not in the collection: {', '.join(missing[:10])}")
         analysed: list[Candidate] = []
         if inline:
-            extracted, keywords = await self._analyse_inline(inline, auto_tags, timeout_of())
+            extracted, keywords = await self._analyse_inline(inline, auto_tags, timeout_of(), analyse_max_batch)
             for item, e, merged in zip(inline, extracted, keywords, strict=True):
                 regions, scales = quantize_regions(to_array(e.features.regions))
                 analysed.append(Candidate(item.id, item.title, item.metadata, regions, scales, merged))
@@ -788,14 +805,16 @@ class SearchPipeline:
             results.append(Result(one.id, evidence.score, 0.0, one.title, one.metadata, evidence))
         return SearchOutcome(results, ["encode", "rescore"], [])
 
-    async def _analyse_inline(self, items: list[IndexItem], auto_tags: bool, timeout: float | None):
+    async def _analyse_inline(
+        self, items: list[IndexItem], auto_tags: bool, timeout: float | None, max_batch: int = 64
+    ):
         outcomes: dict[str, ItemOutcome] = {}
         good, pixels = await self._decode(items, outcomes)
         if outcomes:
             index, bad = next((i, outcomes[item.id]) for i, item in enumerate(items) if item.id in outcomes)
             error = InvalidArgument if bad.error_code == "INVALID_ARGUMENT" else ResourceExhausted
             raise error(f"inline candidate {index} ({bad.id!r}): {bad.error}")
-        return await self._analyse(items, pixels, auto_tags, timeout, shop=False)
+        return await self._analyse(items, pixels, auto_tags, timeout, shop=False, max_batch=max_batch)
 
 
 def candidate_stages(options: SearchOptions) -> list[str]:

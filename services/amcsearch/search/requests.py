@@ -18,9 +18,19 @@ COLLECTION_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}")
 COLLECTION_SEPARATOR = "__"
 MAX_FILTER_DEPTH = 4
 MAX_FILTER_CONDITIONS = 64
+MAX_FILTER_GROUPS = 64
 MAX_ANY_OF = 100
 MAX_KEY_CHARS = 128
 MAX_VALUE_CHARS = 4096
+COMBINES = {value: name for name, value in search_pb2.MetadataFilter.Combine.items()}
+MODALITIES = {value: name for name, value in search_pb2.ModalityBias.Modalities.items()}
+
+
+def known(value: int, names: dict[int, str], what: str) -> None:
+    """INVALID_ARGUMENT for an enum value this server does not know (proto3 lets any integer
+    through: without this it would be taken as the default)."""
+    allowed = ", ".join(f"{name} ({number})" for number, name in sorted(names.items()))
+    require(value in names, f"{what} {value} is not a known value: {allowed}")
 
 
 def collection_name(name: str, default: str, what: str = "collection") -> str:
@@ -44,16 +54,20 @@ def public_collection_name(internal: str, default: str) -> str | None:
 
 def metadata_filter(message: search_pb2.MetadataFilter, what: str = "metadata_filter") -> MetadataFilter | None:
     """The filter, or None when it has no conditions at all."""
-    counter = [0]
+    counter = [0, 0]
     converted = _group(message, what, 1, counter)
     return converted if counter[0] else None
 
 
 def _group(message: search_pb2.MetadataFilter, what: str, depth: int, counter: list[int]) -> MetadataFilter:
+    """`counter`: [conditions, groups] seen so far in the whole filter."""
     require(depth <= MAX_FILTER_DEPTH, f"{what}: groups nest more than {MAX_FILTER_DEPTH} levels")
+    known(message.combine, COMBINES, f"{what}.combine")
+    counter[0] += len(message.conditions)
+    limit(counter[0], MAX_FILTER_CONDITIONS, f"{what}: number of metadata conditions")
+    counter[1] += len(message.groups)
+    limit(counter[1], MAX_FILTER_GROUPS, f"{what}: number of metadata groups")
     clauses = tuple(_condition(c, f"{what}.conditions[{i}]") for i, c in enumerate(message.conditions))
-    counter[0] += len(clauses)
-    limit(counter[0], MAX_FILTER_CONDITIONS, "number of metadata conditions")
     groups = tuple(_group(g, f"{what}.groups[{i}]", depth + 1, counter) for i, g in enumerate(message.groups))
     op = "or" if message.combine == search_pb2.MetadataFilter.ANY else "and"
     return MetadataFilter(op, clauses, groups)
@@ -99,6 +113,7 @@ def _range(key: str, message: search_pb2.NumberRange, what: str) -> MetadataClau
 
 def modality_bias(message: search_pb2.ModalityBias, what: str = "modality") -> tuple[float, float, float] | None:
     """(keyword scale, min, max keyword weight), or None for the learned weights unchanged."""
+    known(message.modalities, MODALITIES, f"{what}.modalities")
     if message.modalities == search_pb2.ModalityBias.VISUAL_ONLY:
         return (1.0, 0.0, 0.0)
     if message.modalities == search_pb2.ModalityBias.KEYWORD_ONLY:

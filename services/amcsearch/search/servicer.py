@@ -34,7 +34,9 @@ from amcsearch.search.settings import SearchSettings
 from amcsearch.v1 import common_pb2, query_encoder_pb2, search_pb2, search_pb2_grpc
 
 DEFAULT_TOP_K = 10
-IMAGE_MATCHES = set(search_pb2.SearchRequest.ImageMatch.values())
+IMAGE_MATCHES = {value: name for name, value in search_pb2.SearchRequest.ImageMatch.items()}
+CANDIDATE_SOURCES = {value: name for name, value in search_pb2.SearchRequest.CandidateSource.items()}
+KEYWORD_SOURCES = {value: name for name, value in common_pb2.Keyword.Source.items()}
 SOURCES = {
     search_pb2.SearchRequest.CANDIDATES_VECTOR: "vector",
     search_pb2.SearchRequest.CANDIDATES_KEYWORD: "keyword",
@@ -166,6 +168,11 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             )
         if any(not 0 <= k.confidence <= 1 for k in item.keywords):
             return ItemOutcome(item.id, False, "INVALID_ARGUMENT", "keyword confidences must be in [0, 1]")
+        if any(k.source not in KEYWORD_SOURCES for k in item.keywords):
+            allowed = ", ".join(f"{name} ({number})" for number, name in sorted(KEYWORD_SOURCES.items()))
+            return ItemOutcome(
+                item.id, False, "INVALID_ARGUMENT", f"a keyword's source is not a known value: {allowed}"
+            )
         if len(item.title) > s.max_title_chars:
             return ItemOutcome(
                 item.id,
@@ -273,8 +280,11 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         limit(len(request.within_ids), s.max_get_ids, f"{what}number of within_ids")
         for i in request.within_ids:
             check_id(i, f"{what}within_ids entry")
+        limit(len(request.keyword_filter), s.max_keyword_filter, f"{what}number of keyword_filter entries")
         keyword_filter = [normalize_keyword(k) for k in request.keyword_filter]
         require(all(keyword_filter), f"{what}keyword_filter has an empty keyword")
+        longest = max((len(k) for k in keyword_filter), default=0)
+        limit(longest, s.max_keyword_chars, f"{what}keyword_filter keyword length", "characters")
         metadata = requests.metadata_filter(request.metadata_filter, f"{what}metadata_filter")
         bias = requests.modality_bias(request.modality, f"{what}modality")
         exclude: list[str] = []
@@ -292,8 +302,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         else:
             raise InvalidArgument(f"{what}set one of text, image, composed")
         condition = Filter(tuple(keyword_filter), tuple(request.within_ids), tuple(exclude), metadata)
+        requests.known(request.candidate_source, CANDIDATE_SOURCES, f"{what}candidate_source")
         source = SOURCES.get(request.candidate_source)
-        require(source is not None or request.candidate_source == 0, f"{what}candidate_source is not a known value")
         options = SearchOptions(
             top_k,
             candidates,
@@ -311,7 +321,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     @staticmethod
     def _cross_domain(request: search_pb2.SearchRequest, kind: str | None, what: str) -> bool:
         match = request.image_match
-        require(match in IMAGE_MATCHES, f"{what}image_match is not a known value")
+        requests.known(match, IMAGE_MATCHES, f"{what}image_match")
         if match != search_pb2.SearchRequest.CROSS_DOMAIN:
             return False
         require(kind == "image", f"{what}image_match CROSS_DOMAIN applies to image queries only")
@@ -377,6 +387,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             request.explain,
             bias,
             time_left,
+            s.analyse_max_batch,
         )
         return search_response(outcome)
 

@@ -43,6 +43,11 @@ class SearchSettings:
     candidates go in several calls."""
     query_encoder_max_batch: int = env("QUERY_ENCODER_MAX_BATCH", default=256)
     """Texts per Encode call (QueryEncoder's own limit): longer lists go in several calls."""
+    keyword_tagger_max_batch: int = env("KEYWORD_TAGGER_MAX_BATCH", default=64)
+    """Images per Tag call (KeywordTagger's own limit, read here too)."""
+    feature_extractor_max_batch: int = env("FEATURE_EXTRACTOR_MAX_BATCH", default=64)
+    """Images per Extract call (FeatureExtractor's own limit, read here too): Rerank's inline
+    images go in calls of at most the smaller of the two."""
     query_encoder_addr: str = env("QUERY_ENCODER_ADDR", default="127.0.0.1:50051")
     keyword_tagger_addr: str = env("KEYWORD_TAGGER_ADDR", default="127.0.0.1:50052")
     feature_extractor_addr: str = env("FEATURE_EXTRACTOR_ADDR", default="127.0.0.1:50053")
@@ -73,6 +78,8 @@ class SearchSettings:
     """Candidates per Rerank (indexed ids and inline images)."""
     max_keyword_chars: int = 64
     """Characters per tag or keyword (after normalisation)."""
+    max_keyword_filter: int = 64
+    """Keywords per keyword_filter (an image holds at most max_tags keywords, so more can never match)."""
     read_token: str = ""
     """SEARCH_READ_TOKEN: when set, Search, BatchSearch, Rerank, Get, Stats and ListCollections
     need 'authorization: Bearer <read token or write token>'."""
@@ -95,8 +102,18 @@ class SearchSettings:
             raise SettingsError("SEARCH_HYBRID_MERGE must be rrf or union")
         if not 0 < self.rescore_budget_share <= 1:
             raise SettingsError("SEARCH_RESCORE_BUDGET_SHARE must be in (0, 1]")
+        if self.max_index_batch > self.analyse_max_batch:
+            raise SettingsError(
+                "SEARCH_MAX_INDEX_BATCH must not exceed KEYWORD_TAGGER_MAX_BATCH and FEATURE_EXTRACTOR_MAX_BATCH "
+                "(an Index batch goes to each in one call)"
+            )
         if self.max_rerank_candidates > self.rescorer_max_candidates:
             raise SettingsError("SEARCH_MAX_RERANK_CANDIDATES must not exceed ATTENTION_RESCORER_MAX_CANDIDATES")
+
+    @property
+    def analyse_max_batch(self) -> int:
+        """Images per KeywordTagger and FeatureExtractor call."""
+        return min(self.keyword_tagger_max_batch, self.feature_extractor_max_batch)
 
 
 def load_settings() -> SearchSettings:
