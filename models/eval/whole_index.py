@@ -4,7 +4,7 @@ The paper's protocol ranks each query's own ~50 candidates. A Search ranks the w
 candidates come from the index (vector ANN over the global embedding, BM25 over the indexed
 keywords, or both merged), and AMC only reorders them. This evaluation runs the service's own
 candidate generation in process (the embedded index engine of services/amcsearch/search: exact
-vector search below its HNSW threshold, SQLite FTS5 BM25, the gateway's merge), then AMC Full
+vector search below its HNSW threshold, keyword_index.py's BM25, the gateway's merge), then AMC Full
 over those candidates on the int8 regions the index stores, and grades every ranked image with
 the corpus's rule (models.corpus.queries.grade). NDCG@k divides by the ideal DCG of the whole
 gallery, not of the returned list.

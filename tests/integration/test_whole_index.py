@@ -42,9 +42,8 @@ def checkpoint_folder(model_repository):
 
 @pytest.fixture(scope="module")
 def own_stack(model_repository, tmp_path_factory):
-    """A stack of its own: FTS5's BM25 statistics span every collection of an index file, so the
-    other tests' images would move the keyword candidates (a known limit, see the note in
-    services/amcsearch/search/embedded_index.py's keyword_search)."""
+    """A stack of its own: the other tests index into the shared stack's default collection, which
+    would move this gallery's keyword candidates (BM25 statistics are per collection)."""
     stack = start_stack(
         model_repository, tmp_path_factory.mktemp("whole-index-stack"), {"TRITON_CANARY_INTERVAL_SECONDS": "3600"}
     )
