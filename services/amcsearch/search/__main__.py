@@ -30,7 +30,12 @@ MODELS = (c.TEXT_ENCODER, c.IMAGE_ENCODER, c.KEYWORD_TAGGER, c.AMC_RESCORER, c.C
 async def main() -> None:
     settings = load_settings()
     index = open_index(
-        settings.index_uri, settings.collection, settings.index_token, settings.hnsw_min_rows, settings.ef_search
+        settings.index_uri,
+        settings.collection,
+        settings.index_token,
+        settings.hnsw_min_rows,
+        settings.ef_search,
+        settings.read_cache_mib,
     )
     await index.open()
     channels = [

@@ -73,7 +73,12 @@ def is_server_uri(uri: str) -> bool:
 
 
 def open_index(
-    uri: str, default_collection: str, token: str = "", hnsw_min_rows: int = 20_000, ef_search: int = 256
+    uri: str,
+    default_collection: str,
+    token: str = "",
+    hnsw_min_rows: int = 20_000,
+    ef_search: int = 256,
+    read_cache_mib: int = 128,
 ) -> Index:
     """The engine for `uri` (not opened yet)."""
     if is_server_uri(uri):
@@ -82,4 +87,4 @@ def open_index(
         return MilvusIndex(uri, default_collection, token, ef_search)
     from amcsearch.search.embedded_index import EmbeddedIndex
 
-    return EmbeddedIndex(uri, default_collection, hnsw_min_rows, ef_search)
+    return EmbeddedIndex(uri, default_collection, hnsw_min_rows, ef_search, read_cache_mib)

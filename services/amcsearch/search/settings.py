@@ -38,6 +38,8 @@ class SearchSettings:
     """Embedded engine: exact search below this many images in a collection, HNSW from here on."""
     ef_search: int = env("INDEX_EF_SEARCH", default=256)
     """HNSW search breadth (both engines): higher is better recall and slower."""
+    read_cache_mib: int = env("INDEX_READ_CACHE_MIB", default=128)
+    """Embedded engine: SQLite page cache of the read connection (candidate columns), MiB."""
     rescorer_max_candidates: int = env("ATTENTION_RESCORER_MAX_CANDIDATES", default=8192)
     """AttentionRescorer's limit per Rescore (its own setting, read here too): larger batches of
     candidates go in several calls."""

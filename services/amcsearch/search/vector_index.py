@@ -17,6 +17,7 @@ import logging
 import math
 import threading
 import time
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -263,12 +264,13 @@ class VectorIndex:
         """Cosine of the query and each key's vector (0 for keys not in the index)."""
         query = np.asarray(query, dtype=np.float32).reshape(-1)
         query = query / max(float(np.linalg.norm(query)), 1e-12)
-        with self.lock:
-            slots = [self.slot_of.get(int(k), -1) for k in keys]
+        wanted = np.asarray(keys, dtype=np.int64).tolist()
+        with self.lock:  # the key -> slot lookups run in C (map over dict.get), not a Python loop
+            slots = np.fromiter(map(self.slot_of.get, wanted, repeat(-1)), dtype=np.int64, count=len(wanted))
             out = np.zeros(len(slots), dtype=np.float32)
-            present = [i for i, slot in enumerate(slots) if slot >= 0]
-            if present:
-                out[present] = self.matrix[[slots[i] for i in present]] @ query
+            present = slots >= 0
+            if present.any():
+                out[present] = self.matrix[slots[present]] @ query
         return out
 
     def _search_graph(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
