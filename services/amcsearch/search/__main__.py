@@ -36,6 +36,7 @@ async def main() -> None:
         settings.hnsw_min_rows,
         settings.ef_search,
         settings.read_cache_mib,
+        settings.reads_on_loop,
     )
     await index.open()
     channels = [

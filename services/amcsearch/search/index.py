@@ -79,6 +79,7 @@ def open_index(
     hnsw_min_rows: int = 20_000,
     ef_search: int = 256,
     read_cache_mib: int = 128,
+    reads_on_loop: bool = True,
 ) -> Index:
     """The engine for `uri` (not opened yet)."""
     if is_server_uri(uri):
@@ -87,4 +88,4 @@ def open_index(
         return MilvusIndex(uri, default_collection, token, ef_search)
     from amcsearch.search.embedded_index import EmbeddedIndex
 
-    return EmbeddedIndex(uri, default_collection, hnsw_min_rows, ef_search, read_cache_mib)
+    return EmbeddedIndex(uri, default_collection, hnsw_min_rows, ef_search, read_cache_mib, reads_on_loop)

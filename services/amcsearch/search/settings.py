@@ -40,6 +40,8 @@ class SearchSettings:
     """HNSW search breadth (both engines): higher is better recall and slower."""
     read_cache_mib: int = env("INDEX_READ_CACHE_MIB", default=128)
     """Embedded engine: SQLite page cache of the read connection (candidate columns), MiB."""
+    reads_on_loop: bool = env("INDEX_READS_ON_LOOP", default=True)
+    """Embedded engine: run reads on the event loop (fewer thread hand-offs) or in a reader thread."""
     rescorer_max_candidates: int = env("ATTENTION_RESCORER_MAX_CANDIDATES", default=8192)
     """AttentionRescorer's limit per Rescore (its own setting, read here too): larger batches of
     candidates go in several calls."""
