@@ -35,10 +35,14 @@ QUERIES = [
 class Load:
     """Client threads searching in a loop until stopped; counts outcomes (bounded in time)."""
 
-    def __init__(self, address: str, threads: int = 3) -> None:
+    def __init__(self, address: str, threads: int = 3, distinct: bool = False) -> None:
+        """`distinct`: every query text new (query-cache misses: each needs the text model)."""
         self.address = address
+        self.distinct = distinct
         self.stop = threading.Event()
         self.outcomes: Counter = Counter()
+        self.failed_at: list[float] = []
+        """monotonic times of the failed calls (the failure window)."""
         self.lock = threading.Lock()
         self.workers = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
 
@@ -47,7 +51,8 @@ class Load:
             stub = search_pb2_grpc.SearchServiceStub(channel)
             n = worker
             while not self.stop.is_set():
-                request = search_pb2.SearchRequest(text=QUERIES[n % len(QUERIES)], top_k=5)
+                text = QUERIES[n % len(QUERIES)] + (f" {worker}-{n}" if self.distinct else "")
+                request = search_pb2.SearchRequest(text=text, top_k=5)
                 n += 1
                 try:
                     reply = stub.Search(request, timeout=5)
@@ -56,6 +61,8 @@ class Load:
                     outcome = error.code().name
                 with self.lock:
                     self.outcomes[outcome] += 1
+                    if outcome not in ("ok", "degraded"):
+                        self.failed_at.append(time.monotonic())
 
     def __enter__(self) -> Load:
         for worker in self.workers:
@@ -125,8 +132,9 @@ def test_redis_killed_and_restarted_under_search_load(real_stack, seeded):
 def test_triton_killed_under_search_load_fails_fast_and_resumes(real_stack, seeded):
     triton = real_stack.processes["tritonserver"]
     http_port = int(triton.endpoints["http"].rsplit(":", 1)[1])
-    with Load(real_stack.address("search")) as load:
+    with Load(real_stack.address("search"), distinct=True) as load:
         time.sleep(3)
+        killed = time.monotonic()
         triton.kill()
         time.sleep(4)
         triton.start()
@@ -141,17 +149,26 @@ def test_triton_killed_under_search_load_fails_fast_and_resumes(real_stack, seed
                 break
     failures = load.failures()
     sent = sum(load.outcomes.values())
+    window = (
+        f"; failures from {load.failed_at[0] - killed:.1f} s to {load.failed_at[-1] - killed:.1f} s after the "
+        f"kill, Triton ready {back - killed:.1f} s after it"
+        if load.failed_at
+        else ""
+    )
     ROWS.append(
         {
-            "fault": "tritonserver SIGKILL, restarted 4 s later",
+            "fault": "tritonserver SIGKILL, restarted 4 s later; every query text new (query-cache misses)",
             "sent": sent,
             "failed": sum(failures.values()),
             "degraded": load.outcomes["degraded"],
             "lost": 0,
             "codes": dict(failures),
-            "recovery": f"full searches again {resumed:.1f} s after Triton was ready"
-            if resumed is not None
-            else "did not resume",
+            "recovery": (
+                f"full searches again {resumed:.1f} s after Triton was ready"
+                if resumed is not None
+                else "did not resume"
+            )
+            + window,
         }
     )
     assert set(failures) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}, failures

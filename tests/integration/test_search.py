@@ -320,20 +320,37 @@ def test_write_rpcs_need_the_bearer_token_when_one_is_set(real_stack, ci_corpus,
         process.stop()
 
 
-def test_index_size_gauge_follows_the_index(search, indexed, real_stack):
-    count = search.Stats(search_pb2.StatsRequest(), timeout=30).image_count
+def test_index_size_gauge_follows_the_index(search, indexed, real_stack, ci_corpus):
+    """Every collection has its series without anyone calling Stats; a dropped one's goes."""
+    from amcsearch.runtime.metrics import samples
+
+    stats = search.Stats(search_pb2.StatsRequest(), timeout=30)
     metrics = real_stack.processes["search"].endpoints["metrics"]
     wait_until(
-        lambda: metric_value(scrape(metrics), "amcsearch_index_images") == count,
+        lambda: (
+            metric_value(scrape(metrics), "amcsearch_index_images", collection=stats.collection) == stats.image_count
+        ),
         10,
-        "amcsearch_index_images to equal Stats.image_count",
+        "amcsearch_index_images of the default collection to equal Stats.image_count",
         interval=0.5,
     )
+    search.CreateCollection(search_pb2.CreateCollectionRequest(name="gauged"), timeout=30)
+    item = search_pb2.ImageItem(id="gauged-1", image=png(ci_corpus.test.pixels[0]))
+    search.Index(search_pb2.IndexRequest(items=[item], collection="gauged"), timeout=60)
+
+    def series() -> dict[str, float]:
+        found = samples(scrape(metrics), "amcsearch_index_images")
+        return {dict(labels)["collection"]: value for labels, value in found.items()}
+
+    wait_until(lambda: any(n.endswith("gauged") and v == 1 for n, v in series().items()), 10, "the new series")
+    search.DropCollection(search_pb2.DropCollectionRequest(name="gauged"), timeout=30)
+    wait_until(lambda: not any(n.endswith("gauged") for n in series()), 10, "the dropped series to go")
 
 
 def test_stats_reports_every_models_build_before_any_search(real_stack, tmp_path, model_repository):
-    """A fresh gateway: Stats.model_builds lists all five models (from Triton), not only the
-    ones QueryEncoder reported, and not only after the first Search."""
+    """A fresh gateway: Stats.model_builds lists every served model (from Triton, the
+    cross-domain ones included), not only the ones QueryEncoder reported, and not only after the
+    first Search."""
     from amcsearch.launcher import SERVICES_ROOT
     from amcsearch.processes import free_port, service_process
 
@@ -350,7 +367,16 @@ def test_stats_reports_every_models_build_before_any_search(real_stack, tmp_path
             )
         expected = {
             m: read_config(model_repository, m).parameters["build_id"].string_value
-            for m in ("text_encoder", "image_encoder", "keyword_tagger", "amc_rescorer", "composer")
+            for m in (
+                "text_encoder",
+                "image_encoder",
+                "keyword_tagger",
+                "amc_rescorer",
+                "composer",
+                "ynet_shop",
+                "ynet_street",
+                "ctx_ynet",
+            )
         }
         assert builds == expected
     finally:

@@ -24,7 +24,30 @@ from amcsearch.v1 import (
     search_pb2_grpc,
 )
 
-MODELS = (c.TEXT_ENCODER, c.IMAGE_ENCODER, c.KEYWORD_TAGGER, c.AMC_RESCORER, c.COMPOSER)
+MODELS = (
+    c.TEXT_ENCODER,
+    c.IMAGE_ENCODER,
+    c.KEYWORD_TAGGER,
+    c.AMC_RESCORER,
+    c.COMPOSER,
+    c.YNET_SHOP,
+    c.YNET_STREET,
+    c.CTX_YNET,
+)
+"""Every served model: Stats reports each one's build (a repository without the cross-domain
+models reports the others)."""
+
+
+async def refresh_index_gauges(pipeline: SearchPipeline, gauged: set[str]) -> None:
+    """amcsearch_index_images for every collection, from start on; a dropped one's series goes.
+    `gauged`: the collections shown so far (updated)."""
+    counts = dict(await pipeline.collection_counts())
+    for gone in gauged - counts.keys():
+        INDEX_IMAGES.remove(gone)
+    for name, count in counts.items():
+        INDEX_IMAGES.labels(name).set(count)
+    gauged.clear()
+    gauged.update(counts)
 
 
 async def main() -> None:
@@ -77,6 +100,8 @@ async def main() -> None:
             except AmcsearchError:
                 continue
 
+    gauged: set[str] = set()
+
     async def ready() -> bool:
         """The index answers and can be written, and the query encoder serves; a missing
         rescorer only degrades."""
@@ -84,7 +109,7 @@ async def main() -> None:
             return False
         if len(pipeline.model_builds) < len(MODELS):
             await refresh_builds()
-        INDEX_IMAGES.labels(index.default_collection).set(await index.count(index.default_collection))
+        await refresh_index_gauges(pipeline, gauged)
         reply = await encoder_health.Check(health_pb2.HealthCheckRequest(), timeout=2)
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
