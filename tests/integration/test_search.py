@@ -17,7 +17,7 @@ from amcsearch.v1 import search_pb2, search_pb2_grpc
 
 from models.export.triton_repo import keyword_vocabulary
 from models.metrics import ndcg_at_k
-from tests.integration.conftest import metric_value, png, run, scrape
+from tests.integration.conftest import MODELS, metric_value, png, run, scrape
 
 pytestmark = pytest.mark.integration
 MAX_TEXT_QUERIES = 60
@@ -365,19 +365,7 @@ def test_stats_reports_every_models_build_before_any_search(real_stack, tmp_path
             builds = dict(
                 search_pb2_grpc.SearchServiceStub(channel).Stats(search_pb2.StatsRequest(), timeout=30).model_builds
             )
-        expected = {
-            m: read_config(model_repository, m).parameters["build_id"].string_value
-            for m in (
-                "text_encoder",
-                "image_encoder",
-                "keyword_tagger",
-                "amc_rescorer",
-                "composer",
-                "ynet_shop",
-                "ynet_street",
-                "ctx_ynet",
-            )
-        }
+        expected = {m: read_config(model_repository, m).parameters["build_id"].string_value for m in MODELS}
         assert builds == expected
     finally:
         process.stop()

@@ -39,18 +39,6 @@ def run(coroutine):
     return asyncio.run(coroutine)
 
 
-@pytest.fixture
-def store(tmp_path):
-    async def build():
-        index = EmbeddedIndex(tmp_path / "index.sqlite", "images", hnsw_min_rows=300)
-        await index.open()
-        return index
-
-    index = run(build())
-    yield index
-    run(index.close())
-
-
 def test_exact_search_equals_numpy_and_deleted_rows_leave():
     rng = np.random.default_rng(0)
     vectors = unit(rng, 500)

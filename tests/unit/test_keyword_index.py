@@ -4,7 +4,6 @@ candidate columns (including a schema 3 store migrated in place)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import re
@@ -18,7 +17,7 @@ from amcsearch.search.pipeline import columnar_request, fuse_keys
 from amcsearch.search.records import Filter
 from amcsearch.v1 import common_pb2
 
-from tests.unit.test_embedded_index import record, unit
+from tests.unit.test_embedded_index import record, run, unit
 
 WORDS = [
     "red", "blue", "green", "circle", "circles", "triangle", "large", "small", "top-left", "top-right",
@@ -79,22 +78,6 @@ def test_filter_and_replace():
     assert index.search("red", 10)[0].tolist() == [1] and index.search("green", 10)[0].tolist() == [2]
     index.remove([1, 2, 3])
     assert len(index) == 0 and index.search("red", 10)[0].tolist() == []
-
-
-def run(coroutine):
-    return asyncio.run(coroutine)
-
-
-@pytest.fixture
-def store(tmp_path):
-    async def build():
-        index = EmbeddedIndex(tmp_path / "index.sqlite", "images", hnsw_min_rows=300)
-        await index.open()
-        return index
-
-    index = run(build())
-    yield index
-    run(index.close())
 
 
 def test_bm25_order_in_one_collection_ignores_another(store):
