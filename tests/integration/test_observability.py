@@ -1,7 +1,7 @@
 """A real Prometheus (the Debian package) scrapes the running stack with deploy/prometheus's rules;
 after a few searches, the Search p99 comes back over its HTTP API as a finite number, from the
-raw histogram and from the recording rule, and every metric the dashboard uses from Triton is one
-the real server exports.
+raw histogram and from the recording rule, every metric the dashboard uses from Triton is one
+the real server exports, and every query of the dashboard returns series.
 """
 
 from __future__ import annotations
@@ -17,42 +17,52 @@ import grpc
 import pytest
 import yaml
 from amcsearch.launcher import ROOT
+from amcsearch.ports import SERVICES, TRITON_PORTS
 from amcsearch.processes import Process, free_port, wait_until
 from amcsearch.v1 import common_pb2, search_pb2, search_pb2_grpc
 
 from loadtests.auth import write_metadata
 from loadtests.data import png
 from tests.integration.conftest import scrape
-from tests.unit.test_dashboard import dashboard, metric_selectors, queries
+from tests.unit.test_dashboard import dashboard, fill_variables, metric_selectors, named_queries, queries
 
-RULES = ROOT / "deploy" / "prometheus" / "rules"
+PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 P99_RAW = (
     "histogram_quantile(0.99, sum by (le) (rate(amcsearch_rpc_duration_seconds_bucket"
     '{service="search", method="Search"}[1m])))'
 )
 P99_RECORDED = 'service_method:amcsearch_rpc_duration_seconds:p99_1m{service="search", method="Search"}'
 IMAGES = 6
-
-
-def rule_files() -> list[str]:
-    files = [RULES / "recording.yml", RULES / "alerts.yml"]
-    assert all(f.exists() for f in files), files
-    return [str(f) for f in files]
+FAULT_ONLY = {
+    "amcsearch_cache_errors_total": "counts failed Redis calls: a series appears with the first one",
+    "amcsearch_triton_abandoned_total": "counts Triton calls whose caller gave up (deadline, cancel)",
+}
+"""Metrics a healthy stack under load has no series of: a dashboard target using one is exempt."""
 
 
 def prometheus_config(stack) -> dict:
+    """deploy/prometheus/prometheus.local.yml (the Prometheus for `make up`: its jobs, labels and
+    rules) with each target moved from the launcher's default port to where `stack`'s process of
+    that port listens, scraped every second. The launcher's own job goes: Stack runs no launcher."""
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.local.yml").read_text())
+    default_ports = {spec.metrics_port: spec.module for spec in SERVICES}
+    default_ports.update({port: "tritonserver" for endpoint, _, port in TRITON_PORTS if endpoint == "metrics"})
     jobs = []
-    for name, process in stack.processes.items():
-        url = process.endpoints.get("metrics")
-        if url:
-            job = "triton" if name == "tritonserver" else f"amcsearch-{name.replace('_', '-')}"
-            target = urllib.parse.urlparse(url).netloc
-            jobs.append({"job_name": job, "static_configs": [{"targets": [target]}]})
-    return {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": rule_files(),
-        "scrape_configs": jobs,
-    }
+    for job in config["scrape_configs"]:
+        for static in job["static_configs"]:
+            moved = []
+            for target in static["targets"]:
+                name = default_ports.get(int(target.rsplit(":", 1)[1]))
+                if name in stack.processes:
+                    moved.append(urllib.parse.urlparse(stack.processes[name].endpoints["metrics"]).netloc)
+            static["targets"] = moved
+        if all(static["targets"] for static in job["static_configs"]):
+            jobs.append(job)
+    assert {j["job_name"] for j in config["scrape_configs"]} - {j["job_name"] for j in jobs} == {"amcsearch-launcher"}
+    config["global"].update({"scrape_interval": "1s", "evaluation_interval": "1s"})
+    config["rule_files"] = [str(PROMETHEUS_DIR / f) for f in config["rule_files"]]
+    config["scrape_configs"] = jobs
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +181,31 @@ def test_triton_metrics_the_dashboard_uses_exist_on_the_real_server(real_stack, 
     names = {line.split("{")[0].split(" ")[0] for line in exported.splitlines() if line and not line.startswith("#")}
     used = {name for expr in queries(dashboard()) for name, _ in metric_selectors(expr) if name.startswith("nv_")}
     assert used and used <= names, f"Triton does not export {used - names}"
+
+
+def test_every_dashboard_query_returns_series_under_load(prometheus, searched, real_stack):
+    """Each panel target of deploy/grafana/dashboards (and the $service variable's selector), with
+    Grafana's default variable values, answers with at least one series once the stack has served
+    Index, Search and a refused Search. Targets on FAULT_ONLY metrics are exempt."""
+    with grpc.insecure_channel(real_stack.address("search")) as channel:
+        stub = search_pb2_grpc.SearchServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            # neither text nor image: a client error, as real traffic has, for "Errors by code (non-OK)"
+            stub.Search(search_pb2.SearchRequest(top_k=3), timeout=60)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    searched()
+    searched()
+    boards = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
+    assert boards, "no dashboard under deploy/grafana/dashboards"
+    pending = {}
+    for path in boards:
+        for where, expr in named_queries(json.loads(path.read_text())):
+            if not {name for name, _ in metric_selectors(expr)} & FAULT_ONLY.keys():
+                pending[f"{path.name}: {where}"] = fill_variables(expr)
+    deadline = time.monotonic() + 40  # scrapes and rules every 1 s: the series come within a few
+    while True:
+        pending = {where: expr for where, expr in pending.items() if not query(prometheus, expr)}
+        if not pending or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert not pending, "dashboard queries with no series:\n" + "\n".join(f"{w}: {e}" for w, e in pending.items())

@@ -17,6 +17,7 @@ import json
 import re
 import shutil
 import subprocess
+import urllib.parse
 from pathlib import Path
 
 import yaml
@@ -74,12 +75,31 @@ def panels(board: dict) -> list[dict]:
     return found
 
 
-def queries(board: dict) -> list[str]:
-    exprs = [t["expr"] for p in panels(board) for t in p.get("targets", [])]
+# Grafana's variables as a query sees them: $__rate_interval is 4 scrape intervals at least, 1m
+# with the provisioned datasource's 15 s; $service is multi-valued with "All" = its allValue.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$service": ".*"}
+
+
+def fill_variables(expr: str) -> str:
+    """`expr` as Prometheus receives it from the dashboard with its default variable values."""
+    for variable, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(variable, value)
+    return expr
+
+
+def named_queries(board: dict) -> list[tuple[str, str]]:
+    """(where, expr) of every panel target ("panel title [refId]") and of every query variable
+    (its label_values() selector)."""
+    found = [(f"{p['title']} [{t['refId']}]", t["expr"]) for p in panels(board) for t in p.get("targets", [])]
     for variable in board["templating"]["list"]:
         if variable["type"] == "query":
-            exprs.append(re.sub(r"^label_values\((.*), *\w+\)$", r"\1", variable["query"]["query"]))
-    return exprs
+            selector = re.sub(r"^label_values\((.*), *\w+\)$", r"\1", variable["query"]["query"])
+            found.append((f"variable ${variable['name']}", selector))
+    return found
+
+
+def queries(board: dict) -> list[str]:
+    return [expr for _, expr in named_queries(board)]
 
 
 # --- what the system exports ---------------------------------------------------------------------
@@ -272,25 +292,81 @@ def provisioned_datasource() -> dict:
     return source
 
 
-def test_provisioning_points_at_the_dashboards_and_the_compose_prometheus():
-    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
-    mounts = dict(
-        v.rsplit(":", 1)[0].split(":", 1) for v in compose["services"]["grafana"]["volumes"] if v.startswith("./")
-    )
-    providers = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "amcsearch.yml").read_text())["providers"]
-    assert mounts["./grafana/dashboards"] == providers[0]["options"]["path"]
+def provisioned(path: str, environ: dict[str, str]) -> tuple[dict, set[str]]:
+    """deploy/grafana/provisioning/`path` as Grafana reads it with `environ`: $VAR and ${VAR} in
+    its values become the variable's value, an unset one nothing; and the unset ones used."""
+    unset: set[str] = set()
+
+    def variable(match: re.Match) -> str:
+        name = match.group(1) or match.group(2)
+        if name not in environ:
+            unset.add(name)
+        return environ.get(name, "")
+
+    def expand(value):
+        if isinstance(value, dict):
+            return {k: expand(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [expand(v) for v in value]
+        if isinstance(value, str):
+            return re.sub(r"\$(?:\{(\w+)\}|(\w+))", variable, value)
+        return value
+
+    return expand(yaml.safe_load((GRAFANA / "provisioning" / path).read_text())), unset
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+
+
+def make_up_env() -> dict[str, str]:
+    """deploy/grafana/make-up.env: the variables of Grafana beside `make up` (docker --env-file)."""
+    lines = (GRAFANA / "make-up.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def test_provisioning_with_composes_environment_reads_the_compose_prometheus_and_dashboards():
+    grafana = compose()["services"]["grafana"]
+    mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in grafana["volumes"] if v.startswith("./"))
     assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
-    source = provisioned_datasource()
+    sources, unset = provisioned("datasources/prometheus.yml", grafana["environment"])
+    providers, unset_too = provisioned("dashboards/amcsearch.yml", grafana["environment"])
+    assert not unset | unset_too, f"compose's grafana does not set {unset | unset_too}"
+    (source,) = sources["datasources"]
     assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
-    assert "prometheus" in compose["services"]
+    assert "prometheus" in compose()["services"]
+    assert providers["providers"][0]["options"]["path"] == mounts["./grafana/dashboards"]
+
+
+def test_provisioning_with_make_up_env_reads_the_local_prometheus_and_dashboards():
+    """Grafana beside `make up` reads the Prometheus that prometheus.local.yml's header starts,
+    and the dashboards where make-up.env's header mounts them."""
+    environ = make_up_env()
+    sources, unset = provisioned("datasources/prometheus.yml", environ)
+    providers, unset_too = provisioned("dashboards/amcsearch.yml", environ)
+    assert not unset | unset_too, f"make-up.env does not set {unset | unset_too}"
+    (source,) = sources["datasources"]
+    url = urllib.parse.urlparse(source["url"])
+    assert url.scheme == "http" and url.hostname == "127.0.0.1", source["url"]
+    local = (ROOT / "deploy" / "prometheus" / "prometheus.local.yml").read_text()
+    assert f"--web.listen-address={url.netloc}" in local, f"prometheus.local.yml's command does not serve {url}"
+    path = providers["providers"][0]["options"]["path"]
+    assert f'-v "$PWD/deploy/grafana/dashboards:{path}:ro"' in (GRAFANA / "make-up.env").read_text()
+
+
+def test_index_size_is_the_max_over_gateway_replicas_not_their_sum():
+    """Every gateway reports the whole collection: a sum over N replicas shows N times the images."""
+    exprs = [e for e in queries(dashboard()) if "amcsearch_index_images" in e]
+    assert exprs
+    for expr in exprs:
+        assert expr == "max by (collection) (amcsearch_index_images)", expr
 
 
 def test_every_query_is_valid_promql(tmp_path):
     """promtool parses each query (as a recording rule), with Grafana's variables filled in."""
     assert shutil.which("promtool"), "promtool missing: `make setup` installs prometheus (Debian package)"
     rules = [
-        {"record": f"dashboard:query:{i}", "expr": expr.replace("$__rate_interval", "1m").replace("$service", ".*")}
-        for i, expr in enumerate(queries(dashboard()))
+        {"record": f"dashboard:query:{i}", "expr": fill_variables(expr)} for i, expr in enumerate(queries(dashboard()))
     ]
     path = tmp_path / "dashboard_queries.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))

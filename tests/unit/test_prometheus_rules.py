@@ -54,13 +54,15 @@ def _targets(config: str) -> set[str]:
     return {t for job in loaded["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
 
 
-def test_local_config_scrapes_every_service_and_triton_on_the_launcher_ports():
+def test_local_config_scrapes_every_service_triton_and_the_launcher_on_make_ups_ports():
     from amcsearch.launcher import SERVICES
+    from amcsearch.ports import LAUNCHER_METRICS_PORT, TRITON_PORTS
 
     targets = _targets("prometheus.local.yml")
+    assert f"127.0.0.1:{LAUNCHER_METRICS_PORT[1]}" in targets, "the launcher's own /metrics is not scraped"
+    assert {f"127.0.0.1:{port}" for endpoint, _, port in TRITON_PORTS if endpoint == "metrics"} <= targets
     for spec in SERVICES:
         assert f"127.0.0.1:{spec.metrics_port}" in targets, f"{spec.module} metrics port is not scraped"
-    assert "127.0.0.1:8002" in targets, "Triton's metrics port is not scraped"
     assert {s.module: s.metrics_port for s in SERVICES} == SERVICE_METRICS_PORTS
 
 
