@@ -261,13 +261,28 @@ def index_command(args: argparse.Namespace, stub) -> int:
     return 0 if not failed else 3
 
 
+def stored_thumbnails(stub, ids: list[str], collection: str) -> dict[str, bytes]:
+    """The thumbnails the service kept when it indexed these images (none on engines that keep
+    none): the report's pictures, never a file an indexed item names."""
+    if not ids:
+        return {}
+    reply = stub.Get(
+        search_pb2.GetRequest(ids=list(dict.fromkeys(ids)), collection=collection, include_thumbnails=True),
+        timeout=60,
+        metadata=auth_metadata(),
+    )
+    return {image.id: image.thumbnail for image in reply.images if image.thumbnail}
+
+
 def search_command(args: argparse.Namespace, stub) -> int:
     request = search_request(args)
     reply = stub.Search(request, timeout=60, metadata=auth_metadata())
     print(results_table(reply, query_kind(request)))
     if args.html:
         ids = [r.id for r in reply.results] + ([args.id] if args.id else [])
-        thumbnails = thumbnails_from(args.thumbnails, ids) if args.thumbnails else {}
+        thumbnails = stored_thumbnails(stub, ids, request.collection)
+        if args.thumbnails:
+            thumbnails.update(thumbnails_from(args.thumbnails, ids))
         write_html(args.html, request, reply, thumbnails)
         print(f"wrote {args.html}")
     return 0

@@ -99,11 +99,15 @@ def folders(real_stack, ci_corpus, tmp_path_factory):
         main([*addr, "collections", "drop", name])
 
 
-def report(folders, tmp_path, kind: str, *argv: str) -> tuple[dict, Path]:
+def report(folders, tmp_path, kind: str, *argv: str, local: bool = True) -> tuple[dict, Path]:
+    """`local`: also give the indexed folder as --thumbnails (otherwise the pictures are the
+    thumbnails the service kept at index time)."""
     page, screenshot = tmp_path / f"{kind}.html", tmp_path / f"{kind}.png"
     collection = folders["names"]["catalogue" if kind == "cross-domain" else "scenes"]
     thumbnails = folders["catalogue" if kind == "cross-domain" else "scenes"]
-    command = [*argv, "--html", str(page), "--thumbnails", str(thumbnails), "--top-k", "5", "--collection", collection]
+    command = [*argv, "--html", str(page), "--top-k", "5", "--collection", collection]
+    if local:
+        command += ["--thumbnails", str(thumbnails)]
     assert main([*folders["addr"], "search", *command]) == 0
     facts = render(page, tmp_path / "profile", screenshot)
     return facts, screenshot
@@ -128,6 +132,15 @@ def test_text_report_with_explain(folders, tmp_path):
     assert "no thumbnail" not in facts["legend"]
     check_screenshot(screenshot, facts, None)
     keep_for_docs(screenshot, "report-text.png")
+
+
+def test_report_pictures_come_from_the_service_for_images_indexed_through_the_api(folders, tmp_path):
+    """No --thumbnails folder: every result still has its picture (the thumbnail kept at index
+    time, read through Get), with the attention over it; no placeholder."""
+    facts, screenshot = report(folders, tmp_path, "stored", "large red circle top-left", "--explain", local=False)
+    assert facts["images"] == facts["loaded"] == 5 and facts["placeholders"] == 0
+    assert facts["heatmaps"] == 5 and "no thumbnail" not in facts["legend"]
+    check_screenshot(screenshot, facts, None)
 
 
 def test_image_report_shows_the_query_image_and_no_legend_without_explain(folders, tmp_path):

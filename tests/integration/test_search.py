@@ -3,6 +3,7 @@ indexed is lost across a restart, deletes are final, bad requests get clear stat
 
 from __future__ import annotations
 
+import io
 import json
 
 import grpc
@@ -318,6 +319,18 @@ def test_write_rpcs_need_the_bearer_token_when_one_is_set(real_stack, ci_corpus,
         assert "s3cret-token" not in process.log_path.read_text()
     finally:
         process.stop()
+
+
+def test_get_returns_the_thumbnail_kept_at_index_time(search, indexed, ci_corpus):
+    """A small JPEG of each indexed image, only when asked for (no local file is ever read)."""
+    from PIL import Image
+
+    image_id = ci_corpus.test.images[0].id
+    plain = search.Get(search_pb2.GetRequest(ids=[image_id]), timeout=30).images[0]
+    asked = search.Get(search_pb2.GetRequest(ids=[image_id], include_thumbnails=True), timeout=30).images[0]
+    assert plain.thumbnail == b"" and asked.thumbnail[:3] == b"\xff\xd8\xff"
+    thumbnail = Image.open(io.BytesIO(asked.thumbnail))
+    assert thumbnail.format == "JPEG" and max(thumbnail.size) <= 96
 
 
 def test_index_size_gauge_follows_the_index(search, indexed, real_stack, ci_corpus):

@@ -32,6 +32,21 @@ Image.MAX_IMAGE_PIXELS = None  # our own limits apply, before decoding, with our
 _REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
+THUMBNAIL_SIDE = 96
+"""Pixels a side of the thumbnail kept per indexed image."""
+
+
+def thumbnail(pixels: np.ndarray) -> bytes:
+    """A small JPEG of decoded pixels (the image as the models saw it), for result pages: made
+    once at index time so that no reader ever opens a file an indexed item names."""
+    buffer = io.BytesIO()
+    small = Image.fromarray(np.asarray(pixels, dtype=np.uint8)).resize(
+        (THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BILINEAR
+    )
+    small.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
 def decoder_pool(limits: ImageLimits) -> ThreadPoolExecutor:
     """The process's decode threads: at most `decode_concurrency` decodes at once."""
     return ThreadPoolExecutor(max_workers=limits.decode_concurrency, thread_name_prefix="decode")

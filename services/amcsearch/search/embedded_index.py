@@ -73,6 +73,7 @@ CREATE TABLE IF NOT EXISTS items (
     metadata TEXT NOT NULL,
     keyword_ids BLOB,
     keyword_confidences BLOB,
+    thumbnail BLOB,
     UNIQUE (collection, id)
 );
 CREATE TABLE IF NOT EXISTS keyword_dictionary (id INTEGER PRIMARY KEY, text TEXT NOT NULL UNIQUE);
@@ -237,6 +238,8 @@ class EmbeddedIndex:
             self._write_db.execute("INSERT INTO store_info VALUES ('schema', ?)", (SCHEMA_VERSION,))
         elif version[0] == "3":
             self._migrate_from_3()
+        elif version[0] == SCHEMA_VERSION:
+            self._add_missing_columns(self._write_db)
         elif version[0] != SCHEMA_VERSION:
             raise Unavailable(
                 f"index at {self.path} has schema version {version[0]}, this server reads "
@@ -281,16 +284,22 @@ class EmbeddedIndex:
         log.info("index %s: migrating schema 3 -> 4 (packed keyword slots, keyword engine)", self.path)
         db.execute("BEGIN IMMEDIATE")
         try:
-            columns = {r[1] for r in db.execute("PRAGMA table_info(items)")}
-            for column in ("keyword_ids", "keyword_confidences"):
-                if column not in columns:
-                    db.execute(f"ALTER TABLE items ADD COLUMN {column} BLOB")
+            self._add_missing_columns(db)
             db.execute("DROP TABLE IF EXISTS item_text")
             db.execute("UPDATE store_info SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    def _add_missing_columns(db: sqlite3.Connection) -> None:
+        """Schema 4's item columns that an older store lacks (thumbnails came after the first
+        schema 4 stores): added empty, never rewritten."""
+        columns = {r[1] for r in db.execute("PRAGMA table_info(items)")}
+        for column in ("keyword_ids", "keyword_confidences", "thumbnail"):
+            if column not in columns:
+                db.execute(f"ALTER TABLE items ADD COLUMN {column} BLOB")
 
     def _fill_keyword_slots(self) -> None:
         """Items without packed keyword slots (a migrated store) get them, in batches."""
@@ -629,7 +638,7 @@ class EmbeddedIndex:
                     replaced.append(old[0])
                 cursor = db.execute(
                     "INSERT INTO items (collection, id, embedding, regions, region_scales, title, keywords, metadata,"
-                    " keyword_ids, keyword_confidences) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " keyword_ids, keyword_confidences, thumbnail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         collection,
                         r.id,
@@ -640,6 +649,7 @@ class EmbeddedIndex:
                         json.dumps([[t, float(conf), int(s)] for t, conf, s in r.keywords]),
                         json.dumps(r.metadata, sort_keys=True),
                         *self._slots(r.keywords),
+                        r.thumbnail or None,
                     ),
                 )
                 row = cursor.lastrowid
@@ -907,7 +917,9 @@ class EmbeddedIndex:
             hit.shop = Shop.unpack(row[-1])
         return hit
 
-    async def get(self, collection: str, ids: list[str], with_features: bool) -> dict[str, Record]:
+    async def get(
+        self, collection: str, ids: list[str], with_features: bool, with_thumbnails: bool = False
+    ) -> dict[str, Record]:
         def get() -> dict[str, Record]:
             self._vectors_of(collection)
             db = self._read_db
@@ -916,7 +928,8 @@ class EmbeddedIndex:
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 query = (
-                    "SELECT i.id, i.title, i.keywords, i.metadata, i.embedding, i.regions, i.region_scales, s.features"
+                    "SELECT i.id, i.title, i.keywords, i.metadata, i.embedding, i.regions, i.region_scales, s.features,"
+                    f" {'i.thumbnail' if with_thumbnails else 'NULL'}"
                     " FROM items i LEFT JOIN item_shop s ON s.row = i.row"
                     f" WHERE i.collection = ? AND i.id IN ({', '.join('?' * len(chunk))})"
                 )
@@ -932,6 +945,7 @@ class EmbeddedIndex:
                         _keywords(row[2]),
                         json.loads(row[3]),
                         Shop.unpack(row[7]) if with_features and row[7] is not None else None,
+                        bytes(row[8] or b""),
                     )
             return records
 

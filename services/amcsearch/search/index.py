@@ -46,7 +46,9 @@ class Index(Protocol):
         """Cross-domain: the images whose TagYNet vector is nearest `vector`, with their Shop."""
         ...
 
-    async def get(self, collection: str, ids: list[str], with_features: bool) -> dict[str, Record]: ...
+    async def get(
+        self, collection: str, ids: list[str], with_features: bool, with_thumbnails: bool = False
+    ) -> dict[str, Record]: ...
 
     # The search path: candidates as columns, described for the returned page only.
     keyword_needs_vector: bool

@@ -442,7 +442,10 @@ class MilvusIndex:
         records = await self.get(collection, ids, with_features=False) if ids else {}
         return [Described(i, records[i].title, records[i].metadata) if i in records else None for i in ids]
 
-    async def get(self, collection: str, ids: list[str], with_features: bool) -> dict[str, Record]:
+    async def get(
+        self, collection: str, ids: list[str], with_features: bool, with_thumbnails: bool = False
+    ) -> dict[str, Record]:
+        """`with_thumbnails` is accepted and answered with none: this engine keeps no thumbnails."""
         await self._require(collection)
         assert self.client is not None
         fields = ["title", "keywords", "metadata"] + (["embedding", "features"] if with_features else [])

@@ -17,7 +17,7 @@ import numpy as np
 from amcsearch.runtime.clients import call
 from amcsearch.runtime.contract import CROSS_DOMAIN_TAG_WEIGHT, EMBEDDING_DIM, NO_BIAS
 from amcsearch.runtime.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from amcsearch.runtime.images import decode_image, decoder_pool
+from amcsearch.runtime.images import decode_image, decoder_pool, thumbnail
 from amcsearch.runtime.keywords import normalize_keyword
 from amcsearch.runtime.metrics import DEGRADATIONS, stage
 from amcsearch.runtime.quantize import dequantize_regions, quantize_regions
@@ -288,6 +288,14 @@ class SearchPipeline:
         each; a bad image fails alone. `timeout_of()` gives the remaining deadline."""
         outcomes: dict[str, ItemOutcome] = {}
         good, pixels = await self._decode(items, outcomes)
+        loop = asyncio.get_running_loop()
+        thumbnails = dict(
+            zip(
+                [item.id for item in good],
+                await loop.run_in_executor(self.decoder, lambda: [thumbnail(p) for p in pixels]),
+                strict=True,
+            )
+        )
         try:
             extracted, keywords = await self._analyse(good, pixels, auto_tags, timeout_of())
         except ITEM_ERRORS:
@@ -305,6 +313,7 @@ class SearchPipeline:
                     merged,
                     item.metadata,
                     shop_of(e),
+                    thumbnails.get(item.id, b""),
                 )
             )
         if records:
@@ -433,8 +442,10 @@ class SearchPipeline:
         """NotFound unless `collection` exists: checked before any model work is spent."""
         await self.index.count(collection)
 
-    async def get(self, collection: str, ids: list[str], with_features: bool) -> dict[str, Record]:
-        return await self.index.get(collection, ids, with_features)
+    async def get(
+        self, collection: str, ids: list[str], with_features: bool, with_thumbnails: bool = False
+    ) -> dict[str, Record]:
+        return await self.index.get(collection, ids, with_features, with_thumbnails)
 
     async def stats(self, collection: str) -> CollectionStats:
         return CollectionStats(

@@ -52,6 +52,8 @@ class Record:
     metadata: dict[str, str] = field(default_factory=dict)
     shop: Shop | None = None
     """Cross-domain features; None when the model repository had no ynet_shop at indexing."""
+    thumbnail: bytes = b""
+    """A small JPEG of the image as indexed (Get include_thumbnails); empty where none is kept."""
 
 
 @dataclass

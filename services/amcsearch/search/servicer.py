@@ -428,7 +428,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def Get(self, request: search_pb2.GetRequest, context: grpc.aio.ServicerContext):
         self._check_read(context, "Get")
         ids = self._ids(request.ids)
-        records = await self.pipeline.get(self._collection(request.collection), ids, request.include_features)
+        records = await self.pipeline.get(
+            self._collection(request.collection), ids, request.include_features, request.include_thumbnails
+        )
         images = []
         for i in ids:
             if i not in records:
@@ -448,6 +450,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                     keywords=keyword_messages(r.keywords),
                     metadata=r.metadata,
                     features=features,
+                    thumbnail=r.thumbnail if request.include_thumbnails else b"",
                 )
             )
         return search_pb2.GetResponse(images=images, missing_ids=[i for i in ids if i not in records])
