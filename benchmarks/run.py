@@ -626,8 +626,9 @@ def stage_sections(all_figures: list[SizeFigures]) -> list[str]:
             f"## Where a Search spends its time at {f.size:,} images (concurrency 1)",
             "",
             "Stage histograms of every service (p50 interpolated in the buckets, mean exact); the gateway's "
-            "`ann` contains `vector_search` and `feature_read`; `encode` and `rescore` are the calls to "
-            "QueryEncoder and AttentionRescorer, whose own stages follow.",
+            "`keyword_search` runs while `encode` waits (their shares overlap), `ann` is the vector search "
+            "and one read of every candidate's packed columns, `merge` the fusion; `encode` and `rescore` are "
+            "the calls to QueryEncoder and AttentionRescorer, whose own stages follow.",
             "",
             "| service | stage | p50 | mean | share of Search mean |",
             "| --- | --- | --- | --- | --- |",
