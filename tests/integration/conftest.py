@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -198,6 +200,24 @@ def run(module, *arrays):
     with torch.inference_mode():
         out = module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
     return [o.numpy() for o in out] if isinstance(out, tuple) else [out.numpy()]
+
+
+@contextlib.contextmanager
+def own_gateway(real_stack: Stack, work: Path, what: str, **env: str) -> Iterator[str]:
+    """A SearchService of its own on the real stack's model services (`env` on top of the
+    stack's, e.g. INDEX_URI or tokens): its gRPC address while serving, stopped afterwards."""
+    from amcsearch.launcher import SERVICES_ROOT
+    from amcsearch.processes import free_port, grpc_serving, service_process, wait_until
+
+    process = service_process(
+        "search", "SEARCH", free_port(), free_port(), {**real_stack.env, **env}, work, SERVICES_ROOT
+    )
+    process.start()
+    try:
+        wait_until(lambda: grpc_serving(process.endpoints["grpc"]), 120, what, process)
+        yield process.endpoints["grpc"]
+    finally:
+        process.stop()
 
 
 def png(pixels: np.ndarray) -> bytes:

@@ -8,11 +8,9 @@ import uuid
 import grpc
 import pytest
 from amcsearch.cli import main
-from amcsearch.launcher import SERVICES_ROOT
-from amcsearch.processes import free_port, grpc_serving, service_process, wait_until
 from amcsearch.v1 import search_pb2, search_pb2_grpc
 
-from tests.integration.conftest import png
+from tests.integration.conftest import own_gateway, png
 
 pytestmark = pytest.mark.integration
 READ, WRITE = "r3ad-token", "wr1te-token"
@@ -22,19 +20,9 @@ READ, WRITE = "r3ad-token", "wr1te-token"
 def guarded(real_stack, tmp_path_factory):
     """A gateway with a read and a write token, on the real stack's model services."""
     work = tmp_path_factory.mktemp("guarded")
-    env = {
-        **real_stack.env,
-        "SEARCH_READ_TOKEN": READ,
-        "SEARCH_AUTH_TOKEN": WRITE,
-        "INDEX_URI": str(work / "index.sqlite"),
-    }
-    process = service_process("search", "SEARCH", free_port(), free_port(), env, work, SERVICES_ROOT)
-    process.start()
-    try:
-        wait_until(lambda: grpc_serving(process.endpoints["grpc"]), 120, "search with tokens", process)
-        yield process.endpoints["grpc"]
-    finally:
-        process.stop()
+    env = {"SEARCH_READ_TOKEN": READ, "SEARCH_AUTH_TOKEN": WRITE, "INDEX_URI": str(work / "index.sqlite")}
+    with own_gateway(real_stack, work, "search with tokens", **env) as address:
+        yield address
 
 
 @pytest.fixture

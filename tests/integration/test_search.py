@@ -18,7 +18,7 @@ from amcsearch.v1 import search_pb2, search_pb2_grpc
 
 from models.export.triton_repo import keyword_vocabulary
 from models.metrics import ndcg_at_k
-from tests.integration.conftest import MODELS, metric_value, png, run, scrape
+from tests.integration.conftest import MODELS, metric_value, own_gateway, png, run, scrape
 
 pytestmark = pytest.mark.integration
 MAX_TEXT_QUERIES = 60
@@ -364,21 +364,14 @@ def test_stats_reports_every_models_build_before_any_search(real_stack, tmp_path
     """A fresh gateway: Stats.model_builds lists every served model (from Triton, the
     cross-domain ones included), not only the ones QueryEncoder reported, and not only after the
     first Search."""
-    from amcsearch.launcher import SERVICES_ROOT
-    from amcsearch.processes import free_port, service_process
-
     from models.export.triton_repo import read_config
 
-    env = {**real_stack.env, "INDEX_URI": str(tmp_path / "fresh.sqlite")}
-    process = service_process("search", "SEARCH", free_port(), free_port(), env, tmp_path, SERVICES_ROOT)
-    process.start()
-    try:
-        wait_until(lambda: grpc_serving(process.endpoints["grpc"]), 90, "fresh search", process)
-        with grpc.insecure_channel(process.endpoints["grpc"]) as channel:
-            builds = dict(
-                search_pb2_grpc.SearchServiceStub(channel).Stats(search_pb2.StatsRequest(), timeout=30).model_builds
-            )
-        expected = {m: read_config(model_repository, m).parameters["build_id"].string_value for m in MODELS}
-        assert builds == expected
-    finally:
-        process.stop()
+    with (
+        own_gateway(real_stack, tmp_path, "fresh search", INDEX_URI=str(tmp_path / "fresh.sqlite")) as address,
+        grpc.insecure_channel(address) as channel,
+    ):
+        builds = dict(
+            search_pb2_grpc.SearchServiceStub(channel).Stats(search_pb2.StatsRequest(), timeout=30).model_builds
+        )
+    expected = {m: read_config(model_repository, m).parameters["build_id"].string_value for m in MODELS}
+    assert builds == expected

@@ -37,6 +37,7 @@ from pymilvus.exceptions import MilvusException
 from amcsearch.runtime import contract as c
 from amcsearch.runtime.errors import NotFound, Unavailable
 from amcsearch.search.records import (
+    MAX_KEYWORD_CHARS,
     Candidates,
     Described,
     Filter,
@@ -53,7 +54,6 @@ from amcsearch.search.records import (
 log = logging.getLogger(__name__)
 
 MAX_KEYWORDS = 64
-MAX_KEYWORD_CHARS = 64
 FEATURE_BYTES = c.REGION_COUNT * c.REGION_DIM + 4 * c.REGION_COUNT
 CONSISTENCY = "Session"
 HIT_FIELDS = ["title", "metadata", "keywords"]
