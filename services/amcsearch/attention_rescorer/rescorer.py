@@ -58,14 +58,16 @@ def build_inputs(
     vocabulary: Vocabulary,
     extra: dict[str, np.ndarray],
     modality_bias: np.ndarray | None = None,
+    known: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The amc_rescorer request: `vocabulary` holds the model's built-in keyword texts, `extra`
     the vectors of the batch's other texts (rows V, V + 1, ...); `modality_bias` [Q, 3] (None:
-    the learned weights unchanged)."""
+    the learned weights unchanged); `known`: vocabulary.rows of the batch's texts when the caller
+    has them already."""
     queries = np.asarray(queries, dtype=np.float32).reshape(-1, c.EMBEDDING_DIM)
     if modality_bias is None:
         modality_bias = np.tile(np.asarray(c.NO_BIAS, dtype=np.float32), (queries.shape[0], 1))
-    rows = vocabulary.rows(batch.keyword_texts)
+    rows = (vocabulary.rows(batch.keyword_texts) if known is None else known).copy()
     outside = np.flatnonzero(rows < 0)
     rows[outside] = vocabulary.size + np.arange(len(outside), dtype=np.int32)
     extra_texts = [batch.keyword_texts[i] for i in outside.tolist()]
@@ -167,7 +169,7 @@ class AttentionRescorer:
         outside = [batch.keyword_texts[i] for i in np.flatnonzero(known < 0).tolist()]
         extra = await self.embed_keywords(outside, timeout) if outside else {}
         with stage(SERVICE, "build_inputs"):
-            inputs = build_inputs(queries, batch, vocabulary, extra, modality_bias)
+            inputs = build_inputs(queries, batch, vocabulary, extra, modality_bias, known)
         outputs = [c.SCORE_OUT, c.MODALITY_WEIGHTS_OUT, c.LEARNED_WEIGHTS_OUT]
         if explain:
             outputs += [c.REGION_ATTENTION_OUT, c.KEYWORD_ATTENTION_OUT]
