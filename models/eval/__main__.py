@@ -27,7 +27,7 @@ from amcsearch.query_encoder.tokenize import Tokenizer
 from models.corpus import load_or_build_corpus
 from models.corpus.paraphrase import paraphrased
 from models.corpus.street_shop import load_or_build_street_shop
-from models.eval import composed, cross_domain, image_search, text_search, whole_index
+from models.eval import composed, cross_domain, image_search, layout, text_search, whole_index
 from models.export.checkpoints import load_amc_models, load_composer_models, load_image_encoder, load_ynet_models
 from models.nets.text_encoder import load_text_encoder
 
@@ -86,6 +86,14 @@ PARAPHRASE_NOTE = (
     f' {PARAPHRASE_SEED}: synonyms, spelled-out positions, filler such as "show me", plurals, word order), over'
     " the whole index; every image keeps its grade. Drop = original minus paraphrased."
 )
+LAYOUT_NOTE = (
+    "Why layout queries failed, and whether the where head fixes it (models/eval/layout.py): can the query"
+    " embedding, a region feature and the fused vector each tell where, and does the score put the right object"
+    " in the queried cell above the same object elsewhere? Probes are ridge classifiers scored on held-out"
+    ' data. "Where head off" is the same trained AMC Full with its where head at zero (uniform p_q), as'
+    " AMC was before it. The directions tried on validation (held-out TRAIN queries), kept and dropped, are in"
+    " benchmarks/LAYOUT.md."
+)
 DEPTHS = (100, 200, 300)
 """Candidate list lengths of the depth diagnostic (hybrid source)."""
 
@@ -100,9 +108,16 @@ def whole_index_section(corpus, amc_full, image_encoder, text_encoder, tokenizer
         *common, queries=paraphrased(test.text_queries, PARAPHRASE_SEED), sources=("vector", "keyword", "hybrid")
     )
     depth = [(n, whole_index.evaluate_whole_index(*common, limit=n, sources=("hybrid",))) for n in DEPTHS]
+    blind = whole_index.evaluate_whole_index(
+        test, layout.where_off(amc_full), image_encoder, text_encoder, tokenizer, vocab, sources=("hybrid",)
+    )
+    original["rows"].append(blind["rows"][-1] | {"method": "AMC Full, where head off (ablation)"})
+    diagnostics = layout.diagnostics(corpus, amc_full, image_encoder, text_encoder, tokenizer)
     return "\n\n".join(
         [
             whole_index.format_table(original),
+            "### Layout diagnostics\n\n" + LAYOUT_NOTE,
+            layout.format_diagnostics(diagnostics),
             "Candidate depth (hybrid): does the rescorer or the candidate list lose the layout queries?",
             whole_index.format_depth_table(depth),
             "### Paraphrased queries\n\n" + PARAPHRASE_NOTE,

@@ -27,6 +27,7 @@ from amcsearch.runtime.quantize import dequantize_regions, quantize_regions
 from amcsearch.search.embedded_index import EmbeddedIndex
 from amcsearch.search.pipeline import merge_candidates, merge_keywords
 from amcsearch.search.records import Filter, Record
+from amcsearch.search.settings import SearchSettings
 from torch import nn
 
 from models.corpus.queries import grade
@@ -58,9 +59,11 @@ def gallery_records(split: Any, images: ImageFeatures) -> list[Record]:
 class CandidateSource:
     """The service's candidate generation over one in-process embedded index of the gallery."""
 
-    def __init__(self, records: list[Record], directory: Path) -> None:
+    def __init__(
+        self, records: list[Record], directory: Path, keyword_share: str = SearchSettings.keyword_share
+    ) -> None:
         self.loop = asyncio.new_event_loop()
-        self.index = EmbeddedIndex(directory / "whole_index.sqlite", "gallery")
+        self.index = EmbeddedIndex(directory / "whole_index.sqlite", "gallery", keyword_share=keyword_share)
         self.run(self.index.open())
         self.run(self.index.upsert("gallery", records))
 

@@ -44,6 +44,14 @@ NUM_KEYWORDS = 32
 JOINT_DIM = 64
 KERNEL = 3
 MODES = ("full", "img", "key")
+LAYOUTS = ("none", "term", "prior", "both")
+"""How the query's "where" (VisualAttention.where) enters the score: not at all (AMC as published), as the
+placement term, as a prior on the VAN's attention logits, or both."""
+LAYOUT = "both"
+"""The default, chosen on the held-out TRAIN queries over the whole TRAIN gallery
+(benchmarks/LAYOUT.md, `python -m models.eval.layout`)."""
+PLACEMENT_FLOOR = 0.01
+"""Keeps log(placement) finite where the content attention misses the queried cells entirely."""
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
@@ -55,21 +63,43 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class VisualAttention(nn.Module):
-    """VAN: v^q = sum_ij softmax(conv(V', s_q))_ij V'_ij with s_q = ReLU(W_qs q + b)."""
+    """VAN: v^q = sum_ij softmax(conv(V', s_q))_ij V'_ij with s_q = ReLU(W_qs q + b).
 
-    def __init__(self, query_dim: int, region_dim: int, dim: int, kernel: int, grid: int) -> None:
+    The convolution is translation-equivariant: the same object gives the same logits wherever it
+    sits, so v^q, and AMC's score with it, cannot tell "red circle top-left" from a red circle
+    anywhere else (QUALITY.md's layout diagnostics measure it). The `where` head maps the query
+    to a distribution over the grid cells, p_q = softmax(W_w q + b_w); with weights and bias zero
+    (their initial value) it is uniform, and neither of its uses below changes anything:
+    - placement = log(G^2 sum_ij a_ij p_q,ij + floor), a_ij the content attention: how much of what
+      the query describes lies where the query puts it (0 for a uniform p_q, whatever the image);
+    - prior: the logits get log p_q added before the softmax, so v^q pools the queried cells.
+    """
+
+    def __init__(self, query_dim: int, region_dim: int, dim: int, kernel: int, grid: int, prior: bool = False) -> None:
         super().__init__()
         self.dim = dim
         self.kernel = kernel
         self.grid = grid
+        self.prior = prior
+        self.placement_floor = PLACEMENT_FLOOR
         self.project = nn.Linear(region_dim, dim)  # the 1x1 convolution V -> V'
         self.query_kernel = nn.Linear(query_dim, dim * kernel * kernel)
+        self.where = nn.Linear(query_dim, grid * grid)
+        nn.init.zeros_(self.where.weight)
+        nn.init.zeros_(self.where.bias)
+
+    def where_logits(self, query: torch.Tensor) -> torch.Tensor:
+        """log p_q [B, G*G] (log-softmax of the where head)."""
+        return torch.log_softmax(self.where(query), dim=1)
 
     def kernels(self, query: torch.Tensor) -> torch.Tensor:
         """s_q flattened [B, d*k*k] in (channel, row, column) order."""
         return F.relu(self.query_kernel(query))
 
-    def forward(self, kernels: torch.Tensor, regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, kernels: torch.Tensor, regions: torch.Tensor, where: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(v^q [B, d], the attention that pooled it [B, G*G], placement [B]); where = log p_q."""
         batch = regions.shape[0]
         g = self.grid
         k = self.kernel
@@ -83,9 +113,12 @@ class VisualAttention(nn.Module):
         for dy in range(k):
             for dx in range(k):
                 logits = logits + responses[:, dy * k + dx, dy : dy + g, dx : dx + g]
-        attention = torch.softmax(logits.reshape(batch, g * g), dim=1)
+        logits = logits.reshape(batch, g * g)
+        content = torch.softmax(logits, dim=1)
+        placement = torch.log((content * where.exp()).sum(dim=1) * (g * g) + self.placement_floor)
+        attention = torch.softmax(logits + where, dim=1) if self.prior else content
         attended = torch.bmm(attention.unsqueeze(1), features).squeeze(1)
-        return attended, attention
+        return attended, attention, placement
 
 
 class KeywordAttention(nn.Module):
@@ -123,21 +156,28 @@ class AMCRescorer(nn.Module):
         keyword_dim: int = KEYWORD_DIM,
         grid: int = GRID,
         temperature: float = 5.0,
+        layout: str = LAYOUT,
+        placement_weight: float = 0.1,
     ) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode is {mode!r}, allowed: {', '.join(MODES)}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout is {layout!r}, allowed: {', '.join(LAYOUTS)}")
         self.mode = mode
+        self.layout = layout
+        self.placement_term = layout in ("term", "both")
         self.uses_regions = mode != "key"
         self.uses_keywords = mode != "img"
         self.dim = dim
         self.grid = grid
         self.kernel_size = dim * kernel * kernel
-        self.van = VisualAttention(query_dim, region_dim, dim, kernel, grid)
+        self.van = VisualAttention(query_dim, region_dim, dim, kernel, grid, prior=layout in ("prior", "both"))
         self.lan = KeywordAttention(query_dim, keyword_dim, dim)
         self.query_match = nn.Linear(query_dim, dim)  # q^m = ReLU(W_qm q + b)
         self.query_gate = nn.Linear(query_dim, dim)  # q' = ReLU(W'_qm q + b')
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
+        self.log_placement_weight = nn.Parameter(torch.tensor(math.log(placement_weight)))
 
     def forward(
         self,
@@ -149,16 +189,28 @@ class AMCRescorer(nn.Module):
         return self.score(self.encode_query(query), regions, self.project_keywords(keywords), keyword_mask)
 
     def encode_query(self, query: torch.Tensor) -> torch.Tensor:
-        """Every query-side projection, concatenated: [s_q (d*k*k), u, q^m, q'] -> [B, d*(k*k+3)]."""
+        """Every query-side projection, concatenated: [s_q (d*k*k), u, q^m, q', log p_q (G*G)]
+        -> [B, d*(k*k+3) + G*G]."""
         return torch.cat(
             [
                 self.van.kernels(query),
                 self.lan.project_query(query),
                 F.relu(self.query_match(query)),
                 F.relu(self.query_gate(query)),
+                self.van.where_logits(query),
             ],
             dim=1,
         )
+
+    def where_of(self, encoded_query: torch.Tensor) -> torch.Tensor:
+        """log p_q [B, G*G], the last columns of encode_query's output."""
+        return encoded_query[:, self.kernel_size + 3 * self.dim :]
+
+    def placement_score(self, placement: torch.Tensor) -> torch.Tensor:
+        """The layout term added to the score [B, 1]: zero unless the placement term is on."""
+        if not self.placement_term:
+            return torch.zeros_like(placement).unsqueeze(1)
+        return (self.log_placement_weight.exp() * placement).unsqueeze(1)
 
     def project_keywords(self, keywords: torch.Tensor) -> torch.Tensor:
         """e_i = W_kl k_i. Linear, so training may project the vocabulary once and gather."""
@@ -184,8 +236,8 @@ class AMCRescorer(nn.Module):
         ones = torch.ones(batch, 1, dtype=dtype, device=device)
         zeros = torch.zeros(batch, 1, dtype=dtype, device=device)
         if self.mode == "img":
-            visual, region_attention = self.van(kernels, regions)
-            score = _cosine(q_match, visual).unsqueeze(1)
+            visual, region_attention, placement = self.van(kernels, regions, self.where_of(encoded_query))
+            score = _cosine(q_match, visual).unsqueeze(1) + self.placement_score(placement)
             keyword_attention = torch.zeros_like(keyword_mask)
             return score, torch.cat([ones, zeros], dim=1), region_attention, keyword_attention
         if self.mode == "key":
@@ -193,10 +245,11 @@ class AMCRescorer(nn.Module):
             score = _cosine(q_match, textual).unsqueeze(1)
             region_attention = torch.zeros(batch, self.grid * self.grid, dtype=dtype, device=device)
             return score, torch.cat([zeros, ones], dim=1), region_attention, keyword_attention
-        visual, textual, q_match, weights, region_attention, keyword_attention = self.parts(
+        visual, textual, q_match, weights, region_attention, keyword_attention, placement = self.parts(
             encoded_query, regions, keywords, keyword_mask
         )
-        return self.fuse(q_match, visual, textual, weights), weights, region_attention, keyword_attention
+        score = self.fuse(q_match, visual, textual, weights) + self.placement_score(placement)
+        return score, weights, region_attention, keyword_attention
 
     def parts(
         self,
@@ -204,22 +257,23 @@ class AMCRescorer(nn.Module):
         regions: torch.Tensor,
         keywords: torch.Tensor,
         keyword_mask: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """AMC Full before fusion: v^q, k^q (both L2-normalised), q^m, the MTN weights and both
-        attentions. score() fuses them; ServedRescorer fuses them with the caller's bias."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """AMC Full before fusion: v^q, k^q (both L2-normalised), q^m, the MTN weights, both
+        attentions and the VAN's placement. score() fuses them and adds placement_score;
+        ServedRescorer does the same with the caller's modality bias."""
         d = self.dim
         start = self.kernel_size
         kernels = encoded_query[:, :start]
         guide = encoded_query[:, start : start + d]
         q_match = encoded_query[:, start + d : start + 2 * d]
         q_gate = encoded_query[:, start + 2 * d : start + 3 * d]
-        visual, region_attention = self.van(kernels, regions)
+        visual, region_attention, placement = self.van(kernels, regions, self.where_of(encoded_query))
         textual, keyword_attention = self.lan(guide, keywords, keyword_mask)
         visual = _normalize(visual)
         textual = _normalize(textual)
         agreement = torch.stack([_cosine(q_gate, visual), _cosine(q_gate, textual)], dim=1)
         weights = torch.softmax(agreement * self.log_temperature.exp(), dim=1)
-        return visual, textual, q_match, weights, region_attention, keyword_attention
+        return visual, textual, q_match, weights, region_attention, keyword_attention, placement
 
     def fuse(
         self, q_match: torch.Tensor, visual: torch.Tensor, textual: torch.Tensor, weights: torch.Tensor
@@ -361,7 +415,7 @@ class ServedRescorer(nn.Module):
         projected = self.rescorer.project_keywords(table)
         slots = keyword_index.shape[1]
         keywords = projected.index_select(0, keyword_index.reshape(-1).long()).view(-1, slots, projected.shape[1])
-        visual, textual, q_match, learned, region_attention, keyword_attention = self.rescorer.parts(
+        visual, textual, q_match, learned, region_attention, keyword_attention, placement = self.rescorer.parts(
             encoded, grid, keywords, keyword_mask.to(dtype)
         )
         bias = modality_bias.to(dtype).index_select(0, rows)
@@ -369,5 +423,5 @@ class ServedRescorer(nn.Module):
         keyword_weight = scaled / (learned[:, 0] + scaled).clamp(min=1e-6)
         keyword_weight = torch.minimum(torch.maximum(keyword_weight, bias[:, 1]), bias[:, 2])
         applied = torch.stack([1.0 - keyword_weight, keyword_weight], dim=1)
-        score = self.rescorer.fuse(q_match, visual, textual, applied)
+        score = self.rescorer.fuse(q_match, visual, textual, applied) + self.rescorer.placement_score(placement)
         return score, applied, region_attention, keyword_attention, learned

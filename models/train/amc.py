@@ -29,7 +29,7 @@ from torch import nn
 from models.corpus.paraphrase import paraphrased
 from models.corpus.queries import make_text_queries
 from models.metrics import ndcg_at_k
-from models.nets.amc import NUM_KEYWORDS, build_text_search_models
+from models.nets.amc import GRID, NUM_KEYWORDS, AMCRescorer, build_text_search_models
 from models.nets.text_encoder import embed_texts
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,9 @@ class AMCBudget:
     paraphrase_copies: int = 1
     """Each training query also appears this many times reworded (models/corpus/paraphrase.py,
     seeded apart from evaluation's seed), so the rescorer learns the wording users use."""
+    where_weight: float = 1.0
+    """Weight of the where head's own loss (where_loss) beside the ranking loss; 0 leaves the head
+    to the ranking loss alone (benchmarks/LAYOUT.md compares both)."""
 
 
 BUDGETS: dict[str, AMCBudget] = {
@@ -91,6 +94,8 @@ class QueryFeatures:
     relevance: torch.Tensor  # float [Q, C]
     valid: torch.Tensor  # bool [Q, C]
     families: list[str]
+    where_target: torch.Tensor | None = None
+    """[Q, G*G]: where each query puts its object (where_target), for the where head's loss."""
 
     def __len__(self) -> int:
         return self.embedding.shape[0]
@@ -136,6 +141,18 @@ def image_features(
     )
 
 
+def where_target(spec: dict, grid: int = GRID) -> np.ndarray:
+    """The grid distribution a query's words ask for: a position query ("... top-left") spreads 1
+    over its 3 x 3 cell's regions, any other query is uniform (it names no place)."""
+    target = np.full((grid, grid), 1.0 / (grid * grid), dtype=np.float32)
+    if spec.get("kind") == "layout" and "cell" in spec:
+        side = grid // 3
+        row, column = divmod(int(spec["cell"]), 3)
+        target[:] = 0.0
+        target[row * side : (row + 1) * side, column * side : (column + 1) * side] = 1.0 / (side * side)
+    return target.reshape(-1)
+
+
 def query_features(split: Any, queries: list[Any], text_encoder: nn.Module, tokenizer: Any) -> QueryFeatures:
     width = max((len(q.candidate_ids) for q in queries), default=1)
     candidates = torch.zeros(len(queries), width, dtype=torch.long)
@@ -152,6 +169,9 @@ def query_features(split: Any, queries: list[Any], text_encoder: nn.Module, toke
         relevance=relevance,
         valid=valid,
         families=[q.family for q in queries],
+        where_target=torch.from_numpy(np.stack([where_target(q.spec) for q in queries]))
+        if queries
+        else torch.zeros(0, GRID * GRID),
     )
 
 
@@ -235,6 +255,19 @@ def ranking_loss(
     return hinge.sum() / n_positive
 
 
+def where_loss(module: nn.Module, queries: QueryFeatures, rows: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the where head's p_q against where_target: it learns to read the place a
+    query names (and "nowhere in particular" from every other query) from the words themselves,
+    which the ranking loss alone teaches slowly (benchmarks/LAYOUT.md). Zero for modules without
+    a where head in use."""
+    if not isinstance(module, AMCRescorer) or module.layout == "none" or not module.uses_regions:
+        return torch.zeros(())
+    if queries.where_target is None:
+        return torch.zeros(())
+    log_p = module.van.where_logits(queries.embedding[rows])
+    return -(queries.where_target[rows] * log_p).sum(dim=1).mean()
+
+
 def fit(
     module: nn.Module,
     images: ImageFeatures,
@@ -258,6 +291,7 @@ def fit(
             loss = ranking_loss(
                 scores, train.relevance[rows], train.valid[rows], budget.margin, budget.negatives, generator
             )
+            loss = loss + budget.where_weight * where_loss(module, train, rows)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

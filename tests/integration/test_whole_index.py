@@ -119,3 +119,34 @@ def test_served_whole_index_ndcg_equals_offline(gallery, ci_corpus, checkpoint_f
         print(f"NDCG@{k} served / offline: " + ", ".join(f"{f} {s:.4f}/{o:.4f}" for f, (s, o) in pairs.items()))
         for family, (s, o) in pairs.items():
             assert abs(s - o) <= TOLERANCE, (k, family, s, o)
+
+
+def test_explain_shows_the_queried_cell(gallery, ci_corpus):
+    """A query that names a place: the explanation of each fully relevant result (the object is
+    there) puts its strongest region inside the named 3 x 3 cell, and puts more attention there
+    than anywhere of the same size, far above the uniform share (4 of 36 regions)."""
+    split = ci_corpus.test
+    by_id = {r.id: r for r in split.images}
+    strongest_inside, masses = [], []
+    for query in split.text_queries:
+        if query.spec.get("kind") != "layout":
+            continue
+        reply = gallery.Search(
+            search_pb2.SearchRequest(text=query.text, top_k=3, explain=True, collection=COLLECTION),
+            timeout=60,
+        )
+        row0, column0 = divmod(int(query.spec["cell"]), 3)
+        for result in reply.results:
+            if grade(query.spec, by_id[result.id]) != 2:
+                continue
+            regions = result.evidence.regions
+            inside = [r for r in regions if r.row // 2 == row0 and r.column // 2 == column0]
+            strongest_inside.append(bool(regions) and regions[0].row // 2 == row0 and regions[0].column // 2 == column0)
+            masses.append(sum(r.weight for r in inside))
+    assert len(masses) >= 5, "too few fully relevant layout results to judge"
+    share = sum(strongest_inside) / len(strongest_inside)
+    print(
+        f"explained layout results: {len(masses)}, strongest region in the named cell {share:.2f}, "
+        f"mean mass there {sum(masses) / len(masses):.2f}"
+    )
+    assert share >= 0.7 and sum(masses) / len(masses) > 0.4

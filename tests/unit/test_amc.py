@@ -1,5 +1,6 @@
 """AMC rescorer nets: the Triton contract, the attention semantics and the ranking loss."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -51,7 +52,7 @@ def test_van_equals_a_per_sample_same_padded_convolution() -> None:
     torch.manual_seed(0)
     van = VisualAttention(query_dim=384, region_dim=128, dim=16, kernel=3, grid=6)
     query, regions, _, _ = _inputs(batch=3)
-    _, attention = van(van.kernels(query), regions)
+    _, attention, _ = van(van.kernels(query), regions, van.where_logits(query))
     features = van.project(regions).transpose(1, 2).reshape(3, 16, 6, 6)
     kernels = F.relu(van.query_kernel(query)).view(3, 1, 16, 3, 3)
     for b in range(3):
@@ -296,16 +297,19 @@ def test_text_search_evaluation_reports_every_method_family_and_diagnostic() -> 
     assert again["ranking"] == result["ranking"]
 
 
-def test_served_rescorer_equals_the_dense_forward_on_the_same_inputs() -> None:
+@pytest.mark.parametrize("layout", ["term", "prior", "both", "none"])
+def test_served_rescorer_equals_the_dense_forward_on_the_same_inputs(layout: str) -> None:
     """ServedRescorer (the exported amc_rescorer): query broadcast, int8 regions, keyword ids into
     its vocabulary and the request's table give what the dense forward gives on the equivalent
-    float inputs; scripting keeps it."""
+    float inputs; scripting keeps it. The where head is random (not its uniform start), so the
+    placement term and the attention prior are covered."""
     from amcsearch.runtime.quantize import dequantize_regions, quantize_regions
 
     from models.nets.amc import ServedRescorer
 
     torch.manual_seed(0)
-    module = AMCRescorer("full").eval()
+    module = AMCRescorer("full", layout=layout).eval()
+    torch.nn.init.normal_(module.van.where.weight, std=0.5)
     vocabulary = torch.nn.functional.normalize(torch.randn(10, 384), dim=1)
     served = torch.jit.script(ServedRescorer(module, vocabulary).eval())
     n = 6
@@ -354,3 +358,98 @@ def test_served_rescorer_equals_the_dense_forward_on_the_same_inputs() -> None:
     torch.testing.assert_close(weights[3:], torch.tensor([[0.0, 1.0]] * 3))  # query 1: keywords only
     torch.testing.assert_close(visual_only[4], got[4])  # the learned weights are reported as learned
     assert not torch.allclose(visual_only[0], got[0])
+
+
+def _one_object_grids(cells: list[int], object_feature: torch.Tensor) -> torch.Tensor:
+    """Region grids [N, 36, 128]: faint noise, and the object's feature in region `cells[n]`."""
+    grids = 0.01 * torch.randn(len(cells), 36, 128)
+    for n, cell in enumerate(cells):
+        grids[n, cell] = object_feature
+    return grids
+
+
+def test_a_uniform_where_head_changes_no_ranking() -> None:
+    """The where head starts at zero (uniform p_q): the placement term is the same constant for
+    every image, so AMC with the term ranks exactly as AMC without it."""
+    torch.manual_seed(0)
+    plain = AMCRescorer("full", layout="none").eval()
+    with_term = AMCRescorer("full", layout="term").eval()
+    with_term.load_state_dict(plain.state_dict())
+    query, regions, keywords, mask = _inputs()
+    with torch.no_grad():
+        a, b = plain(query, regions, keywords, mask)[0], with_term(query, regions, keywords, mask)[0]
+    torch.testing.assert_close(b - a, torch.full_like(a, float((b - a)[0])))
+    assert torch.equal(torch.argsort(a.squeeze(1)), torch.argsort(b.squeeze(1)))
+
+
+def test_the_placement_term_ranks_the_object_in_the_queried_cell_first() -> None:
+    """The same object in three places: the content attention finds it in each, the unaided
+    score cannot tell them apart, and a where head that names region 0 ranks region 0 first."""
+    torch.manual_seed(0)
+    module = AMCRescorer("img", layout="term").eval()
+    query = torch.nn.functional.normalize(torch.randn(1, 384), dim=1)
+    grids = _one_object_grids([14, 0, 35], 3.0 * torch.randn(128))
+    with torch.no_grad():
+        before = module(query.expand(3, -1), grids, torch.zeros(3, 32, 384), torch.zeros(3, 32))[0].squeeze(1)
+        module.van.where.bias.zero_()
+        module.van.where.bias[0] = 8.0  # p_q puts its mass on region 0
+        after, _, attention, _ = module(query.expand(3, -1), grids, torch.zeros(3, 32, 384), torch.zeros(3, 32))
+    assert float(before.max() - before.min()) < 0.05  # position-blind without the where head
+    assert int(torch.argmax(after.squeeze(1))) == 1  # the image with the object in region 0
+    assert int(attention[1].argmax()) == 0  # and its explanation shows the queried region
+
+
+def test_the_attention_prior_pulls_the_van_to_the_queried_cell() -> None:
+    torch.manual_seed(0)
+    module = AMCRescorer("img", layout="prior").eval()
+    query = torch.nn.functional.normalize(torch.randn(2, 384), dim=1)
+    grids = _one_object_grids([14, 14], torch.zeros(128))
+    with torch.no_grad():
+        module.van.where.bias[20] = 6.0
+        attention = module(query, grids, torch.zeros(2, 32, 384), torch.zeros(2, 32))[2]
+    assert torch.all(attention.argmax(dim=1) == 20)
+
+
+def test_unknown_layout_is_rejected() -> None:
+    with pytest.raises(ValueError, match="layout is 'grid'"):
+        AMCRescorer("full", layout="grid")
+
+
+def test_where_target_names_the_queried_cell_and_nothing_else() -> None:
+    from models.train.amc import where_target
+
+    top_left = where_target({"kind": "layout", "attrs": {"color": "red"}, "cell": 0}).reshape(6, 6)
+    assert top_left[:2, :2].sum() == pytest.approx(1.0) and top_left[2:].sum() == 0 and top_left[:, 2:].sum() == 0
+    bottom_right = where_target({"kind": "layout", "attrs": {}, "cell": 8}).reshape(6, 6)
+    assert bottom_right[4:, 4:].sum() == pytest.approx(1.0)
+    for spec in ({"kind": "attribute", "attrs": {}}, {"kind": "count", "key": "color", "value": "red", "n": 2}):
+        assert np.allclose(where_target(spec), 1 / 36)
+
+
+def test_the_where_loss_teaches_the_head_to_read_the_place() -> None:
+    """A few steps of where_loss alone move p_q's mass to the named cells; a model that does not
+    use the where head gets no such loss."""
+    from models.train.amc import QueryFeatures, where_loss, where_target
+
+    torch.manual_seed(0)
+    module = AMCRescorer("full", layout="term")
+    cells = [0, 4, 8, 2]
+    queries = QueryFeatures(
+        embedding=torch.nn.functional.normalize(torch.randn(4, 384), dim=1),
+        candidates=torch.zeros(4, 1, dtype=torch.long),
+        relevance=torch.zeros(4, 1),
+        valid=torch.ones(4, 1, dtype=torch.bool),
+        families=["layout"] * 4,
+        where_target=torch.from_numpy(np.stack([where_target({"kind": "layout", "cell": c}) for c in cells])),
+    )
+    rows = torch.arange(4)
+    optimizer = torch.optim.Adam(module.van.where.parameters(), lr=1e-2)
+    for _ in range(50):
+        optimizer.zero_grad()
+        where_loss(module, queries, rows).backward()
+        optimizer.step()
+    with torch.no_grad():
+        p = module.van.where_logits(queries.embedding).exp()
+    assert float((p * queries.where_target * 4).sum(dim=1).min()) > 0.9  # mass inside the named cell
+    assert float(where_loss(AMCRescorer("full", layout="none"), queries, rows)) == 0.0
+    assert float(where_loss(AMCRescorer("key", layout="term"), queries, rows)) == 0.0

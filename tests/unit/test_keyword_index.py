@@ -168,3 +168,39 @@ def test_images_without_keywords_count_but_match_nothing():
     index.add([1, 2], [[], ["red"]])
     index.add([3], [[]])
     assert len(index) == 3 and index.search("red", 10)[0].tolist() == [2]
+
+
+def test_coverage_is_the_known_share_of_the_query():
+    """1 when every content word is an indexed term, about 0 when only a word in most images is
+    known, in between otherwise; function words count for nothing."""
+    index = KeywordIndex()
+    index.add(range(1, 101), [["photo", "festive"] if i % 6 == 0 else ["photo", "red"] for i in range(100)])
+    assert index.coverage("festive photos") == pytest.approx(1.0)
+    assert index.coverage("show me the festive photos") < 1.0  # "show" is unknown, "me" and "the" are not counted
+    assert index.coverage("images of the festive photo") == pytest.approx(index.coverage("images festive photo"))
+    assert index.coverage("holiday photos") < 0.01  # "photo" is in every image: its idf is the floor
+    assert 0.0 < index.coverage("red circle") < 1.0
+    assert index.coverage("circle") == 0.0 and index.coverage("") == 0.0
+    assert KeywordIndex().coverage("red") == 0.0
+
+
+def test_keyword_share_coverage_leaves_the_vector_route_the_unknown_part(tmp_path):
+    """SEARCH_KEYWORD_SHARE=coverage: the keyword route gives limit x coverage images, full gives limit."""
+    rng = np.random.default_rng(2)
+    vectors = unit(rng, 40)
+    keywords = [[("photo", 0.9, 1), ("red" if i % 8 == 0 else "blue", 0.8, 1)] for i in range(40)]
+
+    async def keys(share: str, text: str) -> list[int]:
+        index = EmbeddedIndex(tmp_path / f"{share}.sqlite", "images", keyword_share=share)
+        await index.open()
+        try:
+            await index.upsert("images", [record(i, vectors[i], keywords=keywords[i]) for i in range(40)])
+            return (await index.keyword_candidates("images", text, 10, Filter())).tolist()
+        finally:
+            await index.close()
+
+    assert len(run(keys("full", "red photo"))) == 10
+    assert len(run(keys("coverage", "red photo"))) == 10  # both words known
+    assert len(run(keys("full", "holiday photo"))) == 10
+    assert run(keys("coverage", "holiday photo")) == []  # only the word every image holds is known
+    assert 0 < len(run(keys("coverage", "red sofa"))) < 10

@@ -60,6 +60,7 @@ async def main() -> None:
         settings.ef_search,
         settings.read_cache_mib,
         settings.reads_on_loop,
+        settings.keyword_share,
     )
     await index.open()
     channels = [

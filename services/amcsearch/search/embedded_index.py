@@ -172,9 +172,14 @@ class EmbeddedIndex:
         ef_search: int = 256,
         read_cache_mib: int = 128,
         reads_on_loop: bool = True,
+        keyword_share: str = "full",
     ) -> None:
         self.read_cache_mib = read_cache_mib
         self.reads_on_loop = reads_on_loop
+        self.keyword_share = keyword_share
+        """"coverage": the keyword route returns limit x KeywordIndex.coverage(text) images, so a
+        query the keywords barely know leaves its candidate slots to the vector route; "full":
+        always `limit`."""
         """Reads run on the event loop (a Search's are ~2 ms of numpy and SQLite that hold the GIL
         anyway): measured at 10k and 16 callers, 7.1 ms of gateway CPU per Search and 80 Searches/s
         against 7.9-8.2 ms and 73/s through a reader thread, whose hand-offs cost more than they
@@ -799,6 +804,8 @@ class EmbeddedIndex:
             index = self.keywords.get(collection)
             if index is None:
                 return np.zeros(0, np.int64)
+            if self.keyword_share == "coverage":
+                limit = int(round(limit * index.coverage(text)))
             keys, _ = index.search(text, limit, allowed)
         return keys
 

@@ -82,6 +82,7 @@ def open_index(
     ef_search: int = 256,
     read_cache_mib: int = 128,
     reads_on_loop: bool = True,
+    keyword_share: str = "full",
 ) -> Index:
     """The engine for `uri` (not opened yet)."""
     if is_server_uri(uri):
@@ -90,4 +91,6 @@ def open_index(
         return MilvusIndex(uri, default_collection, token, ef_search)
     from amcsearch.search.embedded_index import EmbeddedIndex
 
-    return EmbeddedIndex(uri, default_collection, hnsw_min_rows, ef_search, read_cache_mib, reads_on_loop)
+    return EmbeddedIndex(
+        uri, default_collection, hnsw_min_rows, ef_search, read_cache_mib, reads_on_loop, keyword_share
+    )

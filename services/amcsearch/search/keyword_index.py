@@ -37,6 +37,18 @@ FIRST_BLOCK = 64
 DENSE_SHARE = 0.15
 """When the threshold algorithm has read this share of the query's postings without stopping,
 scoring every matching image at once is cheaper (a few array passes over all the postings)."""
+_STOPWORD_TEXT = (
+    "a about above after again against all am an and any are as at be because been before being below"
+    " between both but by can could did do does doing down during each few for from further had has have"
+    " having he her here hers herself him himself his how i if in into is it its itself just me more most"
+    " my myself no nor not now of off on once only or other our ours ourselves out over own same she"
+    " should so some such than that the their theirs them themselves then there these they this those"
+    " through to too under until up very was we were what when where which while who whom why will with"
+    " would you your yours yourself"
+)
+STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+"""English function words (Snowball's English stop list), left out of KeywordIndex.coverage only: BM25
+itself still scores them as FTS5 does."""
 _TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
 _STEMMER = snowballstemmer.stemmer("porter")
 
@@ -223,6 +235,26 @@ class KeywordIndex:
         if weights is None or limit <= 0:
             return empty
         return self._threshold_top(weights, limit, self._allowed_mask(allowed))
+
+    def coverage(self, text: str) -> float:
+        """How much of the query this collection's keywords know, 0..1: the idf mass of its
+        content words that are indexed terms, over that mass plus, for each word never indexed,
+        the idf an unseen term would have. A query worded in the keywords' own words gets 1;
+        "holiday photos" against keywords that know "photo" (in most images) but not "holiday"
+        gets about 0, as BM25 can only answer it with noise."""
+        if self.alive == 0:
+            return 0.0
+        words = {w for w in _TOKEN.findall(text.lower()) if len(w) > 1 and w not in STOPWORDS}
+        unseen = float(np.log((self.alive + 0.5) / 0.5))
+        known = unknown = 0.0
+        for word in words:
+            term_id = self.term_ids.get(stem(word))
+            if term_id is None or self.df[term_id] <= 0:
+                unknown += unseen
+                continue
+            n = float(self.df[term_id])
+            known += max(float(np.log((self.alive - n + 0.5) / (n + 0.5))), MIN_IDF)
+        return known / (known + unknown) if known > 0 else 0.0
 
     def _query_weights(self, terms: list[str]) -> np.ndarray | None:
         """Per term id, idf x the number of the query's words with that stem (0 elsewhere)."""

@@ -71,6 +71,10 @@ class SearchSettings:
     candidate_source: str = "hybrid"
     """Where text searches get their candidates when the request leaves it unset: vector,
     keyword or hybrid (benchmarks/QUALITY.md compares them)."""
+    keyword_share: str = "full"
+    """How many candidates the keyword route gives (embedded engine): full (as many as asked) or
+    coverage (that many times the share of the query the collection's keywords know, so the
+    vector route fills the rest; keyword_index.py KeywordIndex.coverage, benchmarks/LAYOUT.md)."""
     hybrid_merge: str = "rrf"
     """How hybrid merges the two lists: rrf (reciprocal rank fusion, N candidates) or union (up to 2N)."""
     rescore_budget_share: float = 0.5
@@ -102,6 +106,8 @@ class SearchSettings:
             )
         if self.candidate_source not in ("vector", "keyword", "hybrid"):
             raise SettingsError("SEARCH_CANDIDATE_SOURCE must be vector, keyword or hybrid")
+        if self.keyword_share not in ("full", "coverage"):
+            raise SettingsError("SEARCH_KEYWORD_SHARE must be full or coverage")
         if self.hybrid_merge not in ("rrf", "union"):
             raise SettingsError("SEARCH_HYBRID_MERGE must be rrf or union")
         if not 0 < self.rescore_budget_share <= 1:
