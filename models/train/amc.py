@@ -47,7 +47,7 @@ class AMCBudget:
     negatives: int = 4
     extra_queries_per_family: int = 0
     warm_start: bool = True  # AMC Full starts from the trained ImgATT VAN and KeyATT LAN
-    paraphrase_copies: int = 1
+    paraphrase_copies: int = 3
     """Each training query also appears this many times reworded (models/corpus/paraphrase.py,
     seeded apart from evaluation's seed), so the rescorer learns the wording users use."""
     where_weight: float = 1.0
