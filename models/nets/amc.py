@@ -87,10 +87,13 @@ class VisualAttention(nn.Module):
         self.where = nn.Linear(query_dim, grid * grid)
         nn.init.zeros_(self.where.weight)
         nn.init.zeros_(self.where.bias)
+        self.where_input_scale = math.sqrt(query_dim)
 
     def where_logits(self, query: torch.Tensor) -> torch.Tensor:
-        """log p_q [B, G*G] (log-softmax of the where head)."""
-        return torch.log_softmax(self.where(query), dim=1)
+        """log p_q [B, G*G] (log-softmax of the where head). The query is a unit vector whose
+        components are about 1/sqrt(D): scaled to about 1 first, so that the head's weights can
+        reach peaked logits within a few epochs."""
+        return torch.log_softmax(self.where(query * self.where_input_scale), dim=1)
 
     def kernels(self, query: torch.Tensor) -> torch.Tensor:
         """s_q flattened [B, d*k*k] in (channel, row, column) order."""
