@@ -11,7 +11,7 @@ MODELS := text_encoder image_encoder keyword_tagger amc_rescorer composer ynet_s
 MODEL_FILES := $(foreach m,$(MODELS),model_repository/$(m)/1/model.pt)
 STAMP := $(VENV)/.installed-$(shell sha256sum requirements.lock | cut -c1-12)
 
-.PHONY: help setup chromium proto models export eval check-index up demo test test-unit test-integration bench loadtest lint clean redis-server prometheus
+.PHONY: help setup chromium proto models export eval layout-directions check-index up demo test test-unit test-integration bench loadtest lint clean redis-server prometheus
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ export: $(STAMP) ## rewrite model_repository/ from the checkpoints of the last `
 eval: models ## evaluate on the held-out split and write benchmarks/QUALITY.md
 	@echo "== eval: size $(MODEL_SIZE)"
 	$(PY) -m models.eval --size $(MODEL_SIZE) --seed $(SEED) --checkpoints build/checkpoints --out benchmarks/QUALITY.md
+
+layout-directions: models ## retrain AMC with each way of using its where head, score them on validation: benchmarks/LAYOUT.md (~10 min)
+	$(PY) -m models.eval.layout --size $(MODEL_SIZE) --seed $(SEED) --checkpoints build/checkpoints --out benchmarks/LAYOUT.md
 
 # ARGS passes options through: make up ARGS=--free-ports, make loadtest ARGS="--shape step".
 ARGS ?=

@@ -376,6 +376,8 @@ def run_directions(
     return results, len(held_queries)
 
 
+GENERATED_END = "<!-- the table above is written by python -m models.eval.layout; what follows is kept -->"
+
 DIRECTION_NOTES = {
     "none": "AMC as published: the VAN's content attention only",
     "term": "score + w log(36 sum a p_q + 0.01): the where head's placement term",
@@ -440,8 +442,11 @@ def main(argv: list[str] | None = None) -> None:
     results, n_held = run_directions(
         corpus, load_image_encoder(folder, "image_encoder"), key_att, text_encoder, tokenizer, args.seed, args.size
     )
-    document = format_directions(results, n_held, time.perf_counter() - started)
+    document = format_directions(results, n_held, time.perf_counter() - started) + "\n" + GENERATED_END + "\n"
     print(document)
+    earlier = args.out.read_text() if args.out.exists() else ""
+    if GENERATED_END in earlier:  # the follow-up runs written below the table stay
+        document += earlier.split(GENERATED_END, 1)[1].lstrip("\n").join(["\n", ""])
     args.out.write_text(document)
 
 
