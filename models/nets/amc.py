@@ -47,7 +47,7 @@ MODES = ("full", "img", "key")
 LAYOUTS = ("none", "term", "prior", "both")
 """How the query's "where" (VisualAttention.where) enters the score: not at all (AMC as published), as the
 placement term, as a prior on the VAN's attention logits, or both."""
-LAYOUT = "both"
+LAYOUT = "term"
 """The default, chosen on the held-out TRAIN queries over the whole TRAIN gallery
 (benchmarks/LAYOUT.md, `python -m models.eval.layout`)."""
 PLACEMENT_FLOOR = 0.01
