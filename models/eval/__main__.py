@@ -27,7 +27,15 @@ from amcsearch.query_encoder.tokenize import Tokenizer
 from models.corpus import load_or_build_corpus
 from models.corpus.paraphrase import paraphrased
 from models.corpus.street_shop import load_or_build_street_shop
-from models.eval import composed, cross_domain, image_search, layout, text_search, whole_index
+from models.eval import (
+    composed,
+    cross_domain,
+    evaluation_parser,
+    image_search,
+    layout,
+    text_search,
+    whole_index,
+)
 from models.export.checkpoints import load_amc_models, load_composer_models, load_image_encoder, load_ynet_models
 from models.nets.text_encoder import load_text_encoder
 
@@ -137,13 +145,7 @@ def reproducibility_section() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m models.eval", description=__doc__.split("\n")[0])
-    parser.add_argument("--size", choices=("ci", "demo", "full"), default="demo")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--checkpoints", type=Path, default=Path("build/checkpoints"))
-    parser.add_argument("--corpus-cache", type=Path, default=Path("build/corpus"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/QUALITY.md"))
-    args = parser.parse_args(argv)
+    args = evaluation_parser("python -m models.eval", __doc__.split("\n")[0], "benchmarks/QUALITY.md").parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(os.cpu_count() or 1)

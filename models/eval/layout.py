@@ -23,7 +23,6 @@ of them on that validation, never on TEST.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import itertools
 import logging
@@ -42,6 +41,7 @@ from torch import nn
 from models.corpus.paraphrase import paraphrased
 from models.corpus.queries import grade
 from models.corpus.vocab import CELLS, COLORS, SHAPES
+from models.eval import evaluation_parser
 from models.eval.whole_index import (
     CANDIDATES,
     CandidateSource,
@@ -425,13 +425,9 @@ def main(argv: list[str] | None = None) -> None:
     from models.export.checkpoints import load_amc_models, load_image_encoder
     from models.nets.text_encoder import load_text_encoder
 
-    parser = argparse.ArgumentParser(prog="python -m models.eval.layout", description=__doc__.split("\n")[0])
-    parser.add_argument("--size", choices=("ci", "demo", "full"), default="demo")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--checkpoints", type=Path, default=Path("build/checkpoints"))
-    parser.add_argument("--corpus-cache", type=Path, default=Path("build/corpus"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/LAYOUT.md"))
-    args = parser.parse_args(argv)
+    args = evaluation_parser("python -m models.eval.layout", __doc__.split("\n")[0], "benchmarks/LAYOUT.md").parse_args(
+        argv
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(os.cpu_count() or 1)
     started = time.perf_counter()
