@@ -212,7 +212,15 @@ def triton_environment(server_dir: Path) -> dict[str, str]:
     # idle OpenMP threads spin, so on a few cores one model's pool starves the next model's
     # forward (a Search p50 of 105 ms instead of 33 ms on 2 cores). Passive threads sleep.
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env.setdefault("GLIBC_TUNABLES", STUB_MALLOC_TUNABLES)
     return env
+
+
+STUB_MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=67108864:glibc.malloc.trim_threshold=268435456"
+"""Keep a stub's freed forward buffers in its heap. Without this, every amc_rescorer forward in a
+stub took ~550 fresh pages from the kernel (1,660 minor faults per request of three forwards,
+none in-process) and ran in 5 ms instead of 2.2-3 ms; the faults vanish with these thresholds
+(benchmarks/RESULTS.md, Triton compute against in-process)."""
 
 
 def triton_process(
