@@ -212,15 +212,17 @@ def triton_environment(server_dir: Path) -> dict[str, str]:
     # idle OpenMP threads spin, so on a few cores one model's pool starves the next model's
     # forward (a Search p50 of 105 ms instead of 33 ms on 2 cores). Passive threads sleep.
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    env.setdefault("GLIBC_TUNABLES", STUB_MALLOC_TUNABLES)
+    env.setdefault("GLIBC_TUNABLES", MALLOC_TUNABLES)
     return env
 
 
-STUB_MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=67108864:glibc.malloc.trim_threshold=268435456"
-"""Keep a stub's freed forward buffers in its heap. Without this, every amc_rescorer forward in a
-stub took ~550 fresh pages from the kernel (1,660 minor faults per request of three forwards,
-none in-process) and ran in 5 ms instead of 2.2-3 ms; the faults vanish with these thresholds
-(benchmarks/RESULTS.md, Triton compute against in-process)."""
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=67108864:glibc.malloc.trim_threshold=268435456"
+"""Keep freed megabyte buffers in the process's heap instead of giving them back to the kernel.
+Set for the Triton stubs and every service. Without it, every amc_rescorer forward in a stub took
+~550 fresh pages (1,660 minor faults per request of three forwards, none in-process) and ran in
+5 ms instead of 2.2-3 ms, and the gateway and AttentionRescorer paid the same for each Rescore's
+megabytes of tensors (a BatchSearch of 8: 3.4 -> 1.5 ms of AttentionRescorer CPU per query,
+5.0 -> 3.3 ms of gateway CPU, 56 -> 72 queries/s). docs/decisions/0003-python-backend.md."""
 
 
 def triton_process(
@@ -336,6 +338,7 @@ def service_process(
     host: str | None = None,
 ) -> Process:
     child_env = dict(os.environ)
+    child_env.setdefault("GLIBC_TUNABLES", MALLOC_TUNABLES)
     child_env.update(env)
     child_env[f"{prefix}_PORT"] = str(port)
     child_env[f"{prefix}_METRICS_PORT"] = str(metrics_port)

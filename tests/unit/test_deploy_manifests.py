@@ -208,6 +208,15 @@ def test_dockerfile_copies_what_exists_and_has_the_service_target() -> None:
         assert needed not in ignored
 
 
+def test_service_images_keep_freed_buffers_as_local_services_do() -> None:
+    """The image's GLIBC_TUNABLES is processes.MALLOC_TUNABLES, which every local service and
+    Triton stub gets (docs/decisions/0003-python-backend.md)."""
+    from amcsearch.processes import MALLOC_TUNABLES
+
+    dockerfile = (DEPLOY / "docker/Dockerfile").read_text()
+    assert re.search(rf"GLIBC_TUNABLES={re.escape(MALLOC_TUNABLES)}\s*$", dockerfile, flags=re.M)
+
+
 def test_the_port_table_has_one_source() -> None:
     """amcsearch/ports.py SERVICES: the entrypoint delegates to amcsearch.container, the health
     check imports it, and the Dockerfile exposes exactly its ports."""

@@ -176,3 +176,17 @@ def test_search_addr_gives_the_gateways_port_when_search_port_is_unset(tmp_path)
         )
         with pytest.raises(PortTakenError, match=f"port {port} \\(search gRPC\\).*set SEARCH_ADDR"):
             stack.start()
+
+
+def test_services_and_triton_stubs_get_the_malloc_thresholds_unless_set(tmp_path, monkeypatch):
+    """Without them a stub's forward and a service's megabyte tensors fault in fresh pages on
+    every request (docs/decisions/0003-python-backend.md); an operator's own value wins."""
+    from amcsearch import processes
+
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    service = processes.service_process("amcsearch.search", "SEARCH", 1, 2, {}, tmp_path, tmp_path)
+    assert service.env["GLIBC_TUNABLES"] == processes.MALLOC_TUNABLES
+    assert processes.triton_environment(tmp_path)["GLIBC_TUNABLES"] == processes.MALLOC_TUNABLES
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    service = processes.service_process("amcsearch.search", "SEARCH", 1, 2, {}, tmp_path, tmp_path)
+    assert service.env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"
