@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from models.features.composed import compose_all, composed_recall, precompute_features
+from models.features.composed import KS, compose_all, first_hit_ranks, precompute_features
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,11 @@ METHOD_NAMES = {
     "lbf": "Locally bounded",
 }
 """Row order and display names: the papers' expected order, weakest first."""
+
+PAPER_ORDER = (("concat", "tirg"), ("tirg", "lbf"))
+"""Each pair (weaker, stronger) as the papers report them: TIRG beats concatenation, the locally
+bounded composer beats TIRG."""
+BOOTSTRAP_RESAMPLES = 2000
 
 
 def evaluate_composed(
@@ -49,10 +55,12 @@ def evaluate_composed(
         if key not in composers:
             continue
         vectors = compose_all(composers[key], feats, rows_all)
-        recall = composed_recall(vectors, feats.image_emb, feats.labels, feats.source, feats.target_labels)
+        first = first_hit_ranks(vectors, feats.image_emb, feats.labels, feats.source, feats.target_labels)
+        recall = {k: float((first < k).float().mean()) if len(first) else 0.0 for k in KS}
         row: dict[str, Any] = {"method": name, "key": key}
         row.update({f"R@{k}": round(v, 4) for k, v in recall.items()})
         row["queries"] = feats.n_queries
+        row["hits@1"] = (first == 0).numpy()
         row["exported"] = composers[key] is exported
         table.append(row)
         log.info("composed %s: %s", name, recall)
@@ -65,4 +73,39 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         mark = " (exported)" if r.get("exported") else ""
         lines.append(f"| {r['method']}{mark} | {r['R@1']:.3f} | {r['R@5']:.3f} | {r['R@10']:.3f} | {r['R@50']:.3f} |")
+    return "\n".join(lines)
+
+
+def paired_difference(stronger: np.ndarray, weaker: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of stronger - weaker over the same queries (hits as 0/1) and its 95% paired-bootstrap
+    interval: the queries are resampled with replacement, both methods keep their own answer."""
+    diff = stronger.astype(np.float64) - weaker.astype(np.float64)
+    if not len(diff):
+        return 0.0, 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), (BOOTSTRAP_RESAMPLES, len(diff)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(diff.mean()), float(low), float(high)
+
+
+def ordering_table(rows: list[dict[str, Any]]) -> str:
+    """The papers' orderings at R@1, paired over the same TEST queries, with what the queries can
+    resolve: a difference whose interval holds 0 is not told apart from a tie."""
+    by_key = {r["key"]: r for r in rows}
+    lines = [
+        "| papers' ordering | R@1 difference | 95% interval (paired bootstrap) | verdict |",
+        "| --- | --- | --- | --- |",
+    ]
+    for weaker, stronger in PAPER_ORDER:
+        if weaker not in by_key or stronger not in by_key:
+            continue
+        mean, low, high = paired_difference(by_key[stronger]["hits@1"], by_key[weaker]["hits@1"])
+        if low > 0:
+            verdict = "holds"
+        elif high < 0:
+            verdict = "reversed"
+        else:
+            verdict = "holds within noise" if mean >= 0 else "reversed within noise"
+        name = f"{by_key[stronger]['method']} > {by_key[weaker]['method']}"
+        lines.append(f"| {name} | {mean:+.3f} | {low:+.3f} .. {high:+.3f} | {verdict} |")
     return "\n".join(lines)

@@ -118,6 +118,33 @@ def precompute_features(
     )
 
 
+def first_hit_ranks(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    gallery_labels: torch.Tensor,
+    source_index: torch.Tensor,
+    target_labels: torch.Tensor,
+    k_max: int = max(KS),
+    chunk: int = 1024,
+) -> torch.Tensor:
+    """Per query, the rank (0 = first) of its first target-label image, k_max when none is in the
+    top k_max. queries [Q, D] and gallery [N, D] are compared by cosine; gallery row
+    source_index[q] is excluded for query q."""
+    q_all = F.normalize(queries.float(), dim=1)
+    g = F.normalize(gallery.float(), dim=1)
+    k_max = min(k_max, g.shape[0] - 1)
+    ranks = []
+    for start in range(0, q_all.shape[0], chunk):
+        q = q_all[start : start + chunk]
+        sims = q @ g.T
+        rows = torch.arange(q.shape[0])
+        sims[rows, source_index[start : start + chunk]] = float("-inf")
+        top = sims.topk(k_max, dim=1).indices
+        match = gallery_labels[top] == target_labels[start : start + chunk, None]
+        ranks.append(torch.where(match.any(1), match.float().argmax(1), torch.full_like(rows, k_max)))
+    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+
+
 def composed_recall(
     queries: torch.Tensor,
     gallery: torch.Tensor,
@@ -127,27 +154,10 @@ def composed_recall(
     ks: tuple[int, ...] = KS,
     chunk: int = 1024,
 ) -> dict[int, float]:
-    """Recall@K for each K: fraction of queries with a target-label image in their top K.
-
-    queries [Q, D] and gallery [N, D] are compared by cosine; gallery row source_index[q] is
-    excluded for query q.
-    """
-    q_all = F.normalize(queries.float(), dim=1)
-    g = F.normalize(gallery.float(), dim=1)
-    k_max = min(max(ks), g.shape[0] - 1)
-    hits = dict.fromkeys(ks, 0)
-    for start in range(0, q_all.shape[0], chunk):
-        q = q_all[start : start + chunk]
-        sims = q @ g.T
-        rows = torch.arange(q.shape[0])
-        sims[rows, source_index[start : start + chunk]] = float("-inf")
-        top = sims.topk(k_max, dim=1).indices
-        match = gallery_labels[top] == target_labels[start : start + chunk, None]
-        first = torch.where(match.any(1), match.float().argmax(1), torch.full_like(rows, k_max))
-        for k in ks:
-            hits[k] += int((first < k).sum())
-    n = max(q_all.shape[0], 1)
-    return {k: hits[k] / n for k in ks}
+    """Recall@K for each K: fraction of queries with a target-label image in their top K."""
+    first = first_hit_ranks(queries, gallery, gallery_labels, source_index, target_labels, max(ks), chunk)
+    n = max(queries.shape[0], 1)
+    return {k: int((first < k).sum()) / n for k in ks}
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.eval.composed import evaluate_composed
+from models.eval.composed import evaluate_composed, ordering_table, paired_difference
 from models.features.composed import composed_recall, precompute_features
 from models.nets.composer import COMPOSERS, build_composer, load_composers
 from models.train.composer import batch_classification_loss, holdout_rows, synthesize_queries, train_composers
@@ -172,6 +172,33 @@ def test_train_composers_and_evaluate_end_to_end(text_parts) -> None:
     assert sum(r["exported"] for r in rows) == 1
     for r in rows:
         assert 0.0 <= r["R@1"] <= r["R@5"] <= r["R@10"] <= r["R@50"] <= 1.0
+        assert r["hits@1"].shape == (r["queries"],) and r["hits@1"].mean() == pytest.approx(r["R@1"], abs=1e-4)
+    assert ordering_table(rows).count("\n") == 3  # header, rule and the two orderings
+
+
+def test_the_ordering_verdict_follows_the_paired_interval() -> None:
+    rng = np.random.default_rng(0)
+    weak = (rng.random(300) < 0.5).astype(np.int64)
+
+    def verdict(stronger: np.ndarray) -> str:
+        rows = [
+            {"key": "concat", "method": "Concat", "hits@1": weak},
+            {"key": "tirg", "method": "TIRG", "hits@1": stronger},
+        ]
+        return ordering_table(rows).splitlines()[-1].rsplit("|", 2)[1].strip()
+
+    better = weak.copy()
+    better[np.flatnonzero(weak == 0)[:60]] = 1  # 60 more hits of 300: clearly better
+    assert verdict(better) == "holds"
+    assert verdict(weak) == "holds within noise"  # identical answers: a tie
+    worse_by_three = weak.copy()
+    worse_by_three[np.flatnonzero(weak == 1)[:3]] = 0
+    assert verdict(worse_by_three) == "reversed within noise"
+    clearly_worse = weak.copy()
+    clearly_worse[np.flatnonzero(weak == 1)[:60]] = 0
+    assert verdict(clearly_worse) == "reversed"
+    mean, low, high = paired_difference(better, weak)
+    assert mean == pytest.approx(0.2) and low < mean < high
 
 
 def test_synthetic_queries_follow_the_corpus_rules() -> None:
