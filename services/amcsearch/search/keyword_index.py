@@ -122,6 +122,9 @@ class KeywordIndex:
         self.term_ids: dict[str, int] = {}
         self.postings: dict[tuple[int, int], _Postings] = {}
         """(term id, count in the image) -> postings."""
+        self.counts_of_term: dict[int, list[int]] = {}
+        """Per term id, the counts it has postings for, in the order they were first seen: a
+        query reads its own terms' lists without walking every list of the index."""
         self.doc_row = _Column(np.int64)
         self.doc_length = _Column(np.int32)
         self.doc_alive = _Column(np.bool_)
@@ -180,7 +183,10 @@ class KeywordIndex:
         bounds = np.flatnonzero(np.any(np.diff(keys, axis=0) != 0, axis=1)) + 1
         for part in np.split(order, bounds):
             key = (int(pair_term[part[0]]), int(counts[part[0]]))
-            self.postings.setdefault(key, _Postings()).docs.extend(pair_doc[part].astype(np.int32))
+            if key not in self.postings:
+                self.postings[key] = _Postings()
+                self.counts_of_term.setdefault(key[0], []).append(key[1])
+            self.postings[key].docs.extend(pair_doc[part].astype(np.int32))
         by_term = np.lexsort((pair_doc, pair_term))
         edges = np.flatnonzero(np.diff(pair_term[by_term]) != 0) + 1
         for part in np.split(by_term, edges):
@@ -291,8 +297,9 @@ class KeywordIndex:
         lengths = self.doc_length.view
         lists = [
             (term, float(weights[term]), count, postings.ordered(lengths))
-            for (term, count), postings in self.postings.items()
-            if weights[term] > 0 and postings.docs.size
+            for term in np.flatnonzero(weights > 0).tolist()
+            for count in self.counts_of_term.get(term, ())
+            if (postings := self.postings[(term, count)]).docs.size
         ]
         seen = np.zeros(len(eligible), dtype=np.bool_)
         best_docs = np.zeros(0, np.int64)
