@@ -296,10 +296,10 @@ class KeywordIndex:
     def _threshold_top(self, weights: np.ndarray, limit: int, eligible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         lengths = self.doc_length.view
         lists = [
-            (term, float(weights[term]), count, postings.ordered(lengths))
+            (term, float(weights[term]), count, listed.ordered(lengths))
             for term in np.flatnonzero(weights > 0).tolist()
             for count in self.counts_of_term.get(term, ())
-            if (postings := self.postings[(term, count)]).docs.size
+            if (listed := self.postings[(term, count)]).docs.size
         ]
         seen = np.zeros(len(eligible), dtype=np.bool_)
         best_docs = np.zeros(0, np.int64)
