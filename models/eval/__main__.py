@@ -38,6 +38,7 @@ from models.eval import (
 )
 from models.export.checkpoints import load_amc_models, load_composer_models, load_image_encoder, load_ynet_models
 from models.nets.text_encoder import load_text_encoder
+from models.train import cpu_model
 
 
 def _load_average(load: list[float] | tuple[float, ...]) -> str:
@@ -179,7 +180,8 @@ def main(argv: list[str] | None = None) -> None:
         "size and seed), on the TEST split of the synthetic scene corpus; nothing was tuned on it.",
         "",
         f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
-        f"- machine: {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__},"
+        f"- machine: {platform.platform()}, {platform.machine()}, {cpu_model()}, {os.cpu_count()} CPUs,"
+        f" torch {torch.__version__},"
         f" {torch.get_num_threads()} threads",
         f"- corpus: size `{args.size}`, seed {args.seed}: {len(corpus.train.images)} train / {len(test.images)} test"
         f" images; test queries: {len(test.text_queries)} text, {len(test.image_queries)} by image,"

@@ -33,6 +33,7 @@ from models.export.repository import export_repository
 from models.export.triton_repo import run_with_fixed_hash_seed
 from models.nets.image_encoder import ImageEncoder, count_parameters
 from models.nets.text_encoder import load_text_encoder
+from models.train import cpu_model
 from models.train.amc import train_amc
 from models.train.composer import train_composers
 from models.train.image_encoder import train_image_encoder, train_keyword_tagger
@@ -105,17 +106,6 @@ def save_checkpoints(modules: dict[str, nn.Module], folder: Path) -> dict[str, d
             "parameters": count_parameters(module),
         }
     return info
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else platform's best guess."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> None:
