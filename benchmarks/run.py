@@ -46,6 +46,7 @@ from benchmarks.served_quality import whole_index_ndcg
 from loadtests.auth import write_metadata
 from loadtests.stack import start_stack
 from models.export.triton_repo import keyword_vocabulary, read_config
+from models.train import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = (1, 4, 16)
@@ -69,14 +70,7 @@ def parse_size(text: str) -> int:
 
 
 def machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    cpu = cpu_model()
     memory = (
         int(
             next(

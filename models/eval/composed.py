@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.features.composed import KS, compose_all, first_hit_ranks, precompute_features
+from models.features.composed import compose_all, first_hit_ranks, precompute_features, recall_at
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def evaluate_composed(
             continue
         vectors = compose_all(composers[key], feats, rows_all)
         first = first_hit_ranks(vectors, feats.image_emb, feats.labels, feats.source, feats.target_labels)
-        recall = {k: float((first < k).float().mean()) if len(first) else 0.0 for k in KS}
+        recall = recall_at(first)
         row: dict[str, Any] = {"method": name, "key": key}
         row.update({f"R@{k}": round(v, 4) for k, v in recall.items()})
         row["queries"] = feats.n_queries

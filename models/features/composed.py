@@ -156,7 +156,12 @@ def composed_recall(
 ) -> dict[int, float]:
     """Recall@K for each K: fraction of queries with a target-label image in their top K."""
     first = first_hit_ranks(queries, gallery, gallery_labels, source_index, target_labels, max(ks), chunk)
-    n = max(queries.shape[0], 1)
+    return recall_at(first, ks)
+
+
+def recall_at(first: torch.Tensor, ks: tuple[int, ...] = KS) -> dict[int, float]:
+    """Recall@K for each K from first_hit_ranks."""
+    n = max(first.shape[0], 1)
     return {k: int((first < k).sum()) / n for k in ks}
 
 
