@@ -8,7 +8,8 @@ export PYTHONPATH := $(CURDIR)/services:$(CURDIR)
 MODEL_SIZE ?= $(if $(CI),ci,demo)
 SEED ?= 0
 MODELS := text_encoder image_encoder keyword_tagger amc_rescorer composer ynet_shop ynet_street ctx_ynet
-MODEL_FILES := $(foreach m,$(MODELS),model_repository/$(m)/1/model.pt)
+MODEL_FILES := $(foreach m,$(MODELS),model_repository/$(m)/1/model.pt) model_repository/keyword_tagger/placements.txt
+# placements.txt: a repository exported before the tagger said where things are is retrained
 STAMP := $(VENV)/.installed-$(shell sha256sum requirements.lock | cut -c1-12)
 
 .PHONY: help setup chromium proto models export eval layout-directions check-index up demo test test-unit test-integration bench loadtest lint clean redis-server prometheus

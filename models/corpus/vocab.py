@@ -9,20 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from amcsearch.runtime.keywords import CELL_NAMES, placement_label
+
 COLORS: tuple[str, ...] = ("gray", "red", "blue", "green", "brown", "purple", "cyan", "yellow")
 SHAPES: tuple[str, ...] = ("rectangle", "circle", "triangle")
 SIZES: tuple[str, ...] = ("small", "large")
-CELLS: tuple[str, ...] = (
-    "top-left",
-    "top-center",
-    "top-right",
-    "middle-left",
-    "middle-center",
-    "middle-right",
-    "bottom-left",
-    "bottom-center",
-    "bottom-right",
-)
+CELLS: tuple[str, ...] = CELL_NAMES
+"""The 3 x 3 grid, row-major ("top-left" ... "bottom-right"): the serving code's own names, so
+that the tagger's placements ("red@top-left") and a query's named place agree with the corpus."""
 THEMES: tuple[str, ...] = ("festive", "vintage", "sale", "wedding", "travel", "sport")
 
 COLOR_RGB: dict[str, tuple[int, int, int]] = {
@@ -95,6 +89,12 @@ DISTRACTORS: tuple[str, ...] = (
 )
 
 KEYWORD_VOCAB: tuple[str, ...] = COLORS + SHAPES + SIZES + THEMES + DISTRACTORS
+PLACEMENT_ATTRIBUTES: tuple[str, ...] = COLORS + SHAPES + SIZES
+"""What the tagger says of each cell's object (models/nets/keyword_tagger.py PlacementHead)."""
+PLACEMENT_LABELS: tuple[str, ...] = tuple(
+    placement_label(attribute, cell) for cell in range(len(CELLS)) for attribute in PLACEMENT_ATTRIBUTES
+)
+"""The tagger's placement outputs in order, cell-major (placements.txt)."""
 
 PLURALS: dict[str, str] = {"rectangle": "rectangles", "circle": "circles", "triangle": "triangles"}
 NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five")

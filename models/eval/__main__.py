@@ -36,7 +36,13 @@ from models.eval import (
     text_search,
     whole_index,
 )
-from models.export.checkpoints import load_amc_models, load_composer_models, load_image_encoder, load_ynet_models
+from models.export.checkpoints import (
+    load_amc_models,
+    load_composer_models,
+    load_image_encoder,
+    load_keyword_tagger,
+    load_ynet_models,
+)
 from models.nets.text_encoder import load_text_encoder
 from models.train import cpu_model
 
@@ -107,20 +113,42 @@ DEPTHS = (100, 200, 300)
 """Candidate list lengths of the depth diagnostic (hybrid source)."""
 
 
-def whole_index_section(corpus, amc_full, image_encoder, text_encoder, tokenizer) -> str:
+def whole_index_section(corpus, amc_full, image_encoder, text_encoder, tokenizer, tagger) -> str:
     """The whole-index tables: per candidate source, the layout diagnostics, candidate depth and
-    paraphrases."""
+    paraphrases. The gallery holds the tagger's placements, as the service indexes it."""
     test, vocab = corpus.test, list(corpus.keyword_vocab)
     common = (test, amc_full, image_encoder, text_encoder, tokenizer, vocab)
-    original = whole_index.evaluate_whole_index(*common)
+    original = whole_index.evaluate_whole_index(*common, tagger=tagger)
     reworded = whole_index.evaluate_whole_index(
-        *common, queries=paraphrased(test.text_queries, PARAPHRASE_SEED), sources=("vector", "keyword", "hybrid")
+        *common,
+        queries=paraphrased(test.text_queries, PARAPHRASE_SEED),
+        sources=("vector", "keyword", "hybrid"),
+        tagger=tagger,
     )
-    depth = [(n, whole_index.evaluate_whole_index(*common, limit=n, sources=("hybrid",))) for n in DEPTHS]
+    depth = [
+        (n, whole_index.evaluate_whole_index(*common, limit=n, sources=("hybrid",), tagger=tagger)) for n in DEPTHS
+    ]
     blind = whole_index.evaluate_whole_index(
-        test, layout.where_off(amc_full), image_encoder, text_encoder, tokenizer, vocab, sources=("hybrid",)
+        test,
+        layout.where_off(amc_full),
+        image_encoder,
+        text_encoder,
+        tokenizer,
+        vocab,
+        sources=("hybrid",),
+        tagger=tagger,
     )
+    unplaced = whole_index.evaluate_whole_index(*common, sources=("hybrid",))
     original["rows"].append(blind["rows"][-1] | {"method": "AMC Full, where head off (ablation)"})
+    original["rows"].append(unplaced["rows"][-1] | {"method": "AMC Full, no placements in the index (ablation)"})
+    hybrid_recall = next(i for i, d in enumerate(original["diagnostics"]) if "hybrid candidates" in d["diagnostic"])
+    original["diagnostics"].insert(
+        hybrid_recall + 1,
+        {
+            "diagnostic": "layout: fully relevant images in the hybrid candidates without placements (recall)",
+            "value": unplaced["diagnostics"][0]["value"],
+        },
+    )
     diagnostics = layout.diagnostics(corpus, amc_full, image_encoder, text_encoder, tokenizer)
     return "\n\n".join(
         [
@@ -162,7 +190,10 @@ def main(argv: list[str] | None = None) -> None:
 
     amc_models = load_amc_models(folder)
     text = text_search.evaluate_text_search(corpus, amc_models, image_encoder, text_encoder, tokenizer, seed=args.seed)
-    whole_index_body = whole_index_section(corpus, amc_models["amc_full"], image_encoder, text_encoder, tokenizer)
+    tagger = load_keyword_tagger(folder, len(corpus.keyword_vocab))
+    whole_index_body = whole_index_section(
+        corpus, amc_models["amc_full"], image_encoder, text_encoder, tokenizer, tagger
+    )
     images = image_search.evaluate_image_search(
         corpus, load_image_encoder(folder, "image_encoder_untrained"), image_encoder
     )

@@ -286,19 +286,28 @@ class Validation:
     """The held-out TRAIN queries (original and paraphrased) with their hybrid candidates over the
     whole TRAIN gallery, for each keyword share, computed once and shared by every direction."""
 
-    def __init__(self, corpus: Any, held: list[Any], images: ImageFeatures, text_encoder: nn.Module, tokenizer: Any):
+    def __init__(
+        self,
+        corpus: Any,
+        held: list[Any],
+        images: ImageFeatures,
+        text_encoder: nn.Module,
+        tokenizer: Any,
+        tagger: nn.Module | None = None,
+        limit: int = CANDIDATES,
+    ):
         self.split = corpus.train
         self.images = served_features(images)
         self.sets: dict[str, tuple[list[Any], QueryFeatures]] = {}
         with tempfile.TemporaryDirectory() as directory:
-            source = CandidateSource(gallery_records(self.split, images), Path(directory))
+            source = CandidateSource(gallery_records(self.split, images, tagger), Path(directory))
             try:
                 for wording, queries in (("original", held), ("paraphrased", paraphrased(held, 7))):
                     base = query_features(self.split, queries, text_encoder, tokenizer)
                     for share in SHARES:
                         source.index.keyword_share = share
                         lists = [
-                            source.candidates(base.embedding[i].numpy(), q.text, "hybrid", CANDIDATES)
+                            source.candidates(base.embedding[i].numpy(), q.text, "hybrid", limit)
                             for i, q in enumerate(queries)
                         ]
                         self.sets[f"{wording}/{share}"] = (

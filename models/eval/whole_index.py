@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from amcsearch.keyword_tagger.settings import KeywordTaggerSettings
+from amcsearch.runtime.keywords import placement_label
 from amcsearch.runtime.quantize import dequantize_regions, quantize_regions
 from amcsearch.search.embedded_index import EmbeddedIndex
 from amcsearch.search.pipeline import merge_candidates, merge_keywords
@@ -31,7 +33,9 @@ from amcsearch.search.settings import SearchSettings
 from torch import nn
 
 from models.corpus.queries import grade
+from models.corpus.vocab import PLACEMENT_LABELS
 from models.metrics import ndcg_against_ideal
+from models.nets.image_encoder import cells_from_regions
 from models.train.amc import ImageFeatures, QueryFeatures, batch_outputs, image_features, query_features, score_all
 
 log = logging.getLogger(__name__)
@@ -45,15 +49,39 @@ default), and their union (up to 2 x CANDIDATES)."""
 FAMILIES = ("layout", "attribute", "theme", "mixed")
 
 
-def gallery_records(split: Any, images: ImageFeatures) -> list[Record]:
+def gallery_records(split: Any, images: ImageFeatures, tagger: nn.Module | None = None) -> list[Record]:
     """The test gallery as the service indexes it (benchmarks/served_quality.py, the served
-    test): the noisy keywords as the caller's weighted keywords, no automatic ones."""
+    test): the noisy keywords as the caller's weighted keywords, no automatic ones, and the
+    tagger's placements ("red@top-left"), which the service stores even with skip_auto_tags."""
     records = []
     regions, scales = quantize_regions(images.regions.numpy())
+    where = placements(tagger, images.regions) if tagger is not None else [[] for _ in split.images]
     for row, r in enumerate(split.images):
-        keywords = merge_keywords([], [(k, float(c)) for k, c in r.noisy_keywords], [])
+        keywords = merge_keywords([], [(k, float(c)) for k, c in r.noisy_keywords], [], where[row])
         records.append(Record(r.id, images.embedding[row].numpy(), regions[row], scales[row], r.caption, keywords, {}))
     return records
+
+
+def placement_accuracy(split: Any, found: list[list[tuple[str, float]]]) -> tuple[float, float]:
+    """(precision, recall) of the tagger's placements against the scene graphs."""
+    truth = [{placement_label(a, o.cell) for o in r.objects for a in (o.color, o.shape, o.size)} for r in split.images]
+    said = [{label for label, _ in row} for row in found]
+    hits = sum(len(t & s) for t, s in zip(truth, said, strict=True))
+    return hits / max(1, sum(map(len, said))), hits / max(1, sum(map(len, truth)))
+
+
+def placements(tagger: nn.Module, regions: torch.Tensor) -> list[list[tuple[str, float]]]:
+    """Per image, the tagger's placements as KeywordTagger serves them: its placement head on the
+    cells of the encoder's regions (what the exported tagger computes from the pixels), the
+    KEYWORD_TAGGER_MAX_PLACEMENTS most probable kept when >= KEYWORD_TAGGER_PLACEMENT_THRESHOLD."""
+    settings = KeywordTaggerSettings()
+    with torch.no_grad():
+        probabilities = torch.sigmoid(tagger.placements(cells_from_regions(regions))).numpy()
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, : settings.max_placements]
+    return [
+        [(PLACEMENT_LABELS[j], float(p[j])) for j in row if p[j] >= settings.placement_threshold]
+        for row, p in zip(order, probabilities, strict=True)
+    ]
 
 
 class CandidateSource:
@@ -181,16 +209,18 @@ def evaluate_whole_index(
     queries: list[Any] | None = None,
     limit: int = CANDIDATES,
     sources: tuple[str, ...] = SOURCES,
+    tagger: nn.Module | None = None,
 ) -> dict[str, Any]:
     """{"rows": [{"method", "source", NDCG per family}], "diagnostics": [...]} for the split's
-    text queries (or `queries`, e.g. their paraphrases) over its whole gallery."""
+    text queries (or `queries`, e.g. their paraphrases) over its whole gallery; the gallery
+    holds `tagger`'s placements when given (as the service indexes it)."""
     queries = list(split.text_queries if queries is None else queries)
     raw = image_features(split, image_encoder, text_encoder, tokenizer, vocab)
     images = served_features(raw)
     base = query_features(split, queries, text_encoder, tokenizer)
     rows, diagnostics = [], []
     with tempfile.TemporaryDirectory() as directory:
-        source = CandidateSource(gallery_records(split, raw), Path(directory))
+        source = CandidateSource(gallery_records(split, raw, tagger), Path(directory))
         try:
             lists = {
                 s: [source.candidates(base.embedding[i].numpy(), q.text, s, limit) for i, q in enumerate(queries)]
@@ -215,6 +245,14 @@ def evaluate_whole_index(
             }
         )
         log.info("whole index, AMC Full over %s candidates: NDCG@5 %.4f", s, rows[-1]["all@5"])
+    if tagger is not None:
+        precision, recall = placement_accuracy(split, placements(tagger, raw.regions))
+        diagnostics.append(
+            {"diagnostic": "placements: share of the tagger's that the scene has (precision)", "value": precision}
+        )
+        diagnostics.append(
+            {"diagnostic": "placements: share of the scene's that the tagger finds (recall)", "value": recall}
+        )
     mass, pairs = van_cell_mass(amc_full, split, queries, images, base)
     diagnostics.append(
         {

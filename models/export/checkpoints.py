@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from models.corpus.vocab import PLACEMENT_ATTRIBUTES
 from models.nets.amc import build_text_search_models
 from models.nets.composer import load_composers
 from models.nets.image_encoder import ImageEncoder
@@ -39,7 +40,7 @@ def load_image_encoder(folder: Path, name: str) -> nn.Module:
 
 
 def load_keyword_tagger(folder: Path, vocab_size: int) -> nn.Module:
-    module = KeywordTagger(ImageEncoder(), vocab_size)
+    module = KeywordTagger(ImageEncoder(), vocab_size, placement_attributes=len(PLACEMENT_ATTRIBUTES))
     module.load_state_dict(state(folder, "keyword_tagger"))
     return module.eval()
 

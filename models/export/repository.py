@@ -10,6 +10,7 @@ from typing import Any
 from amcsearch.runtime import contract as c
 from torch import nn
 
+from models.corpus.vocab import PLACEMENT_LABELS
 from models.export.triton_repo import build_id_of, export_model
 from models.nets.amc import ServedRescorer
 from models.nets.image_encoder import count_parameters
@@ -33,12 +34,19 @@ def export_repository(
     with the text_encoder) and lists the vocabulary in its config; ynet_shop takes tags as a
     multi-hot over the same vocabulary (tags.txt, and its config's `tag_vocabulary`). Returns
     sizes per model."""
-    specs = c.model_specs(len(vocab))
+    specs = c.model_specs(len(vocab), len(PLACEMENT_LABELS))
     vocabulary = embed_texts(text_encoder, list(vocab), tokenizer=tokenizer)
     exported = {
         c.TEXT_ENCODER: (text_encoder, None, None),
         c.IMAGE_ENCODER: (image_encoder, None, None),
-        c.KEYWORD_TAGGER: (tagger, {"keywords.txt": ("\n".join(vocab) + "\n").encode()}, None),
+        c.KEYWORD_TAGGER: (
+            tagger,
+            {
+                "keywords.txt": ("\n".join(vocab) + "\n").encode(),
+                "placements.txt": ("\n".join(PLACEMENT_LABELS) + "\n").encode(),
+            },
+            None,
+        ),
         c.AMC_RESCORER: (ServedRescorer(rescorer, vocabulary), None, {"keyword_vocabulary": "\n".join(vocab)}),
         c.COMPOSER: (composer, None, None),
     }

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.corpus.vocab import COLORS, SHAPES, SIZES
+from models.corpus.vocab import CELLS, COLORS, PLACEMENT_ATTRIBUTES, SHAPES, SIZES
 from models.metrics import TfIdf
 from models.nets.image_encoder import REGION_DIM, ImageEncoder
 from models.nets.keyword_tagger import KeywordTagger
@@ -264,7 +264,7 @@ def train_keyword_tagger(
     vocab = list(corpus.keyword_vocab)
     embeddings, _, cells = encoder_features(encoder, corpus.train.pixels)
     targets = keyword_targets(corpus.train.images, vocab)
-    tagger = KeywordTagger(encoder, len(vocab))
+    tagger = KeywordTagger(encoder, len(vocab), placement_attributes=len(PLACEMENT_ATTRIBUTES))
     head = tagger.head
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.tagger_lr, weight_decay=1e-4)
     n = len(targets)
@@ -286,4 +286,43 @@ def train_keyword_tagger(
             running += loss.item()
         if epoch == cfg.tagger_epochs - 1 or epoch % 10 == 0:
             log.info("keyword tagger epoch %d/%d: bce %.4f", epoch + 1, cfg.tagger_epochs, running / steps)
+    train_placements(tagger.placements, cells, placement_targets(corpus.train.images), seed, cfg)
     return tagger.eval()
+
+
+def placement_targets(images: list[Any]) -> torch.Tensor:
+    """float [N, 9 * A]: 1 where the cell's object has the attribute (cell-major, as
+    PLACEMENT_LABELS); a cell without an object is all 0."""
+    position = {a: i for i, a in enumerate(PLACEMENT_ATTRIBUTES)}
+    width = len(PLACEMENT_ATTRIBUTES)
+    y = torch.zeros(len(images), len(CELLS) * width)
+    for row, record in enumerate(images):
+        for o in record.objects:
+            for attribute in (o.color, o.shape, o.size):
+                y[row, o.cell * width + position[attribute]] = 1.0
+    return y
+
+
+def train_placements(head: nn.Module, cells: torch.Tensor, targets: torch.Tensor, seed: int, cfg: ImageBudget) -> None:
+    """The tagger's placement head on the frozen trunk's cell features, with its own seeded
+    order (the keyword head's training is left as it was)."""
+    rng = np.random.default_rng(seed + 2)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.tagger_lr, weight_decay=1e-4)
+    n, batch = len(targets), 128
+    steps = max(1, math.ceil(n / batch))
+    total = cfg.tagger_epochs * steps
+    head.train()
+    for epoch in range(cfg.tagger_epochs):
+        order = torch.from_numpy(rng.permutation(n))
+        running = 0.0
+        for b in range(steps):
+            rows = order[b * batch : (b + 1) * batch]
+            _cosine_lr(optimizer, cfg.tagger_lr, epoch * steps + b, total)
+            loss = F.binary_cross_entropy_with_logits(head(cells[rows]), targets[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running += loss.item()
+        if epoch == cfg.tagger_epochs - 1 or epoch % 10 == 0:
+            log.info("placement head epoch %d/%d: bce %.4f", epoch + 1, cfg.tagger_epochs, running / steps)
+    head.eval()

@@ -9,8 +9,10 @@ import os
 import grpc
 import numpy as np
 import pytest
+from amcsearch.keyword_tagger.settings import KeywordTaggerSettings
 from amcsearch.query_encoder.tokenize import Tokenizer
 from amcsearch.runtime.contract import NO_BIAS
+from amcsearch.runtime.keywords import placement_label
 from amcsearch.runtime.quantize import quantize_regions
 from amcsearch.runtime.rescoring import pack, rescore_request
 from amcsearch.runtime.tensors import to_tensor
@@ -91,18 +93,39 @@ def test_extract_equals_in_process_and_is_one_triton_call(real_stack, stubs, loc
     assert triton_counts(real_stack, "image_encoder") == (requests_after, items_after)
 
 
-def test_tag_equals_in_process(stubs, local, ci_corpus):
+def test_tag_equals_in_process(stubs, local, ci_corpus, model_repository):
     pixels = ci_corpus.test.pixels[:3]
     reply = stubs["tagger"].Tag(
         keyword_tagger_pb2.TagRequest(images=[png(p) for p in pixels], threshold=0.3, top_k=8), timeout=30
     )
-    probabilities = run(local[0]["keyword_tagger"], pixels)[0]
+    probabilities, placements = run(local[0]["keyword_tagger"], pixels)
     vocab = local[1]
-    for row, result in zip(probabilities, reply.results, strict=False):
+    labels = (model_repository / "keyword_tagger" / "placements.txt").read_text().splitlines()
+    settings = KeywordTaggerSettings()
+    for row, where, result in zip(probabilities, placements, reply.results, strict=True):
         order = np.argsort(-row, kind="stable")[:8]
         expected = [(vocab[i], float(row[i])) for i in order if row[i] >= 0.3]
         assert [k.text for k in result.keywords] == [t for t, _ in expected]
         np.testing.assert_allclose([k.confidence for k in result.keywords], [p for _, p in expected], rtol=1e-5)
+        order = np.argsort(-where, kind="stable")[: settings.max_placements]
+        expected = [(labels[i], float(where[i])) for i in order if where[i] >= settings.placement_threshold]
+        assert [k.text for k in result.placements] == [t for t, _ in expected]
+        assert {k.source for k in result.placements} <= {common_pb2.Keyword.PLACEMENT}
+        np.testing.assert_allclose([k.confidence for k in result.placements], [p for _, p in expected], rtol=1e-5)
+
+
+def test_placements_say_where_the_scene_objects_are(stubs, ci_corpus):
+    """The ci tagger's placements against the scene graphs of TEST images it never trained on."""
+    images = ci_corpus.test.images[:32]
+    reply = stubs["tagger"].Tag(
+        keyword_tagger_pb2.TagRequest(images=[png(p) for p in ci_corpus.test.pixels[:32]]), timeout=30
+    )
+    truth = [{placement_label(a, o.cell) for o in r.objects for a in (o.color, o.shape, o.size)} for r in images]
+    said = [{k.text for k in result.placements} for result in reply.results]
+    hits = sum(len(t & s) for t, s in zip(truth, said, strict=True))
+    precision, recall = hits / max(1, sum(map(len, said))), hits / sum(map(len, truth))
+    print(f"placements on 32 TEST images: precision {precision:.3f}, recall {recall:.3f}")
+    assert precision > 0.7 and recall > 0.5, (precision, recall)
 
 
 def test_composed_encode_equals_in_process(stubs, local, ci_corpus):

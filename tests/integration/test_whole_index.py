@@ -11,12 +11,13 @@ import grpc
 import pytest
 from amcsearch.launcher import ROOT
 from amcsearch.query_encoder.tokenize import Tokenizer
+from amcsearch.runtime.keywords import parse_placement
 from amcsearch.v1 import common_pb2, search_pb2, search_pb2_grpc
 
 from loadtests.stack import start_stack
 from models.corpus.queries import grade
 from models.eval.whole_index import FAMILIES, KS, evaluate_whole_index
-from models.export.checkpoints import load_amc_models, load_image_encoder
+from models.export.checkpoints import load_amc_models, load_image_encoder, load_keyword_tagger
 from models.export.triton_repo import read_config
 from models.metrics import ndcg_against_ideal
 from models.nets.text_encoder import load_text_encoder
@@ -109,6 +110,7 @@ def test_served_whole_index_ndcg_equals_offline(gallery, ci_corpus, checkpoint_f
         Tokenizer.default(),
         vocab,
         sources=("hybrid",),
+        tagger=load_keyword_tagger(checkpoint_folder, len(vocab)),
     )["rows"][-1]
     served = served_rows(gallery, split)
     for k in KS:
@@ -150,3 +152,20 @@ def test_explain_shows_the_queried_cell(gallery, ci_corpus):
         f"mean mass there {sum(masses) / len(masses):.2f}"
     )
     assert share >= 0.7 and sum(masses) / len(masses) > 0.4
+
+
+def test_placements_are_stored_for_the_keyword_route_only(gallery, ci_corpus):
+    """Indexed with skip_auto_tags: no automatic keyword, but the tagger's placements are stored
+    (source PLACEMENT, "red@top-left"), and the rescorer never attends to them."""
+    split = ci_corpus.test
+    got = gallery.Get(search_pb2.GetRequest(ids=[r.id for r in split.images[:8]], collection=COLLECTION), timeout=30)
+    sources = {k.source for image in got.images for k in image.keywords}
+    assert common_pb2.Keyword.AUTO not in sources
+    placed = [k.text for image in got.images for k in image.keywords if k.source == common_pb2.Keyword.PLACEMENT]
+    assert placed and all(parse_placement(t) is not None for t in placed)
+    layout = next(q for q in split.text_queries if q.spec.get("kind") == "layout")
+    reply = gallery.Search(
+        search_pb2.SearchRequest(text=layout.text, top_k=10, explain=True, collection=COLLECTION), timeout=60
+    )
+    attended = [k.text for r in reply.results for k in r.evidence.keywords]
+    assert attended and not any(parse_placement(t) for t in attended)

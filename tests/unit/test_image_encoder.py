@@ -89,10 +89,12 @@ def test_region_features_are_local() -> None:
 
 
 def test_keyword_tagger_gives_probabilities_and_scripts() -> None:
-    tagger = KeywordTagger(_encoder(), vocab_size=17).eval()
-    probabilities = torch.jit.script(tagger)(_images(2))
+    tagger = KeywordTagger(_encoder(), vocab_size=17, placement_attributes=13).eval()
+    probabilities, placements = torch.jit.script(tagger)(_images(2))
     assert probabilities.shape == (2, 17)
-    assert bool(((probabilities >= 0) & (probabilities <= 1)).all())
+    assert placements.shape == (2, 9 * 13)
+    for p in (probabilities, placements):
+        assert bool(((p >= 0) & (p <= 1)).all())
 
 
 def _tiny_split() -> SimpleNamespace:

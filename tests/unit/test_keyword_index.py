@@ -11,10 +11,11 @@ import sqlite3
 
 import numpy as np
 import pytest
+from amcsearch.runtime.keywords import named_place, parse_placement, placement_label
 from amcsearch.search.embedded_index import EmbeddedIndex
 from amcsearch.search.keyword_index import KeywordIndex
 from amcsearch.search.pipeline import columnar_request, fuse_keys
-from amcsearch.search.records import Filter
+from amcsearch.search.records import PLACEMENT, Filter, usable_keywords
 from amcsearch.v1 import common_pb2
 
 from tests.unit.test_embedded_index import record, run, unit
@@ -204,3 +205,67 @@ def test_keyword_share_coverage_leaves_the_vector_route_the_unknown_part(tmp_pat
     assert len(run(keys("full", "holiday photo"))) == 10
     assert run(keys("coverage", "holiday photo")) == []  # only the word every image holds is known
     assert 0 < len(run(keys("coverage", "red sofa"))) < 10
+
+
+def test_named_place_reads_plain_english_positions():
+    assert named_place("large red circle top-left") == ("top", "left")
+    assert named_place("a red circle in the upper left corner") == ("top", "left")
+    assert named_place("circle at the top in the middle") == ("top", "center")
+    assert named_place("triangle on the left in the middle") == ("middle", "left")
+    assert named_place("in the centre") == ("middle", "center")
+    assert named_place("red circle at the top") == ("top", None)
+    assert named_place("blue square on the right side") == (None, "right")
+    assert named_place("top or bottom, who knows") is None
+    assert named_place("festive red circle") is None
+
+
+def test_placements_put_the_named_place_first():
+    """Three images hold a large red circle, one of them at the top-left: a query that names the
+    place (in any plain wording) finds it first; one that names a row finds the top-row ones."""
+    index = KeywordIndex()
+    circle = ["large", "red", "circle"]
+    index.add(
+        [1, 2, 3, 4],
+        [
+            circle + [placement_label(a, 4) for a in circle],  # middle-center
+            circle + [placement_label(a, 0) for a in circle],  # top-left
+            circle + [placement_label(a, 2) for a in circle],  # top-right
+            ["blue", "triangle", "photo"],
+        ],
+    )
+    for text in ("large red circle top-left", "a large red circle in the upper left corner", "top left red circles"):
+        rows, _ = index.search(text, 4)
+        assert rows[0] == 2, text
+    rows, _ = index.search("red circle at the top", 4)
+    assert set(rows[:2].tolist()) == {2, 3}
+    rows, scores = index.search("large red circle", 4)  # no place named: the three tie
+    assert rows.tolist() == [1, 2, 3] and len(set(scores.tolist())) == 1
+
+
+def test_placements_leave_every_other_query_scored_as_before():
+    """Placement keywords never count in an image's length: a query that names no place gets the
+    same rows and BM25 scores with or without them."""
+    rng = random.Random(1)
+    attributes = ["red", "blue", "circle", "triangle", "large", "small"]
+    docs = [[rng.choice(WORDS) for _ in range(rng.randint(1, 12))] for _ in range(500)]
+    placed = [
+        d + [placement_label(rng.choice(attributes), rng.randrange(9)) for _ in range(rng.randint(0, 9))] for d in docs
+    ]
+    plain, with_placements = KeywordIndex(), KeywordIndex()
+    plain.add(range(500), docs)
+    with_placements.add(range(500), placed)
+    for index, texts in ((plain, docs), (with_placements, placed)):  # replaced rows, on both
+        index.add(range(0, 500, 7), [texts[i] for i in range(0, 500, 7)])
+    for text in ["large blue triangle", "cafe runs", "festive sale photo", "circles", "x"]:
+        rows, scores = plain.search(text, 50)
+        rows2, scores2 = with_placements.search(text, 50)
+        np.testing.assert_allclose(scores2, scores, rtol=1e-6, err_msg=text)
+        assert rows2.tolist() == rows.tolist(), text
+
+
+def test_placements_are_never_rescored():
+    keywords = [("red", 0.9, common_pb2.Keyword.AUTO), ("red@top-left", 0.8, common_pb2.Keyword.PLACEMENT)]
+    assert usable_keywords(keywords) == [("red", 0.9)]
+    assert PLACEMENT == common_pb2.Keyword.PLACEMENT
+    assert parse_placement("red@top-left") == ("red", "top", "left")
+    assert parse_placement("red@somewhere") is None and parse_placement("red") is None

@@ -21,6 +21,8 @@ def test_specs_follow_the_model_repository_contract() -> None:
     assert [(t.name, t.dtype, t.dims) for t in image.inputs] == [("image", "UINT8", (128, 128, 3))]
     assert [t.name for t in image.outputs] == ["embedding__0", "regions__1"]
     assert specs["keyword_tagger"].outputs[0].dims == (57,)
+    assert [t.name for t in specs["keyword_tagger"].outputs] == ["probabilities__0", "placements__1"]
+    assert specs["keyword_tagger"].labels == {"probabilities__0": "keywords.txt", "placements__1": "placements.txt"}
     assert [t.name for t in specs["amc_rescorer"].inputs] == [
         "query",
         "query_index",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from amcsearch.keyword_tagger.settings import KeywordTaggerSettings
-from amcsearch.keyword_tagger.tagger import KeywordTagger
+from amcsearch.keyword_tagger.tagger import KeywordTagger, Tag
 from amcsearch.runtime.deadlines import time_left
 from amcsearch.runtime.errors import limit, require
 from amcsearch.runtime.images import decoded_or_encoded
@@ -27,15 +27,18 @@ class KeywordTaggerServicer(keyword_tagger_pb2_grpc.KeywordTaggerServicer):
         threshold = request.threshold or self.settings.default_threshold
         top_k = request.top_k or self.settings.default_top_k
         BATCH_ITEMS.labels("keyword_tagger", "Tag").observe(count)
-        tags = await self.tagger.tag(images, threshold, top_k, time_left())
+        placements = (self.settings.placement_threshold, self.settings.max_placements)
+        tagged = await self.tagger.tag(images, threshold, top_k, time_left(), placements)
         return keyword_tagger_pb2.TagResponse(
             results=[
                 keyword_tagger_pb2.ImageKeywords(
-                    keywords=[
-                        common_pb2.Keyword(text=t.text, confidence=t.confidence, source=common_pb2.Keyword.AUTO)
-                        for t in image
-                    ]
+                    keywords=[keyword(t, common_pb2.Keyword.AUTO) for t in tags],
+                    placements=[keyword(t, common_pb2.Keyword.PLACEMENT) for t in where],
                 )
-                for image in tags
+                for tags, where in tagged
             ]
         )
+
+
+def keyword(tag: Tag, source: int) -> common_pb2.Keyword:
+    return common_pb2.Keyword(text=tag.text, confidence=tag.confidence, source=source)

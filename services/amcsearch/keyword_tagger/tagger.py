@@ -1,8 +1,9 @@
 """Keywords of a batch of images in one Triton call.
 
 Triton's classification extension turns the probabilities into "score:index:label" top-k
-strings with the label file of the model repository (keyword_tagger/keywords.txt), so the
-vocabulary lives only beside the model that predicts it.
+strings with the label files of the model repository (keyword_tagger/keywords.txt, and
+placements.txt for where things are: "red@top-left"), so the vocabulary lives only beside the
+model that predicts it.
 """
 
 from __future__ import annotations
@@ -44,9 +45,15 @@ class KeywordTagger:
         self.executor = executor
 
     async def tag(
-        self, images: list[bytes] | np.ndarray, threshold: float, top_k: int, timeout: float | None
-    ) -> list[list[Tag]]:
-        """`images`: encoded bytes, or decoded uint8 pixels [B, size, size, 3]."""
+        self,
+        images: list[bytes] | np.ndarray,
+        threshold: float,
+        top_k: int,
+        timeout: float | None,
+        placements: tuple[float, int] = (0.5, 27),
+    ) -> list[tuple[list[Tag], list[Tag]]]:
+        """(keywords, placements) per image. `images`: encoded bytes, or decoded uint8 pixels
+        [B, size, size, 3]; `placements`: their (threshold, top k)."""
         if isinstance(images, np.ndarray):
             pixels = images
         else:
@@ -56,9 +63,13 @@ class KeywordTagger:
             result = await self.triton.infer(
                 c.KEYWORD_TAGGER,
                 {"image": pixels},
-                [c.PROBABILITIES_OUT],
+                [c.PROBABILITIES_OUT, c.PLACEMENTS_OUT],
                 timeout,
-                class_counts={c.PROBABILITIES_OUT: top_k},
+                class_counts={c.PROBABILITIES_OUT: top_k, c.PLACEMENTS_OUT: placements[1]},
             )
-        classes = result[c.PROBABILITIES_OUT].reshape(len(images), -1)
-        return [parse_classes(list(row), threshold) for row in classes]
+        keywords = result[c.PROBABILITIES_OUT].reshape(len(images), -1)
+        where = result[c.PLACEMENTS_OUT].reshape(len(images), -1)
+        return [
+            (parse_classes(list(k), threshold), parse_classes(list(p), placements[0]))
+            for k, p in zip(keywords, where, strict=True)
+        ]

@@ -42,6 +42,7 @@ EMBEDDING_OUT = "embedding__0"
 TOKENS_OUT = "tokens__1"
 REGIONS_OUT = "regions__1"
 PROBABILITIES_OUT = "probabilities__0"
+PLACEMENTS_OUT = "placements__1"
 SCORE_OUT = "score__0"
 MODALITY_WEIGHTS_OUT = "modality_weights__1"
 REGION_ATTENTION_OUT = "region_attention__2"
@@ -100,9 +101,10 @@ class ModelSpec:
         return self.max_batch_size > 0
 
 
-def model_specs(vocab_size: int) -> dict[str, ModelSpec]:
+def model_specs(vocab_size: int, placement_size: int = -1) -> dict[str, ModelSpec]:
     """The eight models; `vocab_size` is the keyword tagger's vocabulary (keywords.txt), which is
-    also ynet_shop's tag vocabulary (tags.txt)."""
+    also ynet_shop's tag vocabulary (tags.txt); `placement_size` the lines of its placements.txt
+    (-1: any)."""
     emb, regions, slots = EMBEDDING_DIM, REGION_COUNT, KEYWORD_SLOTS
     image = TensorSpec("image", "UINT8", (IMAGE_SIZE, IMAGE_SIZE, 3), "RGB, normalised inside the model")
     return {
@@ -129,8 +131,11 @@ def model_specs(vocab_size: int) -> dict[str, ModelSpec]:
         KEYWORD_TAGGER: ModelSpec(
             KEYWORD_TAGGER,
             inputs=[image],
-            outputs=[TensorSpec(PROBABILITIES_OUT, "FP32", (vocab_size,), "V = lines of keywords.txt")],
-            labels={PROBABILITIES_OUT: "keywords.txt"},
+            outputs=[
+                TensorSpec(PROBABILITIES_OUT, "FP32", (vocab_size,), "V = lines of keywords.txt"),
+                TensorSpec(PLACEMENTS_OUT, "FP32", (placement_size,), "P = lines of placements.txt: red@top-left, ..."),
+            ],
+            labels={PROBABILITIES_OUT: "keywords.txt", PLACEMENTS_OUT: "placements.txt"},
         ),
         AMC_RESCORER: ModelSpec(
             AMC_RESCORER,

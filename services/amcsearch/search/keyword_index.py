@@ -29,6 +29,8 @@ from functools import lru_cache
 import numpy as np
 import snowballstemmer
 
+from amcsearch.runtime.keywords import PLACEMENT_SEPARATOR, named_place, parse_placement, place_words
+
 K1 = 1.2
 B = 0.75
 MIN_IDF = 1e-6
@@ -62,7 +64,31 @@ def stem(token: str) -> str:
 
 @lru_cache(maxsize=65536)
 def _text_terms(text: str) -> tuple[str, ...]:
+    placement = parse_placement(text)
+    if placement is not None:
+        attribute, row, column = placement
+        return placement_terms(stem(attribute), row, column)
     return tuple(stem(t) for t in _TOKEN.findall(text.lower()))
+
+
+def placement_terms(attribute: str, row: str | None, column: str | None) -> tuple[str, ...]:
+    """The terms of a stemmed attribute at a place: a placement keyword ("red@top-left") is
+    indexed under its cell, its row and its column ("red@top-left", "red@top", "red@left"); a
+    query asks for the most precise of them that it names."""
+    if row is not None and column is not None:
+        return (
+            f"{attribute}{PLACEMENT_SEPARATOR}{row}-{column}",
+            f"{attribute}{PLACEMENT_SEPARATOR}{row}",
+            f"{attribute}{PLACEMENT_SEPARATOR}{column}",
+        )
+    side = row if row is not None else column
+    return () if side is None else (f"{attribute}{PLACEMENT_SEPARATOR}{side}",)
+
+
+def is_placement_term(term: str) -> bool:
+    """Placement terms never count in an image's length: BM25 over the other keywords scores
+    exactly as it would without them."""
+    return PLACEMENT_SEPARATOR in term
 
 
 def document_terms(texts: Iterable[str]) -> list[str]:
@@ -72,9 +98,18 @@ def document_terms(texts: Iterable[str]) -> list[str]:
 
 def query_terms(text: str) -> list[str]:
     """The query's distinct words longer than one character, stemmed; two words with one stem
-    count twice, as two OR'ed FTS5 phrases do."""
+    count twice, as two OR'ed FTS5 phrases do. A query that names a place (runtime.keywords
+    named_place) also asks for each of its other content words at that place."""
     words = sorted({w for w in _TOKEN.findall(text.lower()) if len(w) > 1})
-    return [stem(w) for w in words]
+    terms = [stem(w) for w in words]
+    place = named_place(text)
+    if place is not None:
+        skip = STOPWORDS | place_words()
+        row, column = place
+        for word in words:
+            if word not in skip:
+                terms.append(placement_terms(stem(word), row, column)[0])
+    return terms
 
 
 class _Column:
@@ -139,6 +174,8 @@ class KeywordIndex:
         self.term_counts: dict[int, _Column] = {}
         self.doc_of_row: dict[int, int] = {}
         self.df = np.zeros(0, dtype=np.int64)
+        self.counts_in_length = np.zeros(0, dtype=np.int64)
+        """Per term id: 1 when its occurrences count in an image's length, 0 for placements."""
         self.alive = 0
         self.total_length = 0
 
@@ -159,9 +196,10 @@ class KeywordIndex:
         if not rows:
             return
         first = self.doc_row.size
-        lengths = np.asarray([len(t) for t in terms], dtype=np.int64)
-        docs = np.repeat(np.arange(first, first + len(rows), dtype=np.int64), lengths)
-        flat = np.fromiter((t for ts in terms for t in ts), dtype=np.int64, count=int(lengths.sum()))
+        sizes = np.asarray([len(t) for t in terms], dtype=np.int64)
+        docs = np.repeat(np.arange(first, first + len(rows), dtype=np.int64), sizes)
+        flat = np.fromiter((t for ts in terms for t in ts), dtype=np.int64, count=int(sizes.sum()))
+        lengths = np.bincount(docs - first, weights=self.counts_in_length[flat], minlength=len(rows)).astype(np.int64)
         width = max(len(self.term_ids), 1)
         pairs, counts = np.unique(docs * width + flat, return_counts=True)  # sorted by doc, then term
         pair_doc, pair_term = pairs // width, (pairs % width).astype(np.int32)
@@ -213,7 +251,10 @@ class KeywordIndex:
         if term_id is None:
             term_id = self.term_ids[term] = len(self.term_ids)
             if term_id >= len(self.df):
-                self.df = np.concatenate([self.df, np.zeros(max(16, len(self.df)), dtype=np.int64)])
+                grow = max(16, len(self.df))
+                self.df = np.concatenate([self.df, np.zeros(grow, dtype=np.int64)])
+                self.counts_in_length = np.concatenate([self.counts_in_length, np.ones(grow, dtype=np.int64)])
+            self.counts_in_length[term_id] = 0 if is_placement_term(term) else 1
         return term_id
 
     def _compact(self) -> None:
@@ -225,10 +266,10 @@ class KeywordIndex:
             start, count = int(self.doc_start.data[doc]), int(self.doc_terms.data[doc])
             ids = self.forward_term.data[start : start + count]
             terms.append(np.repeat(ids, self.forward_count.data[start : start + count]).tolist())
-        term_ids = self.term_ids
+        term_ids, counts_in_length = self.term_ids, self.counts_in_length
         self.__init__()  # type: ignore[misc]
-        self.term_ids = term_ids
-        self.df = np.zeros(max(16, len(term_ids)), dtype=np.int64)
+        self.term_ids, self.counts_in_length = term_ids, counts_in_length
+        self.df = np.zeros(len(counts_in_length), dtype=np.int64)
         self._add_term_ids(rows, terms)
 
     # --- reads -----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ from amcsearch.runtime.settings import ImageLimits
 from amcsearch.runtime.tensors import to_array, to_tensor
 from amcsearch.search.index import Index
 from amcsearch.search.records import (
+    PLACEMENT,
     Candidates,
     Filter,
     Hit,
@@ -54,13 +56,19 @@ AUTO = common_pb2.Keyword.AUTO
 
 
 def merge_keywords(
-    tags: list[str], weighted: list[tuple[str, float]], auto: list[tuple[str, float]]
+    tags: list[str],
+    weighted: list[tuple[str, float]],
+    auto: list[tuple[str, float]],
+    placements: Sequence[tuple[str, float]] = (),
 ) -> list[tuple[str, float, int]]:
-    """Tags (confidence 1), then the caller's weighted keywords, then automatic ones; the first
-    occurrence of a text wins."""
+    """Tags (confidence 1), then the caller's weighted keywords, then automatic ones, then the
+    tagger's placements ("red@top-left"); the first occurrence of a text wins."""
     merged: dict[str, tuple[str, float, int]] = {}
     for text, confidence, source in (
-        [(t, 1.0, GIVEN) for t in tags] + [(t, c, GIVEN) for t, c in weighted] + [(t, c, AUTO) for t, c in auto]
+        [(t, 1.0, GIVEN) for t in tags]
+        + [(t, c, GIVEN) for t, c in weighted]
+        + [(t, c, AUTO) for t, c in auto]
+        + [(t, c, PLACEMENT) for t, c in placements]
     ):
         text = normalize_keyword(text)
         if text:
@@ -370,18 +378,21 @@ class SearchPipeline:
                 merged_all.extend(m)
             return extracted_all, merged_all
         tensor = to_tensor(pixels)
-        auto: list[list[tuple[str, float]]] = [[] for _ in items]
-        if auto_tags:
-            with stage(SERVICE, "tag"):
-                tagged = await call(
-                    self.services.tagger.Tag,
-                    keyword_tagger_pb2.TagRequest(pixels=tensor, threshold=self.tagger_threshold),
-                    timeout,
-                    "KeywordTagger",
-                )
-            auto = [[(k.text, k.confidence) for k in r.keywords] for r in tagged.results]
-        merged = [merge_keywords(item.tags, item.keywords, a) for item, a in zip(items, auto, strict=True)]
-        tags = [feature_extractor_pb2.TagList(tags=[k[0] for k in m]) for m in merged] if shop else []
+        with stage(SERVICE, "tag"):
+            tagged = await call(
+                self.services.tagger.Tag,
+                keyword_tagger_pb2.TagRequest(pixels=tensor, threshold=self.tagger_threshold),
+                timeout,
+                "KeywordTagger",
+            )
+        # Placements are always kept (the keyword route's "where"); skip_auto_tags drops only the
+        # automatic keywords.
+        auto = [[(k.text, k.confidence) for k in r.keywords] if auto_tags else [] for r in tagged.results]
+        where = [[(k.text, k.confidence) for k in r.placements] for r in tagged.results]
+        merged = [merge_keywords(item.tags, item.keywords, a, w) for item, a, w in zip(items, auto, where, strict=True)]
+        tags = (
+            [feature_extractor_pb2.TagList(tags=[k[0] for k in m if k[2] != PLACEMENT]) for m in merged] if shop else []
+        )
         with stage(SERVICE, "extract"):
             extracted = await call(
                 self.services.extractor.Extract,
@@ -415,7 +426,7 @@ class SearchPipeline:
     async def _warm_keyword_vectors(self, records: list[Record], timeout: float | None) -> None:
         """Embed the batch's keywords now (QueryEncoder caches them), so the first searches that
         rescore these images find them cached. Best effort: indexing succeeded."""
-        texts = sorted({k[0] for r in records for k in r.keywords})
+        texts = sorted({text for r in records for text, _ in usable_keywords(r.keywords)})
         queries = [query_encoder_pb2.QueryInput(text=t) for t in texts]
         try:
             with stage(SERVICE, "warm_keywords"):

@@ -12,6 +12,8 @@ from amcsearch.runtime.rescoring import keyword_slots
 
 MAX_KEYWORD_CHARS = 64
 """Longest keyword AttentionRescorer accepts (its ATTENTION_RESCORER_MAX_KEYWORD_CHARS default)."""
+PLACEMENT = 3
+"""Keyword.Source PLACEMENT (common.proto): the tagger's "red@top-left", for the keyword route only."""
 
 
 @dataclass
@@ -223,8 +225,12 @@ def slot_columns(keywords: list[tuple[str, float]], dictionary: dict[str, int]) 
 def usable_keywords(keywords: list[tuple[str, float, int]]) -> list[tuple[str, float]]:
     """The keywords a candidate can be rescored with: what an older index stored beyond today's
     limits (empty, over-long, confidence outside [0, 1]) is left out rather than failing the
-    whole Search."""
-    return [(t, conf) for t, conf, _ in keywords if t and len(t) <= MAX_KEYWORD_CHARS and 0.0 <= conf <= 1.0]
+    whole Search. Placements (source PLACEMENT) are for the keyword route only, never rescored."""
+    return [
+        (t, conf)
+        for t, conf, source in keywords
+        if t and len(t) <= MAX_KEYWORD_CHARS and 0.0 <= conf <= 1.0 and source != PLACEMENT
+    ]
 
 
 def positions_of(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
