@@ -139,7 +139,20 @@ def whole_index_section(corpus, amc_full, image_encoder, text_encoder, tokenizer
         tagger=tagger,
     )
     unplaced = whole_index.evaluate_whole_index(*common, sources=("hybrid",))
+    ungated = whole_index.evaluate_whole_index(
+        test,
+        layout.gate_off(amc_full),
+        image_encoder,
+        text_encoder,
+        tokenizer,
+        vocab,
+        sources=("hybrid",),
+        tagger=tagger,
+    )
     original["rows"].append(blind["rows"][-1] | {"method": "AMC Full, where head off (ablation)"})
+    original["rows"].append(
+        ungated["rows"][-1] | {"method": "AMC Full, where head on for every query (no WHERE_GATE; ablation)"}
+    )
     original["rows"].append(unplaced["rows"][-1] | {"method": "AMC Full, no placements in the index (ablation)"})
     hybrid_recall = next(i for i, d in enumerate(original["diagnostics"]) if "hybrid candidates" in d["diagnostic"])
     original["diagnostics"].insert(

@@ -266,6 +266,14 @@ def where_off(module: AMCRescorer) -> AMCRescorer:
     return blind
 
 
+def gate_off(module: AMCRescorer) -> AMCRescorer:
+    """A copy of `module` whose where head counts for every query (WHERE_GATE 0), for the ablation
+    row."""
+    open_gate = copy.deepcopy(module).eval()
+    open_gate.van.where_gate = 0.0
+    return open_gate
+
+
 def format_diagnostics(rows: list[tuple[str, str, str, str, str]]) -> str:
     lines = [
         "| question | measure | AMC Full | AMC Full, where head off | reference |",
@@ -427,6 +435,32 @@ def format_directions(results: list[dict[str, Any]], n_held: int, seconds: float
     return "\n".join(lines) + "\n"
 
 
+def placement_validation(
+    corpus: Any, folder: Path, text_encoder: nn.Module, tokenizer: Any, seed: int, size: str
+) -> str:
+    """The trained AMC Full of `folder` on validation (held-out TRAIN queries, whole TRAIN gallery,
+    hybrid, 100 candidates), the gallery indexed without and with the tagger's placements: a
+    markdown table for LAYOUT.md."""
+    from models.export.checkpoints import load_amc_models, load_image_encoder, load_keyword_tagger
+
+    vocab = list(corpus.keyword_vocab)
+    _, held = training_queries(corpus, seed, as_amc_budget({"size": size}))
+    images = image_features(corpus.train, load_image_encoder(folder, "image_encoder"), text_encoder, tokenizer, vocab)
+    amc_full = load_amc_models(folder)["amc_full"]
+    tagger = load_keyword_tagger(folder, len(vocab))
+    families = ("all", "layout", "attribute", "theme", "mixed")
+    lines = [
+        "| gallery | wording | " + " | ".join(f"{f} NDCG@5" for f in families) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in families) + " |",
+    ]
+    for name, with_tagger in (("without placements", None), ("with placements (kept)", tagger)):
+        scores = Validation(corpus, held, images, text_encoder, tokenizer, with_tagger).score(amc_full)
+        for wording in ("original", "paraphrased"):
+            row = scores[f"{wording}/full"]
+            lines.append(f"| {name} | {wording} | " + " | ".join(f"{row[f + '@5']:.4f}" for f in families) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     from amcsearch.query_encoder.tokenize import Tokenizer
 
@@ -434,15 +468,22 @@ def main(argv: list[str] | None = None) -> None:
     from models.export.checkpoints import load_amc_models, load_image_encoder
     from models.nets.text_encoder import load_text_encoder
 
-    args = evaluation_parser("python -m models.eval.layout", __doc__.split("\n")[0], "benchmarks/LAYOUT.md").parse_args(
-        argv
+    parser = evaluation_parser("python -m models.eval.layout", __doc__.split("\n")[0], "benchmarks/LAYOUT.md")
+    parser.add_argument(
+        "--placements",
+        action="store_true",
+        help="only print the validation table of the gallery with and without the tagger's placements (no training)",
     )
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(os.cpu_count() or 1)
     started = time.perf_counter()
     folder = args.checkpoints / args.size
     corpus = load_or_build_corpus(args.size, seed=args.seed, cache_dir=args.corpus_cache)
     text_encoder, tokenizer = load_text_encoder(), Tokenizer.default()
+    if args.placements:
+        print(placement_validation(corpus, folder, text_encoder, tokenizer, args.seed, args.size))
+        return
     key_att = load_amc_models(folder)["key_att"]
     results, n_held = run_directions(
         corpus, load_image_encoder(folder, "image_encoder"), key_att, text_encoder, tokenizer, args.seed, args.size

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from models.nets.amc import (
     TEXT_SEARCH_MODELS,
+    WHERE_GATE,
     AMCRescorer,
     DSSMRescorer,
     VisualAttention,
@@ -453,3 +454,32 @@ def test_the_where_loss_teaches_the_head_to_read_the_place() -> None:
     assert float((p * queries.where_target * 4).sum(dim=1).min()) > 0.9  # mass inside the named cell
     assert float(where_loss(AMCRescorer("full", layout="none"), queries, rows)) == 0.0
     assert float(where_loss(AMCRescorer("key", layout="term"), queries, rows)) == 0.0
+
+
+def test_the_where_gate_keeps_a_named_place_and_drops_a_vague_one() -> None:
+    """Out of training, a where head that puts less than WHERE_GATE of its mass in any 3 x 3 cell
+    is read as uniform (the query names no place); a peaked one is kept; training sees the head
+    as it is (its losses need the gradient); the scripted module does the same."""
+    torch.manual_seed(0)
+    module = AMCRescorer("img", layout="term").eval()
+    van = module.van
+    queries = torch.nn.functional.normalize(torch.randn(2, 384), dim=1)
+    with torch.no_grad():
+        van.where.weight.zero_()
+        van.where.bias.copy_(torch.linspace(0, 0.5, 36))  # vague: the largest cell holds < 0.35
+        vague = van.where_logits(queries[:1])
+        van.train()
+        raw = van.where_logits(queries[:1])
+        van.eval()
+        van.where.bias.zero_()
+        van.where.bias[0] = 8.0  # region 0, in the top-left 2 x 2 block: most of the mass
+        named = van.where_logits(queries[:1])
+        inputs = (queries[:1].expand(3, -1), _one_object_grids([0, 14, 35], 3.0 * torch.randn(128)))
+        inputs += (torch.zeros(3, 32, 384), torch.zeros(3, 32))
+        eager, scripted = module(*inputs)[0], torch.jit.script(module)(*inputs)[0]
+    torch.testing.assert_close(vague, torch.full_like(vague, -float(np.log(36))))
+    assert not torch.allclose(raw, vague)
+    assert float(named.exp()[0, 0]) > 0.9
+    torch.testing.assert_close(scripted, eager)
+    assert int(torch.argmax(eager.squeeze(1))) == 0  # the object in the named top-left cell
+    assert 0 < WHERE_GATE < 1
