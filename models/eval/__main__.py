@@ -91,7 +91,9 @@ WHOLE_INDEX_NOTE = (
     "The protocol users see (models/eval/whole_index.py): every TEST text query ranked over the whole TEST"
     " gallery. Candidates come from the service's own index code in process (the embedded engine: exact vector"
     " search over the global embedding, BM25 over the indexed keywords (keyword_index.py), the gateway's merge), 100 per"
-    " query as the gateway's default; AMC Full rescores them on the int8 regions the index stores. NDCG@k divides"
+    " query as the gateway's default; the gallery's keywords are the corpus's noisy ones plus the tagger's"
+    ' placements ("red@top-left", which the service stores for every image; docs/decisions/0011-placement-keywords.md).'
+    " AMC Full rescores them on the int8 regions the index stores. NDCG@k divides"
     " by the ideal DCG of the whole gallery, so a relevant image the candidates miss costs. `hybrid` (reciprocal"
     " rank fusion of vector and keyword lists) is the service's default (SEARCH_CANDIDATE_SOURCE);"
     " tests/integration/test_whole_index.py checks that Search serves these figures (ci size)."

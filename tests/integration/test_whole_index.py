@@ -55,7 +55,8 @@ def own_stack(model_repository, tmp_path_factory):
 @pytest.fixture(scope="module")
 def gallery(own_stack, ci_corpus):
     """A collection holding the ci TEST gallery as the protocol indexes it: the noisy keywords as
-    the caller's keywords, no automatic ones, the caption as the title."""
+    the caller's keywords, no automatic ones (the tagger's placements are stored all the same),
+    the caption as the title."""
     split = ci_corpus.test
     with grpc.insecure_channel(own_stack.address("search")) as channel:
         search = search_pb2_grpc.SearchServiceStub(channel)
