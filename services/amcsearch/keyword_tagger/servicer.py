@@ -40,5 +40,5 @@ class KeywordTaggerServicer(keyword_tagger_pb2_grpc.KeywordTaggerServicer):
         )
 
 
-def keyword(tag: Tag, source: int) -> common_pb2.Keyword:
+def keyword(tag: Tag, source: common_pb2.Keyword.Source) -> common_pb2.Keyword:
     return common_pb2.Keyword(text=tag.text, confidence=tag.confidence, source=source)
