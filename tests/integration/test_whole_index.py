@@ -168,5 +168,5 @@ def test_placements_are_stored_for_the_keyword_route_only(gallery, ci_corpus):
     reply = gallery.Search(
         search_pb2.SearchRequest(text=layout.text, top_k=10, explain=True, collection=COLLECTION), timeout=60
     )
-    attended = [k.text for r in reply.results for k in r.evidence.keywords]
+    attended = [k.keyword for r in reply.results for k in r.evidence.keywords]
     assert attended and not any(parse_placement(t) for t in attended)
