@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from amcsearch.runtime.quantize import quantize_regions
 from amcsearch.runtime.rescoring import pack
+from amcsearch.search.records import usable_keywords
 from amcsearch.v1 import common_pb2, search_pb2, search_pb2_grpc
 
 from benchmarks.floor import ComputeFloor, Floor
@@ -281,7 +282,7 @@ async def floor_inputs(stub, texts: list[str]):
         [i.id for i in got.images],
         [q for q, _ in quantized],
         [s for _, s in quantized],
-        [[(k.text, k.confidence) for k in i.keywords] for i in got.images],
+        [usable_keywords([(k.text, k.confidence, k.source) for k in i.keywords]) for i in got.images],
     )
     return stats.image_count, candidates
 
