@@ -519,17 +519,19 @@ class SearchPipeline:
         """One QueryEncoder call, each search's candidates as columns (the keyword route runs
         while the queries are encoded), one columnar Rescore for all of them; only the returned
         page is described (id, title, metadata) and explained."""
+        encoding = asyncio.ensure_future(self.encode_many([s.query for s in searches], timeout_of()))
+        await calls_under_way()
         keyword_routes = {
             i: asyncio.ensure_future(self._keyword_keys(s, None))
             for i, s in enumerate(searches)
             if self._uses_keywords(s.options) and not self.index.keyword_needs_vector
         }
         try:
-            vectors = await self.encode_many([s.query for s in searches], timeout_of())
+            vectors = await encoding
         except BaseException:
-            for task in keyword_routes.values():
+            for task in [encoding, *keyword_routes.values()]:
                 task.cancel()
-            await asyncio.gather(*keyword_routes.values(), return_exceptions=True)
+            await asyncio.gather(encoding, *keyword_routes.values(), return_exceptions=True)
             raise
         pages: list[list[Result]] = [[] for _ in searches]
         candidates: dict[int, Candidates] = {}
@@ -837,6 +839,20 @@ class SearchPipeline:
             error = InvalidArgument if bad.error_code == "INVALID_ARGUMENT" else ResourceExhausted
             raise error(f"inline candidate {index} ({bad.id!r}): {bad.error}")
         return await self._analyse(items, pixels, auto_tags, timeout, shop=False, max_batch=max_batch)
+
+
+LOOP_TURNS_TO_SEND = 3
+"""Event-loop turns a just-made gRPC aio unary call needs before its request is out: the call
+invokes from a task of its own (one turn), and a client interceptor adds a task or two."""
+
+
+async def calls_under_way() -> None:
+    """Let the calls just made send their requests. The keyword route that follows runs on the
+    event loop (the embedded engine's reads do) and holds it for 1-4 ms at 100k images; started
+    first, it delayed the QueryEncoder request by that much (encode stage 17.4 ms at 100k against
+    14.1 ms at 1k), so it ran before the encoding instead of while the encoder worked."""
+    for _ in range(LOOP_TURNS_TO_SEND):
+        await asyncio.sleep(0)
 
 
 def candidate_stages(options: SearchOptions) -> list[str]:
