@@ -8,6 +8,7 @@ model that predicts it.
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from amcsearch.runtime.settings import ImageLimits
 from amcsearch.runtime.triton import TritonModels
 
 SERVICE = "keyword_tagger"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class KeywordTagger:
         self.triton = triton
         self.limits = limits
         self.executor = executor
+        self._warned = False
 
     async def tag(
         self,
@@ -59,17 +62,35 @@ class KeywordTagger:
         else:
             with stage(SERVICE, "decode"):
                 pixels = await decode_images(images, self.limits, self.executor)
+        outputs = [c.PROBABILITIES_OUT] + ([c.PLACEMENTS_OUT] if await self.has_placements() else [])
         with stage(SERVICE, "triton"):
             result = await self.triton.infer(
                 c.KEYWORD_TAGGER,
                 {"image": pixels},
-                [c.PROBABILITIES_OUT, c.PLACEMENTS_OUT],
+                outputs,
                 timeout,
                 class_counts={c.PROBABILITIES_OUT: top_k, c.PLACEMENTS_OUT: placements[1]},
             )
         keywords = result[c.PROBABILITIES_OUT].reshape(len(images), -1)
+        if c.PLACEMENTS_OUT not in result:
+            return [(parse_classes(list(k), threshold), []) for k in keywords]
         where = result[c.PLACEMENTS_OUT].reshape(len(images), -1)
         return [
             (parse_classes(list(k), threshold), parse_classes(list(p), placements[0]))
             for k, p in zip(keywords, where, strict=True)
         ]
+
+    async def has_placements(self) -> bool:
+        """Whether the served keyword_tagger says where things are (placements__1). A repository
+        exported before placement keywords still tags, without them: images indexed meanwhile
+        get no placements (a warning says so, once), until `make models` re-exports it."""
+        outputs = {o.get("name") for o in (await self.triton.config(c.KEYWORD_TAGGER)).get("output", [])}
+        found = c.PLACEMENTS_OUT in outputs
+        if not found and not self._warned:
+            log.warning(
+                "keyword_tagger has no %s output (exported before placement keywords): images are indexed "
+                "without placements, so layout queries lose their placement candidates; run `make models`",
+                c.PLACEMENTS_OUT,
+            )
+            self._warned = True
+        return found
