@@ -265,27 +265,9 @@ def train_keyword_tagger(
     embeddings, _, cells = encoder_features(encoder, corpus.train.pixels)
     targets = keyword_targets(corpus.train.images, vocab)
     tagger = KeywordTagger(encoder, len(vocab), placement_attributes=len(PLACEMENT_ATTRIBUTES))
-    head = tagger.head
-    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.tagger_lr, weight_decay=1e-4)
-    n = len(targets)
-    batch = 128
-    steps = max(1, math.ceil(n / batch))
-    total = cfg.tagger_epochs * steps
-    head.train()
-    for epoch in range(cfg.tagger_epochs):
-        order = torch.from_numpy(rng.permutation(n))
-        running = 0.0
-        for b in range(steps):
-            rows = order[b * batch : (b + 1) * batch]
-            _cosine_lr(optimizer, cfg.tagger_lr, epoch * steps + b, total)
-            logits = head(cells[rows], embeddings[rows])
-            loss = F.binary_cross_entropy_with_logits(logits, targets[rows])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            running += loss.item()
-        if epoch == cfg.tagger_epochs - 1 or epoch % 10 == 0:
-            log.info("keyword tagger epoch %d/%d: bce %.4f", epoch + 1, cfg.tagger_epochs, running / steps)
+    train_multilabel_head(
+        "keyword tagger", tagger.head, (cells, embeddings), targets, cfg.tagger_epochs, cfg.tagger_lr, rng
+    )
     train_placements(tagger.placements, cells, placement_targets(corpus.train.images), seed, cfg)
     return tagger.eval()
 
@@ -312,24 +294,43 @@ placement recall 0.38 against 0.74 with 720). At the demo size 720 steps are its
 def train_placements(head: nn.Module, cells: torch.Tensor, targets: torch.Tensor, seed: int, cfg: ImageBudget) -> None:
     """The tagger's placement head on the frozen trunk's cell features, with its own seeded
     order (the keyword head's training is left as it was)."""
-    rng = np.random.default_rng(seed + 2)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.tagger_lr, weight_decay=1e-4)
-    n, batch = len(targets), 128
-    steps = max(1, math.ceil(n / batch))
+    steps = max(1, math.ceil(len(targets) / TAGGER_BATCH))
     epochs = max(cfg.tagger_epochs, math.ceil(PLACEMENT_STEPS / steps))
+    train_multilabel_head(
+        "placement head", head, (cells,), targets, epochs, cfg.tagger_lr, np.random.default_rng(seed + 2)
+    )
+    head.eval()
+
+
+TAGGER_BATCH = 128
+
+
+def train_multilabel_head(
+    name: str,
+    head: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    targets: torch.Tensor,
+    epochs: int,
+    lr: float,
+    rng: np.random.Generator,
+) -> None:
+    """A head over precomputed features, independent sigmoids against multi-hot targets: AdamW,
+    a cosine schedule, shuffled batches of TAGGER_BATCH rows in `rng`'s order."""
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    n = len(targets)
+    steps = max(1, math.ceil(n / TAGGER_BATCH))
     total = epochs * steps
     head.train()
     for epoch in range(epochs):
         order = torch.from_numpy(rng.permutation(n))
         running = 0.0
         for b in range(steps):
-            rows = order[b * batch : (b + 1) * batch]
-            _cosine_lr(optimizer, cfg.tagger_lr, epoch * steps + b, total)
-            loss = F.binary_cross_entropy_with_logits(head(cells[rows]), targets[rows])
+            rows = order[b * TAGGER_BATCH : (b + 1) * TAGGER_BATCH]
+            _cosine_lr(optimizer, lr, epoch * steps + b, total)
+            loss = F.binary_cross_entropy_with_logits(head(*(x[rows] for x in inputs)), targets[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             running += loss.item()
         if epoch == epochs - 1 or epoch % 10 == 0:
-            log.info("placement head epoch %d/%d: bce %.4f", epoch + 1, epochs, running / steps)
-    head.eval()
+            log.info("%s epoch %d/%d: bce %.4f", name, epoch + 1, epochs, running / steps)

@@ -53,7 +53,7 @@ class KeywordTagger:
         threshold: float,
         top_k: int,
         timeout: float | None,
-        placements: tuple[float, int] = (0.5, 27),
+        placements: tuple[float, int],
     ) -> list[tuple[list[Tag], list[Tag]]]:
         """(keywords, placements) per image. `images`: encoded bytes, or decoded uint8 pixels
         [B, size, size, 3]; `placements`: their (threshold, top k)."""

@@ -75,6 +75,5 @@ def named_place(query: str) -> tuple[str | None, str | None] | None:
     return row, column
 
 
-def place_words() -> frozenset[str]:
-    """Every word that names a place (left out when the query's other words are paired with it)."""
-    return frozenset(_ROW_WORDS) | frozenset(_COLUMN_WORDS) | _MIDDLE_WORDS
+PLACE_WORDS: frozenset[str] = frozenset(_ROW_WORDS) | frozenset(_COLUMN_WORDS) | _MIDDLE_WORDS
+"""Every word that names a place (left out when the query's other words are paired with it)."""

@@ -29,7 +29,7 @@ from functools import lru_cache
 import numpy as np
 import snowballstemmer
 
-from amcsearch.runtime.keywords import PLACEMENT_SEPARATOR, named_place, parse_placement, place_words
+from amcsearch.runtime.keywords import PLACE_WORDS, PLACEMENT_SEPARATOR, named_place, parse_placement
 
 K1 = 1.2
 B = 0.75
@@ -52,6 +52,8 @@ STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 """English function words (Snowball's English stop list), left out of KeywordIndex.coverage only: BM25
 itself still scores them as FTS5 does."""
 _TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
+_NOT_PLACED = STOPWORDS | PLACE_WORDS
+"""Query words never asked for at the place the query names."""
 _STEMMER = snowballstemmer.stemmer("porter")
 
 
@@ -104,10 +106,9 @@ def query_terms(text: str) -> list[str]:
     terms = [stem(w) for w in words]
     place = named_place(text)
     if place is not None:
-        skip = STOPWORDS | place_words()
         row, column = place
         for word in words:
-            if word not in skip:
+            if word not in _NOT_PLACED:
                 terms.append(placement_terms(stem(word), row, column)[0])
     return terms
 
