@@ -76,6 +76,41 @@ def test_hnsw_recall_and_filtered_search_never_starves():
     assert len(keys) == 20 and set(keys.tolist()) <= set(broad.tolist())
 
 
+@pytest.mark.parametrize("hnsw_min_rows", [10**9, 100])
+def test_search_many_equals_one_search_per_query(hnsw_min_rows):
+    rng = np.random.default_rng(5)
+    vectors = unit(rng, 400)
+    index = VectorIndex(384, hnsw_min_rows=hnsw_min_rows, ef_search=64)
+    index.add(np.arange(400), vectors)
+    index.ensure_graph(background=False)
+    index.remove([3, 17])
+    queries = np.concatenate([unit(rng, 5), np.zeros((1, 384), np.float32)]) * 3.0  # not unit length
+    for query, (keys, scores) in zip(queries, index.search_many(queries, 20), strict=True):
+        expected_keys, expected_scores = index.search(query, 20)
+        assert keys.tolist() == expected_keys.tolist()
+        np.testing.assert_allclose(scores, expected_scores, atol=1e-6)
+
+
+def test_a_batch_of_queries_reads_the_candidates_a_search_would(store):
+    """vector_candidates_many (one pass over the vectors, one read of the packed columns) gives
+    each query the columns vector_candidates gives it, the keyword route's extra keys included;
+    a row deleted between the two ranks is left out."""
+    rng = np.random.default_rng(6)
+    vectors = unit(rng, 60)
+    run(store.upsert("images", [record(i, v, keywords=[(f"k{i % 5}", 0.5, 2)]) for i, v in enumerate(vectors)]))
+    queries = unit(rng, 3)
+    extra = [np.array([5, 9, 999], np.int64), None, np.zeros(0, np.int64)]
+    batch = run(store.vector_candidates_many("images", queries, 10, extra))
+    for query, keys, found in zip(queries, extra, batch, strict=True):
+        single = run(store.vector_candidates("images", query, 10, Filter(), keys))
+        assert found.keys.tolist() == single.keys.tolist() and found.ranked == single.ranked
+        np.testing.assert_allclose(found.ann_scores, single.ann_scores, atol=1e-6)
+        np.testing.assert_array_equal(found.regions, single.regions)
+        np.testing.assert_array_equal(found.region_scales, single.region_scales)
+        np.testing.assert_array_equal(found.confidences, single.confidences)
+        assert found.keyword_texts[found.keyword_ids].tolist() == single.keyword_texts[single.keyword_ids].tolist()
+
+
 def test_upsert_get_search_delete_round_trip(store):
     rng = np.random.default_rng(2)
     vectors = unit(rng, 50)

@@ -828,19 +828,38 @@ class EmbeddedIndex:
 
         def nearest() -> Candidates:
             vectors = self._vectors_of(collection)
-            keys, scores = vectors.search(vector, limit, self._allowed(collection, condition))
-            nearest = np.asarray(keys, dtype=np.int64)
-            keys, scores = nearest, np.asarray(scores, dtype=np.float32)
-            if extra_keys is not None and len(extra_keys):
-                extra = np.asarray(extra_keys, dtype=np.int64)
-                extra = extra[~np.isin(extra, nearest)]
-                keys = np.concatenate([nearest, extra])
-                scores = np.concatenate([scores, vectors.scores(extra, vector)])
-            found = self._features(keys, scores)
-            found.ranked = int(np.isin(found.keys, nearest).sum())
-            return found
+            found = vectors.search(vector, limit, self._allowed(collection, condition))
+            keys, scores, nearest = _with_extra(vectors, vector, found, extra_keys)
+            joined = self._features(keys, scores)
+            joined.ranked = int(np.isin(joined.keys, nearest).sum())
+            return joined
 
         return await self._read(nearest)
+
+    async def vector_candidates_many(
+        self, collection: str, vectors: np.ndarray, limit: int, extra_keys: list[np.ndarray | None]
+    ) -> list[Candidates]:
+        """vector_candidates() of each query of a BatchSearch (no filter), in one read: one pass
+        over the vectors for all the queries and one read of the packed columns of every key."""
+
+        def nearest_many() -> list[Candidates]:
+            index = self._vectors_of(collection)
+            lists = [
+                _with_extra(index, vector, found, extra)
+                for vector, found, extra in zip(vectors, index.search_many(vectors, limit), extra_keys, strict=True)
+            ]
+            every = np.unique(np.concatenate([keys for keys, _, _ in lists]))
+            read = self._features(every, np.zeros(len(every), np.float32))
+            out = []
+            for keys, scores, nearest in lists:
+                present = np.isin(keys, read.keys)  # a row deleted meanwhile is left out
+                part = read.take(positions_of(read.keys, keys[present]))
+                part.ann_scores = scores[present]
+                part.ranked = int(np.isin(part.keys, nearest).sum())
+                out.append(part)
+            return out
+
+        return await self._read(nearest_many)
 
     async def candidate_features(self, collection: str, keys: np.ndarray, vector: np.ndarray) -> Candidates:
         """The rescoring features of `keys` (in that order), with the cosine of each to `vector`."""
@@ -957,6 +976,21 @@ class EmbeddedIndex:
             return records
 
         return await self._read(get)
+
+
+def _with_extra(
+    index: VectorIndex, vector: np.ndarray, found: tuple[np.ndarray, np.ndarray], extra_keys: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(keys, cosine scores, the nearest keys): the vector ranking `found`, then those of
+    `extra_keys` (the keyword route's) not in it, scored against `vector`."""
+    nearest = np.asarray(found[0], dtype=np.int64)
+    keys, scores = nearest, np.asarray(found[1], dtype=np.float32)
+    if extra_keys is not None and len(extra_keys):
+        extra = np.asarray(extra_keys, dtype=np.int64)
+        extra = extra[~np.isin(extra, nearest)]
+        keys = np.concatenate([nearest, extra])
+        scores = np.concatenate([scores, index.scores(extra, vector)])
+    return keys, scores, nearest
 
 
 def _damaged(error: sqlite3.Error) -> bool:

@@ -424,6 +424,15 @@ class MilvusIndex:
         joined.ranked = len(nearest)
         return joined
 
+    async def vector_candidates_many(
+        self, collection: str, vectors: np.ndarray, limit: int, extra_keys: list[np.ndarray | None]
+    ) -> list[Candidates]:
+        """One search per query: the server batches nothing here that it would not anyway."""
+        return [
+            await self.vector_candidates(collection, vector, limit, Filter(), extra)
+            for vector, extra in zip(vectors, extra_keys, strict=True)
+        ]
+
     async def candidate_features(self, collection: str, keys: np.ndarray, vector: np.ndarray) -> Candidates:
         ids = [str(k) for k in keys]
         records = await self.get(collection, ids, with_features=True)

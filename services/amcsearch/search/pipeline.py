@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -534,11 +534,9 @@ class SearchPipeline:
             await asyncio.gather(encoding, *keyword_routes.values(), return_exceptions=True)
             raise
         pages: list[list[Result]] = [[] for _ in searches]
-        candidates: dict[int, Candidates] = {}
+        candidates = await self._candidates_of(searches, vectors, keyword_routes)
         for i, (search, vector) in enumerate(zip(searches, vectors, strict=True)):
-            if search.options.rescore:
-                candidates[i] = await self._candidate_columns(search, vector, keyword_routes.get(i))
-            else:
+            if not search.options.rescore:
                 pages[i] = await self._unscored_page(search, vector)
         rescored = [i for i in candidates if len(candidates[i])]
         scored, degradations = await self._rescore_or_degrade(searches, vectors, candidates, rescored, timeout_of)
@@ -601,26 +599,68 @@ class SearchPipeline:
         with stage(SERVICE, "keyword_search"):
             return await self.index.keyword_candidates(search.collection, o.text, o.candidates, o.condition, vector)
 
+    async def _candidates_of(
+        self, searches: list[SearchQuery], vectors: np.ndarray, keyword_routes: Mapping[int, asyncio.Future]
+    ) -> dict[int, Candidates]:
+        """The candidates of each search to rescore. The searches of a BatchSearch that take
+        vector candidates from one collection without a filter share one engine read: one pass
+        over the vectors and one read of every candidate's packed columns."""
+        shared: dict[tuple[str, int], list[int]] = {}
+        for i, search in enumerate(searches):
+            o = search.options
+            if o.rescore and o.source in ("vector", "hybrid") and o.condition.empty:
+                shared.setdefault((search.collection, o.candidates), []).append(i)
+        alone = [i for i, s in enumerate(searches) if s.options.rescore]
+        candidates: dict[int, Candidates] = {}
+        for (collection, limit), members in shared.items():
+            if len(members) < 2:
+                continue
+            keyword_keys = [
+                await self._route_keys(searches[i], vectors[i], keyword_routes.get(i))
+                if searches[i].options.source == "hybrid"
+                else None
+                for i in members
+            ]
+            with stage(SERVICE, "ann"):
+                joined = await self.index.vector_candidates_many(collection, vectors[members], limit, keyword_keys)
+            for i, found, keys in zip(members, joined, keyword_keys, strict=True):
+                candidates[i] = self._fused(searches[i], found, keys)
+            batched = set(members)
+            alone = [i for i in alone if i not in batched]
+        for i in alone:
+            candidates[i] = await self._candidate_columns(searches[i], vectors[i], keyword_routes.get(i))
+        return dict(sorted(candidates.items()))
+
+    async def _route_keys(self, search: SearchQuery, vector: np.ndarray, keyword_route) -> np.ndarray:
+        """The keyword route's keys: the task started while the query was encoded, or now."""
+        return await (keyword_route if keyword_route is not None else self._keyword_keys(search, vector))
+
+    def _fused(self, search: SearchQuery, joined: Candidates, keyword_keys: np.ndarray | None) -> Candidates:
+        """Vector candidates (and the keyword route's, read with them) in the order the search's
+        source asks: the vector ranking, or both fused."""
+        if keyword_keys is None:
+            return joined
+        with stage(SERVICE, "merge"):
+            nearest = joined.keys if joined.ranked < 0 else joined.keys[: joined.ranked]
+            keys = fuse_keys(nearest, keyword_keys, search.options.candidates, self.hybrid_merge)
+            return joined.take(positions_of(joined.keys, keys))
+
     async def _candidate_columns(self, search: SearchQuery, vector: np.ndarray, keyword_route) -> Candidates:
         """The candidates to rescore, as columns in ANN (or fused) order: from the vector index,
         keyword retrieval, or both fused, as the options ask."""
         o = search.options
+        keyword_keys = None
         if o.source in ("keyword", "hybrid"):
-            keyword_keys = await (keyword_route if keyword_route is not None else self._keyword_keys(search, vector))
+            keyword_keys = await self._route_keys(search, vector, keyword_route)
         if o.source == "keyword":
+            assert keyword_keys is not None
             with stage(SERVICE, "feature_read"):
                 return await self.index.candidate_features(search.collection, keyword_keys, vector)
-        if o.source == "vector":
-            with stage(SERVICE, "ann"):
-                return await self.index.vector_candidates(search.collection, vector, o.candidates, o.condition)
         with stage(SERVICE, "ann"):  # the keyword-only candidates' features come in the same read
             joined = await self.index.vector_candidates(
                 search.collection, vector, o.candidates, o.condition, keyword_keys
             )
-        with stage(SERVICE, "merge"):
-            nearest = joined.keys if joined.ranked < 0 else joined.keys[: joined.ranked]
-            keys = fuse_keys(nearest, keyword_keys, o.candidates, self.hybrid_merge)
-            return joined.take(positions_of(joined.keys, keys))
+        return self._fused(search, joined, keyword_keys)
 
     async def _unscored_page(self, search: SearchQuery, vector: np.ndarray) -> list[Result]:
         o = search.options
