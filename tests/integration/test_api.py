@@ -404,6 +404,29 @@ def test_batch_search_equals_single_searches_with_one_call_per_model(search, cat
         np.testing.assert_allclose([r.score for r in response.results], [r.score for r in single.results], atol=1e-5)
 
 
+def test_a_mixed_batch_answers_each_search_as_alone(search, catalogue):
+    """A BatchSearch's unfiltered vector and hybrid searches share one engine read; keyword-only,
+    filtered, paged and repeated searches in the same batch must still answer as alone."""
+    source = search_pb2.SearchRequest
+    requests = [
+        source(text="small blue square mixed 0", top_k=5, collection=catalogue),
+        source(
+            text="large red circle mixed 1", top_k=5, collection=catalogue, candidate_source=source.CANDIDATES_VECTOR
+        ),
+        source(
+            text="green triangle mixed 2", top_k=5, collection=catalogue, candidate_source=source.CANDIDATES_KEYWORD
+        ),
+        source(text="red circle mixed 3", top_k=5, collection=catalogue, keyword_filter=["red"]),
+        source(text="small blue square mixed 0", top_k=5, collection=catalogue, offset=2),
+    ]
+    batch = search.BatchSearch(search_pb2.BatchSearchRequest(searches=requests), timeout=60)
+    for request, response in zip(requests, batch.responses, strict=True):
+        single = search.Search(request, timeout=60)
+        assert list(response.stages) == list(single.stages)
+        assert [r.id for r in response.results] == [r.id for r in single.results]
+        np.testing.assert_allclose([r.score for r in response.results], [r.score for r in single.results], atol=1e-5)
+
+
 def test_batch_search_errors_name_the_search(search):
     good = search_pb2.SearchRequest(text="x")
     expect_error(
