@@ -47,7 +47,7 @@ from benchmarks.measure import Run, closed_loop, histogram_delta, scrape, total
 from benchmarks.served_quality import whole_index_ndcg
 from loadtests.auth import write_metadata
 from loadtests.stack import start_stack
-from models.export.triton_repo import keyword_vocabulary, read_config
+from models.export.triton_repo import keyword_vocabulary, read_config, run_with_environment
 from models.train import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -709,14 +709,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", default=os.environ.get("SCALE", "1k,10k"), help="index sizes, e.g. 1k,10k,100k")
     parser.add_argument("--requests", type=int, default=40, help="requests at concurrency 1 (x2 at 4, x4 at 16)")
     args = parser.parse_args(argv)
-    if os.environ.get("GLIBC_TUNABLES") != MALLOC_TUNABLES:
-        # The floor runs under the allocator settings every service and Triton stub runs under:
-        # without them the amc_rescorer forward alone took 4.7-5.3 ms instead of 2.2-2.5 ms (fresh
-        # pages for its megabyte temporaries), a handicap that flattered the served figures.
-        env = {**os.environ, "GLIBC_TUNABLES": MALLOC_TUNABLES}
-        os.execve(
-            sys.executable, [sys.executable, "-m", "benchmarks.run", *(sys.argv[1:] if argv is None else argv)], env
-        )
+    # The floor runs under the allocator settings every service and Triton stub runs under:
+    # without them the amc_rescorer forward alone took 4.7-5.3 ms instead of 2.2-2.5 ms (fresh
+    # pages for its megabyte temporaries), a handicap that flattered the served figures.
+    run_with_environment("benchmarks.run", {"GLIBC_TUNABLES": MALLOC_TUNABLES})
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(message)s")
     if not (args.repository / "text_encoder" / "1" / "model.pt").exists():
         print(f"no models in {args.repository}: run `make models` first", file=sys.stderr)

@@ -109,15 +109,21 @@ def build_id_of(model_bytes: bytes) -> str:
     return model_digest(model_bytes)[:12]
 
 
+def run_with_environment(module: str, variables: dict[str, str]) -> None:
+    """Re-run `python -m <module>` (same arguments) with `variables` set, unless they already are:
+    for settings a process reads only as it starts (the hash seed, the C library's malloc)."""
+    if any(os.environ.get(name) != value for name, value in variables.items()):
+        env = {**os.environ, **variables}
+        os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
+
+
 def run_with_fixed_hash_seed(module: str) -> None:
     """Re-run `python -m <module>` with PYTHONHASHSEED=0 unless it is already set so.
 
     TorchScript writes a module's constants in the order of a Python set of their names, which
     follows the string hash seed: without a fixed seed two exports of the same weights differ.
     """
-    if os.environ.get("PYTHONHASHSEED") != "0":
-        env = {**os.environ, "PYTHONHASHSEED": "0"}
-        os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]], env)
+    run_with_environment(module, {"PYTHONHASHSEED": "0"})
 
 
 def read_config(repository: Path, model: str) -> model_config_pb2.ModelConfig:

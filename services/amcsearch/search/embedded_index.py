@@ -827,12 +827,9 @@ class EmbeddedIndex:
         `extra_keys` (the keyword route's) not among them: one read for both."""
 
         def nearest() -> Candidates:
-            vectors = self._vectors_of(collection)
-            found = vectors.search(vector, limit, self._allowed(collection, condition))
-            keys, scores, nearest = _with_extra(vectors, vector, found, extra_keys)
-            joined = self._features(keys, scores)
-            joined.ranked = int(np.isin(joined.keys, nearest).sum())
-            return joined
+            index = self._vectors_of(collection)
+            found = index.search(vector, limit, self._allowed(collection, condition))
+            return self._joined([_with_extra(index, vector, found, extra_keys)])[0]
 
         return await self._read(nearest)
 
@@ -844,22 +841,26 @@ class EmbeddedIndex:
 
         def nearest_many() -> list[Candidates]:
             index = self._vectors_of(collection)
-            lists = [
-                _with_extra(index, vector, found, extra)
-                for vector, found, extra in zip(vectors, index.search_many(vectors, limit), extra_keys, strict=True)
-            ]
-            every = np.unique(np.concatenate([keys for keys, _, _ in lists]))
-            read = self._features(every, np.zeros(len(every), np.float32))
-            out = []
-            for keys, scores, nearest in lists:
-                present = np.isin(keys, read.keys)  # a row deleted meanwhile is left out
-                part = read.take(positions_of(read.keys, keys[present]))
-                part.ann_scores = scores[present]
-                part.ranked = int(np.isin(part.keys, nearest).sum())
-                out.append(part)
-            return out
+            found = index.search_many(vectors, limit)
+            return self._joined(
+                [_with_extra(index, v, f, extra) for v, f, extra in zip(vectors, found, extra_keys, strict=True)]
+            )
 
         return await self._read(nearest_many)
+
+    def _joined(self, lists: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[Candidates]:
+        """Each list of (keys, scores, the nearest keys) as candidate columns, in its order, from
+        one read of the packed columns of every key (a row deleted since is left out)."""
+        every = np.unique(np.concatenate([keys for keys, _, _ in lists]))
+        read = self._features(every, np.zeros(len(every), np.float32))
+        out = []
+        for keys, scores, nearest in lists:
+            present = np.isin(keys, read.keys)
+            part = read.take(positions_of(read.keys, keys[present]))
+            part.ann_scores = scores[present]
+            part.ranked = int(np.isin(part.keys, nearest).sum())
+            out.append(part)
+        return out
 
     async def candidate_features(self, collection: str, keys: np.ndarray, vector: np.ndarray) -> Candidates:
         """The rescoring features of `keys` (in that order), with the cosine of each to `vector`."""

@@ -427,7 +427,7 @@ class MilvusIndex:
     async def vector_candidates_many(
         self, collection: str, vectors: np.ndarray, limit: int, extra_keys: list[np.ndarray | None]
     ) -> list[Candidates]:
-        """One search per query: the server batches nothing here that it would not anyway."""
+        """One vector_candidates() per query: this engine shares no read between them."""
         return [
             await self.vector_candidates(collection, vector, limit, Filter(), extra)
             for vector, extra in zip(vectors, extra_keys, strict=True)

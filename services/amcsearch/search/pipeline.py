@@ -605,16 +605,16 @@ class SearchPipeline:
         """The candidates of each search to rescore. The searches of a BatchSearch that take
         vector candidates from one collection without a filter share one engine read: one pass
         over the vectors and one read of every candidate's packed columns."""
-        shared: dict[tuple[str, int], list[int]] = {}
+        groups: dict[tuple[str, int], list[int]] = {}
         for i, search in enumerate(searches):
             o = search.options
             if o.rescore and o.source in ("vector", "hybrid") and o.condition.empty:
-                shared.setdefault((search.collection, o.candidates), []).append(i)
-        alone = [i for i, s in enumerate(searches) if s.options.rescore]
+                groups.setdefault((search.collection, o.candidates), []).append(i)
+        shared = [members for members in groups.values() if len(members) > 1]
+        batched = {i for members in shared for i in members}
         candidates: dict[int, Candidates] = {}
-        for (collection, limit), members in shared.items():
-            if len(members) < 2:
-                continue
+        for members in shared:
+            first = searches[members[0]]
             keyword_keys = [
                 await self._route_keys(searches[i], vectors[i], keyword_routes.get(i))
                 if searches[i].options.source == "hybrid"
@@ -622,13 +622,14 @@ class SearchPipeline:
                 for i in members
             ]
             with stage(SERVICE, "ann"):
-                joined = await self.index.vector_candidates_many(collection, vectors[members], limit, keyword_keys)
+                joined = await self.index.vector_candidates_many(
+                    first.collection, vectors[members], first.options.candidates, keyword_keys
+                )
             for i, found, keys in zip(members, joined, keyword_keys, strict=True):
                 candidates[i] = self._fused(searches[i], found, keys)
-            batched = set(members)
-            alone = [i for i in alone if i not in batched]
-        for i in alone:
-            candidates[i] = await self._candidate_columns(searches[i], vectors[i], keyword_routes.get(i))
+        for i, search in enumerate(searches):
+            if search.options.rescore and i not in batched:
+                candidates[i] = await self._candidate_columns(search, vectors[i], keyword_routes.get(i))
         return dict(sorted(candidates.items()))
 
     async def _route_keys(self, search: SearchQuery, vector: np.ndarray, keyword_route) -> np.ndarray:

@@ -258,21 +258,14 @@ class VectorIndex:
             return self._exact_all(query, k)
 
     def search_many(self, queries: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """search() of each row of `queries` [Q, D] (no filter), in one pass: one batched graph
-        search, or one matrix product that reads the vectors once for all the queries (a
-        BatchSearch of 8 read them 8 times: ~2 ms each at 10,000 here, memory-bound)."""
+        """search() of each row of `queries` [Q, D] (no filter). Exact: one matrix product reads
+        the vectors once for all the queries (a BatchSearch of 8 read them 8 times, ~2 ms each at
+        10,000 here, memory-bound). With a graph: one graph search per query."""
         queries = np.stack([_unit(query) for query in np.asarray(queries, dtype=np.float32)])
         with self.lock:
             if self.graph is not None and self.count >= self.hnsw_min_rows:
                 return [self._search_graph(query, k) for query in queries]
-            scores = self.matrix[: self.used] @ queries.T
-            if self.count < self.used:
-                scores[~self.live[: self.used]] = -np.inf
-            found = []
-            for column in range(len(queries)):
-                top = _top(scores[:, column], min(k, self.count))
-                found.append((self.keys[top], scores[top, column].astype(np.float32)))
-            return found
+            return [self._best(column, k) for column in (self.matrix[: self.used] @ queries.T).T]
 
     def scores(self, keys: np.ndarray, query: np.ndarray) -> np.ndarray:
         """Cosine of the query and each key's vector (0 for keys not in the index)."""
@@ -305,7 +298,11 @@ class VectorIndex:
 
     def _exact_all(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Every live vector, scored in place (no copy of the matrix)."""
-        scores = self.matrix[: self.used] @ query
+        return self._best(self.matrix[: self.used] @ query, k)
+
+    def _best(self, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, scores) of the k best live slots of `scores` (one per used slot; deleted slots
+        are masked in place)."""
         if self.count < self.used:
             scores[~self.live[: self.used]] = -np.inf
         top = _top(scores, min(k, self.count))
