@@ -71,6 +71,33 @@ def test_threshold_algorithm_reads_fewer_postings_than_match():
     assert len(rows) == 10 and sum(scored) < matching / 4
 
 
+def test_terms_that_cannot_matter_are_skipped_and_the_top_stays_exact():
+    """A word in most images (idf at its floor) beside rarer ones: its lists stop being read once
+    the top is known (MaxScore), and the top-k still equals FTS5's, ties included in the scores."""
+    rng = random.Random(2)
+    docs = []
+    for _ in range(20_000):
+        words = ["large"] if rng.random() < 0.8 else []
+        words += ["circle"] if rng.random() < 0.6 else []
+        words += [rng.choice(["red", "blue", "green", "purple"]) for _ in range(rng.randint(1, 3))]
+        words += ["festive"] if rng.random() < 0.05 else []
+        docs.append(words + [rng.choice(WORDS) for _ in range(rng.randint(0, 6))])
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE VIRTUAL TABLE t USING fts5 (keywords, tokenize = 'porter unicode61')")
+    db.executemany("INSERT INTO t (rowid, keywords) VALUES (?, ?)", ((i, "\n".join(d)) for i, d in enumerate(docs, 1)))
+    index = KeywordIndex()
+    index.add(range(1, len(docs) + 1), docs)
+    scored = []
+    original = index._exact
+    index._exact = lambda docs_, weights: scored.append(len(docs_)) or original(docs_, weights)  # type: ignore[method-assign]
+    for text in ["large purple festive", "large circle", "festive large", "large", "purple red large circle"]:
+        scored.clear()
+        rows, scores = index.search(text, 50)
+        np.testing.assert_allclose(scores, fts5_top(db, text, 50), rtol=1e-6, err_msg=text)
+        if text == "large purple festive":
+            assert sum(scored) < sum("large" in d for d in docs) / 8
+
+
 def test_filter_and_replace():
     index = KeywordIndex()
     index.add([1, 2, 3], [["red circle"], ["red"], ["blue"]])

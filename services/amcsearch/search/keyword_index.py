@@ -39,6 +39,10 @@ FIRST_BLOCK = 64
 DENSE_SHARE = 0.15
 """When the threshold algorithm has read this share of the query's postings without stopping,
 scoring every matching image at once is cheaper (a few array passes over all the postings)."""
+EXACT_AFTER_DENSE = 4
+"""After the dense pass over the terms that matter, the images within reach of the top are scored
+exactly when they are at most this many times the limit (beyond, ties made them many: adding the
+other terms' lists at once is cheaper)."""
 _STOPWORD_TEXT = (
     "a about above after again against all am an and any are as at be because been before being below"
     " between both but by can could did do does doing down during each few for from further had has have"
@@ -336,27 +340,27 @@ class KeywordIndex:
         return counts * (K1 + 1) / (counts + K1 * (1 - B + B * lengths / mean))
 
     def _threshold_top(self, weights: np.ndarray, limit: int, eligible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        lengths = self.doc_length.view
-        lists = [
-            (term, float(weights[term]), count, listed.ordered(lengths))
-            for term in np.flatnonzero(weights > 0).tolist()
-            for count in self.counts_of_term.get(term, ())
-            if (listed := self.postings[(term, count)]).docs.size
-        ]
+        """Fagin's threshold algorithm over the query's postings lists, which skips the lists of
+        terms that can no longer matter (MaxScore's non-essential terms): once `limit` images
+        are scored, a set of terms whose best contributions together stay below the k-th best
+        score cannot bring a new image into the top on their own, so their lists are no longer
+        read. The images read from the other lists are still scored exactly, every query term
+        included. Common words (idf at its floor, or low) fall out after the first round."""
+        lists = _QueryLists(self, weights)
         seen = np.zeros(len(eligible), dtype=np.bool_)
         best_docs = np.zeros(0, np.int64)
         best_scores = np.zeros(0, np.float64)
-        depth, block, read = 0, max(FIRST_BLOCK, limit), 0
-        postings = sum(len(docs) for _, _, _, docs in lists)
+        block, read = max(FIRST_BLOCK, limit), 0
         while True:
-            fresh = [docs[depth : depth + block] for _, _, _, docs in lists]
-            depth += block
+            kth = float(best_scores.min()) if len(best_docs) >= limit else 0.0
+            active = lists.essential(kth)
+            fresh = lists.advance(active, block)
             block *= 2
             new = np.unique(np.concatenate(fresh)) if fresh else np.zeros(0, np.int64)
             new = new[~seen[new]]
             read += len(new)
-            if read > postings * DENSE_SHARE:
-                return self._dense_top(lists, limit, eligible)  # the threshold would not come soon
+            if read > lists.postings * DENSE_SHARE:
+                return self._dense_top(lists, weights, limit, eligible, kth)  # the threshold would not come soon
             seen[new] = True
             new = new[eligible[new]]
             if len(new):
@@ -366,37 +370,52 @@ class KeywordIndex:
                 if len(best_docs) > limit:
                     keep = np.argpartition(-best_scores, limit - 1)[:limit]
                     best_docs, best_scores = best_docs[keep], best_scores[keep]
-            bound = self._unseen_bound(lists, depth, lengths)
-            done = all(depth >= len(docs) for _, _, _, docs in lists)
-            if done or (len(best_docs) >= limit and best_scores.min() >= bound):
+            full = len(best_docs) >= limit
+            if lists.exhausted(lists.essential(float(best_scores.min()) if full else 0.0)):
+                break  # every image a term that still matters holds is scored
+            if full and best_scores.min() >= lists.unseen_bound():
                 break
         rows = self.doc_row.view[best_docs]
         order = np.lexsort((rows, -best_scores))
         return rows[order], best_scores[order].astype(np.float32)
 
-    def _dense_top(self, lists, limit: int, eligible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Every matching image scored at once (np.add.at over the query's postings): the
-        threshold algorithm's fallback when the query's words are all common."""
+    def _dense_top(
+        self, lists: _QueryLists, weights: np.ndarray, limit: int, eligible: np.ndarray, kth: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every matching image scored at once: the threshold algorithm's fallback when the
+        query's words are all common. First over the lists that still matter (given the k-th
+        best score `kth` found so far); the images that could still reach the top with the
+        skipped terms' best contributions are then scored exactly, unless ties make them many
+        (then the skipped lists are added at once too)."""
         lengths = self.doc_length.view
         total = np.zeros(len(eligible), dtype=np.float64)
-        for _, weight, count, docs in lists:
-            total[docs] += weight * self._term_weight(np.asarray(count), lengths[docs])
-        candidates = np.flatnonzero((total > 0) & eligible)
-        if len(candidates) > limit:
-            candidates = candidates[np.argpartition(-total[candidates], limit - 1)[:limit]]
-        rows = self.doc_row.view[candidates]
-        order = np.lexsort((rows, -total[candidates]))
-        return rows[order], total[candidates][order].astype(np.float32)
 
-    def _unseen_bound(self, lists, depth: int, lengths: np.ndarray) -> float:
-        """The best score an image not yet read from any list could have: per term, the weight
-        of the next image of its best list."""
-        heads: dict[int, float] = {}
-        for term, weight, count, docs in lists:
-            if depth < len(docs):
-                w = weight * float(self._term_weight(np.asarray(count), np.asarray(lengths[docs[depth]])))
-                heads[term] = max(heads.get(term, 0.0), w)
-        return float(sum(heads.values()))
+        def add(part: list[int]) -> None:
+            for i in part:
+                docs = lists.docs[i]
+                total[docs] += lists.weights[i] * self._term_weight(np.asarray(lists.counts[i]), lengths[docs])
+
+        active = lists.essential(kth)
+        add(active)
+        candidates = np.flatnonzero((total > 0) & eligible)
+        skipped = lists.skipped_bound(active)
+        if skipped > 0 and len(candidates) > limit:
+            partial = total[candidates]
+            cut = np.partition(partial, len(partial) - limit)[len(partial) - limit]
+            candidates = candidates[partial >= cut - skipped]
+        if skipped > 0 and len(candidates) <= EXACT_AFTER_DENSE * limit:
+            scores = self._exact(candidates, weights)
+        else:
+            if skipped > 0:
+                add([i for i in range(len(lists.docs)) if i not in set(active)])
+                candidates = np.flatnonzero((total > 0) & eligible)
+            scores = total[candidates]
+        if len(candidates) > limit:
+            keep = np.argpartition(-scores, limit - 1)[:limit]
+            candidates, scores = candidates[keep], scores[keep]
+        rows = self.doc_row.view[candidates]
+        order = np.lexsort((rows, -scores))
+        return rows[order], scores[order].astype(np.float32)
 
     def _exact(self, docs: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """BM25 of each doc: per query term, its count in the doc by binary search of the
@@ -410,3 +429,76 @@ class KeywordIndex:
             counts = self.term_counts[term].view[at]
             scores += np.where(found, weights[term] * self._term_weight(counts, lengths), 0.0)
         return scores
+
+
+class _QueryLists:
+    """The postings lists of one query's terms (one per term and count, each in descending
+    weight order), with how far the threshold algorithm has read each."""
+
+    def __init__(self, index: KeywordIndex, weights: np.ndarray) -> None:
+        self.index = index
+        self.lengths = index.doc_length.view
+        self.terms: list[int] = []
+        self.weights: list[float] = []
+        self.counts: list[int] = []
+        self.docs: list[np.ndarray] = []
+        for term in np.flatnonzero(weights > 0).tolist():
+            for count in index.counts_of_term.get(term, ()):
+                listed = index.postings[(term, count)]
+                if listed.docs.size:
+                    self.terms.append(term)
+                    self.weights.append(float(weights[term]))
+                    self.counts.append(count)
+                    self.docs.append(listed.ordered(self.lengths))
+        self.depth = [0] * len(self.docs)
+        self.postings = sum(len(docs) for docs in self.docs)
+        best: dict[int, float] = {}
+        for i, term in enumerate(self.terms):
+            best[term] = max(best.get(term, 0.0), self.head(i, 0))
+        self.term_best = best
+        """Per term, the most it adds to any image's score."""
+        self.by_best = sorted(best, key=best.__getitem__)
+
+    def head(self, i: int, at: int) -> float:
+        """The weight of list i's image at position `at` (0 past its end)."""
+        docs = self.docs[i]
+        if at >= len(docs):
+            return 0.0
+        length = np.asarray(self.lengths[docs[at]])
+        return self.weights[i] * float(self.index._term_weight(np.asarray(self.counts[i]), length))
+
+    def essential(self, kth: float) -> list[int]:
+        """The lists of the terms that can still bring an image into the top: leave out the
+        largest set of least-weighted terms whose best contributions sum below `kth`."""
+        skipped: set[int] = set()
+        total = 0.0
+        for term in self.by_best:
+            total += self.term_best[term]
+            if total >= kth:
+                break
+            skipped.add(term)
+        return [i for i, term in enumerate(self.terms) if term not in skipped]
+
+    def skipped_bound(self, active: list[int]) -> float:
+        """The most the terms without a list in `active` add to any image's score."""
+        kept = {self.terms[i] for i in active}
+        return float(sum(best for term, best in self.term_best.items() if term not in kept))
+
+    def advance(self, active: list[int], block: int) -> list[np.ndarray]:
+        """The next `block` images of each active list."""
+        fresh = []
+        for i in active:
+            fresh.append(self.docs[i][self.depth[i] : self.depth[i] + block])
+            self.depth[i] += block
+        return fresh
+
+    def exhausted(self, active: list[int]) -> bool:
+        return all(self.depth[i] >= len(self.docs[i]) for i in active)
+
+    def unseen_bound(self) -> float:
+        """The best score an image not yet read from any list could have: per term, the weight
+        of the next image of its best list (each list at its own depth)."""
+        heads: dict[int, float] = {}
+        for i, term in enumerate(self.terms):
+            heads[term] = max(heads.get(term, 0.0), self.head(i, self.depth[i]))
+        return float(sum(heads.values()))
