@@ -12,7 +12,8 @@ route); p50 / p99 per query, build time, and whether its top-100 scores agree wi
 - tantivy: tantivy-py, RAM index, en_stem tokenizer (block-max WAND top-k);
 - bm25s: bm25s with its numpy backend (a static sparse matrix: no incremental updates);
 - numpy-dense: the keyword index's own arrays, every matching image scored;
-- amcsearch: services/amcsearch/search/keyword_index.py (threshold algorithm).
+- amcsearch: services/amcsearch/search/keyword_index.py (threshold algorithm, MaxScore, per-image
+  counts of common terms).
 """
 
 from __future__ import annotations
