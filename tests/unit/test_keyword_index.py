@@ -99,6 +99,25 @@ def test_terms_that_cannot_matter_are_skipped_and_the_top_stays_exact():
             assert sum(scored) < sum("large" in d for d in docs) / 8
 
 
+def test_a_count_too_large_for_the_per_image_counts_falls_back_to_the_postings():
+    """A common term's per-image counts are uint16: an image repeating it more often than that
+    takes the term off them, and its score stays exact."""
+    docs = {i: ["red", "circle"] if i % 2 else ["red"] for i in range(1, 2001)}
+    index = KeywordIndex()
+    index.add(list(docs), list(docs.values()))
+    term = index.term_ids["red"]
+    assert term in index.dense_counts
+    docs[5000] = ["red " * 70_000]
+    index.add([5000], [docs[5000]])
+    assert term not in index.dense_counts
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE VIRTUAL TABLE t USING fts5 (keywords, tokenize = 'porter unicode61')")
+    db.executemany("INSERT INTO t (rowid, keywords) VALUES (?, ?)", ((i, "\n".join(d)) for i, d in docs.items()))
+    rows, scores = index.search("red", 10)  # its count, held exactly, puts it first
+    assert rows[0] == 5000
+    np.testing.assert_allclose(scores, fts5_top(db, "red", 10), rtol=1e-5)
+
+
 def test_filter_and_replace():
     index = KeywordIndex()
     index.add([1, 2, 3], [["red circle"], ["red"], ["blue"]])

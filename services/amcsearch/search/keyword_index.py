@@ -256,15 +256,19 @@ class KeywordIndex:
         the new images, the batch's (image, term, count) of those terms are written, and terms
         that became common get their column from their postings."""
         size = self.doc_row.size
-        for term, column in self.dense_counts.items():
-            column.extend(np.zeros(size - column.size, np.uint16))
+        limit = np.iinfo(np.uint16).max
+        for term, column in list(self.dense_counts.items()):
             mine = pair_term == term
+            if mine.any() and counts[mine].max() > limit:
+                del self.dense_counts[term]  # a count uint16 cannot hold: its postings answer again
+                continue
+            column.extend(np.zeros(size - column.size, np.uint16))
             column.data[pair_doc[mine]] = counts[mine]
         if size < DENSE_TERM_MIN_DOCS:
             return
         common = np.flatnonzero(self.df >= max(DENSE_TERM_MIN_DOCS, size * DENSE_TERM_SHARE))
         for term in common.tolist():
-            if term in self.dense_counts or self.term_counts[term].view.max() > np.iinfo(np.uint16).max:
+            if term in self.dense_counts or self.term_counts[term].view.max() > limit:
                 continue
             column = _Column(np.uint16)
             column.extend(np.zeros(size, np.uint16))
