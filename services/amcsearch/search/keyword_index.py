@@ -388,9 +388,8 @@ class KeywordIndex:
         best_docs = np.zeros(0, np.int64)
         best_scores = np.zeros(0, np.float64)
         block, read = max(FIRST_BLOCK, limit), 0
+        kth, active = 0.0, lists.essential(0.0)  # kth: the k-th best score once k are scored
         while True:
-            kth = float(best_scores.min()) if len(best_docs) >= limit else 0.0
-            active = lists.essential(kth)
             fresh = lists.advance(active, block)
             block *= 2
             new = np.unique(np.concatenate(fresh)) if fresh else np.zeros(0, np.int64)
@@ -408,9 +407,11 @@ class KeywordIndex:
                     keep = np.argpartition(-best_scores, limit - 1)[:limit]
                     best_docs, best_scores = best_docs[keep], best_scores[keep]
             full = len(best_docs) >= limit
-            if lists.exhausted(lists.essential(float(best_scores.min()) if full else 0.0)):
+            kth = float(best_scores.min()) if full else 0.0
+            active = lists.essential(kth)
+            if lists.exhausted(active):
                 break  # every image a term that still matters holds is scored
-            if full and best_scores.min() >= lists.unseen_bound():
+            if full and kth >= lists.unseen_bound():
                 break
         rows = self.doc_row.view[best_docs]
         order = np.lexsort((rows, -best_scores))
@@ -436,16 +437,19 @@ class KeywordIndex:
         add(active)
         candidates = np.flatnonzero((total > 0) & eligible)
         skipped = lists.skipped_bound(active)
-        if skipped > 0 and len(candidates) > limit:
-            partial = total[candidates]
-            cut = np.partition(partial, len(partial) - limit)[len(partial) - limit]
-            candidates = candidates[partial >= cut - skipped]
-        if skipped > 0 and len(candidates) <= EXACT_AFTER_DENSE * limit:
-            scores = self._exact(candidates, weights)
-        else:
-            if skipped > 0:
-                add([i for i in range(len(lists.docs)) if i not in set(active)])
+        if skipped > 0:
+            if len(candidates) > limit:
+                partial = total[candidates]
+                cut = np.partition(partial, len(partial) - limit)[len(partial) - limit]
+                candidates = candidates[partial >= cut - skipped]
+            if len(candidates) <= EXACT_AFTER_DENSE * limit:
+                scores = self._exact(candidates, weights)
+            else:
+                kept = set(active)
+                add([i for i in range(len(lists.docs)) if i not in kept])
                 candidates = np.flatnonzero((total > 0) & eligible)
+                scores = total[candidates]
+        else:
             scores = total[candidates]
         if len(candidates) > limit:
             keep = np.argpartition(-scores, limit - 1)[:limit]
