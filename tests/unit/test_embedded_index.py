@@ -111,6 +111,53 @@ def test_a_batch_of_queries_reads_the_candidates_a_search_would(store):
         assert found.keyword_texts[found.keyword_ids].tolist() == single.keyword_texts[single.keyword_ids].tolist()
 
 
+def _columns(found):
+    return (
+        found.keys.tolist(),
+        found.regions.tobytes(),
+        found.region_scales.tobytes(),
+        found.confidences.tobytes(),
+        found.keyword_texts[found.keyword_ids].tolist(),
+    )
+
+
+@pytest.mark.parametrize("budget_mib", [0, 1, 64])
+def test_candidate_columns_held_in_memory_equal_the_stores_and_forget_deleted_rows(tmp_path, budget_mib):
+    """A second read of the same candidates (served from memory where the budget allows: 1 MiB
+    holds ~200 images, so part of them) gives the store's columns; a row replaced or deleted
+    since is never served from memory; a dropped collection leaves none behind."""
+
+    async def scenario():
+        index = EmbeddedIndex(tmp_path / "index.sqlite", "images", feature_cache_mib=budget_mib)
+        await index.open()
+        try:
+            rng = np.random.default_rng(9)
+            vectors = unit(rng, 400)
+            records = [record(i, v, keywords=[(f"k{i % 11}", 0.1 + i % 9 / 10, 2)]) for i, v in enumerate(vectors)]
+            await index.upsert("images", records)
+            keys = np.concatenate([np.arange(400, 0, -1), [2, 999_999]])  # a duplicate, an unknown row
+            scores = np.linspace(0, 1, len(keys)).astype(np.float32)
+            first = index._features(keys, scores)
+            assert len(index.feature_cache) == min(400, index.feature_cache.capacity)
+            second = index._features(keys, scores)
+            assert _columns(second) == _columns(first)
+            np.testing.assert_array_equal(second.ann_scores, first.ann_scores)
+            assert first.keys.tolist() == [k for k in keys.tolist() if k <= 400]
+            # img-0 is row 1, img-3 row 4: replace the one, delete the other
+            await index.upsert("images", [record(0, vectors[0], keywords=[("changed", 0.7, 2)])])
+            await index.delete("images", ["img-3"])
+            after = index._features(np.array([1, 4, 401]), np.zeros(3, np.float32))
+            assert after.keys.tolist() == [401]
+            assert after.keyword_texts[after.keyword_ids[0, 0]] == "changed"
+            await index.drop_collection("images")
+            assert len(index.feature_cache) == 0
+            assert len(index._features(keys, scores)) == 0
+        finally:
+            await index.close()
+
+    run(scenario())
+
+
 def test_upsert_get_search_delete_round_trip(store):
     rng = np.random.default_rng(2)
     vectors = unit(rng, 50)

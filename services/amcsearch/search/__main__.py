@@ -61,6 +61,7 @@ async def main() -> None:
         settings.read_cache_mib,
         settings.reads_on_loop,
         settings.keyword_share,
+        settings.feature_cache_mib,
     )
     await index.open()
     channels = [

@@ -34,6 +34,7 @@ import numpy as np
 from amcsearch.runtime import contract as c
 from amcsearch.runtime.errors import NotFound, Unavailable
 from amcsearch.search import derived
+from amcsearch.search.feature_cache import FeatureCache
 from amcsearch.search.keyword_index import KeywordIndex
 from amcsearch.search.records import (
     Candidates,
@@ -173,6 +174,7 @@ class EmbeddedIndex:
         read_cache_mib: int = 128,
         reads_on_loop: bool = True,
         keyword_share: str = "full",
+        feature_cache_mib: int = 1024,
     ) -> None:
         self.read_cache_mib = read_cache_mib
         self.reads_on_loop = reads_on_loop
@@ -200,6 +202,8 @@ class EmbeddedIndex:
         self.keywords: dict[str, KeywordIndex] = {}
         """Per collection, BM25 keyword retrieval (keyword_index.py), derived from the store."""
         self.keyword_lock = threading.Lock()
+        self.feature_cache = FeatureCache(feature_cache_mib)
+        """Candidate columns read before, by store row (feature_cache.py)."""
         """Keyword indexes change in the writer thread and are read in the reader thread."""
         self.keyword_dictionary: dict[str, int] = {}
         """Every keyword text of the store -> its id in items.keyword_ids."""
@@ -615,6 +619,7 @@ class EmbeddedIndex:
                 db.execute(f"DELETE FROM item_metadata WHERE row IN ({rows})", (name,))
                 count = db.execute("DELETE FROM items WHERE collection = ?", (name,)).rowcount
                 db.execute("DELETE FROM collections WHERE name = ?", (name,))
+            self.feature_cache.clear()
             self.vectors.pop(name, None)
             self.shop_vectors.pop(name, None)
             with self.keyword_lock:
@@ -670,6 +675,7 @@ class EmbeddedIndex:
                     added_shop.append((row, r.shop.embedding))
                 added.append((row, r.embedding))
             self._store_dictionary(db, known)
+        self.feature_cache.forget(replaced)
         vectors.remove(replaced)
         vectors.add(np.asarray([row for row, _ in added]), np.stack([e for _, e in added]))
         with self.keyword_lock:
@@ -696,6 +702,7 @@ class EmbeddedIndex:
                 found = self._rows_of(db, collection, ids)
                 for row in found.values():
                     self._delete_row(db, row)
+            self.feature_cache.forget(found.values())
             vectors.remove(found.values())
             self.shop_vectors[collection].remove(found.values())
             with self.keyword_lock:
@@ -872,12 +879,42 @@ class EmbeddedIndex:
         return await self._read(read)
 
     def _features(self, keys: np.ndarray, scores: np.ndarray) -> Candidates:
-        """One read of the packed columns of `keys`, in their order (a row deleted since its key
-        was found is left out), with their ANN scores. The rows are transposed and joined in C:
-        no Python loop per candidate."""
+        """The packed columns of `keys`, in their order (a row deleted since its key was found is
+        left out), with their ANN scores: gathered from memory (feature_cache.py), the rows not
+        held yet read from the store in one query first and kept as the budget allows. No Python
+        loop per candidate."""
+        texts = self.keyword_texts  # taken before the rows: every id they hold is in it
+        keys = np.asarray(keys, dtype=np.int64)
+        scores = np.asarray(scores, dtype=np.float32)
+        held, cached = self.feature_cache.lookup(keys)
+        if held.all():
+            return Candidates(keys, scores, *cached, texts)
+        epoch = self.feature_cache.epoch  # before the read: a delete meanwhile keeps it out
+        read_keys, *read = self._read_columns(np.unique(keys[~held]))
+        self.feature_cache.put(epoch, read_keys, *read)
+        held, cached = self.feature_cache.lookup(keys)
+        if held.all():
+            return Candidates(keys, scores, *cached, texts)
+        # the budget is spent (or a row went meanwhile): join what is held with what was read
+        rest = np.flatnonzero(~held)
+        at, found = _locate(read_keys, keys[rest])
+        keep = held.copy()
+        keep[rest[found]] = True
+
+        def joined(from_memory: np.ndarray, from_store: np.ndarray) -> np.ndarray:
+            column = np.empty((len(keys), *from_store.shape[1:]), dtype=from_store.dtype)
+            column[held] = from_memory
+            column[rest[found]] = from_store[at[found]]
+            return column[keep]
+
+        regions, region_scales, ids, confidences = (joined(a, b) for a, b in zip(cached, read, strict=True))
+        return Candidates(keys[keep], scores[keep], regions, region_scales, ids, confidences, texts)
+
+    def _read_columns(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, regions, region_scales, keyword_ids, confidences) of the rows of `keys` that
+        the store holds, in its order: the rows are transposed and joined in C."""
         db = self._read_db
         assert db is not None
-        texts = self.keyword_texts  # taken before the rows: every id they hold is in it
         columns = "row, regions, region_scales, keyword_ids, keyword_confidences"
         parts = []
         for start in range(0, len(keys), 500):
@@ -885,20 +922,16 @@ class EmbeddedIndex:
             sql = f"SELECT {columns} FROM items WHERE row IN ({', '.join('?' * len(chunk))})"
             parts.extend(db.execute(sql, chunk).fetchall())
         if not parts:
-            return Candidates.empty()
+            empty = Candidates.empty()
+            return empty.keys, empty.regions, empty.region_scales, empty.keyword_ids, empty.confidences
         rows, regions, region_scales, ids, confidences = zip(*parts, strict=True)
-        found = np.asarray(rows, dtype=np.int64)
-        order = positions_of(found, keys)
-        present = positions_of(keys, found[order])
         n = len(rows)
-        return Candidates(
-            found[order],
-            np.asarray(scores, dtype=np.float32)[present],
-            np.frombuffer(b"".join(regions), dtype=np.int8).reshape(n, c.REGION_COUNT, c.REGION_DIM)[order],
-            np.frombuffer(b"".join(region_scales), dtype="<f4").reshape(n, c.REGION_COUNT)[order],
-            np.frombuffer(b"".join(ids), dtype="<i4").reshape(n, c.KEYWORD_SLOTS)[order],
-            np.frombuffer(b"".join(confidences), dtype="<f4").reshape(n, c.KEYWORD_SLOTS)[order],
-            texts,
+        return (
+            np.asarray(rows, dtype=np.int64),
+            np.frombuffer(b"".join(regions), dtype=np.int8).reshape(n, c.REGION_COUNT, c.REGION_DIM),
+            np.frombuffer(b"".join(region_scales), dtype="<f4").reshape(n, c.REGION_COUNT),
+            np.frombuffer(b"".join(ids), dtype="<i4").reshape(n, c.KEYWORD_SLOTS),
+            np.frombuffer(b"".join(confidences), dtype="<f4").reshape(n, c.KEYWORD_SLOTS),
         )
 
     async def describe(self, collection: str, keys: np.ndarray) -> list[Described | None]:
@@ -992,6 +1025,15 @@ def _with_extra(
         keys = np.concatenate([nearest, extra])
         scores = np.concatenate([scores, index.scores(extra, vector)])
     return keys, scores, nearest
+
+
+def _locate(keys: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each of `wanted`: its position in `keys` (distinct), and whether it is there at all."""
+    if not len(keys):
+        return np.zeros(len(wanted), np.int64), np.zeros(len(wanted), bool)
+    order = np.argsort(keys)
+    at = order[np.minimum(np.searchsorted(keys[order], wanted), len(keys) - 1)]
+    return at, keys[at] == wanted
 
 
 def _damaged(error: sqlite3.Error) -> bool:

@@ -89,6 +89,7 @@ def open_index(
     read_cache_mib: int = 128,
     reads_on_loop: bool = True,
     keyword_share: str = "full",
+    feature_cache_mib: int = 1024,
 ) -> Index:
     """The engine for `uri` (not opened yet)."""
     if is_server_uri(uri):
@@ -98,5 +99,12 @@ def open_index(
     from amcsearch.search.embedded_index import EmbeddedIndex
 
     return EmbeddedIndex(
-        uri, default_collection, hnsw_min_rows, ef_search, read_cache_mib, reads_on_loop, keyword_share
+        uri,
+        default_collection,
+        hnsw_min_rows,
+        ef_search,
+        read_cache_mib,
+        reads_on_loop,
+        keyword_share,
+        feature_cache_mib,
     )
