@@ -183,6 +183,8 @@ class SizeFigures:
     """(queries/s through BatchSearch of BATCH_SIZE, queries/s as single Searches), concurrency 1."""
     cpu: dict[str, float] = field(default_factory=dict)
     """CPU seconds per Search of each process during the concurrency-16 run."""
+    coalesced: float = 1.0
+    """Mean Searches the gateway answered together (coalescer.py) during the concurrency-16 run."""
 
 
 def query_texts(corpus, count: int, tag: str) -> list[str]:
@@ -341,6 +343,12 @@ def triton_bytes(texts: dict[str, str]) -> float:
     )
 
 
+def coalesced_per_batch(before: str, after: str) -> float:
+    batches = total(after, "amcsearch_coalesced_searches_count") - total(before, "amcsearch_coalesced_searches_count")
+    searches = total(after, "amcsearch_coalesced_searches_sum") - total(before, "amcsearch_coalesced_searches_sum")
+    return searches / batches if batches else 1.0
+
+
 async def measure_size(args, size: int) -> SizeFigures:
     from models.corpus.scale import load_or_build_scale_corpus
 
@@ -395,6 +403,7 @@ async def measure_size(args, size: int) -> SizeFigures:
                 after = scrape_all(stack)
                 if level == 16:
                     figures.cpu = {n: (cpu_after[n] - cpu_before.get(n, 0.0)) / len(texts) for n in cpu_after}
+                    figures.coalesced = coalesced_per_batch(before["search"], after["search"])
                 if level == 1:
                     figures.stages = stage_deltas(stack, before, after)
                     figures.triton_compute = triton_compute(before["tritonserver"], after["tritonserver"])
@@ -501,17 +510,20 @@ def cpu_section(all_figures: list[SizeFigures]) -> list[str]:
         "",
         "Each process's CPU seconds (user + system, /proc) during the concurrency-16 run divided by the "
         "Searches it served; the floor's CPU per Search is its cores over its best QPS. Latency hides "
-        "waste that CPU shows.",
+        "waste that CPU shows. The gateway answers concurrent Searches together (one Encode, one "
+        "Rescore; services/amcsearch/search/coalescer.py): the last column is how many it answered "
+        "together on average.",
         "",
-        "| size | " + " | ".join(names) + " | whole stack | floor | stack / floor |",
-        "| --- " * (len(names) + 4) + "|",
+        "| size | " + " | ".join(names) + " | whole stack | floor | stack / floor | Searches per batch |",
+        "| --- " * (len(names) + 5) + "|",
     ]
     for f in all_figures:
         whole = sum(f.cpu.values())
         lines.append(
             f"| {f.size:,} | "
             + " | ".join(fmt(f.cpu.get(n, 0.0)) for n in names)
-            + f" | {fmt(whole)} | {fmt(f.floor.cpu_per_search)} | {whole / f.floor.cpu_per_search:.2f}x |"
+            + f" | {fmt(whole)} | {fmt(f.floor.cpu_per_search)} | {whole / f.floor.cpu_per_search:.2f}x"
+            f" | {f.coalesced:.1f} |"
         )
     lines += [
         "",

@@ -427,6 +427,32 @@ def test_a_mixed_batch_answers_each_search_as_alone(search, catalogue):
         np.testing.assert_allclose([r.score for r in response.results], [r.score for r in single.results], atol=1e-5)
 
 
+def test_concurrent_searches_are_answered_together_each_as_alone(search, catalogue, real_stack):
+    """Searches that arrive while others run are coalesced (one Encode, one Rescore for several):
+    each caller still gets what its Search alone gives, and one that fails (an unknown
+    collection) fails alone."""
+    source = search_pb2.SearchRequest
+    requests = [source(text=f"small green circle together {i}", top_k=5, collection=catalogue) for i in range(10)]
+    requests[3] = source(text="large red circle together", top_k=5, collection=catalogue, offset=3)
+    requests[6] = source(text="blue square together", top_k=5, collection=catalogue, keyword_filter=["blue"])
+    requests[8] = source(text="nowhere together", top_k=5, collection=f"missing-{uuid.uuid4().hex[:8]}")
+    metrics = real_stack.processes["search"].endpoints["metrics"]
+    batches_before = metric_value(scrape(metrics), "amcsearch_coalesced_searches_count")
+    encodes_before = triton_requests(real_stack, "text_encoder")
+    futures = [search.Search.future(r, timeout=60) for r in requests]
+    with pytest.raises(grpc.RpcError) as raised:
+        futures[8].result()
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND, raised.value.details()
+    together = {i: f.result() for i, f in enumerate(futures) if i != 8}
+    batches = metric_value(scrape(metrics), "amcsearch_coalesced_searches_count") - batches_before
+    encodes = triton_requests(real_stack, "text_encoder") - encodes_before
+    assert batches < len(requests) and encodes < len(requests) - 1, (batches, encodes)
+    for i, response in together.items():
+        single = search.Search(requests[i], timeout=60)
+        assert [r.id for r in response.results] == [r.id for r in single.results]
+        np.testing.assert_allclose([r.score for r in response.results], [r.score for r in single.results], atol=1e-5)
+
+
 def test_batch_search_errors_name_the_search(search):
     good = search_pb2.SearchRequest(text="x")
     expect_error(

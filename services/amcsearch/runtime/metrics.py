@@ -83,6 +83,11 @@ DEGRADATIONS = Counter(
     "Searches answered OK with a stage skipped (e.g. rescoring), by stage.",
     ["stage"],
 )
+COALESCED_SEARCHES = Histogram(
+    "amcsearch_coalesced_searches",
+    "Concurrent Search RPCs answered together by the gateway (one Encode, one Rescore): 1 when alone.",
+    buckets=BATCH_BUCKETS,
+)
 INDEX_IMAGES = Gauge(
     "amcsearch_index_images",
     "Images in the index of record (refreshed by the gateway's readiness poll every 2 s and by Stats).",

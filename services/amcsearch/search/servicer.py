@@ -18,6 +18,7 @@ from amcsearch.runtime.metrics import BATCH_ITEMS, INDEX_IMAGES
 from amcsearch.runtime.quantize import dequantize_regions
 from amcsearch.runtime.tensors import to_tensor
 from amcsearch.search import requests
+from amcsearch.search.coalescer import SearchCoalescer
 from amcsearch.search.index import INDEX_VERSION
 from amcsearch.search.pipeline import (
     ID_PATTERN,
@@ -116,6 +117,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def __init__(self, pipeline: SearchPipeline, settings: SearchSettings) -> None:
         self.pipeline = pipeline
         self.settings = settings
+        self.coalescer = SearchCoalescer(pipeline, settings.coalesce_max_batch, settings.coalesce_in_flight)
 
     @property
     def default_collection(self) -> str:
@@ -336,8 +338,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def Search(self, request: search_pb2.SearchRequest, context: grpc.aio.ServicerContext):
         self._check_read(context, "Search")
         query = await self._search_query(request)
-        outcome = await self.pipeline.search(query.collection, query.query, query.options, time_left)
-        return search_response(outcome)
+        return search_response(await self.coalescer.search(query, time_left))
 
     @in_callers_terms
     async def BatchSearch(self, request: search_pb2.BatchSearchRequest, context: grpc.aio.ServicerContext):

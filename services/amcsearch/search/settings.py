@@ -84,6 +84,11 @@ class SearchSettings:
     """Share of a Search's remaining deadline for the rescore stage; past it the Search answers
     in ANN order, flagged as degraded."""
     max_batch_searches: int = 32
+    coalesce_max_batch: int = 16
+    """Concurrent Search RPCs answered together at most (coalescer.py); 1 answers each alone."""
+    coalesce_in_flight: int = 2
+    """Batches of Searches running at once: a Search arriving while this many run waits for one
+    to finish and joins the next batch with the others that arrived meanwhile."""
     """Searches per BatchSearch."""
     max_rerank_candidates: int = 200
     """Candidates per Rerank (indexed ids and inline images)."""
@@ -113,6 +118,10 @@ class SearchSettings:
             raise SettingsError("SEARCH_KEYWORD_SHARE must be full or coverage")
         if self.hybrid_merge not in ("rrf", "union"):
             raise SettingsError("SEARCH_HYBRID_MERGE must be rrf or union")
+        if not 1 <= self.coalesce_max_batch <= self.max_batch_searches:
+            raise SettingsError("SEARCH_COALESCE_MAX_BATCH must be in 1..SEARCH_MAX_BATCH_SEARCHES")
+        if self.coalesce_in_flight < 1:
+            raise SettingsError("SEARCH_COALESCE_IN_FLIGHT must be 1 or more")
         if self.feature_cache_mib < 0:
             raise SettingsError("INDEX_FEATURE_CACHE_MIB must be 0 (off) or more")
         if not 0 < self.rescore_budget_share <= 1:
