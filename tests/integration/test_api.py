@@ -435,7 +435,7 @@ def test_concurrent_searches_are_answered_together_each_as_alone(search, catalog
     requests = [source(text=f"small green circle together {i}", top_k=5, collection=catalogue) for i in range(10)]
     requests[3] = source(text="large red circle together", top_k=5, collection=catalogue, offset=3)
     requests[6] = source(text="blue square together", top_k=5, collection=catalogue, keyword_filter=["blue"])
-    requests[8] = source(text="nowhere together", top_k=5, collection=f"missing-{uuid.uuid4().hex[:8]}")
+    requests[8] = source(text="nowhere together", top_k=5, collection=f"missing_{uuid.uuid4().hex[:8]}")
     metrics = real_stack.processes["search"].endpoints["metrics"]
     batches_before = metric_value(scrape(metrics), "amcsearch_coalesced_searches_count")
     encodes_before = triton_requests(real_stack, "text_encoder")
