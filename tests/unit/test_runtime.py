@@ -57,6 +57,22 @@ def test_bad_values_fail_fast_naming_the_variable(variable, value):
     assert variable in str(raised.value) or "must be" in str(raised.value) or "port" in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "fragment"),
+    [
+        ("SEARCH_COALESCE_MAX_BATCH", "0", "SEARCH_COALESCE_MAX_BATCH"),
+        ("SEARCH_COALESCE_MAX_BATCH", "33", "SEARCH_COALESCE_MAX_BATCH"),
+        ("SEARCH_COALESCE_IN_FLIGHT", "0", "SEARCH_COALESCE_IN_FLIGHT"),
+        ("INDEX_FEATURE_CACHE_MIB", "-1", "INDEX_FEATURE_CACHE_MIB"),
+    ],
+)
+def test_gateway_settings_out_of_range_fail_fast(variable, value, fragment):
+    from amcsearch.search.settings import PREFIX, SearchSettings
+
+    with pytest.raises(SettingsError, match=fragment):
+        from_env(SearchSettings, PREFIX, {variable: value}).validate()
+
+
 @pytest.mark.parametrize("float16", [False, True])
 def test_cached_arrays_round_trip(float16):
     array = np.random.default_rng(0).standard_normal((36, 128)).astype(np.float32)
