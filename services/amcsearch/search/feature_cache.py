@@ -111,10 +111,10 @@ class FeatureCache:
     def forget(self, keys) -> None:
         """Rows deleted from the store: never served from here again."""
         keys = np.asarray(list(keys), dtype=np.int64)
+        if not len(keys):
+            return  # an upsert of new ids only: nothing read before can be stale
         with self.lock:
             self.epoch += 1
-            if not len(keys):
-                return
             slots = self.slots(keys)
             held = slots >= 0
             self.slot_of[keys[held]] = -1
