@@ -11,6 +11,7 @@ import pytest
 from amcsearch.runtime.errors import NotFound, Unavailable
 from amcsearch.runtime.quantize import dequantize_regions, quantize_regions
 from amcsearch.search.embedded_index import EmbeddedIndex
+from amcsearch.search.feature_cache import FeatureCache
 from amcsearch.search.records import Filter, MetadataClause, MetadataFilter, Record
 from amcsearch.search.vector_index import VectorIndex
 
@@ -154,6 +155,34 @@ def test_candidate_columns_held_in_memory_equal_the_stores_and_forget_deleted_ro
             assert len(index._features(keys, scores)) == 0
         finally:
             await index.close()
+
+    run(scenario())
+
+
+def test_a_reopened_store_warms_its_candidate_columns_in_the_background(tmp_path):
+    """After a restart the columns come back into memory from the store, as far as the budget
+    goes, and equal what a read of the store gives."""
+
+    async def scenario():
+        path = tmp_path / "index.sqlite"
+        index = EmbeddedIndex(path, "images", feature_cache_mib=0)
+        await index.open()
+        rng = np.random.default_rng(10)
+        vectors = unit(rng, 300)
+        await index.upsert("images", [record(i, v, keywords=[(f"w{i % 13}", 0.6, 2)]) for i, v in enumerate(vectors)])
+        keys = np.arange(300, 0, -1)
+        from_store = index._features(keys, np.zeros(300, np.float32))
+        await index.close()
+        for budget, held in ((64, 300), (1, FeatureCache(1).capacity)):  # 1 MiB: 209 of the 300
+            index = EmbeddedIndex(path, "images", feature_cache_mib=budget)
+            await index.open()
+            try:
+                assert index._warming is not None
+                index._warming.join(timeout=60)
+                assert len(index.feature_cache) == min(held, 300)
+                assert _columns(index._features(keys, np.zeros(300, np.float32))) == _columns(from_store)
+            finally:
+                await index.close()
 
     run(scenario())
 

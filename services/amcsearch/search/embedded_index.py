@@ -204,6 +204,8 @@ class EmbeddedIndex:
         self.keyword_lock = threading.Lock()
         self.feature_cache = FeatureCache(feature_cache_mib)
         """Candidate columns read before, by store row (feature_cache.py)."""
+        self._warming: threading.Thread | None = None
+        self._stop_warming = threading.Event()
         """Keyword indexes change in the writer thread and are read in the reader thread."""
         self.keyword_dictionary: dict[str, int] = {}
         """Every keyword text of the store -> its id in items.keyword_ids."""
@@ -222,6 +224,34 @@ class EmbeddedIndex:
 
     async def open(self) -> None:
         await self._write(self._open)
+        if self.feature_cache.capacity:
+            self._warming = threading.Thread(target=self._warm_features, name="feature-warm", daemon=True)
+            self._warming.start()
+
+    def _warm_features(self, chunk: int = 1000) -> None:
+        """Fills the feature cache from the store in the background, oldest rows first, up to its
+        budget: after a restart, Searches read their candidates from memory from the start
+        instead of one SQLite read each (at 100k images: ann 4.8 ms at concurrency 1 cold).
+        Its own connection; a pause between chunks leaves the event loop the GIL."""
+        started, last = time.monotonic(), 0
+        db = self._connect()
+        try:
+            while not self._stop_warming.is_set() and len(self.feature_cache) < self.feature_cache.capacity:
+                epoch = self.feature_cache.epoch
+                rows = db.execute(
+                    f"SELECT {PACKED_COLUMNS} FROM items WHERE row > ? ORDER BY row LIMIT ?", (last, chunk)
+                ).fetchall()
+                if not rows:
+                    break
+                read = _packed(rows)
+                self.feature_cache.put(epoch, *read)
+                last = int(read[0][-1])
+                self._stop_warming.wait(0.002)
+        except sqlite3.Error as error:
+            log.warning("feature cache not warmed past row %d: %s", last, error)
+        finally:
+            db.close()
+        log.info("feature cache: %d images in memory after %.1fs", len(self.feature_cache), time.monotonic() - started)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -445,6 +475,9 @@ class EmbeddedIndex:
             index.add(np.asarray(keys), np.stack(vectors), build_graph=False)  # one graph build, after loading
 
     async def close(self) -> None:
+        self._stop_warming.set()
+        if self._warming is not None:
+            self._warming.join()
         await self._write(self._close)
         self.writer.shutdown(wait=True)
         self.reader.shutdown(wait=True)
@@ -915,24 +948,12 @@ class EmbeddedIndex:
         the store holds, in its order: the rows are transposed and joined in C."""
         db = self._read_db
         assert db is not None
-        columns = "row, regions, region_scales, keyword_ids, keyword_confidences"
         parts = []
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500].tolist()
-            sql = f"SELECT {columns} FROM items WHERE row IN ({', '.join('?' * len(chunk))})"
+            sql = f"SELECT {PACKED_COLUMNS} FROM items WHERE row IN ({', '.join('?' * len(chunk))})"
             parts.extend(db.execute(sql, chunk).fetchall())
-        if not parts:
-            empty = Candidates.empty()
-            return empty.keys, empty.regions, empty.region_scales, empty.keyword_ids, empty.confidences
-        rows, regions, region_scales, ids, confidences = zip(*parts, strict=True)
-        n = len(rows)
-        return (
-            np.asarray(rows, dtype=np.int64),
-            np.frombuffer(b"".join(regions), dtype=np.int8).reshape(n, c.REGION_COUNT, c.REGION_DIM),
-            np.frombuffer(b"".join(region_scales), dtype="<f4").reshape(n, c.REGION_COUNT),
-            np.frombuffer(b"".join(ids), dtype="<i4").reshape(n, c.KEYWORD_SLOTS),
-            np.frombuffer(b"".join(confidences), dtype="<f4").reshape(n, c.KEYWORD_SLOTS),
-        )
+        return _packed(parts)
 
     async def describe(self, collection: str, keys: np.ndarray) -> list[Described | None]:
         """Id, title and metadata of each key (None for one deleted meanwhile): the returned page."""
@@ -1025,6 +1046,27 @@ def _with_extra(
         keys = np.concatenate([nearest, extra])
         scores = np.concatenate([scores, index.scores(extra, vector)])
     return keys, scores, nearest
+
+
+PACKED_COLUMNS = "row, regions, region_scales, keyword_ids, keyword_confidences"
+"""What a candidate is rescored with, as the store holds it (see _packed)."""
+
+
+def _packed(rows: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, regions, region_scales, keyword_ids, confidences) of rows of PACKED_COLUMNS: the
+    rows are transposed and joined in C."""
+    if not rows:
+        empty = Candidates.empty()
+        return empty.keys, empty.regions, empty.region_scales, empty.keyword_ids, empty.confidences
+    keys, regions, region_scales, ids, confidences = zip(*rows, strict=True)
+    n = len(keys)
+    return (
+        np.asarray(keys, dtype=np.int64),
+        np.frombuffer(b"".join(regions), dtype=np.int8).reshape(n, c.REGION_COUNT, c.REGION_DIM),
+        np.frombuffer(b"".join(region_scales), dtype="<f4").reshape(n, c.REGION_COUNT),
+        np.frombuffer(b"".join(ids), dtype="<i4").reshape(n, c.KEYWORD_SLOTS),
+        np.frombuffer(b"".join(confidences), dtype="<f4").reshape(n, c.KEYWORD_SLOTS),
+    )
 
 
 def _locate(keys: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
