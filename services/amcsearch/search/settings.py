@@ -41,8 +41,9 @@ class SearchSettings:
     read_cache_mib: int = env("INDEX_READ_CACHE_MIB", default=128)
     """Embedded engine: SQLite page cache of the read connection (candidate columns), MiB."""
     feature_cache_mib: int = env("INDEX_FEATURE_CACHE_MIB", default=1024)
-    """Embedded engine: candidates' packed columns kept in memory after their first read, MiB
-    (about 5 KB an image: 1024 holds ~210,000 images; 0 reads every Search's from SQLite)."""
+    """Embedded engine: candidates' packed columns kept in memory (loaded in the background at
+    start, and on first read), MiB: about 5 KB an image, so 1024 holds ~210,000 images; 0 reads
+    every Search's from SQLite."""
     reads_on_loop: bool = env("INDEX_READS_ON_LOOP", default=True)
     """Embedded engine: run reads on the event loop (fewer thread hand-offs) or in a reader thread."""
     rescorer_max_candidates: int = env("ATTENTION_RESCORER_MAX_CANDIDATES", default=8192)
