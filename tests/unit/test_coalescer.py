@@ -7,6 +7,7 @@ dependency); the served path, with every real service, is in tests/integration/t
 from __future__ import annotations
 
 import asyncio
+import contextvars
 
 import pytest
 from amcsearch.runtime.errors import InvalidArgument, Unavailable
@@ -73,6 +74,26 @@ def test_a_batch_runs_under_its_longest_deadline_and_no_deadline_wins():
         blocker = asyncio.ensure_future(coalescer.search("first", lambda: 1.0))
         await asyncio.gather(blocker, coalescer.search("a", lambda: 2.0), coalescer.search("b", lambda: None))
         assert pipeline.deadlines == [1.0, None]
+
+    run(scenario())
+
+
+def test_each_callers_deadline_is_read_in_its_own_context():
+    """The servicer passes runtime.deadlines.time_left, which reads the RPC's deadline from the
+    caller's context: the batch (a task of its own) must still see each caller's."""
+    deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
+
+    async def caller(coalescer, name: str, seconds: float):
+        deadline.set(seconds)
+        return await coalescer.search(name, deadline.get)
+
+    async def scenario():
+        pipeline = RecordingPipeline()
+        pipeline.release.set()
+        coalescer = SearchCoalescer(pipeline, max_batch=8, in_flight=1)
+        blocker = asyncio.ensure_future(caller(coalescer, "first", 1.5))
+        await asyncio.gather(blocker, caller(coalescer, "a", 2.5), caller(coalescer, "b", 4.5))
+        assert pipeline.deadlines == [1.5, 4.5]
 
     run(scenario())
 

@@ -54,7 +54,10 @@ class SearchCoalescer:
     async def search(self, query: SearchQuery, time_left: Callable[[], float | None]) -> SearchOutcome:
         if self.max_batch == 1:
             return (await self.pipeline.search_many([query], time_left))[0]
-        waiting = _Waiting(query, time_left)
+        # time_left reads the caller's deadline from its context (runtime/deadlines.py): the
+        # batch runs in a context of its own, so it asks in the caller's
+        context = contextvars.copy_context()
+        waiting = _Waiting(query, lambda: context.run(time_left))
         self.waiting.append(waiting)
         self._start_batches()
         try:
