@@ -50,6 +50,8 @@ class SearchCoalescer:
         self.in_flight = max(1, in_flight)
         self.running = 0
         self.waiting: list[_Waiting] = []
+        self.batches: set[asyncio.Task] = set()
+        """The running batches (the event loop keeps only weak references to tasks)."""
 
     async def search(self, query: SearchQuery, time_left: Callable[[], float | None]) -> SearchOutcome:
         if self.max_batch == 1:
@@ -73,7 +75,9 @@ class SearchCoalescer:
             self.running += 1
             COALESCED_SEARCHES.observe(len(batch))
             # a context of its own: the batch belongs to none of its callers
-            asyncio.get_running_loop().create_task(self._run(batch), context=contextvars.Context())
+            task = asyncio.get_running_loop().create_task(self._run(batch), context=contextvars.Context())
+            self.batches.add(task)
+            task.add_done_callback(self.batches.discard)
 
     async def _run(self, batch: list[_Waiting]) -> None:
         try:
