@@ -91,8 +91,10 @@ class SearchCoalescer:
 
     async def _answer(self, batch: list[_Waiting]) -> None:
         def longest() -> float | None:
+            """The longest time left among the callers; None (no limit) if any has none."""
             left = [w.time_left() for w in batch]
-            return None if any(t is None for t in left) else max(t for t in left if t is not None)
+            known = [t for t in left if t is not None]
+            return max(known) if len(known) == len(left) else None
 
         try:
             outcomes = await self.pipeline.search_many([w.query for w in batch], longest)

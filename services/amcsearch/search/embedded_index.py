@@ -45,6 +45,7 @@ from amcsearch.search.records import (
     MetadataFilter,
     Record,
     Shop,
+    locate,
     metadata_number,
     positions_of,
     slot_columns,
@@ -202,11 +203,11 @@ class EmbeddedIndex:
         self.keywords: dict[str, KeywordIndex] = {}
         """Per collection, BM25 keyword retrieval (keyword_index.py), derived from the store."""
         self.keyword_lock = threading.Lock()
+        """Keyword indexes change in the writer thread and are read in the reader thread."""
         self.feature_cache = FeatureCache(feature_cache_mib)
-        """Candidate columns read before, by store row (feature_cache.py)."""
+        """Candidate columns by store row (feature_cache.py), warmed in the background at open."""
         self._warming: threading.Thread | None = None
         self._stop_warming = threading.Event()
-        """Keyword indexes change in the writer thread and are read in the reader thread."""
         self.keyword_dictionary: dict[str, int] = {}
         """Every keyword text of the store -> its id in items.keyword_ids."""
         self.keyword_texts = np.zeros(0, dtype=object)
@@ -930,7 +931,7 @@ class EmbeddedIndex:
             return Candidates(keys, scores, *cached, texts)
         # the budget is spent (or a row went meanwhile): join what is held with what was read
         rest = np.flatnonzero(~held)
-        at, found = _locate(read_keys, keys[rest])
+        at, found = locate(read_keys, keys[rest])
         keep = held.copy()
         keep[rest[found]] = True
 
@@ -1067,15 +1068,6 @@ def _packed(rows: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
         np.frombuffer(b"".join(ids), dtype="<i4").reshape(n, c.KEYWORD_SLOTS),
         np.frombuffer(b"".join(confidences), dtype="<f4").reshape(n, c.KEYWORD_SLOTS),
     )
-
-
-def _locate(keys: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each of `wanted`: its position in `keys` (distinct), and whether it is there at all."""
-    if not len(keys):
-        return np.zeros(len(wanted), np.int64), np.zeros(len(wanted), bool)
-    order = np.argsort(keys)
-    at = order[np.minimum(np.searchsorted(keys[order], wanted), len(keys) - 1)]
-    return at, keys[at] == wanted
 
 
 def _damaged(error: sqlite3.Error) -> bool:

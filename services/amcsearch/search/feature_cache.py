@@ -55,7 +55,7 @@ class FeatureCache:
     def __len__(self) -> int:
         return self.used - len(self.free)
 
-    def slots(self, keys: np.ndarray) -> np.ndarray:
+    def _slots(self, keys: np.ndarray) -> np.ndarray:
         """The slot of each key, -1 where it is not held (the caller holds the lock)."""
         keys = np.asarray(keys, dtype=np.int64)
         out = np.full(len(keys), -1, dtype=np.int32)
@@ -67,7 +67,7 @@ class FeatureCache:
         """Which of `keys` are held, and (regions, region_scales, keyword_ids, confidences) of
         those, in `keys`' order."""
         with self.lock:
-            slots = self.slots(keys)
+            slots = self._slots(keys)
             held = slots >= 0
             slots = slots[held]
             return held, (
@@ -92,7 +92,7 @@ class FeatureCache:
             if epoch != self.epoch or not len(keys):
                 return
             keys = np.asarray(keys, dtype=np.int64)
-            new = self.slots(keys) < 0
+            new = self._slots(keys) < 0
             keys, regions, region_scales = keys[new], regions[new], region_scales[new]
             keyword_ids, confidences = keyword_ids[new], confidences[new]
             room = self.capacity - len(self)
@@ -115,7 +115,7 @@ class FeatureCache:
             return  # an upsert of new ids only: nothing read before can be stale
         with self.lock:
             self.epoch += 1
-            slots = self.slots(keys)
+            slots = self._slots(keys)
             held = slots >= 0
             self.slot_of[keys[held]] = -1
             self.free.extend(slots[held].tolist())

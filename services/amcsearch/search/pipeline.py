@@ -495,12 +495,6 @@ class SearchPipeline:
             features=common_pb2.ImageFeatures(embedding=to_tensor(record.embedding), regions=to_tensor(regions))
         )
 
-    async def search(
-        self, collection: str, query: query_encoder_pb2.QueryInput, options: SearchOptions, timeout_of
-    ) -> SearchOutcome:
-        """`timeout_of()` gives the caller's remaining deadline before each downstream call."""
-        return (await self.search_many([SearchQuery(collection, query, options)], timeout_of))[0]
-
     async def search_many(self, searches: list[SearchQuery], timeout_of) -> list[SearchOutcome]:
         """Several searches with one QueryEncoder call and one AttentionRescorer call per kind of
         search (same-domain or text; cross-domain)."""

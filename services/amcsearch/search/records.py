@@ -233,11 +233,16 @@ def usable_keywords(keywords: list[tuple[str, float, int]]) -> list[tuple[str, f
     ]
 
 
+def locate(keys: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each of `wanted`: its position in `keys` (distinct), and whether it is there at all."""
+    if not len(keys):
+        return np.zeros(len(wanted), dtype=np.int64), np.zeros(len(wanted), dtype=bool)
+    order = np.argsort(keys, kind="stable")
+    at = order[np.minimum(np.searchsorted(keys[order], wanted), len(keys) - 1)]
+    return at, keys[at] == wanted
+
+
 def positions_of(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """The position in `keys` (distinct) of each of `wanted` that is there, in `wanted`'s order."""
-    if not len(keys):
-        return np.zeros(0, dtype=np.int64)
-    order = np.argsort(keys, kind="stable")
-    at = np.minimum(np.searchsorted(keys[order], wanted), len(keys) - 1)
-    found = keys[order][at] == wanted
-    return order[at[found]]
+    at, found = locate(keys, wanted)
+    return at[found]
