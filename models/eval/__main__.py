@@ -43,6 +43,7 @@ from models.export.checkpoints import (
     load_keyword_tagger,
     load_ynet_models,
 )
+from models.export.synonyms import build_synonyms
 from models.nets.text_encoder import load_text_encoder
 from models.train import cpu_model
 
@@ -115,31 +116,42 @@ DEPTHS = (100, 200, 300)
 """Candidate list lengths of the depth diagnostic (hybrid source)."""
 
 
-def whole_index_section(corpus, amc_full, image_encoder, text_encoder, tokenizer, tagger) -> str:
+def whole_index_section(corpus, amc_full, image_encoder, text_encoder, tokenizer, tagger, synonyms) -> str:
     """The whole-index tables: per candidate source, the layout diagnostics, candidate depth and
-    paraphrases. The gallery holds the tagger's placements, as the service indexes it."""
+    paraphrases. The gallery holds the tagger's placements and the keyword route reads the
+    exported query synonyms, as the service does."""
     test, vocab = corpus.test, list(corpus.keyword_vocab)
     common = (test, amc_full, image_encoder, text_encoder, tokenizer, vocab)
-    original = whole_index.evaluate_whole_index(*common, tagger=tagger)
+    original = whole_index.evaluate_whole_index(*common, tagger=tagger, synonyms=synonyms)
+    rewording = paraphrased(test.text_queries, PARAPHRASE_SEED)
     reworded = whole_index.evaluate_whole_index(
-        *common,
-        queries=paraphrased(test.text_queries, PARAPHRASE_SEED),
-        sources=("vector", "keyword", "hybrid"),
-        tagger=tagger,
+        *common, queries=rewording, sources=("vector", "keyword", "hybrid"), tagger=tagger, synonyms=synonyms
+    )
+    unexpanded = whole_index.evaluate_whole_index(
+        *common, queries=rewording, sources=("keyword", "hybrid"), tagger=tagger
     )
     depth = [
-        (n, whole_index.evaluate_whole_index(*common, limit=n, sources=("hybrid",), tagger=tagger)) for n in DEPTHS
+        (n, whole_index.evaluate_whole_index(*common, limit=n, sources=("hybrid",), tagger=tagger, synonyms=synonyms))
+        for n in DEPTHS
     ]
 
     def hybrid_with(module) -> dict:
         """The default hybrid candidates ranked by a variant of AMC Full (an ablation row)."""
         return whole_index.evaluate_whole_index(
-            test, module, image_encoder, text_encoder, tokenizer, vocab, sources=("hybrid",), tagger=tagger
+            test,
+            module,
+            image_encoder,
+            text_encoder,
+            tokenizer,
+            vocab,
+            sources=("hybrid",),
+            tagger=tagger,
+            synonyms=synonyms,
         )
 
     blind = hybrid_with(layout.where_off(amc_full))
     ungated = hybrid_with(layout.gate_off(amc_full))
-    unplaced = whole_index.evaluate_whole_index(*common, sources=("hybrid",))
+    unplaced = whole_index.evaluate_whole_index(*common, sources=("hybrid",), synonyms=synonyms)
     original["rows"].append(blind["rows"][-1] | {"method": "AMC Full, where head off (ablation)"})
     original["rows"].append(
         ungated["rows"][-1] | {"method": "AMC Full, where head on for every query (no WHERE_GATE; ablation)"}
@@ -162,7 +174,7 @@ def whole_index_section(corpus, amc_full, image_encoder, text_encoder, tokenizer
             "Candidate depth (hybrid): does the rescorer or the candidate list lose the layout queries?",
             whole_index.format_depth_table(depth),
             "### Paraphrased queries\n\n" + PARAPHRASE_NOTE,
-            whole_index.format_paraphrase_table(original, reworded),
+            whole_index.format_paraphrase_table(original, reworded, unexpanded),
         ]
     )
 
@@ -195,8 +207,11 @@ def main(argv: list[str] | None = None) -> None:
     amc_models = load_amc_models(folder)
     text = text_search.evaluate_text_search(corpus, amc_models, image_encoder, text_encoder, tokenizer, seed=args.seed)
     tagger = load_keyword_tagger(folder, len(corpus.keyword_vocab))
+    synonyms = manifest.get("query_synonyms")
+    if synonyms is None:  # checkpoints exported before the table existed: what the export would write
+        synonyms = build_synonyms(text_encoder, tokenizer, list(corpus.keyword_vocab))
     whole_index_body = whole_index_section(
-        corpus, amc_models["amc_full"], image_encoder, text_encoder, tokenizer, tagger
+        corpus, amc_models["amc_full"], image_encoder, text_encoder, tokenizer, tagger, synonyms
     )
     images = image_search.evaluate_image_search(
         corpus, load_image_encoder(folder, "image_encoder_untrained"), image_encoder

@@ -29,6 +29,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -303,16 +304,18 @@ class Validation:
         tokenizer: Any,
         tagger: nn.Module | None = None,
         limit: int = CANDIDATES,
+        synonyms: Mapping[str, str] | None = None,
+        shares: tuple[str, ...] = SHARES,
     ):
         self.split = corpus.train
         self.images = served_features(images)
         self.sets: dict[str, tuple[list[Any], QueryFeatures]] = {}
         with tempfile.TemporaryDirectory() as directory:
-            source = CandidateSource(gallery_records(self.split, images, tagger), Path(directory))
+            source = CandidateSource(gallery_records(self.split, images, tagger), Path(directory), synonyms=synonyms)
             try:
                 for wording, queries in (("original", held), ("paraphrased", paraphrased(held, 7))):
                     base = query_features(self.split, queries, text_encoder, tokenizer)
-                    for share in SHARES:
+                    for share in shares:
                         source.index.keyword_share = share
                         lists = [
                             source.candidates(base.embedding[i].numpy(), q.text, "hybrid", limit)
@@ -461,6 +464,55 @@ def placement_validation(
     return "\n".join(lines) + "\n"
 
 
+SYNONYM_SETTINGS: tuple[tuple[float, float], ...] = (
+    (0.50, 0.10),
+    (0.55, 0.10),
+    (0.60, 0.10),
+    (0.65, 0.10),
+    (0.55, 0.05),
+    (0.55, 0.15),
+    (0.55, 0.00),
+)
+"""(minimum cosine, minimum margin) pairs of the query synonym table tried on validation."""
+
+
+def synonym_validation(corpus: Any, folder: Path, text_encoder: nn.Module, tokenizer: Any, seed: int, size: str) -> str:
+    """The trained AMC Full of `folder` on validation (held-out TRAIN queries, whole TRAIN gallery
+    with placements, hybrid, 100 candidates, SEARCH_KEYWORD_SHARE's default) without query
+    synonyms and with the table of each SYNONYM_SETTINGS pair: a markdown table for LAYOUT.md."""
+    from models.export.checkpoints import load_amc_models, load_image_encoder, load_keyword_tagger
+    from models.export.synonyms import candidate_words, nearest_vocabulary, select_synonyms
+
+    vocab = list(corpus.keyword_vocab)
+    _, held = training_queries(corpus, seed, as_amc_budget({"size": size}))
+    images = image_features(corpus.train, load_image_encoder(folder, "image_encoder"), text_encoder, tokenizer, vocab)
+    amc_full = load_amc_models(folder)["amc_full"]
+    tagger = load_keyword_tagger(folder, len(vocab))
+    words = candidate_words(vocab)
+    cosines, nearest = nearest_vocabulary(text_encoder, tokenizer, vocab, words)
+    families = ("all", "layout", "attribute", "theme", "mixed")
+    share = SearchSettings.keyword_share
+    lines = [
+        "| minimum cosine | minimum margin | table entries | wording | "
+        + " | ".join(f"{f} NDCG@5" for f in families)
+        + " | drop (all) |",
+        "| --- | --- | --- | --- | " + " | ".join("---" for _ in families) + " | --- |",
+    ]
+    settings: list[tuple[float, float] | None] = [None, *SYNONYM_SETTINGS]
+    for setting in settings:
+        table = {} if setting is None else select_synonyms(words, vocab, cosines, nearest, *setting)
+        scores = Validation(
+            corpus, held, images, text_encoder, tokenizer, tagger, synonyms=table, shares=(share,)
+        ).score(amc_full)
+        original, reworded = scores[f"original/{share}"], scores[f"paraphrased/{share}"]
+        head = "| none | none | 0 |" if setting is None else f"| {setting[0]:.2f} | {setting[1]:.2f} | {len(table)} |"
+        for wording, row in (("original", original), ("paraphrased", reworded)):
+            drop = f"{original['all@5'] - reworded['all@5']:+.4f}" if wording == "paraphrased" else ""
+            lines.append(f"{head} {wording} | " + " | ".join(f"{row[f + '@5']:.4f}" for f in families) + f" | {drop} |")
+        log.info("synonyms %s: %d entries, %s", setting, len(table), scores)
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     from amcsearch.query_encoder.tokenize import Tokenizer
 
@@ -474,6 +526,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="only print the validation table of the gallery with and without the tagger's placements (no training)",
     )
+    parser.add_argument(
+        "--synonyms",
+        action="store_true",
+        help="only print the validation table of the query synonym thresholds (no training)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(os.cpu_count() or 1)
@@ -483,6 +540,9 @@ def main(argv: list[str] | None = None) -> None:
     text_encoder, tokenizer = load_text_encoder(), Tokenizer.default()
     if args.placements:
         print(placement_validation(corpus, folder, text_encoder, tokenizer, args.seed, args.size))
+        return
+    if args.synonyms:
+        print(synonym_validation(corpus, folder, text_encoder, tokenizer, args.seed, args.size))
         return
     key_att = load_amc_models(folder)["key_att"]
     results, n_held = run_directions(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from amcsearch.search.embedded_index import EmbeddedIndex
 from amcsearch.search.pipeline import merge_candidates, merge_keywords
 from amcsearch.search.records import Filter, Record
 from amcsearch.search.settings import SearchSettings
+from amcsearch.search.synonyms import expand_query
 from torch import nn
 
 from models.corpus.queries import grade
@@ -88,8 +90,15 @@ class CandidateSource:
     """The service's candidate generation over one in-process embedded index of the gallery."""
 
     def __init__(
-        self, records: list[Record], directory: Path, keyword_share: str = SearchSettings.keyword_share
+        self,
+        records: list[Record],
+        directory: Path,
+        keyword_share: str = SearchSettings.keyword_share,
+        synonyms: Mapping[str, str] | None = None,
     ) -> None:
+        self.synonyms = dict(synonyms or {})
+        """The query synonym table the keyword route reads (the served text_encoder's, as the
+        gateway applies it: search/synonyms.py)."""
         self.loop = asyncio.new_event_loop()
         self.index = EmbeddedIndex(directory / "whole_index.sqlite", "gallery", keyword_share=keyword_share)
         self.run(self.index.open())
@@ -104,7 +113,8 @@ class CandidateSource:
 
     def candidates(self, vector: np.ndarray, text: str, source: str, limit: int = CANDIDATES) -> list[str]:
         vector_ids = self.run(self.index.search("gallery", vector, limit, Filter()))
-        keyword_ids = self.run(self.index.keyword_search("gallery", vector, text, limit, Filter()))
+        keyword_text = expand_query(text, self.synonyms)
+        keyword_ids = self.run(self.index.keyword_search("gallery", vector, keyword_text, limit, Filter()))
         if source == "vector":
             hits = vector_ids
         elif source == "keyword":
@@ -210,17 +220,19 @@ def evaluate_whole_index(
     limit: int = CANDIDATES,
     sources: tuple[str, ...] = SOURCES,
     tagger: nn.Module | None = None,
+    synonyms: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """{"rows": [{"method", "source", NDCG per family}], "diagnostics": [...]} for the split's
     text queries (or `queries`, e.g. their paraphrases) over its whole gallery; the gallery
-    holds `tagger`'s placements when given (as the service indexes it)."""
+    holds `tagger`'s placements when given (as the service indexes it), and the keyword route
+    reads `synonyms` (the exported query synonym table) as the gateway does."""
     queries = list(split.text_queries if queries is None else queries)
     raw = image_features(split, image_encoder, text_encoder, tokenizer, vocab)
     images = served_features(raw)
     base = query_features(split, queries, text_encoder, tokenizer)
     rows, diagnostics = [], []
     with tempfile.TemporaryDirectory() as directory:
-        source = CandidateSource(gallery_records(split, raw, tagger), Path(directory))
+        source = CandidateSource(gallery_records(split, raw, tagger), Path(directory), synonyms=synonyms)
         try:
             lists = {
                 s: [source.candidates(base.embedding[i].numpy(), q.text, s, limit) for i, q in enumerate(queries)]
@@ -289,17 +301,30 @@ def format_depth_table(depth: list[tuple[int, dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-def format_paraphrase_table(original: dict[str, Any], reworded: dict[str, Any]) -> str:
-    """NDCG@5 per family of AMC Full on the original and the paraphrased queries, per source."""
+def format_paraphrase_table(
+    original: dict[str, Any], reworded: dict[str, Any], unexpanded: dict[str, Any] | None = None
+) -> str:
+    """NDCG@5 per family of AMC Full on the original and the paraphrased queries, per source;
+    with `unexpanded` (the paraphrases without query synonyms), its rows too, as an ablation."""
     columns = [f"{f}@5" for f in ("all", *FAMILIES)]
     lines = [
         "| candidates | queries | " + " | ".join(c.replace("@", " NDCG@") for c in columns) + " |",
         "| " + " | ".join(["---"] * (len(columns) + 2)) + " |",
     ]
     amc = {r["source"]: r for r in original["rows"] if r["method"] == "AMC Full"}
+    plain = {r["source"]: r for r in (unexpanded or {}).get("rows", []) if r["method"] == "AMC Full"}
     for row in (r for r in reworded["rows"] if r["method"] == "AMC Full"):
         base = amc[row["source"]]
         lines.append(f"| {row['source']} | original | " + " | ".join(f"{base[c]:.4f}" for c in columns) + " |")
         lines.append(f"| {row['source']} | paraphrased | " + " | ".join(f"{row[c]:.4f}" for c in columns) + " |")
         lines.append(f"| {row['source']} | drop | " + " | ".join(f"{base[c] - row[c]:+.4f}" for c in columns) + " |")
+        other = plain.get(row["source"])
+        if other is not None:
+            label = "paraphrased, no query synonyms (ablation)"
+            lines.append(f"| {row['source']} | {label} | " + " | ".join(f"{other[c]:.4f}" for c in columns) + " |")
+            lines.append(
+                f"| {row['source']} | drop without query synonyms | "
+                + " | ".join(f"{base[c] - other[c]:+.4f}" for c in columns)
+                + " |"
+            )
     return "\n".join(lines)

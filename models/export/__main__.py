@@ -25,6 +25,7 @@ from models.export.checkpoints import (
     load_ynet_models,
 )
 from models.export.repository import export_repository
+from models.export.synonyms import build_synonyms
 from models.export.triton_repo import run_with_fixed_hash_seed
 from models.nets.text_encoder import load_text_encoder
 
@@ -41,19 +42,23 @@ def main(argv: list[str] | None = None) -> None:
     vocab = manifest.get("keyword_vocabulary") or load_or_build_corpus(args.size, manifest["seed"]).keyword_vocab
     torch.manual_seed(manifest["seed"])
     ynets = load_ynet_models(folder, len(vocab)) or {}  # older checkpoints: the five models only
+    text_encoder, tokenizer = load_text_encoder(), Tokenizer.default()
+    synonyms = build_synonyms(text_encoder, tokenizer, vocab)
     exports = export_repository(
         args.repository,
         vocab,
-        load_text_encoder(),
-        Tokenizer.default(),
+        text_encoder,
+        tokenizer,
         load_image_encoder(folder, "image_encoder"),
         load_keyword_tagger(folder, len(vocab)),
         load_amc_models(folder)["amc_full"],
         load_composer_models(folder, manifest)["composer"],
         ynets.get("tag_ynet"),
         ynets.get("ctx_ynet"),
+        synonyms,
     )
     manifest["exports"] = exports  # the build ids the served models now carry
+    manifest["query_synonyms"] = synonyms  # what the evaluation's keyword route reads
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     for name, info in exports.items():
         print(f"  {name:<16} {info['model_pt_bytes'] / 1e6:6.2f} MB  {info['folder']}")

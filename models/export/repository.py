@@ -4,10 +4,12 @@ training and what `make export` does from saved checkpoints. The three cross-dom
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from amcsearch.runtime import contract as c
+from amcsearch.search.synonyms import QUERY_SYNONYMS_PARAMETER, format_synonyms
 from torch import nn
 
 from models.corpus.vocab import PLACEMENT_LABELS
@@ -29,15 +31,17 @@ def export_repository(
     composer: nn.Module,
     tag_ynet: TagYNet | None = None,
     ctx_ynet: CtxYNet | None = None,
+    synonyms: Mapping[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Export every model; amc_rescorer carries the vocabulary's keyword vectors (embedded here
     with the text_encoder) and lists the vocabulary in its config; ynet_shop takes tags as a
-    multi-hot over the same vocabulary (tags.txt, and its config's `tag_vocabulary`). Returns
+    multi-hot over the same vocabulary (tags.txt, and its config's `tag_vocabulary`); the
+    text_encoder's config carries the query synonym table (models/export/synonyms.py). Returns
     sizes per model."""
     specs = c.model_specs(len(vocab), len(PLACEMENT_LABELS))
     vocabulary = embed_texts(text_encoder, list(vocab), tokenizer=tokenizer)
     exported = {
-        c.TEXT_ENCODER: (text_encoder, None, None),
+        c.TEXT_ENCODER: (text_encoder, None, {QUERY_SYNONYMS_PARAMETER: format_synonyms(synonyms or {})}),
         c.IMAGE_ENCODER: (image_encoder, None, None),
         c.KEYWORD_TAGGER: (
             tagger,

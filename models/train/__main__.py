@@ -30,6 +30,7 @@ from torch import nn
 from models.corpus import load_or_build_corpus
 from models.corpus.street_shop import load_or_build_street_shop
 from models.export.repository import export_repository
+from models.export.synonyms import build_synonyms
 from models.export.triton_repo import run_with_fixed_hash_seed
 from models.nets.image_encoder import ImageEncoder, count_parameters
 from models.nets.text_encoder import load_text_encoder
@@ -171,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     modules.update({f"composer_{k}": m for k, m in composers.items() if k != "composer"})
     modules.update(ynets.modules)
     checkpoints = stages.run("checkpoints", lambda: save_checkpoints(modules, checkpoint_dir))
+    synonyms = stages.run("query synonyms", lambda: build_synonyms(text_encoder, tokenizer, list(corpus.keyword_vocab)))
 
     def export_all() -> dict[str, dict[str, Any]]:
         return export_repository(
@@ -184,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
             composer,
             ynets.modules["tag_ynet"],
             ynets.modules["ctx_ynet"],
+            synonyms,
         )
 
     exports = stages.run("export", export_all)
@@ -214,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         "cross_domain": ynets.report,
         "checkpoints": checkpoints,
         "exports": exports,
+        "query_synonyms": synonyms,
     }
     (checkpoint_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 

@@ -550,6 +550,34 @@ def test_the_cli_exposes_each_feature(real_stack, catalogue, ci_corpus, tmp_path
     assert main([*addr, "collections", "drop", name]) == 0
 
 
+def test_the_keyword_route_knows_the_vocabularys_synonyms(search, ci_corpus):
+    """A query word the keywords never use ("grey", "holiday") also asks for the vocabulary word
+    it means (the query synonym table the export wrote into the text_encoder's config); the
+    query's own words still count."""
+    name = fresh(search)
+    split = ci_corpus.test
+    keywords = [["gray", "card"], ["red", "card"], ["festive", "card"], ["grey", "card"]]
+    batch = [
+        search_pb2.ImageItem(
+            id=f"syn{i}", image=png(split.pixels[i]), keywords=[common_pb2.Keyword(text=k) for k in kw]
+        )
+        for i, kw in enumerate(keywords)
+    ]
+    reply = search.Index(search_pb2.IndexRequest(items=batch, skip_auto_tags=True, collection=name), timeout=300)
+    assert reply.failed_count == 0
+
+    def keyword_hits(text: str) -> set[str]:
+        request = search_pb2.SearchRequest(
+            text=text, top_k=10, collection=name, candidate_source=search_pb2.SearchRequest.CANDIDATES_KEYWORD
+        )
+        return {r.id for r in search.Search(request, timeout=60).results}
+
+    assert keyword_hits("grey") == {"syn0", "syn3"}
+    assert keyword_hits("holiday") == {"syn2"}
+    assert keyword_hits("crimson") == set()  # near several colours: no synonym
+    search.DropCollection(search_pb2.DropCollectionRequest(name=name), timeout=30)
+
+
 def test_candidate_sources_vector_keyword_and_hybrid(search, catalogue, ci_corpus):
     text = "festive picture with a red circle"
     replies = {

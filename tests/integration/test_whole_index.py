@@ -12,6 +12,7 @@ import pytest
 from amcsearch.launcher import ROOT
 from amcsearch.query_encoder.tokenize import Tokenizer
 from amcsearch.runtime.keywords import parse_placement
+from amcsearch.search.synonyms import QUERY_SYNONYMS_PARAMETER, parse_synonyms
 from amcsearch.v1 import common_pb2, search_pb2, search_pb2_grpc
 
 from loadtests.stack import start_stack
@@ -112,6 +113,9 @@ def test_served_whole_index_ndcg_equals_offline(gallery, ci_corpus, checkpoint_f
         vocab,
         sources=("hybrid",),
         tagger=load_keyword_tagger(checkpoint_folder, len(vocab)),
+        synonyms=parse_synonyms(
+            read_config(model_repository, "text_encoder").parameters[QUERY_SYNONYMS_PARAMETER].string_value
+        ),
     )["rows"][-1]
     served = served_rows(gallery, split)
     for k in KS:

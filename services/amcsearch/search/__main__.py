@@ -15,6 +15,7 @@ from amcsearch.search.index import open_index
 from amcsearch.search.pipeline import ModelServices, SearchPipeline
 from amcsearch.search.servicer import SearchServicer
 from amcsearch.search.settings import load_settings
+from amcsearch.search.synonyms import ServedSynonyms
 from amcsearch.v1 import (
     attention_rescorer_pb2_grpc,
     feature_extractor_pb2_grpc,
@@ -80,6 +81,7 @@ async def main() -> None:
         rescorer=attention_rescorer_pb2_grpc.AttentionRescorerStub(channels[3]),
     )
     encoder_health = health_pb2_grpc.HealthStub(channels[0])
+    triton = TritonModels(settings.triton, "search")
     pipeline = SearchPipeline(
         index,
         services,
@@ -89,9 +91,8 @@ async def main() -> None:
         settings.images,
         settings.rescore_budget_share,
         settings.hybrid_merge,
+        ServedSynonyms(triton).table,
     )
-
-    triton = TritonModels(settings.triton, "search")
 
     async def refresh_builds() -> None:
         """Every model's build_id, for Stats, from Triton (what QueryEncoder reports stays too)."""

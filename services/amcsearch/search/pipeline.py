@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,14 @@ import numpy as np
 
 from amcsearch.runtime.clients import call
 from amcsearch.runtime.contract import CROSS_DOMAIN_TAG_WEIGHT, EMBEDDING_DIM, NO_BIAS
-from amcsearch.runtime.errors import DeadlineExceeded, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from amcsearch.runtime.errors import (
+    AmcsearchError,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from amcsearch.runtime.images import decode_image, decoder_pool, thumbnail
 from amcsearch.runtime.keywords import normalize_keyword
 from amcsearch.runtime.metrics import DEGRADATIONS, stage
@@ -37,6 +44,7 @@ from amcsearch.search.records import (
     slot_columns,
     usable_keywords,
 )
+from amcsearch.search.synonyms import expand_query
 from amcsearch.v1 import (
     attention_rescorer_pb2,
     common_pb2,
@@ -272,8 +280,11 @@ class SearchPipeline:
         image_limits: ImageLimits | None = None,
         rescore_budget_share: float = 0.5,
         hybrid_merge: str = "rrf",
+        synonyms: Callable[[], Awaitable[Mapping[str, str]]] | None = None,
     ) -> None:
         self.index = index
+        self.synonyms = synonyms
+        """The query synonym table's source (search/synonyms.py ServedSynonyms.table); None: none."""
         self.hybrid_merge = hybrid_merge
         self.rescore_budget_share = rescore_budget_share
         """The share of the remaining deadline the rescore stage may take before the Search
@@ -591,7 +602,20 @@ class SearchPipeline:
     async def _keyword_keys(self, search: SearchQuery, vector: np.ndarray | None) -> np.ndarray:
         o = search.options
         with stage(SERVICE, "keyword_search"):
-            return await self.index.keyword_candidates(search.collection, o.text, o.candidates, o.condition, vector)
+            text = expand_query(o.text, await self._synonym_table())
+            return await self.index.keyword_candidates(search.collection, text, o.candidates, o.condition, vector)
+
+    async def _synonym_table(self) -> Mapping[str, str]:
+        """The served query synonyms; none (the words as written, counted as a degradation and
+        logged) while Triton cannot say what they are."""
+        if self.synonyms is None:
+            return {}
+        try:
+            return await self.synonyms()
+        except AmcsearchError as error:
+            log.warning("query synonyms unavailable, the keyword route takes the words as written: %s", error)
+            DEGRADATIONS.labels("synonyms").inc()
+            return {}
 
     async def _candidates_of(
         self, searches: list[SearchQuery], vectors: np.ndarray, keyword_routes: Mapping[int, asyncio.Future]
