@@ -102,7 +102,9 @@ WHOLE_INDEX_NOTE = (
 PARAPHRASE_NOTE = (
     "The same TEST queries worded as users word them (models/corpus/paraphrase.py, seed"
     f' {PARAPHRASE_SEED}: synonyms, spelled-out positions, filler such as "show me", plurals, word order), over'
-    " the whole index; every image keeps its grade. Drop = original minus paraphrased."
+    " the whole index; every image keeps its grade. Drop = original minus paraphrased. The keyword route reads"
+    " the query synonym table the export derives from the text model, as the gateway does (search/synonyms.py,"
+    " docs/decisions/0013-query-synonyms.md); the ablation rows leave it out."
 )
 LAYOUT_NOTE = (
     "Why layout queries failed, and whether the where head fixes it (models/eval/layout.py): can the query"
