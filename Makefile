@@ -12,7 +12,7 @@ MODEL_FILES := $(foreach m,$(MODELS),model_repository/$(m)/1/model.pt) model_rep
 # placements.txt: a repository exported before the tagger said where things are is retrained
 STAMP := $(VENV)/.installed-$(shell sha256sum requirements.lock | cut -c1-12)
 
-.PHONY: help setup chromium proto models export eval layout-directions check-index up demo test test-unit test-integration bench loadtest lint clean redis-server prometheus
+.PHONY: help setup chromium proto models export eval composer-seeds layout-directions check-index up demo test test-unit test-integration bench loadtest lint clean redis-server prometheus
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ export: $(STAMP) ## rewrite model_repository/ from the checkpoints of the last `
 eval: models ## evaluate on the held-out split and write benchmarks/QUALITY.md
 	@echo "== eval: size $(MODEL_SIZE)"
 	$(PY) -m models.eval --size $(MODEL_SIZE) --seed $(SEED) --checkpoints build/checkpoints --out benchmarks/QUALITY.md
+
+composer-seeds: models ## retrain TIRG and concat with 5 seeds, R@1 on TEST per run: benchmarks/COMPOSER_SEEDS.md (~2 min)
+	$(PY) -m models.eval.composer_seeds --size $(MODEL_SIZE) --seed $(SEED) --seeds 5 --checkpoints build/checkpoints --out benchmarks/COMPOSER_SEEDS.md
 
 layout-directions: models ## retrain AMC with each way of using its where head, score them on validation: benchmarks/LAYOUT.md (~10 min)
 	$(PY) -m models.eval.layout --size $(MODEL_SIZE) --seed $(SEED) --checkpoints build/checkpoints --out benchmarks/LAYOUT.md

@@ -182,6 +182,15 @@ def whole_index_section(corpus, amc_full, image_encoder, text_encoder, tokenizer
 
 
 REPRODUCIBILITY = Path("benchmarks/REPRODUCIBILITY.md")
+COMPOSER_SEEDS = Path("benchmarks/COMPOSER_SEEDS.md")
+
+
+def composer_seeds_section() -> str:
+    """benchmarks/COMPOSER_SEEDS.md (`make composer-seeds`: TIRG and concat over training runs),
+    one heading level down, or nothing."""
+    if not COMPOSER_SEEDS.exists():
+        return ""
+    return "\n\n" + COMPOSER_SEEDS.read_text().replace("## ", "### ", 1).rstrip("\n")
 
 
 def reproducibility_section() -> str:
@@ -280,7 +289,10 @@ def main(argv: list[str] | None = None) -> None:
                     " The second table tests the papers' orderings at R@1 on the same queries: the difference of the two"
                     f" methods' hits and its 95% interval over {composed.BOOTSTRAP_RESAMPLES} paired bootstrap resamples of the"
                     " queries (seed 0). Where the interval holds 0, these queries cannot tell the two methods apart.",
-                    composed.format_table(composed_rows) + "\n\n" + composed.ordering_table(composed_rows),
+                    composed.format_table(composed_rows)
+                    + "\n\n"
+                    + composed.ordering_table(composed_rows)
+                    + composer_seeds_section(),
                 ),
                 _section("Cross-domain search (TagYNet, CtxYNet)", CROSS_DOMAIN_NOTE, cross_domain_body),
                 reproducibility_section(),

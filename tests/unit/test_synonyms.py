@@ -81,3 +81,26 @@ def test_the_text_model_maps_synonyms_and_refuses_other_colours(text_model):
         "triangular": "triangle",
         "retro": "vintage",
     }
+
+
+def test_the_keyword_route_takes_the_words_as_written_while_the_table_cannot_be_read(caplog):
+    """Triton down: no synonyms, a warning and a counted degradation, never a failed Search."""
+    import asyncio
+
+    from amcsearch.runtime.errors import Unavailable
+    from amcsearch.runtime.metrics import DEGRADATIONS
+    from amcsearch.search.pipeline import SearchPipeline
+
+    async def unreadable() -> dict[str, str]:
+        raise Unavailable("Triton is not answering")
+
+    async def served() -> dict[str, str]:
+        return TABLE
+
+    before = DEGRADATIONS.labels("synonyms")._value.get()
+    down = SearchPipeline(None, None, 0.5, synonyms=unreadable)  # type: ignore[arg-type]
+    assert asyncio.run(down._synonym_table()) == {}
+    assert DEGRADATIONS.labels("synonyms")._value.get() == before + 1
+    assert "query synonyms unavailable" in caplog.text
+    assert asyncio.run(SearchPipeline(None, None, 0.5, synonyms=served)._synonym_table()) == TABLE  # type: ignore[arg-type]
+    assert asyncio.run(SearchPipeline(None, None, 0.5)._synonym_table()) == {}  # type: ignore[arg-type]
