@@ -33,7 +33,8 @@ CELL_NAMES: tuple[str, ...] = tuple(f"{row}-{column}" for row in ROWS for column
 _ROW_WORDS = {"top": "top", "upper": "top", "above": "top", "bottom": "bottom", "lower": "bottom", "below": "bottom"}
 _COLUMN_WORDS = {"left": "left", "leftmost": "left", "right": "right", "rightmost": "right"}
 _MIDDLE_WORDS = frozenset({"middle", "center", "centre", "central", "centered", "centred", "mid"})
-_WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
+WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
+"""A word of a query as the place reader and the query synonyms see it: letters only."""
 
 
 def placement_label(attribute: str, cell: int) -> str:
@@ -59,7 +60,7 @@ def named_place(query: str) -> tuple[str | None, str | None] | None:
     ("at the top in the middle" is top-center, "on the left in the middle" middle-left, "in the
     center" alone middle-center); "at the top" alone is the whole top row.
     """
-    words = [w.lower() for w in _WORD.findall(query)]
+    words = [w.lower() for w in WORD.findall(query)]
     rows = {_ROW_WORDS[w] for w in words if w in _ROW_WORDS}
     columns = {_COLUMN_WORDS[w] for w in words if w in _COLUMN_WORDS}
     middle = any(w in _MIDDLE_WORDS for w in words)

@@ -15,19 +15,17 @@ own words stay, so a collection that indexes "big" itself still finds it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from amcsearch.runtime.contract import TEXT_ENCODER
+from amcsearch.runtime.keywords import WORD
 
 if TYPE_CHECKING:
     from amcsearch.runtime.triton import TritonModels
 
 QUERY_SYNONYMS_PARAMETER = "query_synonyms"
 """The text_encoder config parameter that holds the table."""
-
-_WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
 
 
 def format_synonyms(table: Mapping[str, str]) -> str:
@@ -51,7 +49,7 @@ def expand_query(text: str, table: Mapping[str, str]) -> str:
     large"). Place words have no synonyms, so the place a query names stays what it was."""
     if not table:
         return text
-    words = [w.lower() for w in _WORD.findall(text)]
+    words = [w.lower() for w in WORD.findall(text)]
     present = set(words)
     added: list[str] = []
     for word in words:
