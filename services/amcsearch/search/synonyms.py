@@ -15,6 +15,7 @@ own words stay, so a collection that indexes "big" itself still finds it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,8 @@ from amcsearch.runtime.keywords import WORD
 
 if TYPE_CHECKING:
     from amcsearch.runtime.triton import TritonModels
+
+log = logging.getLogger(__name__)
 
 QUERY_SYNONYMS_PARAMETER = "query_synonyms"
 """The text_encoder config parameter that holds the table."""
@@ -73,4 +76,5 @@ class ServedSynonyms:
         if self._parsed is None or self._parsed[0] is not config:
             parameter = config.get("parameters", {}).get(QUERY_SYNONYMS_PARAMETER, {})
             self._parsed = (config, parse_synonyms(parameter.get("string_value", "")))
+            log.info("query synonyms: %d entries from the %s config", len(self._parsed[1]), TEXT_ENCODER)
         return self._parsed[1]
