@@ -438,19 +438,24 @@ def format_directions(results: list[dict[str, Any]], n_held: int, seconds: float
     return "\n".join(lines) + "\n"
 
 
+def validation_inputs(corpus: Any, folder: Path, text_encoder: nn.Module, tokenizer: Any, seed: int, size: str):
+    """(held-out TRAIN queries, TRAIN image features, the AMC Full and keyword tagger of `folder`):
+    what a validation run of already trained models needs."""
+    from models.export.checkpoints import load_amc_models, load_image_encoder, load_keyword_tagger
+
+    vocab = list(corpus.keyword_vocab)
+    _, held = training_queries(corpus, seed, as_amc_budget({"size": size}))
+    images = image_features(corpus.train, load_image_encoder(folder, "image_encoder"), text_encoder, tokenizer, vocab)
+    return held, images, load_amc_models(folder)["amc_full"], load_keyword_tagger(folder, len(vocab))
+
+
 def placement_validation(
     corpus: Any, folder: Path, text_encoder: nn.Module, tokenizer: Any, seed: int, size: str
 ) -> str:
     """The trained AMC Full of `folder` on validation (held-out TRAIN queries, whole TRAIN gallery,
     hybrid, 100 candidates), the gallery indexed without and with the tagger's placements: a
     markdown table for LAYOUT.md."""
-    from models.export.checkpoints import load_amc_models, load_image_encoder, load_keyword_tagger
-
-    vocab = list(corpus.keyword_vocab)
-    _, held = training_queries(corpus, seed, as_amc_budget({"size": size}))
-    images = image_features(corpus.train, load_image_encoder(folder, "image_encoder"), text_encoder, tokenizer, vocab)
-    amc_full = load_amc_models(folder)["amc_full"]
-    tagger = load_keyword_tagger(folder, len(vocab))
+    held, images, amc_full, tagger = validation_inputs(corpus, folder, text_encoder, tokenizer, seed, size)
     families = ("all", "layout", "attribute", "theme", "mixed")
     lines = [
         "| gallery | wording | " + " | ".join(f"{f} NDCG@5" for f in families) + " |",
@@ -480,14 +485,10 @@ def synonym_validation(corpus: Any, folder: Path, text_encoder: nn.Module, token
     """The trained AMC Full of `folder` on validation (held-out TRAIN queries, whole TRAIN gallery
     with placements, hybrid, 100 candidates, SEARCH_KEYWORD_SHARE's default) without query
     synonyms and with the table of each SYNONYM_SETTINGS pair: a markdown table for LAYOUT.md."""
-    from models.export.checkpoints import load_amc_models, load_image_encoder, load_keyword_tagger
     from models.export.synonyms import candidate_words, nearest_vocabulary, select_synonyms
 
     vocab = list(corpus.keyword_vocab)
-    _, held = training_queries(corpus, seed, as_amc_budget({"size": size}))
-    images = image_features(corpus.train, load_image_encoder(folder, "image_encoder"), text_encoder, tokenizer, vocab)
-    amc_full = load_amc_models(folder)["amc_full"]
-    tagger = load_keyword_tagger(folder, len(vocab))
+    held, images, amc_full, tagger = validation_inputs(corpus, folder, text_encoder, tokenizer, seed, size)
     words = candidate_words(vocab)
     cosines, nearest = nearest_vocabulary(text_encoder, tokenizer, vocab, words)
     families = ("all", "layout", "attribute", "theme", "mixed")

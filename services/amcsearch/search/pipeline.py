@@ -524,10 +524,11 @@ class SearchPipeline:
         """One QueryEncoder call, each search's candidates as columns (the keyword route runs
         while the queries are encoded), one columnar Rescore for all of them; only the returned
         page is described (id, title, metadata) and explained."""
+        synonyms = await self._synonym_table() if any(self._uses_keywords(s.options) for s in searches) else {}
         encoding = asyncio.ensure_future(self.encode_many([s.query for s in searches], timeout_of()))
         await calls_under_way()
         keyword_routes = {
-            i: asyncio.ensure_future(self._keyword_keys(s, None))
+            i: asyncio.ensure_future(self._keyword_keys(s, None, synonyms))
             for i, s in enumerate(searches)
             if self._uses_keywords(s.options) and not self.index.keyword_needs_vector
         }
@@ -539,7 +540,7 @@ class SearchPipeline:
             await asyncio.gather(encoding, *keyword_routes.values(), return_exceptions=True)
             raise
         pages: list[list[Result]] = [[] for _ in searches]
-        candidates = await self._candidates_of(searches, vectors, keyword_routes)
+        candidates = await self._candidates_of(searches, vectors, keyword_routes, synonyms)
         for i, (search, vector) in enumerate(zip(searches, vectors, strict=True)):
             if not search.options.rescore:
                 pages[i] = await self._unscored_page(search, vector)
@@ -599,15 +600,17 @@ class SearchPipeline:
     def _uses_keywords(options: SearchOptions) -> bool:
         return options.rescore and options.source in ("keyword", "hybrid")
 
-    async def _keyword_keys(self, search: SearchQuery, vector: np.ndarray | None) -> np.ndarray:
+    async def _keyword_keys(
+        self, search: SearchQuery, vector: np.ndarray | None, synonyms: Mapping[str, str]
+    ) -> np.ndarray:
         o = search.options
         with stage(SERVICE, "keyword_search"):
-            text = expand_query(o.text, await self._synonym_table())
+            text = expand_query(o.text, synonyms)
             return await self.index.keyword_candidates(search.collection, text, o.candidates, o.condition, vector)
 
     async def _synonym_table(self) -> Mapping[str, str]:
-        """The served query synonyms; none (the words as written, counted as a degradation and
-        logged) while Triton cannot say what they are."""
+        """The served query synonyms, read once per batch of searches; none (the words as written,
+        counted as a degradation and logged) while Triton cannot say what they are."""
         if self.synonyms is None:
             return {}
         try:
@@ -618,7 +621,11 @@ class SearchPipeline:
             return {}
 
     async def _candidates_of(
-        self, searches: list[SearchQuery], vectors: np.ndarray, keyword_routes: Mapping[int, asyncio.Future]
+        self,
+        searches: list[SearchQuery],
+        vectors: np.ndarray,
+        keyword_routes: Mapping[int, asyncio.Future],
+        synonyms: Mapping[str, str],
     ) -> dict[int, Candidates]:
         """The candidates of each search to rescore. The searches of a BatchSearch that take
         vector candidates from one collection without a filter share one engine read: one pass
@@ -634,7 +641,7 @@ class SearchPipeline:
         for members in shared:
             first = searches[members[0]]
             keyword_keys = [
-                await self._route_keys(searches[i], vectors[i], keyword_routes.get(i))
+                await self._route_keys(searches[i], vectors[i], keyword_routes.get(i), synonyms)
                 if searches[i].options.source == "hybrid"
                 else None
                 for i in members
@@ -647,12 +654,14 @@ class SearchPipeline:
                 candidates[i] = self._fused(searches[i], found, keys)
         for i, search in enumerate(searches):
             if search.options.rescore and i not in batched:
-                candidates[i] = await self._candidate_columns(search, vectors[i], keyword_routes.get(i))
+                candidates[i] = await self._candidate_columns(search, vectors[i], keyword_routes.get(i), synonyms)
         return dict(sorted(candidates.items()))
 
-    async def _route_keys(self, search: SearchQuery, vector: np.ndarray, keyword_route) -> np.ndarray:
+    async def _route_keys(
+        self, search: SearchQuery, vector: np.ndarray, keyword_route, synonyms: Mapping[str, str]
+    ) -> np.ndarray:
         """The keyword route's keys: the task started while the query was encoded, or now."""
-        return await (keyword_route if keyword_route is not None else self._keyword_keys(search, vector))
+        return await (keyword_route if keyword_route is not None else self._keyword_keys(search, vector, synonyms))
 
     def _fused(self, search: SearchQuery, joined: Candidates, keyword_keys: np.ndarray | None) -> Candidates:
         """Vector candidates (and the keyword route's, read with them) in the order the search's
@@ -664,13 +673,15 @@ class SearchPipeline:
             keys = fuse_keys(nearest, keyword_keys, search.options.candidates, self.hybrid_merge)
             return joined.take(positions_of(joined.keys, keys))
 
-    async def _candidate_columns(self, search: SearchQuery, vector: np.ndarray, keyword_route) -> Candidates:
+    async def _candidate_columns(
+        self, search: SearchQuery, vector: np.ndarray, keyword_route, synonyms: Mapping[str, str]
+    ) -> Candidates:
         """The candidates to rescore, as columns in ANN (or fused) order: from the vector index,
         keyword retrieval, or both fused, as the options ask."""
         o = search.options
         keyword_keys = None
         if o.source in ("keyword", "hybrid"):
-            keyword_keys = await self._route_keys(search, vector, keyword_route)
+            keyword_keys = await self._route_keys(search, vector, keyword_route, synonyms)
         if o.source == "keyword":
             assert keyword_keys is not None
             with stage(SERVICE, "feature_read"):
