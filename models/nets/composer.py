@@ -118,6 +118,69 @@ class TIRG(nn.Module):
         return F.normalize(self.compose(image_embedding, text_embedding), dim=1)
 
 
+def region_map(regions: torch.Tensor, grid: int = GRID) -> torch.Tensor:
+    """[B, grid*grid, C] row-major regions -> [B, C, grid, grid] (region r*grid + c at row r, column c)."""
+    b, _, c = regions.shape
+    return regions.transpose(1, 2).reshape(b, c, grid, grid)
+
+
+class TIRGGrid(nn.Module):
+    """TIRG on the 6x6 region grid, after the authors' TIRGLastConv (google/tirg, --model=tirg_lastconv).
+
+    As there: the text feature is broadcast over the grid, z = [x; y] on channels, and two
+    BatchNorm2d -> Conv3x3(C+D, C+D) -> ReLU -> Conv3x3(C+D, C) branches give the residual t and
+    the gate: x' = a0 * sigmoid(gate) * x + a1 * t, a initialised (1, 10). Their text feature is
+    their text model's last Linear (after Dropout 0.1), as wide as the conv map (D = C = 512); ours
+    is the same on the frozen MiniLM embedding: Dropout(0.1) -> Linear(384, D) with D = C = 128,
+    so C + D = 256. The raw 384-d text (C + D = 512) trains four times slower, too slow for
+    `make models` (benchmarks/COMPOSER_SEEDS.md).
+
+    Where the setting differs: there the composed map goes through the image model's own avgpool
+    and fc, the branch the targets come from; our targets are the frozen global embeddings (the
+    index), which are not a linear read-out of the regions. So only the change the text makes to
+    the grid is carried into the embedding space: f = normalize(phi_x + W mean_cells(x' - x)),
+    W a bias-free Linear(C, 384). A text that leaves the grid as it is leaves the image's own
+    embedding; as avgpool and fc are linear, this is their read-out with phi_x in place of
+    fc(avgpool(x)) and without the fc's bias.
+    """
+
+    def __init__(self, text_dim: int = REGION_DIM, hidden: int = 0) -> None:
+        super().__init__()
+        c = REGION_DIM
+        dz = c + text_dim
+        width = hidden if hidden > 0 else dz
+        self.text = nn.Sequential(nn.Dropout(0.1), nn.Linear(EMBED, text_dim))
+        self.res = nn.Sequential(
+            nn.BatchNorm2d(dz),
+            nn.Conv2d(dz, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, c, 3, padding=1),
+        )
+        self.gate = nn.Sequential(
+            nn.BatchNorm2d(dz),
+            nn.Conv2d(dz, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, c, 3, padding=1),
+        )
+        self.a = nn.Parameter(torch.tensor([1.0, 10.0]))
+        self.out = nn.Linear(c, EMBED, bias=False)
+
+    def forward(
+        self,
+        image_embedding: torch.Tensor,
+        regions: torch.Tensor,
+        text_embedding: torch.Tensor,
+        tokens: torch.Tensor,
+        token_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        x = region_map(regions)
+        y = self.text(text_embedding)
+        z = torch.cat([x, y[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])], dim=1)
+        updated = self.a[0] * torch.sigmoid(self.gate(z)) * x + self.a[1] * self.res(z)
+        change = (updated - x).mean(dim=(2, 3))
+        return F.normalize(image_embedding + self.out(change), dim=1)
+
+
 class Attention(nn.Module):
     """Multi-head scaled dot-product attention; key_valid [B, Lk] float (0 = padding)."""
 
@@ -217,9 +280,15 @@ COMPOSERS = {
 }
 """Name -> class of every composer; the names are the keys train_composers returns."""
 
+CANDIDATES = {
+    "tirg_grid": TIRGGrid,
+}
+"""Composers tried by `make composer-seeds` (models/eval/composer_seeds.py) but not trained by
+`make models`; seeds count on as if they followed COMPOSERS."""
+
 
 def build_composer(name: str) -> nn.Module:
-    return COMPOSERS[name]()
+    return COMPOSERS[name]() if name in COMPOSERS else CANDIDATES[name]()
 
 
 def load_composers(checkpoints: dict[str, dict[str, torch.Tensor]]) -> dict[str, nn.Module]:

@@ -11,7 +11,14 @@ from torch import nn
 
 from models.eval.composed import evaluate_composed, ordering_table, paired_difference
 from models.features.composed import composed_recall, precompute_features
-from models.nets.composer import COMPOSERS, build_composer, load_composers
+from models.nets.composer import (
+    CANDIDATES,
+    COMPOSERS,
+    TIRGGrid,
+    build_composer,
+    load_composers,
+    region_map,
+)
 from models.train.composer import batch_classification_loss, holdout_rows, synthesize_queries, train_composers
 
 B = 6
@@ -30,7 +37,7 @@ def _inputs(seed: int = 0) -> tuple[torch.Tensor, ...]:
     )
 
 
-@pytest.mark.parametrize("name", list(COMPOSERS))
+@pytest.mark.parametrize("name", [*COMPOSERS, *CANDIDATES])
 def test_composer_contract_eager_equals_scripted_reloaded(name: str) -> None:
     torch.manual_seed(0)
     model = build_composer(name).eval()
@@ -78,6 +85,52 @@ def test_lbf_uses_region_positions() -> None:
         x[1] = x[1].flip(1)  # same regions, other places
         after = model(*x)
     assert not torch.allclose(before, after, atol=1e-4)
+
+
+def test_region_map_is_row_major() -> None:
+    regions = torch.randn(2, 36, 128)
+    grid = region_map(regions)
+    assert grid.shape == (2, 128, 6, 6)
+    for r, c in [(0, 0), (0, 5), (2, 3), (5, 0)]:
+        assert torch.equal(grid[:, :, r, c], regions[:, r * 6 + c])
+
+
+def test_tirg_grid_leaves_the_image_embedding_when_the_grid_is_left_as_it_is() -> None:
+    """x' = x (gate fully open, no residual) gives the reference's own embedding, whatever the text."""
+    torch.manual_seed(0)
+    model = build_composer("tirg_grid").eval()
+    with torch.no_grad():
+        model.a.copy_(torch.tensor([1.0, 0.0]))
+        model.gate[-1].weight.zero_()
+        model.gate[-1].bias.fill_(40.0)  # sigmoid = 1 in float32
+        x = _inputs()
+        assert torch.allclose(model(*x), x[0], atol=1e-6)
+        other = list(_inputs(1))
+        other[0] = x[0]
+        assert torch.allclose(model(*other), x[0], atol=1e-6)
+
+
+def test_tirg_grid_uses_region_positions_and_the_text() -> None:
+    torch.manual_seed(0)
+    model = build_composer("tirg_grid").eval()
+    x = list(_inputs())
+    with torch.no_grad():
+        before = model(*x)
+        flipped = model(x[0], x[1].flip(1), *x[2:])  # same regions, other places
+        other_text = model(x[0], x[1], x[2].roll(1, 0), *x[3:])
+    assert before.shape == (B, 384)
+    assert not torch.allclose(before, flipped, atol=1e-4)
+    assert not torch.allclose(before, other_text, atol=1e-4)
+
+
+def test_tirg_grid_widths() -> None:
+    """Default: text projected to the grid's 128 channels, hidden width C + D = 256 (TIRGLastConv's ratio)."""
+    model = TIRGGrid()
+    assert model.res[1].in_channels == 256 and model.res[1].out_channels == 256
+    assert model.res[3].out_channels == 128 and model.gate[3].out_channels == 128
+    assert model.out.bias is None
+    wide = TIRGGrid(text_dim=384, hidden=512)
+    assert wide.res[1].in_channels == 512 and wide.gate[3].out_channels == 128
 
 
 def test_composed_recall_excludes_source_and_matches_labels() -> None:
@@ -222,3 +275,18 @@ def test_synthetic_queries_follow_the_corpus_rules() -> None:
         assert train_labels.get(scene_key(target), label) == label
         if scene_key(target) not in train_labels:
             assert label > max(train_labels.values())  # a fresh label never reuses an existing one
+
+
+def test_composer_seeds_offsets_and_table() -> None:
+    from models.eval.composer_seeds import format_table, seed_offset
+
+    # run 0 of each method is make models' own: train_composers seeds method i with seed + i
+    assert [seed_offset(m) for m in ("concat", "tirg", "lbf", "tirg_grid")] == [2, 3, 4, 5]
+    result = {
+        "concat": [(0.9, 0.90, 8.0), (0.9, 0.92, 8.0)],
+        "tirg_grid": [(0.9, 0.91, 100.0), (0.9, 0.92, 100.0)],
+    }
+    table = format_table(result, 216.0, 2)
+    assert "| TIRG, region grid | 0.910, 0.920 | 0.915 (0.007) | 0.900 (0.000) | 100 |" in table
+    assert "TIRG, region grid minus concat, run by run: +0.010, +0.000 (ahead in 1 of 2 runs, level in 1)" in table
+    assert "Not trained by `make models`" in table
