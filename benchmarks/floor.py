@@ -52,6 +52,9 @@ class Floor:
     ann: str = "numpy"
     one_thread: dict[str, float] | None = None
     """text_encoder and amc_rescorer p50 on one intra-op thread (as a Triton stub runs them)."""
+    text_per_text: dict[int, float] | None = None
+    """batch size -> text_encoder p50 per text at that batch, on one intra-op thread: what a stub's
+    forward of the batches the served stack sends costs in-process."""
     threads: int = 2
 
     @property
@@ -91,9 +94,16 @@ class ComputeFloor:
             return self.rescorer(*(torch.from_numpy(np.ascontiguousarray(inputs[k])) for k in AMC_INPUTS))[0].numpy()
 
     def measure(
-        self, texts: list[str], vectors: np.ndarray, candidates: CandidateBatch, hnsw: bool = False, repeat: int = 30
+        self,
+        texts: list[str],
+        vectors: np.ndarray,
+        candidates: CandidateBatch,
+        hnsw: bool = False,
+        repeat: int = 30,
+        text_batches: tuple[int, ...] = (),
     ) -> Floor:
-        """`hnsw`: the engine searches a graph at this size; time the same graph search."""
+        """`hnsw`: the engine searches a graph at this size; time the same graph search.
+        `text_batches`: also time text_encoder per text at these batch sizes on one thread."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         query = self.encode(texts[:1])[0]
         inputs = build_inputs(query[None], candidates, self.vocabulary, {})
@@ -126,6 +136,10 @@ class ComputeFloor:
             "text_encoder": _p50(encode_one, repeat),
             "amc_rescorer": _p50(lambda: self.rescore(inputs), repeat),
         }
+        per_text = {}
+        for batch in sorted(set(text_batches)):
+            batch_texts = [texts[i % len(texts)] for i in range(batch)]
+            per_text[batch] = _p50(lambda t=batch_texts: self.encode(t), max(5, repeat // batch)) / batch
         torch.set_num_threads(self.threads)
         best, best_batch = 0.0, 1
         for batch in (1, 4, 16):
@@ -144,5 +158,6 @@ class ComputeFloor:
             len(vectors),
             "hnsw" if hnsw else "numpy",
             one_thread,
+            per_text,
             self.threads,
         )

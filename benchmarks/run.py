@@ -154,6 +154,12 @@ def stack_cpu(stack) -> dict[str, float]:
     return out
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(idle + iowait, all) jiffies of the whole machine so far, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return values[3] + values[4], sum(values)
+
+
 def redis_used_bytes(url: str) -> int:
     import redis
 
@@ -187,6 +193,13 @@ class SizeFigures:
     """CPU seconds per Search of each process during the concurrency-16 run."""
     coalesced: float = 1.0
     """Mean Searches the gateway answered together (coalescer.py) during the concurrency-16 run."""
+    busy: float = 0.0
+    """Share of the machine's CPU time that was busy during the concurrency-16 run (/proc/stat)."""
+    client_cpu: float = 0.0
+    """The bench's own CPU seconds per Search during the concurrency-16 run (the callers)."""
+    forwards: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per model, Triton's counters over the concurrency-16 run: requests, forwards, rows, compute and
+    queue seconds (sums over requests)."""
 
 
 def query_texts(corpus, count: int, tag: str) -> list[str]:
@@ -332,6 +345,25 @@ def triton_compute(before: str, after: str) -> dict[str, float]:
     return out
 
 
+def triton_forwards(before: str, after: str) -> dict[str, dict[str, float]]:
+    """Per model, what Triton counted between two scrapes: requests, forwards (executions), rows
+    (inferences: the batch items), and the compute and queue seconds summed over requests."""
+    counters = {
+        "requests": "nv_inference_request_success",
+        "forwards": "nv_inference_exec_count",
+        "rows": "nv_inference_count",
+        "compute": "nv_inference_compute_infer_duration_us",
+        "queue": "nv_inference_queue_duration_us",
+    }
+    out = {}
+    for model in ("text_encoder", "amc_rescorer"):
+        got = {k: total(after, name, model=model) - total(before, name, model=model) for k, name in counters.items()}
+        got["compute"] /= 1e6
+        got["queue"] /= 1e6
+        out[model] = got
+    return out
+
+
 def scrape_all(stack) -> dict[str, str]:
     texts = {name: scrape(stack.processes[name].endpoints["metrics"]) for name in STAGES}
     texts["tritonserver"] = scrape(stack.processes["tritonserver"].endpoints["metrics"])
@@ -399,13 +431,21 @@ async def measure_size(args, size: int) -> SizeFigures:
             for level in LEVELS:
                 texts = query_texts(corpus, args.requests * COUNT_FACTOR[level], f"c{level}-")
                 before = scrape_all(stack)
-                cpu_before = stack_cpu(stack)
+                cpu_before, own_before, ticks_before = stack_cpu(stack), cpu_seconds(os.getpid()), machine_ticks()
                 figures.levels[level] = await closed_loop(lambda n, texts=texts: served(texts[n]), len(texts), level)
-                cpu_after = stack_cpu(stack)
+                cpu_after, own_after, ticks_after = stack_cpu(stack), cpu_seconds(os.getpid()), machine_ticks()
                 after = scrape_all(stack)
                 if level == 16:
                     figures.cpu = {n: (cpu_after[n] - cpu_before.get(n, 0.0)) / len(texts) for n in cpu_after}
                     figures.coalesced = coalesced_per_batch(before["search"], after["search"])
+                    figures.client_cpu = (own_after - own_before) / len(texts)
+                    idle, every = (a - b for a, b in zip(ticks_after, ticks_before, strict=True))
+                    figures.busy = 1 - idle / every if every else 0.0
+                    figures.forwards = triton_forwards(before["tritonserver"], after["tritonserver"])
+                    # amc_rescorer has no batch dimension: its rows are the candidates AttentionRescorer sent
+                    figures.forwards["amc_rescorer"]["rows"] = total(
+                        after["attention_rescorer"], "amcsearch_batch_items_sum", method="Rescore"
+                    ) - total(before["attention_rescorer"], "amcsearch_batch_items_sum", method="Rescore")
                 if level == 1:
                     figures.stages = stage_deltas(stack, before, after)
                     figures.triton_compute = triton_compute(before["tritonserver"], after["tritonserver"])
@@ -424,7 +464,11 @@ async def measure_size(args, size: int) -> SizeFigures:
             vectors = await index_vectors(stub, [r.id for r in corpus.images])
             floor = ComputeFloor(args.repository, keyword_vocabulary(args.repository))
             figures.floor = floor.measure(
-                query_texts(corpus, 64, "floor"), vectors, candidates, hnsw=figures.ann_mode == "hnsw"
+                query_texts(corpus, 64, "floor"),
+                vectors,
+                candidates,
+                hnsw=figures.ann_mode == "hnsw",
+                text_batches=(1, served_text_batch(figures)),
             )
             figures.index_bytes = sum(p.stat().st_size for p in work.glob("index.sqlite*") if p.is_file())
             figures.redis_bytes = redis_used_bytes(stack.redis_url)
@@ -434,11 +478,25 @@ async def measure_size(args, size: int) -> SizeFigures:
     return figures
 
 
+def served_text_batch(figures: SizeFigures) -> int:
+    """Texts per text_encoder forward during the concurrency-16 run, rounded (at least 1)."""
+    counted = figures.forwards.get("text_encoder", {})
+    return max(1, round(counted.get("rows", 0) / counted["forwards"])) if counted.get("forwards") else 1
+
+
 def report(
     all_figures: list[SizeFigures], command: str, load: tuple[float, float, float], load_end: tuple[float, float, float]
 ) -> str:
     lines = header(command, load, load_end)
-    sections = (floor_section, served_section, cpu_section, scale_section, projection_section, stage_sections)
+    sections = (
+        floor_section,
+        served_section,
+        cpu_section,
+        concurrency_section,
+        scale_section,
+        projection_section,
+        stage_sections,
+    )
     for section in (*sections, targets_section):
         lines += section(all_figures)
     lines += ["", "## GPU", "", "Not measured in this run: no GPU on this machine.", ""]
@@ -540,6 +598,41 @@ def cpu_section(all_figures: list[SizeFigures]) -> list[str]:
             if model in f.triton_compute:
                 served = f.triton_compute[model]
                 lines.append(f"| {f.size:,} | {model} | {fmt(served)} | {fmt(local)} | {served / local:.2f}x |")
+    return lines
+
+
+def concurrency_section(all_figures: list[SizeFigures]) -> list[str]:
+    """Where the concurrency-16 throughput goes: how busy the machine was, what the callers
+    cost, and the text_encoder forward (the largest model cost) against the same batch in-process."""
+    lines = [
+        "",
+        "## Where the concurrency-16 time goes",
+        "",
+        "The machine's busy share (/proc/stat, every process, the bench's callers included) and the "
+        "callers' own CPU per Search; then Triton's text_encoder over the run: texts per forward "
+        "(rows / forwards), compute per text (Triton's compute, summed over requests, over rows) "
+        "against the same forward at that batch on one intra-op thread in the bench's process with the "
+        "stack idle. The ratio is what running beside the rest of the stack on 2 vCPUs costs a forward.",
+        "",
+        "| size | machine busy | callers' CPU per Search | text_encoder requests / forwards | texts per forward "
+        "| Triton compute per text | in-process per text, same batch, 1 thread | ratio | in-process per text, "
+        "batch 1 | amc_rescorer compute per candidate |",
+        "| --- " * 10 + "|",
+    ]
+    for f in all_figures:
+        text, amc = f.forwards.get("text_encoder", {}), f.forwards.get("amc_rescorer", {})
+        if not text.get("rows") or not f.floor.text_per_text:
+            continue
+        batch = served_text_batch(f)
+        served = text["compute"] / text["rows"]
+        local = f.floor.text_per_text.get(batch, float("nan"))
+        single = f.floor.text_per_text.get(1, float("nan"))
+        per_candidate = amc["compute"] / amc["rows"] if amc.get("rows") else float("nan")
+        lines.append(
+            f"| {f.size:,} | {f.busy:.0%} | {fmt(f.client_cpu)} | {text['requests']:.0f} / {text['forwards']:.0f} "
+            f"| {text['rows'] / text['forwards']:.1f} | {fmt(served)} | {fmt(local)} | {served / local:.2f}x "
+            f"| {fmt(single)} | {per_candidate * 1e6:.0f} us |"
+        )
     return lines
 
 
