@@ -186,7 +186,7 @@ COMPOSER_SEEDS = Path("benchmarks/COMPOSER_SEEDS.md")
 
 
 def composer_seeds_section() -> str:
-    """benchmarks/COMPOSER_SEEDS.md (`make composer-seeds`: TIRG and concat over training runs),
+    """benchmarks/COMPOSER_SEEDS.md (`make composer-seeds`: the composers over training runs),
     one heading level down, or nothing."""
     if not COMPOSER_SEEDS.exists():
         return ""
