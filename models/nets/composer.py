@@ -139,9 +139,9 @@ class TIRGGrid(nn.Module):
     and fc, the branch the targets come from; our targets are the frozen global embeddings (the
     index), which are not a linear read-out of the regions. So only the change the text makes to
     the grid is carried into the embedding space: f = normalize(phi_x + W mean_cells(x' - x)),
-    W a bias-free Linear(C, 384). A text that leaves the grid as it is leaves the image's own
-    embedding; as avgpool and fc are linear, this is their read-out with phi_x in place of
-    fc(avgpool(x)) and without the fc's bias.
+    W a bias-free Linear(C, 384), initialised to zero. A text that leaves the grid as it is leaves
+    the image's own embedding; as avgpool and fc are linear, this is their read-out with phi_x in
+    place of fc(avgpool(x)) and without the fc's bias.
     """
 
     def __init__(self, text_dim: int = REGION_DIM, hidden: int = 0) -> None:
@@ -164,6 +164,10 @@ class TIRGGrid(nn.Module):
         )
         self.a = nn.Parameter(torch.tensor([1.0, 10.0]))
         self.out = nn.Linear(c, EMBED, bias=False)
+        # Zero: training starts from the image-only composer and learns the change the text makes.
+        # Chosen on the held-out TRAIN queries over 5 seeds: 0.940 against 0.920 with PyTorch's
+        # default initialisation (docs/decisions/0014-tirg-on-the-region-grid.md).
+        nn.init.zeros_(self.out.weight)
 
     def forward(
         self,

@@ -110,11 +110,21 @@ def test_tirg_grid_leaves_the_image_embedding_when_the_grid_is_left_as_it_is() -
         assert torch.allclose(model(*other), x[0], atol=1e-6)
 
 
+def test_tirg_grid_starts_as_the_image_only_composer() -> None:
+    """Its read-out W starts at zero: before training, the composed query is the reference itself."""
+    torch.manual_seed(0)
+    model = build_composer("tirg_grid").eval()
+    x = _inputs()
+    with torch.no_grad():
+        assert torch.allclose(model(*x), F.normalize(x[0], dim=1), atol=1e-6)
+
+
 def test_tirg_grid_uses_region_positions_and_the_text() -> None:
     torch.manual_seed(0)
     model = build_composer("tirg_grid").eval()
     x = list(_inputs())
     with torch.no_grad():
+        nn.init.normal_(model.out.weight, std=0.1)  # as after training: W no longer zero
         before = model(*x)
         flipped = model(x[0], x[1].flip(1), *x[2:])  # same regions, other places
         other_text = model(x[0], x[1], x[2].roll(1, 0), *x[3:])
