@@ -327,21 +327,12 @@ def stage_deltas(stack, before: dict[str, str], after: dict[str, str]) -> dict:
 
 
 def triton_compute(before: str, after: str) -> dict[str, float]:
-    """Mean compute time per request, per model, from Triton's own counters."""
+    """Mean compute and queue time per request, per model, from Triton's own counters."""
     out = {}
-    for model in ("text_encoder", "amc_rescorer"):
-        requests = total(after, "nv_inference_request_success", model=model) - total(
-            before, "nv_inference_request_success", model=model
-        )
-        if requests > 0:
-            micros = total(after, "nv_inference_compute_infer_duration_us", model=model) - total(
-                before, "nv_inference_compute_infer_duration_us", model=model
-            )
-            queue = total(after, "nv_inference_queue_duration_us", model=model) - total(
-                before, "nv_inference_queue_duration_us", model=model
-            )
-            out[model] = micros / requests / 1e6
-            out[f"{model} queue"] = queue / requests / 1e6
+    for model, counted in triton_forwards(before, after).items():
+        if counted["requests"] > 0:
+            out[model] = counted["compute"] / counted["requests"]
+            out[f"{model} queue"] = counted["queue"] / counted["requests"]
     return out
 
 
@@ -468,7 +459,7 @@ async def measure_size(args, size: int) -> SizeFigures:
                 vectors,
                 candidates,
                 hnsw=figures.ann_mode == "hnsw",
-                text_batches=(1, served_text_batch(figures)),
+                text_batches=(served_text_batch(figures),),
             )
             figures.index_bytes = sum(p.stat().st_size for p in work.glob("index.sqlite*") if p.is_file())
             figures.redis_bytes = redis_used_bytes(stack.redis_url)
@@ -626,7 +617,7 @@ def concurrency_section(all_figures: list[SizeFigures]) -> list[str]:
         batch = served_text_batch(f)
         served = text["compute"] / text["rows"]
         local = f.floor.text_per_text.get(batch, float("nan"))
-        single = f.floor.text_per_text.get(1, float("nan"))
+        single = (f.floor.one_thread or {}).get("text_encoder", float("nan"))
         per_candidate = amc["compute"] / amc["rows"] if amc.get("rows") else float("nan")
         lines.append(
             f"| {f.size:,} | {f.busy:.0%} | {fmt(f.client_cpu)} | {text['requests']:.0f} / {text['forwards']:.0f} "
