@@ -1,5 +1,5 @@
 """Do the composers differ, or does one training run's luck decide? Concatenation, TIRG on the
-global features and TIRG on the region grid retrained with several seeds on the same features and
+global features, TIRG on the region grid and the locally bounded composer retrained with several seeds on the same features and
 budget as `make models`, each scored on TEST (R@1, the reference excluded) and on the held-out
 TRAIN queries that select epochs.
 
@@ -26,7 +26,7 @@ from models.nets.composer import CANDIDATES, COMPOSERS, build_composer
 from models.train.composer import as_composer_budget, fit_composer, heldout_r1, holdout_rows, synthesize_queries
 
 log = logging.getLogger(__name__)
-METHODS = ("concat", "tirg", "tirg_grid")
+METHODS = ("concat", "tirg", "tirg_grid", "lbf")
 PAIRS = (("concat", "tirg"), ("concat", "tirg_grid"), ("tirg", "tirg_grid"), ("tirg_grid", "lbf"))
 """(weaker, stronger) as the papers have them, compared run by run where both were trained."""
 NAMES = {"concat": "concat", "tirg": "TIRG, global features", "tirg_grid": "TIRG, region grid", "lbf": "LBF"}

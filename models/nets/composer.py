@@ -281,14 +281,16 @@ COMPOSERS = {
     "concat": Concat,
     "tirg": TIRG,
     "lbf": LocallyBounded,
-}
-"""Name -> class of every composer; the names are the keys train_composers returns."""
-
-CANDIDATES = {
     "tirg_grid": TIRGGrid,
 }
+"""Name -> class of every composer; the names are the keys train_composers returns. A method's
+place here is its seed offset, so append new ones (benchmarks/COMPOSER_SEEDS.md's run 0 is
+`make models`' own)."""
+
+CANDIDATES: dict[str, type[nn.Module]] = {}
 """Composers tried by `make composer-seeds` (models/eval/composer_seeds.py) but not trained by
-`make models`; seeds count on as if they followed COMPOSERS."""
+`make models`; seeds count on as if they followed COMPOSERS. Empty since TIRG on the region grid
+joined COMPOSERS (docs/decisions/0014-tirg-on-the-region-grid.md)."""
 
 
 def build_composer(name: str) -> nn.Module:

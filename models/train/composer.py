@@ -202,7 +202,7 @@ def train_composers(
     seed: int = 0,
     budget: ComposerBudget | dict[str, Any] | None = None,
 ) -> dict[str, nn.Module]:
-    """Keys image_only, text_only, concat, tirg, lbf, and "composer": the same object as the
+    """Keys image_only, text_only, concat, tirg, lbf, tirg_grid, and "composer": the same object as the
     method with the best held-out (TRAIN) R@1, the one to export."""
     cfg = as_composer_budget(budget)
     started = time.perf_counter()
