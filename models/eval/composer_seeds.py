@@ -1,7 +1,7 @@
 """Do the composers differ, or does one training run's luck decide? Concatenation, TIRG on the
-global features, TIRG on the region grid and the locally bounded composer retrained with several seeds on the same features and
-budget as `make models`, each scored on TEST (R@1, the reference excluded) and on the held-out
-TRAIN queries that select epochs.
+global features, TIRG on the region grid and the locally bounded composer retrained with several
+seeds on the same features and budget as `make models`, each scored on TEST (R@1, the reference
+excluded) and on the held-out TRAIN queries that select epochs.
 
     python -m models.eval.composer_seeds --size demo --seed 0 --seeds 5 --out benchmarks/COMPOSER_SEEDS.md
 
@@ -22,7 +22,7 @@ import torch
 
 from models.eval import evaluation_parser
 from models.features.composed import precompute_features
-from models.nets.composer import CANDIDATES, COMPOSERS, build_composer
+from models.nets.composer import COMPOSERS, build_composer
 from models.train.composer import as_composer_budget, fit_composer, heldout_r1, holdout_rows, synthesize_queries
 
 log = logging.getLogger(__name__)
@@ -33,9 +33,8 @@ NAMES = {"concat": "concat", "tirg": "TIRG, global features", "tirg_grid": "TIRG
 
 
 def seed_offset(method: str) -> int:
-    """train_composers' seed offset of a method (its place in COMPOSERS, then CANDIDATES): run 0 is
-    make models' own where make models trains the method."""
-    return [*COMPOSERS, *CANDIDATES].index(method)
+    """train_composers' seed offset of a method (its place in COMPOSERS): run 0 is make models' own."""
+    return list(COMPOSERS).index(method)
 
 
 def run(
@@ -73,12 +72,6 @@ def format_table(result: dict[str, list[tuple[float, float, float]]], seconds: f
         f" pick each run's epoch; training seconds per run (2 threads, beside other work)."
         f" {seconds:.0f} s; load average {' / '.join(f'{x:.2f}' for x in os.getloadavg())} at the end.",
     ]
-    untrained = [NAMES.get(m, m) for m in result if m not in COMPOSERS]
-    if untrained:
-        lines.append(
-            f"Not trained by `make models` (models/nets/composer.py CANDIDATES): {', '.join(untrained)};"
-            " its run 0 uses the seed it would get there."
-        )
     lines += [
         "",
         "| method | TEST R@1 per run | TEST R@1 mean (sd) | held-out R@1 mean (sd) | training s per run |",

@@ -287,14 +287,9 @@ COMPOSERS = {
 place here is its seed offset, so append new ones (benchmarks/COMPOSER_SEEDS.md's run 0 is
 `make models`' own)."""
 
-CANDIDATES: dict[str, type[nn.Module]] = {}
-"""Composers tried by `make composer-seeds` (models/eval/composer_seeds.py) but not trained by
-`make models`; seeds count on as if they followed COMPOSERS. Empty since TIRG on the region grid
-joined COMPOSERS (docs/decisions/0014-tirg-on-the-region-grid.md)."""
-
 
 def build_composer(name: str) -> nn.Module:
-    return COMPOSERS[name]() if name in COMPOSERS else CANDIDATES[name]()
+    return COMPOSERS[name]()
 
 
 def load_composers(checkpoints: dict[str, dict[str, torch.Tensor]]) -> dict[str, nn.Module]:
