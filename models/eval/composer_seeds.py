@@ -21,15 +21,16 @@ import numpy as np
 import torch
 
 from models.eval import evaluation_parser
+from models.eval.composed import METHOD_NAMES, PAPER_ORDER
 from models.features.composed import precompute_features
 from models.nets.composer import COMPOSERS, build_composer
 from models.train.composer import as_composer_budget, fit_composer, heldout_r1, holdout_rows, synthesize_queries
 
 log = logging.getLogger(__name__)
 METHODS = ("concat", "tirg", "tirg_grid", "lbf")
-PAIRS = (("concat", "tirg"), ("concat", "tirg_grid"), ("tirg", "tirg_grid"), ("tirg_grid", "lbf"))
-"""(weaker, stronger) as the papers have them, compared run by run where both were trained."""
-NAMES = {"concat": "concat", "tirg": "TIRG, global features", "tirg_grid": "TIRG, region grid", "lbf": "LBF"}
+PAIRS = (*PAPER_ORDER, ("tirg", "tirg_grid"))
+"""(weaker, stronger), compared run by run where both were trained: QUALITY.md's ordering rows,
+then what the region grid adds to TIRG."""
 
 
 def seed_offset(method: str) -> int:
@@ -82,7 +83,7 @@ def format_table(result: dict[str, list[tuple[float, float, float]]], seconds: f
         test = np.array([r[1] for r in runs])
         train_s = np.array([r[2] for r in runs])
         lines.append(
-            f"| {NAMES.get(method, method)} | {', '.join(f'{t:.3f}' for t in test)} |"
+            f"| {METHOD_NAMES.get(method, method)} | {', '.join(f'{t:.3f}' for t in test)} |"
             f" {test.mean():.3f} ({_sd(test):.3f}) | {held.mean():.3f} ({_sd(held):.3f}) | {train_s.mean():.0f} |"
         )
     lines.append("")
@@ -92,7 +93,7 @@ def format_table(result: dict[str, list[tuple[float, float, float]]], seconds: f
         strong = np.array([r[1] for r in result[stronger]])
         weak = np.array([r[1] for r in result[weaker]])
         lines.append(
-            f"- TEST R@1, {NAMES.get(stronger, stronger)} minus {NAMES.get(weaker, weaker)}, run by run:"
+            f"- TEST R@1, {METHOD_NAMES.get(stronger, stronger)} minus {METHOD_NAMES.get(weaker, weaker)}, run by run:"
             f" {', '.join(f'{d:+.3f}' for d in strong - weak)} (ahead in {int((strong > weak).sum())} of"
             f" {len(strong)} runs, level in {int((strong == weak).sum())})."
         )

@@ -133,9 +133,11 @@ def test_tirg_grid_uses_region_positions_and_the_text() -> None:
 
 
 def test_tirg_grid_widths() -> None:
-    """Default: text projected to the grid's 128 channels, hidden width C + D = 256 (TIRGLastConv's ratio)."""
+    """Default: text projected to the grid's 128 channels, z = C + D = 256 wide, hidden width 128
+    (hidden=0 gives TIRGLastConv's C + D)."""
     model = TIRGGrid()
-    assert model.res[1].in_channels == 256 and model.res[1].out_channels == 256
+    assert model.res[1].in_channels == 256 and model.res[1].out_channels == 128
+    assert TIRGGrid(hidden=0).res[1].out_channels == 256
     assert model.res[3].out_channels == 128 and model.gate[3].out_channels == 128
     assert model.out.bias is None
     wide = TIRGGrid(text_dim=384, hidden=512)
@@ -297,4 +299,4 @@ def test_composer_seeds_offsets_and_table() -> None:
     }
     table = format_table(result, 216.0, 2)
     assert "| TIRG, region grid | 0.910, 0.920 | 0.915 (0.007) | 0.900 (0.000) | 100 |" in table
-    assert "TIRG, region grid minus concat, run by run: +0.010, +0.000 (ahead in 1 of 2 runs, level in 1)" in table
+    assert "TIRG, region grid minus Concat, run by run: +0.010, +0.000 (ahead in 1 of 2 runs, level in 1)" in table
