@@ -64,7 +64,7 @@ eval: models ## evaluate on the held-out split and write benchmarks/QUALITY.md
 	@echo "== eval: size $(MODEL_SIZE)"
 	$(PY) -m models.eval --size $(MODEL_SIZE) --seed $(SEED) --checkpoints build/checkpoints --out benchmarks/QUALITY.md
 
-composer-seeds: models ## retrain concat, TIRG (global, region grid) and LBF with 5 seeds, R@1 on TEST per run: benchmarks/COMPOSER_SEEDS.md (~18 min on Zen 4, 34 on Zen 3)
+composer-seeds: models ## retrain concat, TIRG (global, region grid) and LBF with 5 seeds, R@1 on TEST per run: benchmarks/COMPOSER_SEEDS.md (~26 min on Zen 4)
 	$(PY) -m models.eval.composer_seeds --size $(MODEL_SIZE) --seed $(SEED) --seeds 5 --checkpoints build/checkpoints --out benchmarks/COMPOSER_SEEDS.md
 
 layout-directions: models ## retrain AMC with each way of using its where head, score them on validation: benchmarks/LAYOUT.md (~10 min)
