@@ -7,12 +7,13 @@ export PYTHONPATH := $(CURDIR)/services:$(CURDIR)
 # Corpus/model size: the demo size locally, the tiny one in CI (same code path).
 MODEL_SIZE ?= $(if $(CI),ci,demo)
 SEED ?= 0
+UNTUNED_SEED ?= 7
 MODELS := text_encoder image_encoder keyword_tagger amc_rescorer composer ynet_shop ynet_street ctx_ynet
 MODEL_FILES := $(foreach m,$(MODELS),model_repository/$(m)/1/model.pt) model_repository/keyword_tagger/placements.txt
 # placements.txt: a repository exported before the tagger said where things are is retrained
 STAMP := $(VENV)/.installed-$(shell sha256sum requirements.lock | cut -c1-12)
 
-.PHONY: help setup chromium proto models export eval composer-seeds layout-directions check-index up demo test test-unit test-integration bench loadtest lint clean redis-server prometheus
+.PHONY: help setup chromium proto models export eval eval-untuned composer-seeds layout-directions check-index up demo test test-unit test-integration bench loadtest lint clean redis-server prometheus
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -63,6 +64,9 @@ export: $(STAMP) ## rewrite model_repository/ from the checkpoints of the last `
 eval: models ## evaluate on the held-out split and write benchmarks/QUALITY.md
 	@echo "== eval: size $(MODEL_SIZE)"
 	$(PY) -m models.eval --size $(MODEL_SIZE) --seed $(SEED) --checkpoints build/checkpoints --out benchmarks/QUALITY.md
+
+eval-untuned: models ## the same evaluation on a corpus of another seed (UNTUNED_SEED, 7) that no model or setting saw: benchmarks/QUALITY_UNTUNED.md
+	$(PY) -m models.eval --size $(MODEL_SIZE) --seed $(UNTUNED_SEED) --checkpoints build/checkpoints --out benchmarks/QUALITY_UNTUNED.md
 
 composer-seeds: models ## retrain concat, TIRG (global, region grid) and LBF with 5 seeds, R@1 on TEST per run: benchmarks/COMPOSER_SEEDS.md (~26 min on Zen 4)
 	$(PY) -m models.eval.composer_seeds --size $(MODEL_SIZE) --seed $(SEED) --seeds 5 --checkpoints build/checkpoints --out benchmarks/COMPOSER_SEEDS.md

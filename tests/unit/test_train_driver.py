@@ -79,3 +79,14 @@ def test_checkpoints_reload_into_fresh_modules(tmp_path: Path) -> None:
     fresh.load_state_dict(torch.load(tmp_path / info["keyword_tagger"]["file"]))
     images = torch.zeros(1, 128, 128, 3, dtype=torch.uint8)
     torch.testing.assert_close(fresh(images), tagger(images))
+
+
+def test_evaluation_names_a_corpus_the_models_never_saw() -> None:
+    """`make eval-untuned` evaluates on another seed's corpus: its header must say that the models
+    were trained elsewhere, and `make eval`'s must not."""
+    from models.eval.__main__ import provenance
+
+    untuned = provenance("python -m models.eval --seed 7", trained_seed=0, corpus_seed=7)
+    assert "trained on the corpus of seed 0" in untuned and "a corpus of seed 7: no model" in untuned
+    own = provenance("python -m models.eval --seed 0", trained_seed=0, corpus_seed=0)
+    assert "with the same\nsize and seed" in own and "no model" not in own
