@@ -143,6 +143,9 @@ def amc_diagnostics(
                 "visual": round(float(w[:, 0].mean()), 4),
                 "keyword": round(float(w[:, 1].mean()), 4),
                 "queries": len(weights[family]),
+                # Templates repeat: a family of 100 queries may hold a few dozen texts, and one
+                # image ranked wrongly for a common text moves the family's mean by several queries.
+                "texts": len({q.text for q in queries if q.family == family}),
             }
         )
     diag = [
@@ -236,11 +239,13 @@ def format_tables(result: dict[str, Any]) -> str:
     if result["weights"]:
         lines += [
             "",
-            "| query family | mean visual weight w_v | mean keyword weight w_k | queries |",
-            "| --- | --- | --- | --- |",
+            "| query family | mean visual weight w_v | mean keyword weight w_k | queries | distinct texts |",
+            "| --- | --- | --- | --- | --- |",
         ]
         for r in result["weights"]:
-            lines.append(f"| {r['family']} | {r['visual']:.4f} | {r['keyword']:.4f} | {r['queries']} |")
+            lines.append(
+                f"| {r['family']} | {r['visual']:.4f} | {r['keyword']:.4f} | {r['queries']} | {r['texts']} |"
+            )
     if result["diagnostics"]:
         lines += ["", "| AMC Full attention diagnostic | model | reference | pairs |", "| --- | --- | --- | --- |"]
         for r in result["diagnostics"]:

@@ -292,6 +292,9 @@ def test_text_search_evaluation_reports_every_method_family_and_diagnostic() -> 
     keyword = next(r for r in result["ranking"] if r["method"] == "keyword")
     assert keyword["NDCG@5"] > 0.5  # BM25 finds the colour and theme words among the keywords
     assert [r["family"] for r in result["weights"]] == ["layout", "attribute", "theme", "mixed"]
+    for row in result["weights"]:  # repeated templates: distinct texts never exceed the queries
+        texts = {q.text for q in corpus.test.text_queries if q.family == row["family"]}
+        assert row["texts"] == len(texts) and 1 <= row["texts"] <= row["queries"]
     assert 0.0 <= result["late_fusion_weight"] <= 1.0
     assert len(result["diagnostics"]) == 3 and "| AMC Full |" in format_tables(result)
     again = evaluate_text_search(corpus, models, _PixelImageEncoder(), text_encoder, Tokenizer.default())
