@@ -243,9 +243,7 @@ def format_tables(result: dict[str, Any]) -> str:
             "| --- | --- | --- | --- | --- |",
         ]
         for r in result["weights"]:
-            lines.append(
-                f"| {r['family']} | {r['visual']:.4f} | {r['keyword']:.4f} | {r['queries']} | {r['texts']} |"
-            )
+            lines.append(f"| {r['family']} | {r['visual']:.4f} | {r['keyword']:.4f} | {r['queries']} | {r['texts']} |")
     if result["diagnostics"]:
         lines += ["", "| AMC Full attention diagnostic | model | reference | pairs |", "| --- | --- | --- | --- |"]
         for r in result["diagnostics"]:
