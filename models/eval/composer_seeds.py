@@ -83,7 +83,7 @@ def format_table(result: dict[str, list[tuple[float, float, float]]], seconds: f
         test = np.array([r[1] for r in runs])
         train_s = np.array([r[2] for r in runs])
         lines.append(
-            f"| {METHOD_NAMES.get(method, method)} | {', '.join(f'{t:.3f}' for t in test)} |"
+            f"| {METHOD_NAMES[method]} | {', '.join(f'{t:.3f}' for t in test)} |"
             f" {test.mean():.3f} ({_sd(test):.3f}) | {held.mean():.3f} ({_sd(held):.3f}) | {train_s.mean():.0f} |"
         )
     lines.append("")
@@ -93,7 +93,7 @@ def format_table(result: dict[str, list[tuple[float, float, float]]], seconds: f
         strong = np.array([r[1] for r in result[stronger]])
         weak = np.array([r[1] for r in result[weaker]])
         lines.append(
-            f"- TEST R@1, {METHOD_NAMES.get(stronger, stronger)} minus {METHOD_NAMES.get(weaker, weaker)}, run by run:"
+            f"- TEST R@1, {METHOD_NAMES[stronger]} minus {METHOD_NAMES[weaker]}, run by run:"
             f" {', '.join(f'{d:+.3f}' for d in strong - weak)} (ahead in {int((strong > weak).sum())} of"
             f" {len(strong)} runs, level in {int((strong == weak).sum())})."
         )

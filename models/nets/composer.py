@@ -146,7 +146,7 @@ class TIRGGrid(nn.Module):
     place of fc(avgpool(x)) and without the fc's bias.
     """
 
-    def __init__(self, text_dim: int = REGION_DIM, hidden: int = REGION_DIM) -> None:
+    def __init__(self, text_dim: int = REGION_DIM, hidden: int = 128) -> None:
         super().__init__()
         c = REGION_DIM
         dz = c + text_dim
