@@ -85,12 +85,12 @@ class SearchSettings:
     """Share of a Search's remaining deadline for the rescore stage; past it the Search answers
     in ANN order, flagged as degraded."""
     max_batch_searches: int = 32
+    """Searches per BatchSearch."""
     coalesce_max_batch: int = 16
     """Concurrent Search RPCs answered together at most (coalescer.py); 1 answers each alone."""
     coalesce_in_flight: int = 2
     """Batches of Searches running at once: a Search arriving while this many run waits for one
     to finish and joins the next batch with the others that arrived meanwhile."""
-    """Searches per BatchSearch."""
     max_rerank_candidates: int = 200
     """Candidates per Rerank (indexed ids and inline images)."""
     max_keyword_chars: int = 64
