@@ -124,6 +124,29 @@ class CandidateSource:
         return [h.id for h in hits]
 
 
+def candidate_lists(
+    split: Any,
+    images: ImageFeatures,
+    queries: list[Any],
+    embeddings: torch.Tensor,
+    sources: tuple[str, ...],
+    limit: int = CANDIDATES,
+    tagger: nn.Module | None = None,
+    synonyms: Mapping[str, str] | None = None,
+) -> dict[str, list[list[str]]]:
+    """Per source, each query's candidate ids over the split's whole gallery, drawn as a Search
+    draws them (the gallery indexed as gallery_records indexes it)."""
+    with tempfile.TemporaryDirectory() as directory:
+        source = CandidateSource(gallery_records(split, images, tagger), Path(directory), synonyms=synonyms)
+        try:
+            return {
+                s: [source.candidates(embeddings[i].numpy(), q.text, s, limit) for i, q in enumerate(queries)]
+                for s in sources
+            }
+        finally:
+            source.close()
+
+
 def served_features(images: ImageFeatures) -> ImageFeatures:
     """The features as the rescorer sees them from the index: regions through int8 and back."""
     regions, scales = quantize_regions(images.regions.numpy())
@@ -231,15 +254,7 @@ def evaluate_whole_index(
     images = served_features(raw)
     base = query_features(split, queries, text_encoder, tokenizer)
     rows, diagnostics = [], []
-    with tempfile.TemporaryDirectory() as directory:
-        source = CandidateSource(gallery_records(split, raw, tagger), Path(directory), synonyms=synonyms)
-        try:
-            lists = {
-                s: [source.candidates(base.embedding[i].numpy(), q.text, s, limit) for i, q in enumerate(queries)]
-                for s in sources
-            }
-        finally:
-            source.close()
+    lists = candidate_lists(split, raw, queries, base.embedding, sources, limit, tagger, synonyms)
     if "vector" in lists:
         vector_only = candidate_features(split, queries, base, [ids[:10] for ids in lists["vector"]])
         rows.append(

@@ -29,6 +29,7 @@ from torch import nn
 
 from models.corpus import load_or_build_corpus
 from models.corpus.street_shop import load_or_build_street_shop
+from models.eval.whole_index import candidate_lists
 from models.export.repository import export_repository
 from models.export.synonyms import build_synonyms
 from models.export.triton_repo import run_with_fixed_hash_seed
@@ -143,9 +144,19 @@ def main(argv: list[str] | None = None) -> None:
         "keyword_tagger train",
         lambda: train_keyword_tagger(corpus, image_encoder, args.seed, budgets["image_encoder"]),
     )
+    synonyms = stages.run("query synonyms", lambda: build_synonyms(text_encoder, tokenizer, list(corpus.keyword_vocab)))
+
+    def service_candidates(split, images, queries, embeddings) -> list[list[str]]:
+        """AMC's extra training candidates: hybrid, as the service draws them over the whole gallery
+        (with the tagger's placements and the query synonyms the service will read)."""
+        lists = candidate_lists(split, images, queries, embeddings, ("hybrid",), tagger=tagger, synonyms=synonyms)
+        return lists["hybrid"]
+
     amc = stages.run(
         "amc train",
-        lambda: train_amc(corpus, text_encoder, tokenizer, image_encoder, args.seed, budgets["amc"]),
+        lambda: train_amc(
+            corpus, text_encoder, tokenizer, image_encoder, args.seed, budgets["amc"], service_candidates
+        ),
     )
     composers = stages.run(
         "composer train",
@@ -172,7 +183,6 @@ def main(argv: list[str] | None = None) -> None:
     modules.update({f"composer_{k}": m for k, m in composers.items() if k != "composer"})
     modules.update(ynets.modules)
     checkpoints = stages.run("checkpoints", lambda: save_checkpoints(modules, checkpoint_dir))
-    synonyms = stages.run("query synonyms", lambda: build_synonyms(text_encoder, tokenizer, list(corpus.keyword_vocab)))
 
     def export_all() -> dict[str, dict[str, Any]]:
         return export_repository(

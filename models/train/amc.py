@@ -5,6 +5,8 @@ them (VAL_FRACTION, chosen by the seed) is held out: it picks each model's best 
 the late-fusion weight in models/eval/text_search.py; the test split is never looked at. The rest
 is augmented with extra queries drawn from the train images by the corpus's own query generator
 (models.corpus.queries.make_text_queries), so the small corpus sizes still give enough pairs.
+AMC Full's training queries also get candidates drawn as a Search draws them over the whole TRAIN
+gallery (AMCBudget.service_candidates): the hard negatives of the keyword route.
 
 Everything frozen is computed once: query embeddings (text encoder), region grids and global
 embeddings (image encoder), keyword embeddings (text encoder over the vocabulary; an image's
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -27,7 +30,7 @@ import torch
 from torch import nn
 
 from models.corpus.paraphrase import paraphrased
-from models.corpus.queries import make_text_queries
+from models.corpus.queries import grade, make_text_queries
 from models.metrics import ndcg_at_k
 from models.nets.amc import GRID, NUM_KEYWORDS, AMCRescorer, build_text_search_models
 from models.nets.text_encoder import embed_texts
@@ -53,6 +56,13 @@ class AMCBudget:
     where_weight: float = 1.0
     """Weight of the where head's own loss (where_loss) beside the ranking loss; 0 leaves the head
     to the ranking loss alone (benchmarks/LAYOUT.md compares both)."""
+    service_candidates: int = 25
+    """Each training query's own ~50 candidates get up to this many more, drawn as a Search draws
+    them over the whole TRAIN gallery (hybrid: the vector and keyword routes fused) and graded by
+    the corpus's rule. Over the whole index BM25 brings images whose noisy keywords match the
+    query (a sport scene tagged 'wedding' at 0.38); the paper's random candidates almost never hold
+    them, so AMC never learned to weigh them down (docs/decisions/0016-service-candidates.md;
+    25 was chosen over 50 on validation). 0: the paper's candidates only."""
 
 
 BUDGETS: dict[str, AMCBudget] = {
@@ -173,6 +183,35 @@ def query_features(split: Any, queries: list[Any], text_encoder: nn.Module, toke
         if queries
         else torch.zeros(0, GRID * GRID),
     )
+
+
+CandidateLists = Callable[[Any, ImageFeatures, list[Any], torch.Tensor], list[list[str]]]
+"""(split, its image features, queries, their embeddings) -> each query's candidate ids over the
+split's whole gallery, best first, as a Search draws them (models/eval/whole_index.py)."""
+
+
+def with_service_candidates(
+    split: Any, queries: list[Any], features: QueryFeatures, lists: list[list[str]], extra: int
+) -> QueryFeatures:
+    """`features` with each query's first `extra` listed candidates that are not already its own
+    appended after its own, graded by the corpus's rule."""
+    own_counts = [int(n) for n in features.valid.sum(dim=1)]
+    added = []
+    for row, ids in enumerate(lists):
+        own = set(features.candidates[row, : own_counts[row]].tolist())
+        added.append([r for r in (split.index_of(i) for i in ids) if r not in own][:extra])
+    width = max((n + len(rows) for n, rows in zip(own_counts, added, strict=True)), default=1)
+    candidates = torch.zeros(len(queries), width, dtype=torch.long)
+    relevance = torch.zeros(len(queries), width)
+    valid = torch.zeros(len(queries), width, dtype=torch.bool)
+    for row, (query, rows) in enumerate(zip(queries, added, strict=True)):
+        n, total = own_counts[row], own_counts[row] + len(rows)
+        candidates[row, :n] = features.candidates[row, :n]
+        relevance[row, :n] = features.relevance[row, :n]
+        candidates[row, n:total] = torch.tensor(rows, dtype=torch.long)
+        relevance[row, n:total] = torch.tensor([grade(query.spec, split.images[r]) for r in rows], dtype=torch.float)
+        valid[row, :total] = True
+    return QueryFeatures(features.embedding, candidates, relevance, valid, features.families, features.where_target)
 
 
 def validation_split(n_queries: int, seed: int, fraction: float = VAL_FRACTION) -> tuple[list[int], list[int]]:
@@ -326,19 +365,27 @@ def train_amc(
     image_encoder: nn.Module,
     seed: int = 0,
     budget: AMCBudget | dict[str, Any] | None = None,
+    candidates: CandidateLists | None = None,
 ) -> dict[str, nn.Module]:
-    """Keys amc_full, img_att, key_att, dssm_img, dssm_key, each at its best held-out epoch."""
+    """Keys amc_full, img_att, key_att, dssm_img, dssm_key, each at its best held-out epoch.
+    `candidates` draws the service candidates (AMCBudget.service_candidates) AMC Full's training
+    queries get beside their own; held-out queries keep the paper's candidates."""
     cfg = as_amc_budget(budget)
     started = time.perf_counter()
     images = image_features(corpus.train, image_encoder, text_encoder, tokenizer, list(corpus.keyword_vocab))
     train_queries, held_queries = training_queries(corpus, seed, cfg)
     train = query_features(corpus.train, train_queries, text_encoder, tokenizer)
     held = query_features(corpus.train, held_queries, text_encoder, tokenizer)
+    served = train
+    if candidates is not None and cfg.service_candidates > 0:
+        lists = candidates(corpus.train, images, train_queries, train.embedding)
+        served = with_service_candidates(corpus.train, train_queries, train, lists, cfg.service_candidates)
     log.info(
-        "amc features in %.1fs: %d train / %d held-out queries",
+        "amc features in %.1fs: %d train / %d held-out queries, AMC Full's %.1f candidates per training query",
         time.perf_counter() - started,
         len(train),
         len(held),
+        float(served.valid.sum(dim=1).float().mean()) if len(served) else 0.0,
     )
     torch.manual_seed(seed)
     models = build_text_search_models()
@@ -349,6 +396,9 @@ def train_amc(
         if name == "amc_full" and cfg.warm_start:
             module.van.load_state_dict(result["img_att"].van.state_dict())
             module.lan.load_state_dict(result["key_att"].lan.state_dict())
-        result[name], value = fit(module, images, train, held, cfg, seed + offset)
+        # AMC Full, the served rescorer, also learns on the candidates a Search gives it; its
+        # ablations keep the paper's candidates, as the paper's tables train them
+        queries = served if name == "amc_full" else train
+        result[name], value = fit(module, images, queries, held, cfg, seed + offset)
         log.info("amc %s: held-out NDCG@5 %.4f (%.0fs so far)", name, value, time.perf_counter() - started)
     return {name: result[name] for name in models}

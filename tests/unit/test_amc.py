@@ -486,3 +486,30 @@ def test_the_where_gate_keeps_a_named_place_and_drops_a_vague_one() -> None:
     torch.testing.assert_close(scripted, eager)
     assert int(torch.argmax(eager.squeeze(1))) == 0  # the object in the named top-left cell
     assert 0 < WHERE_GATE < 1
+
+
+def test_service_candidates_follow_the_own_ones_graded_by_the_corpus_rule() -> None:
+    from models.corpus import TextQuery
+    from models.train.amc import QueryFeatures, with_service_candidates
+
+    split = _tiny_corpus().train  # image i: theme "festive" when i is even, else "sale"
+    ids = [r.id for r in split.images]
+    query = TextQuery("q", "festive images", "theme", ids[:3], [2, 0, 2], {"kind": "theme", "theme": "festive"})
+    short = TextQuery("r", "sale", "theme", ids[:1], [0], {"kind": "theme", "theme": "sale"})
+    features = QueryFeatures(
+        torch.zeros(2, 384),
+        torch.tensor([[0, 1, 2], [0, 0, 0]]),
+        torch.tensor([[2.0, 0.0, 2.0], [0.0, 0.0, 0.0]]),
+        torch.tensor([[True, True, True], [True, False, False]]),
+        ["theme", "theme"],
+    )
+    # the lists repeat own candidates (skipped) and run past `extra` (cut)
+    lists = [[ids[1], ids[4], ids[5], ids[6], ids[7]], [ids[0], ids[3], ids[8]]]
+    out = with_service_candidates(split, [query, short], features, lists, extra=2)
+    assert out.candidates[0].tolist() == [0, 1, 2, 4, 5]
+    assert out.relevance[0].tolist() == [2.0, 0.0, 2.0, 2.0, 0.0]
+    assert out.valid[0].all()
+    assert out.candidates[1, :3].tolist() == [0, 3, 8]
+    assert out.relevance[1, :3].tolist() == [0.0, 2.0, 0.0]
+    assert out.valid[1].tolist() == [True, True, True, False, False]
+    assert out.embedding is features.embedding
