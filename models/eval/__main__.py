@@ -46,6 +46,7 @@ from models.export.checkpoints import (
 from models.export.synonyms import build_synonyms
 from models.nets.text_encoder import load_text_encoder
 from models.train import cpu_model
+from models.train.amc import as_amc_budget
 
 
 def _load_average(load: list[float] | tuple[float, ...]) -> str:
@@ -286,7 +287,10 @@ def main(argv: list[str] | None = None) -> None:
     text_note = (
         "AMC Tables 1-2. Each query ranks its ~50 candidates; NDCG on graded relevance (2 all constraints, "
         "1 partial, 0 none), P@5, MAP, MRR and AUC with relevance > 0 as positive. Then AMC Full's mean "
-        "modality weights per query family and its attention diagnostics."
+        "modality weights per query family and its attention diagnostics. Every method trains on the TRAIN"
+        " queries' own candidates; AMC Full, the served rescorer, also on"
+        f" {as_amc_budget({'size': args.size}).service_candidates} per query drawn as a Search draws them over"
+        " the whole TRAIN gallery (docs/decisions/0016-service-candidates.md)."
     )
     document = (
         "\n".join(header)

@@ -43,15 +43,7 @@ from models.corpus.paraphrase import paraphrased
 from models.corpus.queries import grade
 from models.corpus.vocab import CELLS, COLORS, SHAPES
 from models.eval import evaluation_parser
-from models.eval.whole_index import (
-    CANDIDATES,
-    CandidateSource,
-    candidate_features,
-    gallery_records,
-    rank_scores,
-    served_features,
-    summarise,
-)
+from models.eval.whole_index import candidate_features, rank_scores, served_features, summarise
 from models.nets.amc import LAYOUT, AMCRescorer
 from models.nets.text_encoder import embed_texts
 from models.train.amc import (
@@ -66,6 +58,7 @@ from models.train.amc import (
     score_all,
     training_queries,
 )
+from models.train.candidates import CANDIDATES, CandidateSource, gallery_records
 
 log = logging.getLogger(__name__)
 

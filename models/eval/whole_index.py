@@ -3,8 +3,9 @@
 The paper's protocol ranks each query's own ~50 candidates. A Search ranks the whole index: its
 candidates come from the index (vector ANN over the global embedding, BM25 over the indexed
 keywords, or both merged), and AMC only reorders them. This evaluation runs the service's own
-candidate generation in process (the embedded index engine of services/amcsearch/search: exact
-vector search below its HNSW threshold, keyword_index.py's BM25, the gateway's merge), then AMC Full
+candidate generation in process (models/train/candidates.py: the embedded index engine of
+services/amcsearch/search, exact vector search below its HNSW threshold, keyword_index.py's BM25,
+the gateway's merge), then AMC Full
 over those candidates on the int8 regions the index stores, and grades every ranked image with
 the corpus's rule (models.corpus.queries.grade). NDCG@k divides by the ideal DCG of the whole
 gallery, not of the returned list.
@@ -15,53 +16,28 @@ list, and AMC's VAN mass inside the queried cell on every fully relevant image o
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from amcsearch.keyword_tagger.settings import KeywordTaggerSettings
 from amcsearch.runtime.keywords import placement_label
 from amcsearch.runtime.quantize import dequantize_regions, quantize_regions
-from amcsearch.search.embedded_index import EmbeddedIndex
-from amcsearch.search.pipeline import merge_candidates, merge_keywords
-from amcsearch.search.records import Filter, Record
-from amcsearch.search.settings import SearchSettings
-from amcsearch.search.synonyms import expand_query
 from torch import nn
 
 from models.corpus.queries import grade
-from models.corpus.vocab import PLACEMENT_LABELS
 from models.metrics import ndcg_against_ideal
-from models.nets.image_encoder import cells_from_regions
 from models.train.amc import ImageFeatures, QueryFeatures, batch_outputs, image_features, query_features, score_all
+from models.train.candidates import CANDIDATES, candidate_lists, placements
 
 log = logging.getLogger(__name__)
 
-CANDIDATES = 100
-"""The gateway's default SEARCH candidates (and SEARCH_CANDIDATES of the served test)."""
 KS = (5, 10)
 SOURCES = ("vector", "keyword", "hybrid", "union")
 """Candidate lists: vector ANN, keyword BM25, their reciprocal rank fusion (the service's
 default), and their union (up to 2 x CANDIDATES)."""
 FAMILIES = ("layout", "attribute", "theme", "mixed")
-
-
-def gallery_records(split: Any, images: ImageFeatures, tagger: nn.Module | None = None) -> list[Record]:
-    """The test gallery as the service indexes it (benchmarks/served_quality.py, the served
-    test): the noisy keywords as the caller's weighted keywords, no automatic ones, and the
-    tagger's placements ("red@top-left"), which the service stores even with skip_auto_tags."""
-    records = []
-    regions, scales = quantize_regions(images.regions.numpy())
-    where = placements(tagger, images.regions) if tagger is not None else [[] for _ in split.images]
-    for row, r in enumerate(split.images):
-        keywords = merge_keywords([], [(k, float(c)) for k, c in r.noisy_keywords], [], where[row])
-        records.append(Record(r.id, images.embedding[row].numpy(), regions[row], scales[row], r.caption, keywords, {}))
-    return records
 
 
 def placement_accuracy(split: Any, found: list[list[tuple[str, float]]]) -> tuple[float, float]:
@@ -70,81 +46,6 @@ def placement_accuracy(split: Any, found: list[list[tuple[str, float]]]) -> tupl
     said = [{label for label, _ in row} for row in found]
     hits = sum(len(t & s) for t, s in zip(truth, said, strict=True))
     return hits / max(1, sum(map(len, said))), hits / max(1, sum(map(len, truth)))
-
-
-def placements(tagger: nn.Module, regions: torch.Tensor) -> list[list[tuple[str, float]]]:
-    """Per image, the tagger's placements as KeywordTagger serves them: its placement head on the
-    cells of the encoder's regions (what the exported tagger computes from the pixels), the
-    KEYWORD_TAGGER_MAX_PLACEMENTS most probable kept when >= KEYWORD_TAGGER_PLACEMENT_THRESHOLD."""
-    settings = KeywordTaggerSettings()
-    with torch.no_grad():
-        probabilities = torch.sigmoid(tagger.placements(cells_from_regions(regions))).numpy()
-    order = np.argsort(-probabilities, axis=1, kind="stable")[:, : settings.max_placements]
-    return [
-        [(PLACEMENT_LABELS[j], float(p[j])) for j in row if p[j] >= settings.placement_threshold]
-        for row, p in zip(order, probabilities, strict=True)
-    ]
-
-
-class CandidateSource:
-    """The service's candidate generation over one in-process embedded index of the gallery."""
-
-    def __init__(
-        self,
-        records: list[Record],
-        directory: Path,
-        keyword_share: str = SearchSettings.keyword_share,
-        synonyms: Mapping[str, str] | None = None,
-    ) -> None:
-        self.synonyms = dict(synonyms or {})
-        """The query synonym table the keyword route reads (the served text_encoder's, as the
-        gateway applies it: search/synonyms.py)."""
-        self.loop = asyncio.new_event_loop()
-        self.index = EmbeddedIndex(directory / "whole_index.sqlite", "gallery", keyword_share=keyword_share)
-        self.run(self.index.open())
-        self.run(self.index.upsert("gallery", records))
-
-    def run(self, coroutine):
-        return self.loop.run_until_complete(coroutine)
-
-    def close(self) -> None:
-        self.run(self.index.close())
-        self.loop.close()
-
-    def candidates(self, vector: np.ndarray, text: str, source: str, limit: int = CANDIDATES) -> list[str]:
-        vector_ids = self.run(self.index.search("gallery", vector, limit, Filter()))
-        keyword_text = expand_query(text, self.synonyms)
-        keyword_ids = self.run(self.index.keyword_search("gallery", vector, keyword_text, limit, Filter()))
-        if source == "vector":
-            hits = vector_ids
-        elif source == "keyword":
-            hits = keyword_ids
-        else:
-            hits = merge_candidates(vector_ids, keyword_ids, limit, "rrf" if source == "hybrid" else source)
-        return [h.id for h in hits]
-
-
-def candidate_lists(
-    split: Any,
-    images: ImageFeatures,
-    queries: list[Any],
-    embeddings: torch.Tensor,
-    sources: tuple[str, ...],
-    limit: int = CANDIDATES,
-    tagger: nn.Module | None = None,
-    synonyms: Mapping[str, str] | None = None,
-) -> dict[str, list[list[str]]]:
-    """Per source, each query's candidate ids over the split's whole gallery, drawn as a Search
-    draws them (the gallery indexed as gallery_records indexes it)."""
-    with tempfile.TemporaryDirectory() as directory:
-        source = CandidateSource(gallery_records(split, images, tagger), Path(directory), synonyms=synonyms)
-        try:
-            return {
-                s: [source.candidates(embeddings[i].numpy(), q.text, s, limit) for i, q in enumerate(queries)]
-                for s in sources
-            }
-        finally:
-            source.close()
 
 
 def served_features(images: ImageFeatures) -> ImageFeatures:

@@ -29,7 +29,6 @@ from torch import nn
 
 from models.corpus import load_or_build_corpus
 from models.corpus.street_shop import load_or_build_street_shop
-from models.eval.whole_index import candidate_lists
 from models.export.repository import export_repository
 from models.export.synonyms import build_synonyms
 from models.export.triton_repo import run_with_fixed_hash_seed
@@ -37,6 +36,7 @@ from models.nets.image_encoder import ImageEncoder, count_parameters
 from models.nets.text_encoder import load_text_encoder
 from models.train import cpu_model
 from models.train.amc import train_amc
+from models.train.candidates import candidate_lists
 from models.train.composer import train_composers
 from models.train.image_encoder import train_image_encoder, train_keyword_tagger
 from models.train.ynet import train_ynets
