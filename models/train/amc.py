@@ -187,7 +187,7 @@ def query_features(split: Any, queries: list[Any], text_encoder: nn.Module, toke
 
 CandidateLists = Callable[[Any, ImageFeatures, list[Any], torch.Tensor], list[list[str]]]
 """(split, its image features, queries, their embeddings) -> each query's candidate ids over the
-split's whole gallery, best first, as a Search draws them (models/eval/whole_index.py)."""
+split's whole gallery, best first, as a Search draws them (models/train/candidates.py)."""
 
 
 def with_service_candidates(
@@ -376,16 +376,16 @@ def train_amc(
     train_queries, held_queries = training_queries(corpus, seed, cfg)
     train = query_features(corpus.train, train_queries, text_encoder, tokenizer)
     held = query_features(corpus.train, held_queries, text_encoder, tokenizer)
-    served = train
+    full_train = train
     if candidates is not None and cfg.service_candidates > 0:
         lists = candidates(corpus.train, images, train_queries, train.embedding)
-        served = with_service_candidates(corpus.train, train_queries, train, lists, cfg.service_candidates)
+        full_train = with_service_candidates(corpus.train, train_queries, train, lists, cfg.service_candidates)
     log.info(
         "amc features in %.1fs: %d train / %d held-out queries, AMC Full's %.1f candidates per training query",
         time.perf_counter() - started,
         len(train),
         len(held),
-        float(served.valid.sum(dim=1).float().mean()) if len(served) else 0.0,
+        float(full_train.valid.sum(dim=1).float().mean()) if len(full_train) else 0.0,
     )
     torch.manual_seed(seed)
     models = build_text_search_models()
@@ -398,7 +398,7 @@ def train_amc(
             module.lan.load_state_dict(result["key_att"].lan.state_dict())
         # AMC Full, the served rescorer, also learns on the candidates a Search gives it; its
         # ablations keep the paper's candidates, as the paper's tables train them
-        queries = served if name == "amc_full" else train
+        queries = full_train if name == "amc_full" else train
         result[name], value = fit(module, images, queries, held, cfg, seed + offset)
         log.info("amc %s: held-out NDCG@5 %.4f (%.0fs so far)", name, value, time.perf_counter() - started)
     return {name: result[name] for name in models}
