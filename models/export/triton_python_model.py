@@ -30,7 +30,14 @@ class TritonPythonModel:
         # One intra-op thread by default: every model is its own stub process, and on a few cores
         # several OpenMP pools fight (2 spinning threads per stub tripled Search latency on 2
         # cores). Throughput comes from several models (and instances) running side by side.
-        torch.set_num_threads(int(os.environ.get("AMCSEARCH_TORCH_THREADS", "1")))
+        self.threads = int(os.environ.get("AMCSEARCH_TORCH_THREADS", "1"))
+        # A forward of at least AMCSEARCH_TORCH_WIDE_ROWS rows of its first input (the texts of
+        # a batch, the queries of a Rescore, the images of an Index batch; 0: never) is big
+        # enough to split: it runs on AMCSEARCH_TORCH_WIDE_THREADS (default every core).
+        # docs/decisions/0017-wide-forwards.md.
+        self.wide_rows = int(os.environ.get("AMCSEARCH_TORCH_WIDE_ROWS", "8"))
+        self.wide_threads = int(os.environ.get("AMCSEARCH_TORCH_WIDE_THREADS", str(os.cpu_count() or 1)))
+        torch.set_num_threads(self.threads)
         use_gpu = torch.cuda.is_available() and os.environ.get("AMCSEARCH_TRITON_CPU_ONLY") != "1"
         self.device = torch.device("cuda" if use_gpu else "cpu")
         model_path = os.path.join(args["model_repository"], args["model_version"], "model.pt")
@@ -52,6 +59,10 @@ class TritonPythonModel:
         return self._split(requests, sizes, self._run(inputs))
 
     def _run(self, inputs):
+        rows = inputs[0].shape[0] if inputs[0].ndim else 1
+        threads = self.wide_threads if 0 < self.wide_rows <= rows else self.threads
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
         tensors = [torch.from_numpy(np.ascontiguousarray(array)).to(self.device) for array in inputs]
         with torch.inference_mode():
             outputs = self.module(*tensors)

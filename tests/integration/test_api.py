@@ -391,7 +391,9 @@ def triton_requests(stack, model: str) -> float:
 
 
 def test_batch_search_equals_single_searches_with_one_call_per_model(search, catalogue, real_stack):
-    texts = [f"large red circle batch {i}" for i in range(6)]  # new texts: query-cache misses
+    # 8 new texts (query-cache misses): AMCSEARCH_TORCH_WIDE_ROWS' default, so the batch's text and
+    # rescorer forwards run on every core, its single Searches' on one (decision record 0017)
+    texts = [f"large red circle batch {i}" for i in range(8)]
     requests = [search_pb2.SearchRequest(text=t, top_k=5, collection=catalogue) for t in texts]
     before = {m: triton_requests(real_stack, m) for m in ("text_encoder", "amc_rescorer")}
     batch = search.BatchSearch(search_pb2.BatchSearchRequest(searches=requests), timeout=60)
