@@ -33,10 +33,10 @@ class TritonPythonModel:
         self.threads = int(os.environ.get("AMCSEARCH_TORCH_THREADS", "1"))
         # A forward of at least AMCSEARCH_TORCH_WIDE_ROWS rows of its first input (the texts of
         # a batch, the queries of a Rescore, the images of an Index batch; 0: never) is big
-        # enough to split: it runs on AMCSEARCH_TORCH_WIDE_THREADS (default every core).
-        # docs/decisions/0017-wide-forwards.md.
+        # enough to split: it runs on AMCSEARCH_TORCH_WIDE_THREADS (default torch's own count: the
+        # cores it sees, or OMP_NUM_THREADS). docs/decisions/0017-wide-forwards.md.
         self.wide_rows = int(os.environ.get("AMCSEARCH_TORCH_WIDE_ROWS", "8"))
-        self.wide_threads = int(os.environ.get("AMCSEARCH_TORCH_WIDE_THREADS", str(os.cpu_count() or 1)))
+        self.wide_threads = int(os.environ.get("AMCSEARCH_TORCH_WIDE_THREADS", str(torch.get_num_threads())))
         torch.set_num_threads(self.threads)
         use_gpu = torch.cuda.is_available() and os.environ.get("AMCSEARCH_TRITON_CPU_ONLY") != "1"
         self.device = torch.device("cuda" if use_gpu else "cpu")
