@@ -159,6 +159,44 @@ def test_candidate_columns_held_in_memory_equal_the_stores_and_forget_deleted_ro
     run(scenario())
 
 
+def test_indexed_rows_are_in_memory_before_their_first_search(tmp_path):
+    """Write-through: the rows an upsert commits are held at once (a gateway that had just
+    indexed 100k images read nearly every candidate from SQLite), a replaced row's old columns
+    are not, and what is held equals what the store gives a gateway that holds nothing."""
+
+    async def scenario():
+        path = tmp_path / "index.sqlite"
+        rng = np.random.default_rng(11)
+        records = [
+            record(i, v, keywords=[(f"t{i % 5}", 0.3 + i % 4 / 10, 2), ("shared", 0.5, 1)])
+            for i, v in enumerate(unit(rng, 120))
+        ]
+        index = EmbeddedIndex(path, "images", feature_cache_mib=64)
+        await index.open()
+        try:
+            assert index._warming is not None
+            index._warming.join(timeout=60)  # the empty store's warm-up: what follows is the writes'
+            await index.upsert("images", records[:80])  # rows 1-80
+            replaced = record(5, records[5].embedding, keywords=[("changed", 0.7, 2)])
+            await index.upsert("images", [replaced, *records[80:]])  # row 6 -> 81; rows 82-121
+            rows = np.setdiff1d(np.arange(1, 122), [6])
+            held, _ = index.feature_cache.lookup(np.arange(1, 122))
+            assert held.tolist() == [row != 6 for row in range(1, 122)]
+            in_memory = index._features(rows, np.zeros(len(rows), np.float32))
+        finally:
+            await index.close()
+        index = EmbeddedIndex(path, "images", feature_cache_mib=0)
+        await index.open()
+        try:
+            from_store = index._features(rows, np.zeros(len(rows), np.float32))
+        finally:
+            await index.close()
+        assert _columns(in_memory) == _columns(from_store)
+        assert in_memory.keyword_texts[in_memory.keyword_ids[rows.tolist().index(81), 0]] == "changed"
+
+    run(scenario())
+
+
 def test_a_reopened_store_warms_its_candidate_columns_in_the_background(tmp_path):
     """After a restart the columns come back into memory from the store, as far as the budget
     goes, and equal what a read of the store gives."""

@@ -672,7 +672,7 @@ class EmbeddedIndex:
     def _upsert(self, collection: str, records: list[Record]) -> None:
         vectors = self._vectors_of(collection)
         shop_vectors = self.shop_vectors[collection]
-        replaced, added, added_shop = [], [], []
+        replaced, added, added_shop, packed = [], [], [], []
         with self._transaction() as db:
             known = len(self.keyword_dictionary)
             for r in records:
@@ -680,6 +680,9 @@ class EmbeddedIndex:
                 if old is not None:
                     self._delete_row(db, old[0])
                     replaced.append(old[0])
+                regions = np.asarray(r.regions, dtype=np.int8).tobytes()
+                region_scales = np.asarray(r.region_scales, dtype="<f4").tobytes()
+                slots = self._slots(r.keywords)
                 cursor = db.execute(
                     "INSERT INTO items (collection, id, embedding, regions, region_scales, title, keywords, metadata,"
                     " keyword_ids, keyword_confidences, thumbnail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -687,16 +690,17 @@ class EmbeddedIndex:
                         collection,
                         r.id,
                         np.asarray(r.embedding, dtype="<f4").tobytes(),
-                        np.asarray(r.regions, dtype=np.int8).tobytes(),
-                        np.asarray(r.region_scales, dtype="<f4").tobytes(),
+                        regions,
+                        region_scales,
                         r.title,
                         json.dumps([[t, float(conf), int(s)] for t, conf, s in r.keywords]),
                         json.dumps(r.metadata, sort_keys=True),
-                        *self._slots(r.keywords),
+                        *slots,
                         r.thumbnail or None,
                     ),
                 )
                 row = cursor.lastrowid
+                packed.append((row, regions, region_scales, *slots))  # PACKED_COLUMNS, as stored
                 db.executemany(
                     "INSERT OR IGNORE INTO item_keywords VALUES (?, ?)", [(t, row) for t, _, _ in r.keywords]
                 )
@@ -710,6 +714,10 @@ class EmbeddedIndex:
                 added.append((row, r.embedding))
             self._store_dictionary(db, known)
         self.feature_cache.forget(replaced)
+        # Write-through, once committed: the new rows' first Searches read them from memory. A
+        # gateway that had just indexed 100k images read nearly every candidate from SQLite
+        # (ann 23 ms at concurrency 1, against 3 ms once restarted on the same index).
+        self.feature_cache.put(self.feature_cache.epoch, *_packed(packed))
         vectors.remove(replaced)
         vectors.add(np.asarray([row for row, _ in added]), np.stack([e for _, e in added]))
         with self.keyword_lock:

@@ -8,8 +8,9 @@ reused) and a delete removes one. So a row's columns can be kept after their fir
 no invalidation beyond forgetting deleted rows.
 
 The cache is a few preallocated arrays indexed by slot, and a row -> slot column: a lookup of N
-keys is a handful of numpy gathers. It fills on reads, first come first kept, up to
-INDEX_FEATURE_CACHE_MIB; past that, reads go to SQLite as before (nothing is evicted, so a full
+keys is a handful of numpy gathers. It fills from the store when the gateway opens it (in the
+background), with the rows each upsert commits, and on reads; first come first kept, up to
+INDEX_FEATURE_CACHE_MIB. Past that, reads go to SQLite as before (nothing is evicted, so a full
 cache costs no bookkeeping on the search path).
 """
 
