@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from amcsearch.runtime.keywords import named_place, parse_placement, placement_label
 from amcsearch.search.embedded_index import EmbeddedIndex
-from amcsearch.search.keyword_index import KeywordIndex
+from amcsearch.search.keyword_index import SMALL_QUERY_WORK, KeywordIndex
 from amcsearch.search.pipeline import columnar_request, fuse_keys
 from amcsearch.search.records import PLACEMENT, Filter, usable_keywords
 from amcsearch.v1 import common_pb2
@@ -37,7 +37,10 @@ def fts5_top(db: sqlite3.Connection, text: str, limit: int) -> list[float]:
     return [r[0] for r in rows]
 
 
-def test_bm25_scores_equal_fts5_after_adds_and_removes():
+@pytest.mark.parametrize("small_query_work", [0, SMALL_QUERY_WORK], ids=["threshold", "dense-when-small"])
+def test_bm25_scores_equal_fts5_after_adds_and_removes(small_query_work):
+    """Both ways to the top-k (the threshold algorithm, and every matching image scored at once
+    for a small query) give FTS5's scores."""
     rng = random.Random(0)
     docs = [[rng.choice(WORDS) for _ in range(rng.randint(1, 12))] for _ in range(3000)]
     db = sqlite3.connect(":memory:")
@@ -49,6 +52,7 @@ def test_bm25_scores_equal_fts5_after_adds_and_removes():
     removed = list(range(1, 600, 3))
     db.executemany("DELETE FROM t WHERE rowid = ?", ((r,) for r in removed))
     index.remove(removed)
+    index.small_query_work = small_query_work
     assert index.dense_counts  # the common words' counts are looked up per image
     for text in QUERIES:
         reference = fts5_top(db, text, 100)
@@ -64,6 +68,7 @@ def test_threshold_algorithm_reads_fewer_postings_than_match():
     docs = [[rng.choice(WORDS) for _ in range(rng.randint(2, 12))] for _ in range(20_000)]
     index = KeywordIndex()
     index.add(range(1, len(docs) + 1), docs)
+    index.small_query_work = 0  # the threshold algorithm, whatever the size
     scored = []
     original = index._exact
     index._exact = lambda docs_, weights: scored.append(len(docs_)) or original(docs_, weights)  # type: ignore[method-assign]
@@ -88,6 +93,7 @@ def test_terms_that_cannot_matter_are_skipped_and_the_top_stays_exact():
     db.executemany("INSERT INTO t (rowid, keywords) VALUES (?, ?)", ((i, "\n".join(d)) for i, d in enumerate(docs, 1)))
     index = KeywordIndex()
     index.add(range(1, len(docs) + 1), docs)
+    index.small_query_work = 0  # the threshold algorithm, whatever the size
     scored = []
     original = index._exact
     index._exact = lambda docs_, weights: scored.append(len(docs_)) or original(docs_, weights)  # type: ignore[method-assign]
@@ -97,6 +103,32 @@ def test_terms_that_cannot_matter_are_skipped_and_the_top_stays_exact():
         np.testing.assert_allclose(scores, fts5_top(db, text, 50), rtol=1e-6, err_msg=text)
         if text == "large purple festive":
             assert sum(scored) < sum("large" in d for d in docs) / 8
+
+
+def test_small_queries_are_scored_at_once_and_large_ones_by_the_threshold_algorithm():
+    """A query with few postings in a small collection skips the threshold algorithm's rounds
+    (no exact per-image lookups); one with many postings takes them. Both tops are the same."""
+    rng = random.Random(3)
+    docs = [[rng.choice(WORDS) for _ in range(rng.randint(1, 8))] for _ in range(4000)]
+    index = KeywordIndex()
+    index.add(range(1, len(docs) + 1), docs)
+    threshold = KeywordIndex()
+    threshold.add(range(1, len(docs) + 1), docs)
+    threshold.small_query_work = 0
+    looked_up = []
+    original = index._exact
+    index._exact = lambda docs_, weights: looked_up.append(len(docs_)) or original(docs_, weights)  # type: ignore[method-assign]
+    for text in QUERIES:
+        rows, scores = index.search(text, 100)
+        expected_rows, expected_scores = threshold.search(text, 100)
+        np.testing.assert_allclose(scores, expected_scores, rtol=1e-6, err_msg=text)
+        cut = expected_scores[-1] if len(expected_scores) else 0
+        above = expected_scores > cut + 1e-6  # the members tied at the cut may differ, nothing else
+        assert set(rows[above].tolist()) == set(expected_rows[above].tolist()), text
+    assert not looked_up
+    index.small_query_work = 1  # every query is now large for this index
+    index.search("red circle", 10)
+    assert looked_up
 
 
 def test_a_count_too_large_for_the_per_image_counts_falls_back_to_the_postings():
