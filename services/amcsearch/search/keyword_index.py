@@ -179,9 +179,10 @@ class _Postings:
 class KeywordIndex:
     """BM25 keyword retrieval over one collection's images, keyed by their store row."""
 
+    small_query_work = SMALL_QUERY_WORK
+    """Queries up to this much work are scored densely (SMALL_QUERY_WORK; 0: never)."""
+
     def __init__(self) -> None:
-        self.small_query_work = SMALL_QUERY_WORK
-        """Queries up to this much work are scored densely (SMALL_QUERY_WORK; 0: never)."""
         self.term_ids: dict[str, int] = {}
         self.postings: dict[tuple[int, int], _Postings] = {}
         """(term id, count in the image) -> postings."""
@@ -322,9 +323,9 @@ class KeywordIndex:
             start, count = int(self.doc_start.data[doc]), int(self.doc_terms.data[doc])
             ids = self.forward_term.data[start : start + count]
             terms.append(np.repeat(ids, self.forward_count.data[start : start + count]).tolist())
-        term_ids, counts_in_length, work = self.term_ids, self.counts_in_length, self.small_query_work
+        term_ids, counts_in_length = self.term_ids, self.counts_in_length
         self.__init__()  # type: ignore[misc]
-        self.term_ids, self.counts_in_length, self.small_query_work = term_ids, counts_in_length, work
+        self.term_ids, self.counts_in_length = term_ids, counts_in_length
         self.df = np.zeros(len(counts_in_length), dtype=np.int64)
         self._add_term_ids(rows, terms)
 
@@ -337,7 +338,10 @@ class KeywordIndex:
         weights = self._query_weights(query_terms(text))
         if weights is None or limit <= 0:
             return empty
-        return self._threshold_top(weights, limit, self._allowed_mask(allowed))
+        lists, eligible = _QueryLists(self, weights), self._allowed_mask(allowed)
+        if lists.postings + len(eligible) / 8 <= self.small_query_work:
+            return self._dense_top(lists, weights, limit, eligible, 0.0)
+        return self._threshold_top(lists, weights, limit, eligible)
 
     def coverage(self, text: str) -> float:
         """How much of the query this collection's keywords know, 0..1: the idf mass of its
@@ -390,16 +394,15 @@ class KeywordIndex:
         mean = self.total_length / self.alive
         return counts * (K1 + 1) / (counts + K1 * (1 - B + B * lengths / mean))
 
-    def _threshold_top(self, weights: np.ndarray, limit: int, eligible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _threshold_top(
+        self, lists: _QueryLists, weights: np.ndarray, limit: int, eligible: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Fagin's threshold algorithm over the query's postings lists, which skips the lists of
         terms that can no longer matter (MaxScore's non-essential terms): once `limit` images
         are scored, a set of terms whose best contributions together stay below the k-th best
         score cannot bring a new image into the top on their own, so their lists are no longer
         read. The images read from the other lists are still scored exactly, every query term
         included. Common words (idf at its floor, or low) fall out after the first round."""
-        lists = _QueryLists(self, weights)
-        if lists.postings + len(eligible) / 8 <= self.small_query_work:
-            return self._dense_top(lists, weights, limit, eligible, 0.0)
         seen = np.zeros(len(eligible), dtype=np.bool_)
         best_docs = np.zeros(0, np.int64)
         best_scores = np.zeros(0, np.float64)
