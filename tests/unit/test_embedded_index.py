@@ -93,7 +93,7 @@ def test_search_many_equals_one_search_per_query(hnsw_min_rows):
 
 
 def test_a_batch_of_queries_reads_the_candidates_a_search_would(store):
-    """vector_candidates_many (one pass over the vectors, one read of the packed columns) gives
+    """vector_candidates_many (one pass over the vectors for every query) gives
     each query the columns vector_candidates gives it, the keyword route's extra keys included;
     a row deleted between the two ranks is left out."""
     rng = np.random.default_rng(6)
@@ -104,12 +104,42 @@ def test_a_batch_of_queries_reads_the_candidates_a_search_would(store):
     batch = run(store.vector_candidates_many("images", queries, 10, extra))
     for query, keys, found in zip(queries, extra, batch, strict=True):
         single = run(store.vector_candidates("images", query, 10, Filter(), keys))
-        assert found.keys.tolist() == single.keys.tolist() and found.ranked == single.ranked
+        assert found.keys.tolist() == single.keys.tolist()
         np.testing.assert_allclose(found.ann_scores, single.ann_scores, atol=1e-6)
         np.testing.assert_array_equal(found.regions, single.regions)
         np.testing.assert_array_equal(found.region_scales, single.region_scales)
         np.testing.assert_array_equal(found.confidences, single.confidences)
         assert found.keyword_texts[found.keyword_ids].tolist() == single.keyword_texts[single.keyword_ids].tolist()
+
+
+def test_only_the_candidates_a_merge_picks_are_gathered_with_their_cosines(store):
+    """A hybrid search's merge picks its candidates from the two routes' keys before any column
+    is gathered: the reply holds exactly the picked keys, in the merge's order, each with its
+    cosine to the query (the vector ranking's own, or computed for a keyword-only key)."""
+    rng = np.random.default_rng(8)
+    vectors = unit(rng, 40)
+    run(store.upsert("images", [record(i, v) for i, v in enumerate(vectors)]))
+    query = unit(rng, 1)[0]
+    nearest = run(store.vector_candidates("images", query, 5, Filter()))
+    described = run(store.describe("images", np.arange(1, 100)))
+    rows = {d.id: k for k, d in zip(range(1, 100), described, strict=True) if d}
+    far = [rows[f"img-{i}"] for i in range(40) if rows[f"img-{i}"] not in nearest.keys.tolist()][:2]
+    extra = np.array([far[0], int(nearest.keys[0]), far[1], 999], np.int64)
+    seen = []
+
+    def merge(vector_keys, keyword_keys):
+        seen.append((vector_keys.tolist(), keyword_keys.tolist()))
+        return np.array([keyword_keys[2], vector_keys[3], keyword_keys[0]], np.int64)
+
+    picked = run(store.vector_candidates("images", query, 5, Filter(), extra, merge))
+    assert seen == [(nearest.keys.tolist(), extra.tolist())]
+    assert picked.keys.tolist() == [far[1], int(nearest.keys[3]), far[0]]
+    vector_of = {rows[f"img-{i}"]: v for i, v in enumerate(vectors)}
+    expected = np.stack([vector_of[k] for k in picked.keys.tolist()]) @ query
+    np.testing.assert_allclose(picked.ann_scores, expected, atol=1e-5)
+    batch = run(store.vector_candidates_many("images", query[None], 5, [extra], [merge]))
+    assert batch[0].keys.tolist() == picked.keys.tolist()
+    np.testing.assert_array_equal(batch[0].regions, picked.regions)
 
 
 def _columns(found):

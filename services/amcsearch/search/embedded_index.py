@@ -41,13 +41,13 @@ from amcsearch.search.records import (
     Described,
     Filter,
     Hit,
+    Merge,
     MetadataClause,
     MetadataFilter,
     Record,
     Shop,
     locate,
     metadata_number,
-    positions_of,
     slot_columns,
     usable_keywords,
 )
@@ -179,14 +179,14 @@ class EmbeddedIndex:
     ) -> None:
         self.read_cache_mib = read_cache_mib
         self.reads_on_loop = reads_on_loop
-        self.keyword_share = keyword_share
-        """"coverage": the keyword route returns limit x KeywordIndex.coverage(text) images, so a
-        query the keywords barely know leaves its candidate slots to the vector route; "full":
-        always `limit`."""
         """Reads run on the event loop (a Search's are ~2 ms of numpy and SQLite that hold the GIL
         anyway): measured at 10k and 16 callers, 7.1 ms of gateway CPU per Search and 80 Searches/s
         against 7.9-8.2 ms and 73/s through a reader thread, whose hand-offs cost more than they
         overlap. Writes keep their thread (fsync)."""
+        self.keyword_share = keyword_share
+        """"coverage": the keyword route returns limit x KeywordIndex.coverage(text) images, so a
+        query the keywords barely know leaves its candidate slots to the vector route; "full":
+        always `limit`."""
         self.path = Path(path)
         self.default_collection = default_collection
         self.hnsw_min_rows = hnsw_min_rows
@@ -870,46 +870,46 @@ class EmbeddedIndex:
         return await self._read(self._keyword_keys, collection, text, limit, condition)
 
     async def vector_candidates(
-        self, collection: str, vector: np.ndarray, limit: int, condition: Filter, extra_keys: np.ndarray | None = None
+        self,
+        collection: str,
+        vector: np.ndarray,
+        limit: int,
+        condition: Filter,
+        extra_keys: np.ndarray | None = None,
+        merge: Merge | None = None,
     ) -> Candidates:
-        """The `limit` nearest images with their rescoring features, nearest first, then those of
-        `extra_keys` (the keyword route's) not among them: one read for both."""
+        """The `limit` nearest images with their rescoring features, nearest first; with the
+        keyword route's `extra_keys`, what `merge` picks of both (default: the nearest, then those
+        of `extra_keys` not among them). Only the picked candidates' columns are gathered."""
 
         def nearest() -> Candidates:
             index = self._vectors_of(collection)
             found = index.search(vector, limit, self._allowed(collection, condition))
-            return self._joined([_with_extra(index, vector, found, extra_keys)])[0]
+            return self._features(*_merged(index, vector, found, extra_keys, merge))
 
         return await self._read(nearest)
 
     async def vector_candidates_many(
-        self, collection: str, vectors: np.ndarray, limit: int, extra_keys: list[np.ndarray | None]
+        self,
+        collection: str,
+        vectors: np.ndarray,
+        limit: int,
+        extra_keys: list[np.ndarray | None],
+        merges: list[Merge | None] | None = None,
     ) -> list[Candidates]:
         """vector_candidates() of each query of a BatchSearch (no filter), in one read: one pass
-        over the vectors for all the queries and one read of the packed columns of every key."""
+        over the vectors for all the queries, then each query's picked candidates gathered."""
 
         def nearest_many() -> list[Candidates]:
             index = self._vectors_of(collection)
             found = index.search_many(vectors, limit)
-            return self._joined(
-                [_with_extra(index, v, f, extra) for v, f, extra in zip(vectors, found, extra_keys, strict=True)]
-            )
+            picks = merges if merges is not None else [None] * len(vectors)
+            return [
+                self._features(*_merged(index, v, f, extra, merge))
+                for v, f, extra, merge in zip(vectors, found, extra_keys, picks, strict=True)
+            ]
 
         return await self._read(nearest_many)
-
-    def _joined(self, lists: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[Candidates]:
-        """Each list of (keys, scores, the nearest keys) as candidate columns, in its order, from
-        one read of the packed columns of every key (a row deleted since is left out)."""
-        every = np.unique(np.concatenate([keys for keys, _, _ in lists]))
-        read = self._features(every, np.zeros(len(every), np.float32))
-        out = []
-        for keys, scores, nearest in lists:
-            present = np.isin(keys, read.keys)
-            part = read.take(positions_of(read.keys, keys[present]))
-            part.ann_scores = scores[present]
-            part.ranked = int(np.isin(part.keys, nearest).sum())
-            out.append(part)
-        return out
 
     async def candidate_features(self, collection: str, keys: np.ndarray, vector: np.ndarray) -> Candidates:
         """The rescoring features of `keys` (in that order), with the cosine of each to `vector`."""
@@ -1042,19 +1042,29 @@ class EmbeddedIndex:
         return await self._read(get)
 
 
-def _with_extra(
-    index: VectorIndex, vector: np.ndarray, found: tuple[np.ndarray, np.ndarray], extra_keys: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(keys, cosine scores, the nearest keys): the vector ranking `found`, then those of
-    `extra_keys` (the keyword route's) not in it, scored against `vector`."""
+def _merged(
+    index: VectorIndex,
+    vector: np.ndarray,
+    found: tuple[np.ndarray, np.ndarray],
+    extra_keys: np.ndarray | None,
+    merge: Merge | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, cosine scores) of a search's candidates: the vector ranking `found`, or what
+    `merge` picks of it and `extra_keys` (the keyword route's; default: the ranking, then those of
+    `extra_keys` not in it), the picked keys outside the ranking scored against `vector`."""
     nearest = np.asarray(found[0], dtype=np.int64)
-    keys, scores = nearest, np.asarray(found[1], dtype=np.float32)
-    if extra_keys is not None and len(extra_keys):
-        extra = np.asarray(extra_keys, dtype=np.int64)
-        extra = extra[~np.isin(extra, nearest)]
-        keys = np.concatenate([nearest, extra])
-        scores = np.concatenate([scores, index.scores(extra, vector)])
-    return keys, scores, nearest
+    scores = np.asarray(found[1], dtype=np.float32)
+    if extra_keys is None:
+        return nearest, scores
+    extra = np.asarray(extra_keys, dtype=np.int64)
+    picked = merge(nearest, extra) if merge is not None else np.concatenate([nearest, extra[~np.isin(extra, nearest)]])
+    keys = np.asarray(picked, dtype=np.int64)
+    at, ranked = locate(nearest, keys)
+    picked_scores = np.empty(len(keys), dtype=np.float32)
+    picked_scores[ranked] = scores[at[ranked]]
+    if not ranked.all():
+        picked_scores[~ranked] = index.scores(keys[~ranked], vector)
+    return keys, picked_scores
 
 
 PACKED_COLUMNS = "row, regions, region_scales, keyword_ids, keyword_confidences"

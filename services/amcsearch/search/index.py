@@ -14,7 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
-from amcsearch.search.records import Candidates, Described, Filter, Hit, Record
+from amcsearch.search.records import Candidates, Described, Filter, Hit, Merge, Record
 
 INDEX_VERSION = "4"
 """Schema version of what an engine stores (3: int8 regions beside the item, one write; 4: the
@@ -61,13 +61,25 @@ class Index(Protocol):
         ...
 
     async def vector_candidates(
-        self, collection: str, vector: np.ndarray, limit: int, condition: Filter, extra_keys: np.ndarray | None = None
+        self,
+        collection: str,
+        vector: np.ndarray,
+        limit: int,
+        condition: Filter,
+        extra_keys: np.ndarray | None = None,
+        merge: Merge | None = None,
     ) -> Candidates:
-        """The `limit` nearest with their features, nearest first, then `extra_keys` not among them."""
+        """The `limit` nearest with their features, nearest first; with `extra_keys`, what `merge`
+        picks of both (default: the nearest, then `extra_keys` not among them)."""
         ...
 
     async def vector_candidates_many(
-        self, collection: str, vectors: np.ndarray, limit: int, extra_keys: list[np.ndarray | None]
+        self,
+        collection: str,
+        vectors: np.ndarray,
+        limit: int,
+        extra_keys: list[np.ndarray | None],
+        merges: list[Merge | None] | None = None,
     ) -> list[Candidates]:
         """vector_candidates() of each row of `vectors` (no filter): a BatchSearch's queries."""
         ...

@@ -42,11 +42,13 @@ from amcsearch.search.records import (
     Described,
     Filter,
     Hit,
+    Merge,
     MetadataClause,
     MetadataFilter,
     Record,
     Shop,
     metadata_number,
+    positions_of,
     slot_columns,
     usable_keywords,
 )
@@ -413,24 +415,42 @@ class MilvusIndex:
         return np.asarray([h.id for h in hits], dtype=object)
 
     async def vector_candidates(
-        self, collection: str, vector: np.ndarray, limit: int, condition: Filter, extra_keys: np.ndarray | None = None
+        self,
+        collection: str,
+        vector: np.ndarray,
+        limit: int,
+        condition: Filter,
+        extra_keys: np.ndarray | None = None,
+        merge: Merge | None = None,
     ) -> Candidates:
         nearest = hit_candidates(await self.search(collection, vector, limit, condition, with_features=True))
-        if extra_keys is None or not len(extra_keys):
+        if extra_keys is None:
             return nearest
-        missing = np.asarray(extra_keys, dtype=object)
-        missing = missing[~np.isin(missing, nearest.keys)]
-        joined = Candidates.concat([nearest, await self.candidate_features(collection, missing, vector)])
-        joined.ranked = len(nearest)
-        return joined
+        extra = np.asarray(extra_keys, dtype=object)
+        keys = (
+            merge(nearest.keys, extra)
+            if merge is not None
+            else np.concatenate([nearest.keys, extra[~np.isin(extra, nearest.keys)]])
+        )
+        keys = np.asarray(keys, dtype=object)
+        ranked = np.isin(keys, nearest.keys)
+        missing = await self.candidate_features(collection, keys[~ranked], vector)
+        joined = Candidates.concat([nearest, missing])
+        return joined.take(positions_of(joined.keys, keys))
 
     async def vector_candidates_many(
-        self, collection: str, vectors: np.ndarray, limit: int, extra_keys: list[np.ndarray | None]
+        self,
+        collection: str,
+        vectors: np.ndarray,
+        limit: int,
+        extra_keys: list[np.ndarray | None],
+        merges: list[Merge | None] | None = None,
     ) -> list[Candidates]:
         """One vector_candidates() per query: this engine shares no read between them."""
+        picks = merges if merges is not None else [None] * len(vectors)
         return [
-            await self.vector_candidates(collection, vector, limit, Filter(), extra)
-            for vector, extra in zip(vectors, extra_keys, strict=True)
+            await self.vector_candidates(collection, vector, limit, Filter(), extra, merge)
+            for vector, extra, merge in zip(vectors, extra_keys, picks, strict=True)
         ]
 
     async def candidate_features(self, collection: str, keys: np.ndarray, vector: np.ndarray) -> Candidates:

@@ -38,9 +38,9 @@ from amcsearch.search.records import (
     Candidates,
     Filter,
     Hit,
+    Merge,
     Record,
     Shop,
-    positions_of,
     slot_columns,
     usable_keywords,
 )
@@ -648,10 +648,13 @@ class SearchPipeline:
             ]
             with stage(SERVICE, "ann"):
                 joined = await self.index.vector_candidates_many(
-                    first.collection, vectors[members], first.options.candidates, keyword_keys
+                    first.collection,
+                    vectors[members],
+                    first.options.candidates,
+                    keyword_keys,
+                    [self._merge_of(searches[i]) for i in members],
                 )
-            for i, found, keys in zip(members, joined, keyword_keys, strict=True):
-                candidates[i] = self._fused(searches[i], found, keys)
+            candidates.update(zip(members, joined, strict=True))
         for i, search in enumerate(searches):
             if search.options.rescore and i not in batched:
                 candidates[i] = await self._candidate_columns(search, vectors[i], keyword_routes.get(i), synonyms)
@@ -663,15 +666,18 @@ class SearchPipeline:
         """The keyword route's keys: the task started while the query was encoded, or now."""
         return await (keyword_route if keyword_route is not None else self._keyword_keys(search, vector, synonyms))
 
-    def _fused(self, search: SearchQuery, joined: Candidates, keyword_keys: np.ndarray | None) -> Candidates:
-        """Vector candidates (and the keyword route's, read with them) in the order the search's
-        source asks: the vector ranking, or both fused."""
-        if keyword_keys is None:
-            return joined
-        with stage(SERVICE, "merge"):
-            nearest = joined.keys if joined.ranked < 0 else joined.keys[: joined.ranked]
-            keys = fuse_keys(nearest, keyword_keys, search.options.candidates, self.hybrid_merge)
-            return joined.take(positions_of(joined.keys, keys))
+    def _merge_of(self, search: SearchQuery) -> Merge | None:
+        """How a hybrid search picks its candidates from the two routes' keys (the index calls it
+        before it gathers any candidate's columns); None for the other sources."""
+        if search.options.source != "hybrid":
+            return None
+        limit = search.options.candidates
+
+        def merge(vector_keys: np.ndarray, keyword_keys: np.ndarray) -> np.ndarray:
+            with stage(SERVICE, "merge"):
+                return fuse_keys(vector_keys, keyword_keys, limit, self.hybrid_merge)
+
+        return merge
 
     async def _candidate_columns(
         self, search: SearchQuery, vector: np.ndarray, keyword_route, synonyms: Mapping[str, str]
@@ -687,10 +693,9 @@ class SearchPipeline:
             with stage(SERVICE, "feature_read"):
                 return await self.index.candidate_features(search.collection, keyword_keys, vector)
         with stage(SERVICE, "ann"):  # the keyword-only candidates' features come in the same read
-            joined = await self.index.vector_candidates(
-                search.collection, vector, o.candidates, o.condition, keyword_keys
+            return await self.index.vector_candidates(
+                search.collection, vector, o.candidates, o.condition, keyword_keys, self._merge_of(search)
             )
-        return self._fused(search, joined, keyword_keys)
 
     async def _unscored_page(self, search: SearchQuery, vector: np.ndarray) -> list[Result]:
         o = search.options

@@ -3,6 +3,7 @@ structured filter every engine compiles for itself (never a string spliced by th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -125,6 +126,11 @@ class Filter:
         return not (self.keywords or self.within_ids or self.exclude_ids or self.metadata)
 
 
+Merge = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""Picks a hybrid search's candidates: (the vector ranking's keys, the keyword route's keys) ->
+the keys to rescore, in order (pipeline.fuse_keys under the search's settings)."""
+
+
 @dataclass
 class Candidates:
     """N candidates of one search as columns: what AttentionRescorer needs, read in one go.
@@ -146,8 +152,6 @@ class Candidates:
     """float32 [N, KEYWORD_SLOTS] (0 past the last keyword)."""
     keyword_texts: np.ndarray
     """object [D]: the texts keyword_ids point into (may hold texts no candidate uses)."""
-    ranked: int = -1
-    """Index.vector_candidates: the leading rows that are the vector ranking (-1: all rows)."""
 
     def __len__(self) -> int:
         return len(self.keys)
