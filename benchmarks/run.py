@@ -733,9 +733,10 @@ def stage_sections(all_figures: list[SizeFigures]) -> list[str]:
             f"## Where a Search spends its time at {f.size:,} images (concurrency 1)",
             "",
             "Stage histograms of every service (p50 interpolated in the buckets, mean exact); the gateway's "
-            "`keyword_search` runs while `encode` waits (their shares overlap), `ann` is the vector search "
-            "and one read of every candidate's packed columns, `merge` the fusion; `encode` and `rescore` are "
-            "the calls to QueryEncoder and AttentionRescorer, whose own stages follow.",
+            "`keyword_search` runs while `encode` waits (their shares overlap), `ann` is the vector search, "
+            "the merge and one gather of the picked candidates' packed columns, `merge` the fusion alone (inside "
+            "`ann`); `encode` and `rescore` are the calls to QueryEncoder and AttentionRescorer, whose own "
+            "stages follow.",
             "",
             "| service | stage | p50 | mean | share of Search mean |",
             "| --- | --- | --- | --- | --- |",
