@@ -507,6 +507,56 @@ def synonym_validation(corpus: Any, folder: Path, text_encoder: nn.Module, token
     return "\n".join(lines) + "\n"
 
 
+ROUTES: tuple[tuple[str, str, str, float], ...] = (
+    ("vector", "vector", "full", 1.0),
+    ("keyword", "keyword", "full", 1.0),
+    ("hybrid, RRF (kept)", "hybrid", "full", 1.0),
+    ("hybrid, keyword share by coverage", "hybrid", "coverage", 1.0),
+    ("hybrid, RRF, keyword weight 1.5", "hybrid", "full", 1.5),
+    ("hybrid, RRF, keyword weight 2", "hybrid", "full", 2.0),
+    ("hybrid, RRF, keyword weight 3 (keyword list first)", "hybrid", "full", 3.0),
+)
+"""(name, candidate source, SEARCH_KEYWORD_SHARE, keyword RRF weight) of each candidate route
+validated by --routes. A keyword weight above 160 / 61 puts the whole keyword list first."""
+
+
+def route_validation(corpus: Any, folder: Path, text_encoder: nn.Module, tokenizer: Any, seed: int, size: str) -> str:
+    """The trained AMC Full of `folder` on validation (held-out TRAIN queries, whole TRAIN gallery
+    with placements, the exported query synonyms, 100 candidates) over each candidate route of
+    ROUTES, as worded and paraphrased: per family, which route helps and which hurts (a markdown
+    table for LAYOUT.md). TEST is never looked at."""
+    from models.export.synonyms import build_synonyms
+
+    held, images, amc_full, tagger = validation_inputs(corpus, folder, text_encoder, tokenizer, seed, size)
+    synonyms = build_synonyms(text_encoder, tokenizer, list(corpus.keyword_vocab))
+    split, served = corpus.train, served_features(images)
+    families = ("all", "layout", "attribute", "theme", "mixed")
+    lines = [
+        "| candidates | wording | " + " | ".join(f"{f} NDCG@5" for f in families) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in families) + " |",
+    ]
+    with tempfile.TemporaryDirectory() as directory:
+        source = CandidateSource(gallery_records(split, images, tagger), Path(directory), synonyms=synonyms)
+        try:
+            for wording, queries in (("original", held), ("paraphrased", paraphrased(held, 7))):
+                base = query_features(split, queries, text_encoder, tokenizer)
+                for name, route, share, weight in ROUTES:
+                    source.index.keyword_share = share
+                    lists = [
+                        source.candidates(base.embedding[i].numpy(), q.text, route, keyword_weight=weight)
+                        for i, q in enumerate(queries)
+                    ]
+                    features = candidate_features(split, queries, base, lists)
+                    row = summarise(rank_scores(split, queries, features, score_all(amc_full, served, features)))
+                    lines.append(
+                        f"| {name} | {wording} | " + " | ".join(f"{row[f + '@5']:.4f}" for f in families) + " |"
+                    )
+                    log.info("routes: %s", lines[-1])
+        finally:
+            source.close()
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     from amcsearch.query_encoder.tokenize import Tokenizer
 
@@ -525,6 +575,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="only print the validation table of the query synonym thresholds (no training)",
     )
+    parser.add_argument(
+        "--routes",
+        action="store_true",
+        help="only print the validation table of each candidate route and keyword share (no training)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(os.cpu_count() or 1)
@@ -537,6 +592,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.synonyms:
         print(synonym_validation(corpus, folder, text_encoder, tokenizer, args.seed, args.size))
+        return
+    if args.routes:
+        print(route_validation(corpus, folder, text_encoder, tokenizer, args.seed, args.size))
         return
     key_att = load_amc_models(folder)["key_att"]
     results, n_held = run_directions(

@@ -85,7 +85,9 @@ class CandidateSource:
         self.run(self.index.close())
         self.loop.close()
 
-    def candidates(self, vector: np.ndarray, text: str, source: str, limit: int = CANDIDATES) -> list[str]:
+    def candidates(
+        self, vector: np.ndarray, text: str, source: str, limit: int = CANDIDATES, keyword_weight: float = 1.0
+    ) -> list[str]:
         vector_ids = self.run(self.index.search("gallery", vector, limit, Filter()))
         keyword_text = expand_query(text, self.synonyms)
         keyword_ids = self.run(self.index.keyword_search("gallery", vector, keyword_text, limit, Filter()))
@@ -94,7 +96,8 @@ class CandidateSource:
         elif source == "keyword":
             hits = keyword_ids
         else:
-            hits = merge_candidates(vector_ids, keyword_ids, limit, "rrf" if source == "hybrid" else source)
+            method = "rrf" if source == "hybrid" else source
+            hits = merge_candidates(vector_ids, keyword_ids, limit, method, keyword_weight)
         return [h.id for h in hits]
 
 

@@ -241,6 +241,9 @@ def test_fuse_keys_ranks_like_reciprocal_rank_fusion():
     assert fuse_keys(vector, keyword, 3, "rrf").tolist() == [1, 3, 2]
     assert fuse_keys(vector, keyword, 3, "union").tolist() == [1, 2, 3, 4, 5]
     assert fuse_keys(vector, np.asarray([], dtype=np.int64), 2, "rrf").tolist() == [1, 2]
+    # a keyword weight scales the keyword ranking's terms: above 160 / 61 its whole list comes first
+    assert fuse_keys(np.asarray([1, 2, 3]), np.asarray([4, 5, 6]), 3, "rrf").tolist() == [1, 4, 2]
+    assert fuse_keys(np.asarray([1, 2, 3]), np.asarray([4, 5, 6]), 3, "rrf", keyword_weight=3.0).tolist() == [4, 5, 6]
 
 
 def test_images_without_keywords_count_but_match_nothing():

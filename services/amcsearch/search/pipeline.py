@@ -940,13 +940,16 @@ RRF_K = 60
 """Reciprocal rank fusion's constant (Cormack et al. 2009): score = sum over lists of 1 / (60 + rank)."""
 
 
-def fuse_keys(vector_keys: np.ndarray, keyword_keys: np.ndarray, limit: int, method: str) -> np.ndarray:
+def fuse_keys(
+    vector_keys: np.ndarray, keyword_keys: np.ndarray, limit: int, method: str, keyword_weight: float = 1.0
+) -> np.ndarray:
     """The merge stage of hybrid candidate generation, on the two rankings' keys.
 
     "rrf": reciprocal rank fusion of the two rankings, the best `limit` (the rescoring cost of a
     vector-only search); ties keep the first-seen (vector) order. "union": every distinct key of
     both (up to 2 x limit), vector ones first. Either way AMC then scores each candidate; the
-    merge only decides which."""
+    merge only decides which. `keyword_weight` scales the keyword ranking's RRF terms (the
+    service's is 1; benchmarks/LAYOUT.md measured others on validation and kept 1)."""
     vector_keys, keyword_keys = np.asarray(vector_keys), np.asarray(keyword_keys)
     if method == "union":
         return np.concatenate([vector_keys, keyword_keys[~np.isin(keyword_keys, vector_keys)]])
@@ -954,12 +957,15 @@ def fuse_keys(vector_keys: np.ndarray, keyword_keys: np.ndarray, limit: int, met
     if not len(keys):
         return keys
     ranks = np.concatenate([np.arange(1, len(vector_keys) + 1), np.arange(1, len(keyword_keys) + 1)])
+    weights = np.concatenate([np.ones(len(vector_keys)), np.full(len(keyword_keys), keyword_weight)])
     distinct, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    fused = np.bincount(inverse.reshape(-1), weights=1.0 / (RRF_K + ranks))
+    fused = np.bincount(inverse.reshape(-1), weights=weights / (RRF_K + ranks))
     return distinct[np.lexsort((first, -fused))][:limit]
 
 
-def merge_candidates(vector_hits: list, keyword_hits: list, limit: int, method: str) -> list:
+def merge_candidates(
+    vector_hits: list, keyword_hits: list, limit: int, method: str, keyword_weight: float = 1.0
+) -> list:
     """fuse_keys on hits (anything with an id): the offline evaluation's form of the merge."""
     by_id = {}
     for hit in [*keyword_hits, *vector_hits]:
@@ -969,6 +975,7 @@ def merge_candidates(vector_hits: list, keyword_hits: list, limit: int, method: 
         np.asarray([h.id for h in keyword_hits], dtype=object),
         limit,
         method,
+        keyword_weight,
     )
     return [by_id[i] for i in ids.tolist()]
 
