@@ -48,6 +48,7 @@ from amcsearch.search.records import (
     Shop,
     locate,
     metadata_number,
+    ranking_then_rest,
     slot_columns,
     usable_keywords,
 )
@@ -1057,8 +1058,7 @@ def _merged(
     if extra_keys is None:
         return nearest, scores
     extra = np.asarray(extra_keys, dtype=np.int64)
-    picked = merge(nearest, extra) if merge is not None else np.concatenate([nearest, extra[~np.isin(extra, nearest)]])
-    keys = np.asarray(picked, dtype=np.int64)
+    keys = np.asarray((merge or ranking_then_rest)(nearest, extra), dtype=np.int64)
     at, ranked = locate(nearest, keys)
     picked_scores = np.empty(len(keys), dtype=np.float32)
     picked_scores[ranked] = scores[at[ranked]]

@@ -49,6 +49,7 @@ from amcsearch.search.records import (
     Shop,
     metadata_number,
     positions_of,
+    ranking_then_rest,
     slot_columns,
     usable_keywords,
 )
@@ -427,12 +428,7 @@ class MilvusIndex:
         if extra_keys is None:
             return nearest
         extra = np.asarray(extra_keys, dtype=object)
-        keys = (
-            merge(nearest.keys, extra)
-            if merge is not None
-            else np.concatenate([nearest.keys, extra[~np.isin(extra, nearest.keys)]])
-        )
-        keys = np.asarray(keys, dtype=object)
+        keys = np.asarray((merge or ranking_then_rest)(nearest.keys, extra), dtype=object)
         ranked = np.isin(keys, nearest.keys)
         missing = await self.candidate_features(collection, keys[~ranked], vector)
         joined = Candidates.concat([nearest, missing])

@@ -41,6 +41,7 @@ from amcsearch.search.records import (
     Merge,
     Record,
     Shop,
+    ranking_then_rest,
     slot_columns,
     usable_keywords,
 )
@@ -952,7 +953,7 @@ def fuse_keys(
     service's is 1; benchmarks/LAYOUT.md measured others on validation and kept 1)."""
     vector_keys, keyword_keys = np.asarray(vector_keys), np.asarray(keyword_keys)
     if method == "union":
-        return np.concatenate([vector_keys, keyword_keys[~np.isin(keyword_keys, vector_keys)]])
+        return ranking_then_rest(vector_keys, keyword_keys)
     keys = np.concatenate([vector_keys, keyword_keys])
     if not len(keys):
         return keys

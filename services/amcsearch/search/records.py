@@ -131,6 +131,12 @@ Merge = Callable[[np.ndarray, np.ndarray], np.ndarray]
 the keys to rescore, in order (pipeline.fuse_keys under the search's settings)."""
 
 
+def ranking_then_rest(vector_keys: np.ndarray, keyword_keys: np.ndarray) -> np.ndarray:
+    """The plainest Merge: the vector ranking, then the keyword route's keys not in it (the
+    engines' default, and fuse_keys' "union")."""
+    return np.concatenate([vector_keys, keyword_keys[~np.isin(keyword_keys, vector_keys)]])
+
+
 @dataclass
 class Candidates:
     """N candidates of one search as columns: what AttentionRescorer needs, read in one go.
