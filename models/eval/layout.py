@@ -299,22 +299,26 @@ class Validation:
         limit: int = CANDIDATES,
         synonyms: Mapping[str, str] | None = None,
         shares: tuple[str, ...] = SHARES,
+        routes: tuple[tuple[str, str, str, float], ...] | None = None,
     ):
+        """`routes`: (name, candidate source, keyword share, keyword RRF weight) of each candidate
+        set (ROUTES); by default hybrid RRF with each of `shares`, named by the share."""
         self.split = corpus.train
         self.images = served_features(images)
         self.sets: dict[str, tuple[list[Any], QueryFeatures]] = {}
+        chosen = routes if routes is not None else tuple((share, "hybrid", share, 1.0) for share in shares)
         with tempfile.TemporaryDirectory() as directory:
             source = CandidateSource(gallery_records(self.split, images, tagger), Path(directory), synonyms=synonyms)
             try:
                 for wording, queries in (("original", held), ("paraphrased", paraphrased(held, 7))):
                     base = query_features(self.split, queries, text_encoder, tokenizer)
-                    for share in shares:
+                    for name, route, share, weight in chosen:
                         source.index.keyword_share = share
                         lists = [
-                            source.candidates(base.embedding[i].numpy(), q.text, "hybrid", limit)
+                            source.candidates(base.embedding[i].numpy(), q.text, route, limit, weight)
                             for i, q in enumerate(queries)
                         ]
-                        self.sets[f"{wording}/{share}"] = (
+                        self.sets[f"{wording}/{name}"] = (
                             queries,
                             candidate_features(self.split, queries, base, lists),
                         )
@@ -529,31 +533,18 @@ def route_validation(corpus: Any, folder: Path, text_encoder: nn.Module, tokeniz
 
     held, images, amc_full, tagger = validation_inputs(corpus, folder, text_encoder, tokenizer, seed, size)
     synonyms = build_synonyms(text_encoder, tokenizer, list(corpus.keyword_vocab))
-    split, served = corpus.train, served_features(images)
+    scores = Validation(corpus, held, images, text_encoder, tokenizer, tagger, synonyms=synonyms, routes=ROUTES).score(
+        amc_full
+    )
     families = ("all", "layout", "attribute", "theme", "mixed")
     lines = [
         "| candidates | wording | " + " | ".join(f"{f} NDCG@5" for f in families) + " |",
         "| --- | --- | " + " | ".join("---" for _ in families) + " |",
     ]
-    with tempfile.TemporaryDirectory() as directory:
-        source = CandidateSource(gallery_records(split, images, tagger), Path(directory), synonyms=synonyms)
-        try:
-            for wording, queries in (("original", held), ("paraphrased", paraphrased(held, 7))):
-                base = query_features(split, queries, text_encoder, tokenizer)
-                for name, route, share, weight in ROUTES:
-                    source.index.keyword_share = share
-                    lists = [
-                        source.candidates(base.embedding[i].numpy(), q.text, route, keyword_weight=weight)
-                        for i, q in enumerate(queries)
-                    ]
-                    features = candidate_features(split, queries, base, lists)
-                    row = summarise(rank_scores(split, queries, features, score_all(amc_full, served, features)))
-                    lines.append(
-                        f"| {name} | {wording} | " + " | ".join(f"{row[f + '@5']:.4f}" for f in families) + " |"
-                    )
-                    log.info("routes: %s", lines[-1])
-        finally:
-            source.close()
+    for wording in ("original", "paraphrased"):
+        for name, *_ in ROUTES:
+            row = scores[f"{wording}/{name}"]
+            lines.append(f"| {name} | {wording} | " + " | ".join(f"{row[f + '@5']:.4f}" for f in families) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -101,7 +101,7 @@ def test_a_batch_of_queries_reads_the_candidates_a_search_would(store):
     run(store.upsert("images", [record(i, v, keywords=[(f"k{i % 5}", 0.5, 2)]) for i, v in enumerate(vectors)]))
     queries = unit(rng, 3)
     extra = [np.array([5, 9, 999], np.int64), None, np.zeros(0, np.int64)]
-    batch = run(store.vector_candidates_many("images", queries, 10, extra))
+    batch = run(store.vector_candidates_many("images", queries, 10, extra, [None] * 3))
     for query, keys, found in zip(queries, extra, batch, strict=True):
         single = run(store.vector_candidates("images", query, 10, Filter(), keys))
         assert found.keys.tolist() == single.keys.tolist()

@@ -896,7 +896,7 @@ class EmbeddedIndex:
         vectors: np.ndarray,
         limit: int,
         extra_keys: list[np.ndarray | None],
-        merges: list[Merge | None] | None = None,
+        merges: list[Merge | None],
     ) -> list[Candidates]:
         """vector_candidates() of each query of a BatchSearch (no filter), in one read: one pass
         over the vectors for all the queries, then each query's picked candidates gathered."""
@@ -904,10 +904,9 @@ class EmbeddedIndex:
         def nearest_many() -> list[Candidates]:
             index = self._vectors_of(collection)
             found = index.search_many(vectors, limit)
-            picks = merges if merges is not None else [None] * len(vectors)
             return [
                 self._features(*_merged(index, v, f, extra, merge))
-                for v, f, extra, merge in zip(vectors, found, extra_keys, picks, strict=True)
+                for v, f, extra, merge in zip(vectors, found, extra_keys, merges, strict=True)
             ]
 
         return await self._read(nearest_many)

@@ -79,7 +79,7 @@ class Index(Protocol):
         vectors: np.ndarray,
         limit: int,
         extra_keys: list[np.ndarray | None],
-        merges: list[Merge | None] | None = None,
+        merges: list[Merge | None],
     ) -> list[Candidates]:
         """vector_candidates() of each row of `vectors` (no filter): a BatchSearch's queries."""
         ...

@@ -440,13 +440,12 @@ class MilvusIndex:
         vectors: np.ndarray,
         limit: int,
         extra_keys: list[np.ndarray | None],
-        merges: list[Merge | None] | None = None,
+        merges: list[Merge | None],
     ) -> list[Candidates]:
         """One vector_candidates() per query: this engine shares no read between them."""
-        picks = merges if merges is not None else [None] * len(vectors)
         return [
             await self.vector_candidates(collection, vector, limit, Filter(), extra, merge)
-            for vector, extra, merge in zip(vectors, extra_keys, picks, strict=True)
+            for vector, extra, merge in zip(vectors, extra_keys, merges, strict=True)
         ]
 
     async def candidate_features(self, collection: str, keys: np.ndarray, vector: np.ndarray) -> Candidates:
